@@ -1,0 +1,818 @@
+//! The exact value model: one [`Value`] per MySQL/MariaDB column value, how it
+//! is read from the server and how it is written back.
+//!
+//! **For:** carrying every column value from the source table to the shadow
+//! table without loss: signed and unsigned 64-bit integers, DECIMAL as the
+//! exact text the server prints, FLOAT/DOUBLE bit-exact, strings as raw bytes
+//! in their charset, temporal values with sign and microseconds, YEAR, BIT,
+//! ENUM/SET labels and JSON text.
+//!
+//! **Leaves to others:** which columns are read and how they map from source
+//! to target (the engine crate); ordering and key encoding ([`crate::key`]);
+//! storage and transport (the backends).
+//!
+//! **Reading** ([`Value::from_text`]): rows are read with the TEXT protocol on
+//! a session with `SET NAMES binary` and `time_zone = '+00:00'`, so strings
+//! arrive as their stored bytes and TIMESTAMPs are not shifted. Every value is
+//! then parsed from the server's text by the column's [`ColumnKind`]. One
+//! server quirk matters: the text protocol prints FLOAT with only 6
+//! significant digits, so a reader that wants FLOAT bit-exact selects it as
+//! `CAST(col AS DOUBLE)` (the exact widening); `from_text` accepts both forms.
+//! BIT arrives as its big-endian bytes.
+//!
+//! **Writing** ([`Value::write_sql_literal`]): each value becomes a literal
+//! that the server turns into exactly this value, and that converts into a
+//! changed column type the way the server's own `ALTER TABLE` would:
+//! integers and DECIMAL bare (numeric context), FLOAT/DOUBLE in shortest
+//! round-trip scientific form (a DOUBLE literal; a FLOAT is written as its
+//! exact double widening, so no double rounding), strings as
+//! `_charset X'..'` (binary as `_binary X'..'`), temporal values as quoted
+//! literals with microseconds, YEAR with four digits (`0000` is not `2000`),
+//! BIT as an unsigned integer.
+//!
+//! The [`ColumnSpec`] given to both describes the values as they are *read*
+//! (the source column's kind and charset); the target column may differ and
+//! the server converts.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// One column value, exact.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// Signed integer types and BOOL.
+    Int(i64),
+    /// Unsigned integer types.
+    UInt(u64),
+    /// FLOAT, bit-exact.
+    Float(f32),
+    /// DOUBLE, bit-exact.
+    Double(f64),
+    /// DECIMAL as exact text, as the server prints it (e.g. `-12.3400`).
+    Decimal(String),
+    /// CHAR/VARCHAR/TEXT (raw bytes in the column's charset),
+    /// BINARY/VARBINARY/BLOB (trailing zero bytes kept), JSON text, ENUM
+    /// label, SET labels (`a,b`).
+    Bytes(Vec<u8>),
+    /// DATE; `0000-00-00` allowed.
+    Date { year: u16, month: u8, day: u8 },
+    /// TIME, from `-838:59:59.000000` to `838:59:59.000000`.
+    Time {
+        negative: bool,
+        hours: u32,
+        minutes: u8,
+        seconds: u8,
+        micros: u32,
+    },
+    /// DATETIME and TIMESTAMP (TIMESTAMP read and written in `+00:00`).
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+    },
+    /// YEAR; `0` is the zero year `0000`.
+    Year(u16),
+    /// BIT(n), n <= 64.
+    Bit(u64),
+}
+
+/// One row: values in the order of the column list they are written with.
+pub type Row = Vec<Value>;
+
+/// The kind of a column, as far as reading and writing values goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ColumnKind {
+    /// TINYINT .. BIGINT, BOOL (signedness in [`ColumnSpec::unsigned`]).
+    Int,
+    /// FLOAT.
+    Float,
+    /// DOUBLE / REAL.
+    Double,
+    /// DECIMAL / NUMERIC.
+    Decimal,
+    /// CHAR, VARCHAR, TEXT types (and MariaDB's JSON, which is LONGTEXT).
+    Text,
+    /// BINARY, VARBINARY, BLOB types.
+    Binary,
+    /// MySQL's native JSON.
+    Json,
+    /// ENUM (values are labels).
+    Enum,
+    /// SET (values are comma-separated labels).
+    Set,
+    /// DATE.
+    Date,
+    /// TIME.
+    Time,
+    /// DATETIME.
+    DateTime,
+    /// TIMESTAMP.
+    Timestamp,
+    /// YEAR.
+    Year,
+    /// BIT(n).
+    Bit,
+}
+
+impl ColumnKind {
+    /// Maps `information_schema.COLUMNS.DATA_TYPE` to a kind; `None` for types
+    /// wraith does not carry (spatial types).
+    ///
+    /// MariaDB reports JSON columns as `longtext` (with a `json_valid` CHECK):
+    /// they are [`ColumnKind::Text`], which carries them exactly. MariaDB's
+    /// `inet4`, `inet6` and `uuid` are carried as their text form.
+    pub fn from_data_type(data_type: &str) -> Option<ColumnKind> {
+        let t = data_type.trim().to_ascii_lowercase();
+        Some(match t.as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "bool"
+            | "boolean" | "serial" => ColumnKind::Int,
+            "float" => ColumnKind::Float,
+            "double" | "real" | "double precision" => ColumnKind::Double,
+            "decimal" | "numeric" | "fixed" | "dec" => ColumnKind::Decimal,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "nchar"
+            | "nvarchar" | "inet4" | "inet6" | "uuid" => ColumnKind::Text,
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+                ColumnKind::Binary
+            }
+            "json" => ColumnKind::Json,
+            "enum" => ColumnKind::Enum,
+            "set" => ColumnKind::Set,
+            "date" => ColumnKind::Date,
+            "time" => ColumnKind::Time,
+            "datetime" => ColumnKind::DateTime,
+            "timestamp" => ColumnKind::Timestamp,
+            "year" => ColumnKind::Year,
+            "bit" => ColumnKind::Bit,
+            _ => return None,
+        })
+    }
+
+    /// Whether values of this kind are character strings with a charset.
+    pub fn is_textual(self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Text | ColumnKind::Json | ColumnKind::Enum | ColumnKind::Set
+        )
+    }
+}
+
+/// Describes one column: enough to decode, encode and write its values exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    /// Column name (unquoted).
+    pub name: String,
+    /// What the values are.
+    pub kind: ColumnKind,
+    /// For [`ColumnKind::Int`]: UNSIGNED.
+    pub unsigned: bool,
+    /// For textual kinds: the charset of the bytes (`utf8mb4`, `latin1`, ...).
+    pub charset: Option<String>,
+    /// Fractional seconds precision of temporal kinds (0..=6).
+    pub fsp: u8,
+}
+
+impl ColumnSpec {
+    /// A spec with no charset and no fsp.
+    pub fn new(name: impl Into<String>, kind: ColumnKind) -> ColumnSpec {
+        ColumnSpec {
+            name: name.into(),
+            kind,
+            unsigned: false,
+            charset: None,
+            fsp: 0,
+        }
+    }
+}
+
+/// A column value the server sent that does not parse as its kind.
+#[derive(Debug, thiserror::Error)]
+#[error("column `{column}` ({kind:?}): cannot read value {shown}: {reason}")]
+pub struct ValueError {
+    /// Column name.
+    pub column: String,
+    /// The kind it was parsed as.
+    pub kind: ColumnKind,
+    /// The raw value, printable.
+    pub shown: String,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+fn bad(spec: &ColumnSpec, raw: &[u8], reason: &'static str) -> ValueError {
+    let mut shown = String::new();
+    if raw.len() <= 64 && raw.iter().all(|b| (0x20..0x7f).contains(b)) {
+        shown.push('\'');
+        shown.push_str(&String::from_utf8_lossy(raw));
+        shown.push('\'');
+    } else {
+        shown.push_str("0x");
+        for b in raw.iter().take(64) {
+            let _ = write!(shown, "{b:02X}");
+        }
+        if raw.len() > 64 {
+            shown.push_str("...");
+        }
+    }
+    ValueError {
+        column: spec.name.clone(),
+        kind: spec.kind,
+        shown,
+        reason,
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(s: &[u8]) -> Option<T> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn digits_u32(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0')))
+}
+
+/// Parses `.ffffff` (1..=6 digits) into microseconds; empty input is 0.
+fn parse_frac(s: &[u8]) -> Option<u32> {
+    if s.is_empty() {
+        return Some(0);
+    }
+    let digits = s.strip_prefix(b".")?;
+    if digits.is_empty() || digits.len() > 6 {
+        return None;
+    }
+    let v = digits_u32(digits)?;
+    Some(v * 10u32.pow(6 - digits.len() as u32))
+}
+
+fn parse_date(s: &[u8]) -> Option<(u16, u8, u8)> {
+    if s.len() != 10 || s[4] != b'-' || s[7] != b'-' {
+        return None;
+    }
+    let y = digits_u32(&s[0..4])?;
+    let m = digits_u32(&s[5..7])?;
+    let d = digits_u32(&s[8..10])?;
+    if m > 12 || d > 31 {
+        return None;
+    }
+    Some((y as u16, m as u8, d as u8))
+}
+
+/// `HH:MM:SS[.ffffff]` with HH up to 3 digits.
+fn parse_hms(s: &[u8]) -> Option<(u32, u8, u8, u32)> {
+    let c1 = s.iter().position(|&b| b == b':')?;
+    let h = digits_u32(&s[..c1])?;
+    let rest = &s[c1 + 1..];
+    if rest.len() < 5 || rest[2] != b':' {
+        return None;
+    }
+    let m = digits_u32(&rest[0..2])?;
+    let sec = digits_u32(&rest[3..5])?;
+    let micros = parse_frac(&rest[5..])?;
+    if m > 59 || sec > 59 {
+        return None;
+    }
+    Some((h, m as u8, sec as u8, micros))
+}
+
+fn is_decimal_text(s: &[u8]) -> bool {
+    let body = s.strip_prefix(b"-").or_else(|| s.strip_prefix(b"+")).unwrap_or(s);
+    let mut seen_digit = false;
+    let mut seen_dot = false;
+    for &b in body {
+        match b {
+            b'0'..=b'9' => seen_digit = true,
+            b'.' if !seen_dot => seen_dot = true,
+            _ => return false,
+        }
+    }
+    seen_digit
+}
+
+impl Value {
+    /// Decodes one column of a row read with the TEXT protocol from a session
+    /// with `SET NAMES binary`. `NULL` becomes [`Value::Null`]; bytes are
+    /// parsed by `spec.kind`. Values of the binary protocol are accepted too.
+    pub fn from_text(raw: mysql_async::Value, spec: &ColumnSpec) -> Result<Value, ValueError> {
+        use mysql_async::Value as M;
+        let bytes = match raw {
+            M::NULL => return Ok(Value::Null),
+            M::Bytes(b) => b,
+            M::Int(i) => {
+                return Ok(match spec.kind {
+                    ColumnKind::Year => Value::Year(i as u16),
+                    ColumnKind::Bit => Value::Bit(i as u64),
+                    _ if spec.unsigned => Value::UInt(i as u64),
+                    _ => Value::Int(i),
+                })
+            }
+            M::UInt(u) => {
+                return Ok(match spec.kind {
+                    ColumnKind::Year => Value::Year(u as u16),
+                    ColumnKind::Bit => Value::Bit(u),
+                    _ => Value::UInt(u),
+                })
+            }
+            M::Float(f) => return Ok(Value::Float(f)),
+            M::Double(d) => {
+                return Ok(if spec.kind == ColumnKind::Float {
+                    Value::Float(d as f32)
+                } else {
+                    Value::Double(d)
+                })
+            }
+            M::Date(year, month, day, hour, minute, second, micros) => {
+                return Ok(if spec.kind == ColumnKind::Date {
+                    Value::Date { year, month, day }
+                } else {
+                    Value::DateTime {
+                        year,
+                        month,
+                        day,
+                        hour,
+                        minute,
+                        second,
+                        micros,
+                    }
+                })
+            }
+            M::Time(negative, days, h, minutes, seconds, micros) => {
+                return Ok(Value::Time {
+                    negative,
+                    hours: days * 24 + u32::from(h),
+                    minutes,
+                    seconds,
+                    micros,
+                })
+            }
+        };
+        let b = bytes.as_slice();
+        let v = match spec.kind {
+            ColumnKind::Int => {
+                if spec.unsigned || b.first() != Some(&b'-') {
+                    match parse_num::<u64>(b) {
+                        Some(u) if spec.unsigned => Value::UInt(u),
+                        Some(u) => Value::Int(
+                            i64::try_from(u).map_err(|_| bad(spec, b, "out of range"))?,
+                        ),
+                        None => return Err(bad(spec, b, "not an integer")),
+                    }
+                } else {
+                    Value::Int(parse_num(b).ok_or_else(|| bad(spec, b, "not an integer"))?)
+                }
+            }
+            ColumnKind::Float => {
+                // Either the 6-digit text protocol form or CAST(col AS DOUBLE):
+                // both round to the stored float when narrowed.
+                let d: f64 = parse_num(b).ok_or_else(|| bad(spec, b, "not a number"))?;
+                Value::Float(d as f32)
+            }
+            ColumnKind::Double => {
+                Value::Double(parse_num(b).ok_or_else(|| bad(spec, b, "not a number"))?)
+            }
+            ColumnKind::Decimal => {
+                if !is_decimal_text(b) {
+                    return Err(bad(spec, b, "not a decimal"));
+                }
+                // Checked ASCII above.
+                Value::Decimal(String::from_utf8_lossy(b).into_owned())
+            }
+            ColumnKind::Text
+            | ColumnKind::Binary
+            | ColumnKind::Json
+            | ColumnKind::Enum
+            | ColumnKind::Set => Value::Bytes(bytes),
+            ColumnKind::Date => {
+                let (year, month, day) = parse_date(b).ok_or_else(|| bad(spec, b, "not a date"))?;
+                Value::Date { year, month, day }
+            }
+            ColumnKind::Time => {
+                let (negative, body) = match b.strip_prefix(b"-") {
+                    Some(rest) => (true, rest),
+                    None => (false, b),
+                };
+                let (hours, minutes, seconds, micros) =
+                    parse_hms(body).ok_or_else(|| bad(spec, b, "not a time"))?;
+                Value::Time {
+                    negative,
+                    hours,
+                    minutes,
+                    seconds,
+                    micros,
+                }
+            }
+            ColumnKind::DateTime | ColumnKind::Timestamp => {
+                if b.len() < 19 || b[10] != b' ' {
+                    return Err(bad(spec, b, "not a datetime"));
+                }
+                let (year, month, day) =
+                    parse_date(&b[..10]).ok_or_else(|| bad(spec, b, "not a datetime"))?;
+                let (h, minute, second, micros) =
+                    parse_hms(&b[11..]).ok_or_else(|| bad(spec, b, "not a datetime"))?;
+                if h > 23 {
+                    return Err(bad(spec, b, "hour out of range"));
+                }
+                Value::DateTime {
+                    year,
+                    month,
+                    day,
+                    hour: h as u8,
+                    minute,
+                    second,
+                    micros,
+                }
+            }
+            ColumnKind::Year => {
+                Value::Year(parse_num(b).ok_or_else(|| bad(spec, b, "not a year"))?)
+            }
+            ColumnKind::Bit => {
+                if b.len() > 8 {
+                    return Err(bad(spec, b, "BIT wider than 64 bits"));
+                }
+                Value::Bit(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+            }
+        };
+        Ok(v)
+    }
+
+    /// Appends this value as a SQL literal that, inserted into a column whose
+    /// values `spec` describes, stores exactly this value (and converts as the
+    /// server's own ALTER would into a changed column type). The connection
+    /// must use `SET NAMES binary`.
+    pub fn write_sql_literal(&self, spec: &ColumnSpec, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"NULL"),
+            Value::Int(i) => push_fmt(out, format_args!("{i}")),
+            Value::UInt(u) => push_fmt(out, format_args!("{u}")),
+            Value::Float(f) => write_double(f64::from(*f), out),
+            Value::Double(d) => write_double(*d, out),
+            Value::Decimal(s) => {
+                if is_decimal_text(s.as_bytes()) {
+                    out.extend_from_slice(s.as_bytes());
+                } else {
+                    // Not a number: let the server refuse it rather than guess.
+                    write_hex_string(Some("binary"), s.as_bytes(), out);
+                }
+            }
+            Value::Bytes(b) => {
+                let charset = if spec.kind.is_textual() {
+                    Some(charset_of(spec))
+                } else {
+                    Some("binary")
+                };
+                write_hex_string(charset, b, out);
+            }
+            Value::Date { .. } | Value::Time { .. } | Value::DateTime { .. } => {
+                out.push(b'\'');
+                self.write_plain_text(out);
+                out.push(b'\'');
+            }
+            Value::Year(y) => push_fmt(out, format_args!("{y:04}")),
+            Value::Bit(v) => push_fmt(out, format_args!("{v}")),
+        }
+    }
+
+    /// Appends the value's plain text form (no quotes, no escaping): what
+    /// `LOAD DATA` reads into a column, and the body of temporal literals.
+    /// Bytes are appended raw; `Null` appends nothing.
+    pub fn write_plain_text(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => {}
+            Value::Int(i) => push_fmt(out, format_args!("{i}")),
+            Value::UInt(u) => push_fmt(out, format_args!("{u}")),
+            Value::Float(f) => write_double(f64::from(*f), out),
+            Value::Double(d) => write_double(*d, out),
+            Value::Decimal(s) => out.extend_from_slice(s.as_bytes()),
+            Value::Bytes(b) => out.extend_from_slice(b),
+            Value::Date { year, month, day } => {
+                push_fmt(out, format_args!("{year:04}-{month:02}-{day:02}"))
+            }
+            Value::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            } => {
+                let sign = if *negative { "-" } else { "" };
+                push_fmt(
+                    out,
+                    format_args!("{sign}{hours:02}:{minutes:02}:{seconds:02}.{micros:06}"),
+                )
+            }
+            Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            } => push_fmt(
+                out,
+                format_args!(
+                    "{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{micros:06}"
+                ),
+            ),
+            Value::Year(y) => push_fmt(out, format_args!("{y:04}")),
+            Value::Bit(v) => push_fmt(out, format_args!("{v}")),
+        }
+    }
+}
+
+fn push_fmt(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = out.write_fmt(args);
+}
+
+/// The charset introducer for a textual spec: only `[A-Za-z0-9_]` names are
+/// used; anything else (or none) falls back to utf8mb4.
+pub(crate) fn charset_of(spec: &ColumnSpec) -> &str {
+    match spec.charset.as_deref() {
+        Some(cs)
+            if !cs.is_empty() && cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            cs
+        }
+        _ => "utf8mb4",
+    }
+}
+
+/// Shortest round-trip scientific form: `1.5e0`, `-0e0`, `1.7976931348623157e308`.
+/// Non-finite values cannot be stored by MySQL; they are written so that the
+/// server refuses them instead of storing something else.
+fn write_double(d: f64, out: &mut Vec<u8>) {
+    if d.is_finite() {
+        push_fmt(out, format_args!("{d:e}"));
+    } else {
+        out.extend_from_slice(b"'non-finite'");
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `_charset X'..'`; the empty string is `_charset ''` (X'' is not valid
+/// everywhere).
+fn write_hex_string(charset: Option<&str>, bytes: &[u8], out: &mut Vec<u8>) {
+    if let Some(cs) = charset {
+        out.push(b'_');
+        out.extend_from_slice(cs.as_bytes());
+        out.push(b' ');
+    }
+    if bytes.is_empty() {
+        out.extend_from_slice(b"''");
+        return;
+    }
+    out.reserve(bytes.len() * 2 + 3);
+    out.extend_from_slice(b"X'");
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+    out.push(b'\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mysql_async::Value as M;
+
+    fn spec(kind: ColumnKind) -> ColumnSpec {
+        ColumnSpec::new("c", kind)
+    }
+
+    fn lit(v: &Value, s: &ColumnSpec) -> String {
+        let mut out = Vec::new();
+        v.write_sql_literal(s, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn text(s: &str, sp: &ColumnSpec) -> Value {
+        Value::from_text(M::Bytes(s.as_bytes().to_vec()), sp).unwrap()
+    }
+
+    #[test]
+    fn decodes_integers() {
+        let mut u = spec(ColumnKind::Int);
+        assert_eq!(text("-9223372036854775808", &u), Value::Int(i64::MIN));
+        assert_eq!(text("9223372036854775807", &u), Value::Int(i64::MAX));
+        assert!(Value::from_text(M::Bytes(b"9223372036854775808".to_vec()), &u).is_err());
+        assert!(Value::from_text(M::Bytes(b"12a".to_vec()), &u).is_err());
+        u.unsigned = true;
+        assert_eq!(text("18446744073709551615", &u), Value::UInt(u64::MAX));
+        assert_eq!(text("0", &u), Value::UInt(0));
+        assert_eq!(Value::from_text(M::NULL, &u).unwrap(), Value::Null);
+    }
+
+    #[test]
+    fn decodes_floats_bit_exact() {
+        let f = spec(ColumnKind::Float);
+        assert_eq!(text("0.10000000149011612", &f), Value::Float(0.1));
+        assert_eq!(text("0.1", &f), Value::Float(0.1));
+        assert_eq!(text("3.4028234663852886e38", &f), Value::Float(f32::MAX));
+        let d = spec(ColumnKind::Double);
+        assert_eq!(text("-1.7976931348623157e308", &d), Value::Double(f64::MIN));
+        assert_eq!(text("5e-324", &d), Value::Double(5e-324));
+        match text("-0", &d) {
+            Value::Double(x) => assert!(x == 0.0 && x.is_sign_negative()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_decimal_and_strings() {
+        let d = spec(ColumnKind::Decimal);
+        assert_eq!(text("-12.3400", &d), Value::Decimal("-12.3400".into()));
+        assert!(Value::from_text(M::Bytes(b"1e5".to_vec()), &d).is_err());
+        assert!(Value::from_text(M::Bytes(b"".to_vec()), &d).is_err());
+        let t = spec(ColumnKind::Text);
+        assert_eq!(text("", &t), Value::Bytes(vec![]));
+        let b = spec(ColumnKind::Binary);
+        assert_eq!(
+            Value::from_text(M::Bytes(vec![1, 0, 0]), &b).unwrap(),
+            Value::Bytes(vec![1, 0, 0])
+        );
+    }
+
+    #[test]
+    fn decodes_temporal() {
+        assert_eq!(
+            text("0000-00-00", &spec(ColumnKind::Date)),
+            Value::Date {
+                year: 0,
+                month: 0,
+                day: 0
+            }
+        );
+        assert_eq!(
+            text("-838:59:59.000000", &spec(ColumnKind::Time)),
+            Value::Time {
+                negative: true,
+                hours: 838,
+                minutes: 59,
+                seconds: 59,
+                micros: 0
+            }
+        );
+        assert_eq!(
+            text("01:02:03.5", &spec(ColumnKind::Time)),
+            Value::Time {
+                negative: false,
+                hours: 1,
+                minutes: 2,
+                seconds: 3,
+                micros: 500_000
+            }
+        );
+        assert_eq!(
+            text("2038-01-19 03:14:07.999999", &spec(ColumnKind::Timestamp)),
+            Value::DateTime {
+                year: 2038,
+                month: 1,
+                day: 19,
+                hour: 3,
+                minute: 14,
+                second: 7,
+                micros: 999_999
+            }
+        );
+        assert_eq!(
+            text("1000-01-01 00:00:00", &spec(ColumnKind::DateTime)),
+            Value::DateTime {
+                year: 1000,
+                month: 1,
+                day: 1,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                micros: 0
+            }
+        );
+        assert!(Value::from_text(M::Bytes(b"2020-13-01".to_vec()), &spec(ColumnKind::Date)).is_err());
+        assert!(
+            Value::from_text(M::Bytes(b"12:3:4".to_vec()), &spec(ColumnKind::Time)).is_err()
+        );
+        assert_eq!(text("0000", &spec(ColumnKind::Year)), Value::Year(0));
+        assert_eq!(text("2155", &spec(ColumnKind::Year)), Value::Year(2155));
+    }
+
+    #[test]
+    fn decodes_bit_bytes() {
+        let b = spec(ColumnKind::Bit);
+        assert_eq!(
+            Value::from_text(M::Bytes(vec![0xFF; 8]), &b).unwrap(),
+            Value::Bit(u64::MAX)
+        );
+        assert_eq!(
+            Value::from_text(M::Bytes(vec![1, 2]), &b).unwrap(),
+            Value::Bit(0x102)
+        );
+        assert!(Value::from_text(M::Bytes(vec![0; 9]), &b).is_err());
+    }
+
+    #[test]
+    fn formats_literals() {
+        let i = spec(ColumnKind::Int);
+        assert_eq!(lit(&Value::Int(i64::MIN), &i), "-9223372036854775808");
+        assert_eq!(lit(&Value::UInt(u64::MAX), &i), "18446744073709551615");
+        assert_eq!(lit(&Value::Null, &i), "NULL");
+        let d = spec(ColumnKind::Double);
+        assert_eq!(lit(&Value::Double(f64::MAX), &d), "1.7976931348623157e308");
+        assert_eq!(lit(&Value::Double(-0.0), &d), "-0e0");
+        assert_eq!(lit(&Value::Double(0.1), &d), "1e-1");
+        assert_eq!(lit(&Value::Double(f64::NAN), &d), "'non-finite'");
+        let f = spec(ColumnKind::Float);
+        assert_eq!(lit(&Value::Float(f32::MAX), &f), "3.4028234663852886e38");
+        assert_eq!(lit(&Value::Float(0.1), &f), "1.0000000149011612e-1");
+        let dec = spec(ColumnKind::Decimal);
+        assert_eq!(lit(&Value::Decimal("-0012.3400".into()), &dec), "-0012.3400");
+        assert_eq!(lit(&Value::Decimal("1;drop".into()), &dec), "_binary X'313B64726F70'");
+        let mut t = spec(ColumnKind::Text);
+        t.charset = Some("latin1".into());
+        assert_eq!(lit(&Value::Bytes(vec![0xE9, 0x20]), &t), "_latin1 X'E920'");
+        assert_eq!(lit(&Value::Bytes(vec![]), &t), "_latin1 ''");
+        t.charset = Some("x' or 1".into());
+        assert_eq!(lit(&Value::Bytes(b"a".to_vec()), &t), "_utf8mb4 X'61'");
+        let b = spec(ColumnKind::Binary);
+        assert_eq!(lit(&Value::Bytes(vec![1, 0]), &b), "_binary X'0100'");
+        assert_eq!(
+            lit(
+                &Value::Date {
+                    year: 0,
+                    month: 0,
+                    day: 0
+                },
+                &spec(ColumnKind::Date)
+            ),
+            "'0000-00-00'"
+        );
+        assert_eq!(
+            lit(
+                &Value::Time {
+                    negative: true,
+                    hours: 838,
+                    minutes: 59,
+                    seconds: 59,
+                    micros: 0
+                },
+                &spec(ColumnKind::Time)
+            ),
+            "'-838:59:59.000000'"
+        );
+        assert_eq!(
+            lit(
+                &Value::DateTime {
+                    year: 2038,
+                    month: 1,
+                    day: 19,
+                    hour: 3,
+                    minute: 14,
+                    second: 7,
+                    micros: 1
+                },
+                &spec(ColumnKind::Timestamp)
+            ),
+            "'2038-01-19 03:14:07.000001'"
+        );
+        assert_eq!(lit(&Value::Year(0), &spec(ColumnKind::Year)), "0000");
+        assert_eq!(lit(&Value::Bit(u64::MAX), &spec(ColumnKind::Bit)), "18446744073709551615");
+    }
+
+    #[test]
+    fn float_literals_round_trip() {
+        for x in [
+            0.0f64,
+            -0.0,
+            1.0,
+            0.1,
+            1.0 / 3.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -123456.789e-200,
+        ] {
+            let mut out = Vec::new();
+            write_double(x, &mut out);
+            let back: f64 = std::str::from_utf8(&out).unwrap().parse().unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn maps_data_types() {
+        assert_eq!(ColumnKind::from_data_type("BIGINT"), Some(ColumnKind::Int));
+        assert_eq!(ColumnKind::from_data_type("longtext"), Some(ColumnKind::Text));
+        assert_eq!(ColumnKind::from_data_type("longblob"), Some(ColumnKind::Binary));
+        assert_eq!(ColumnKind::from_data_type("json"), Some(ColumnKind::Json));
+        assert_eq!(ColumnKind::from_data_type("timestamp"), Some(ColumnKind::Timestamp));
+        assert_eq!(ColumnKind::from_data_type("geometry"), None);
+    }
+}

@@ -1,0 +1,173 @@
+//! The `wraith` command. It parses arguments, loads the config, draws progress
+//! and maps errors to exit codes; everything else lives in `wraith-engine`.
+//!
+//! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use wraith_engine::config::Config;
+use wraith_engine::preflight;
+
+/// wraith: online table rebuilds and bulk imports for MySQL-family databases.
+#[derive(Parser)]
+#[command(name = "wraith", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Preflight and plan: checks the servers, the table and the ALTER; changes nothing.
+    Check(CheckArgs),
+    /// Runs the rebuild described by CONFIG (preflight first).
+    Run(RunArgs),
+    /// Starts a scratch MariaDB, creates a sysbench-like table and rebuilds it.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The job's TOML config.
+    config: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The job's TOML config.
+    config: PathBuf,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a command ended, mapped to the process exit code.
+pub enum Outcome {
+    Done,
+    Refused,
+}
+
+/// An error with the exit code it maps to.
+pub enum Failure {
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    match result {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => ExitCode::from(3),
+        Err(Failure::Config(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(command: Command) -> Result<Outcome, Failure> {
+    match command {
+        Command::Check(args) => {
+            let config = load_config(&args.config)?;
+            check(&config, args.json).await
+        }
+        Command::Run(args) => {
+            let config = load_config(&args.config)?;
+            run(&config, args.json).await
+        }
+        Command::Demo(args) => demo::demo(args).await,
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure::Config(e.to_string()))
+}
+
+async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
+    let report = preflight::run(config).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+        );
+    } else {
+        eprint!("{}", report.render());
+    }
+    if report.passed() {
+        eprintln!("\npreflight passed");
+        Ok(Outcome::Done)
+    } else {
+        let n = report.failures().count();
+        eprintln!("\npreflight refused: {n} check(s) failed; nothing was changed");
+        Ok(Outcome::Refused)
+    }
+}
+
+async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
+    let report = preflight::run(config).await;
+    if !report.passed() {
+        eprint!("{}", report.render());
+        eprintln!("\npreflight refused; nothing was changed");
+        return Ok(Outcome::Refused);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+        );
+    }
+    eprint!("{}", report.render());
+    Ok(Outcome::Done)
+}

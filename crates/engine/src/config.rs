@@ -1,0 +1,614 @@
+//! The run configuration: one TOML file per job.
+//!
+//! Parsing is strict: an unknown key, a wrong type or a missing required key is
+//! an error that names the key with its line and column, so a typo never turns
+//! into a silently ignored setting. Durations are written like `"500ms"` or
+//! `"3s"`, sizes like `"2GiB"`. Passwords are held in [`Secret`], which never
+//! prints its value, and error messages about password keys never quote values.
+//!
+//! Every section and key is documented in `config/README.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A config that could not be loaded: what is wrong, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A password. `Debug` and `Display` never show it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The secret itself, for handing to the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A duration written as text: `"500ms"`, `"3s"`, `"1m 30s"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like \"500ms\", \"3s\" or \"2m\""
+                ))
+            })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size written as text: `"512MiB"`, `"2GiB"`, `"64KB"`; a bare integer is bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size like \"512MiB\" or \"2GiB\"")
+        })? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| ByteSize(b.as_u64()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {text:?}; write it like \"512MiB\" or \"2GiB\""
+                    ))
+                }),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+/// The whole job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: ConnectionConfig,
+    /// Where the shadow table lives; absent = the source server.
+    pub target: Option<ConnectionConfig>,
+    #[serde(rename = "table")]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub copy: CopyConfig,
+    #[serde(default)]
+    pub local: LocalConfig,
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+}
+
+/// How to reach a server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    pub database: String,
+    /// A unix socket; when set, used instead of host and port.
+    pub socket: Option<PathBuf>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    3306
+}
+
+/// One table to rebuild.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    /// The ALTER TABLE clause without `ALTER TABLE t`; `"FORCE"` for a plain rebuild.
+    pub alter: String,
+    /// Old column name → new column name, for renames the ALTER does not spell out.
+    #[serde(default)]
+    pub rename_columns: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Pick the fastest correct path for the server and table.
+    Auto,
+    /// Batched INSERTs straight into the shadow table.
+    Sql,
+    /// Sort by the new primary key in RocksDB, then import in key order.
+    Local,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Sql => "sql",
+            BackendKind::Local => "local",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    /// Parallel chunk readers (and writers).
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Chunk sizes adapt so one chunk takes about this long.
+    #[serde(default = "default_chunk_target")]
+    pub chunk_target: HumanDuration,
+    /// Rows in the first chunk, before any timing is known.
+    #[serde(default = "default_initial_chunk_rows")]
+    pub initial_chunk_rows: u64,
+    /// Leave secondary indexes out of the shadow table and build them once after the copy.
+    #[serde(default = "default_true")]
+    pub defer_secondary_indexes: bool,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Auto
+}
+fn default_threads() -> usize {
+    4
+}
+fn default_chunk_target() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+fn default_initial_chunk_rows() -> u64 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for CopyConfig {
+    fn default() -> Self {
+        CopyConfig {
+            backend: default_backend(),
+            threads: default_threads(),
+            chunk_target: default_chunk_target(),
+            initial_chunk_rows: default_initial_chunk_rows(),
+            defer_secondary_indexes: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Where the `local` backend keeps its sorted engines (one RocksDB per engine).
+    #[serde(default = "default_sort_dir")]
+    pub sort_dir: PathBuf,
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+}
+
+fn default_sort_dir() -> PathBuf {
+    std::env::temp_dir().join("wraith-sort")
+}
+fn default_memory_limit() -> ByteSize {
+    ByteSize(512 << 20)
+}
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            sort_dir: default_sort_dir(),
+            memory_limit: default_memory_limit(),
+            compression: default_compression(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// `false`: stop after the verified copy and leave the shadow table beside the source.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_lock_wait_timeout")]
+    pub lock_wait_timeout: HumanDuration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// While this file exists, keep the shadow table in sync but do not cut over.
+    pub postpone_flag_file: Option<PathBuf>,
+    #[serde(default)]
+    pub drop_old_table: bool,
+}
+
+fn default_lock_wait_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_retries() -> u32 {
+    5
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig {
+            enabled: true,
+            lock_wait_timeout: default_lock_wait_timeout(),
+            retries: default_retries(),
+            postpone_flag_file: None,
+            drop_old_table: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStore {
+    /// A table in the target schema (`_wraith_checkpoint`).
+    Table,
+    /// A local file at `path`.
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    #[serde(default = "default_checkpoint_store")]
+    pub store: CheckpointStore,
+    /// Required with `store = "file"`.
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_checkpoint_store() -> CheckpointStore {
+    CheckpointStore::Table
+}
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            store: default_checkpoint_store(),
+            path: None,
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Pause the copy while replicas lag more than this.
+    pub max_lag: Option<HumanDuration>,
+    /// Pause the copy while the server's `Threads_running` is above this.
+    pub max_threads_running: Option<u64>,
+    /// Pause the copy while this file exists.
+    pub flag_file: Option<PathBuf>,
+}
+
+impl ConnectionConfig {
+    /// Resolves the password from `password`, `password_env` or `password_file`.
+    pub fn resolve_password(&self) -> Result<Option<Secret>, String> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
+                format!("password_env names the environment variable {var}, which is not set")
+            });
+        }
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read password_file {}: {e}", file.display()))?;
+            let first = text.lines().next().unwrap_or("").to_string();
+            return Ok(Some(Secret(first)));
+        }
+        Ok(None)
+    }
+
+    /// `user@host:port/database` (or the socket), for messages. Never shows the password.
+    pub fn describe(&self) -> String {
+        match &self.socket {
+            Some(s) => format!("{}@{}/{}", self.user, s.display(), self.database),
+            None => format!(
+                "{}@{}:{}/{}",
+                self.user, self.host, self.port, self.database
+            ),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((1, 1));
+            let mut message = e.message().trim().to_string();
+            let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            // A wrong-typed password would be quoted in the message: never show it.
+            if line_text.contains("password") && !message.starts_with("unknown field") {
+                message = "invalid value for a password key (the value is not shown); \
+                           a password must be a string"
+                    .into();
+            }
+            ConfigError::Parse {
+                path: origin.to_string(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        validate_connection("source", &self.source)?;
+        if let Some(t) = &self.target {
+            validate_connection("target", t)?;
+        }
+        if self.tables.is_empty() {
+            return Err("no [[table]] given; add one with `name` and `alter`".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tables {
+            check_identifier("[[table]] name", &t.name)?;
+            if !seen.insert(t.name.as_str()) {
+                return Err(format!(
+                    "table {:?} is listed twice in [[table]]; list each table once",
+                    t.name
+                ));
+            }
+            if t.alter.trim().is_empty() {
+                return Err(format!(
+                    "[[table]] {:?} has an empty alter; write the clause after `ALTER TABLE {}`, \
+                     e.g. \"ADD COLUMN x INT\" (or \"FORCE\" for a plain rebuild)",
+                    t.name, t.name
+                ));
+            }
+            // The shadow table name adds 5 characters (`_` + `_new`).
+            if t.name.len() > 59 {
+                return Err(format!(
+                    "table name {:?} is {} characters; wraith needs at most 59 so that `_{}_new` fits MySQL's 64",
+                    t.name,
+                    t.name.len(),
+                    t.name
+                ));
+            }
+            for (old, new) in &t.rename_columns {
+                check_identifier("rename_columns key", old)?;
+                check_identifier("rename_columns value", new)?;
+            }
+        }
+        if self.copy.threads == 0 || self.copy.threads > 256 {
+            return Err(format!(
+                "[copy] threads = {} is out of range; use 1 to 256",
+                self.copy.threads
+            ));
+        }
+        if self.copy.chunk_target.0.is_zero() {
+            return Err("[copy] chunk_target must be above zero, e.g. \"500ms\"".into());
+        }
+        if self.copy.initial_chunk_rows == 0 {
+            return Err("[copy] initial_chunk_rows must be at least 1".into());
+        }
+        if self.local.memory_limit.0 < (16 << 20) {
+            return Err(format!(
+                "[local] memory_limit = {} is too small; give at least 16MiB",
+                self.local.memory_limit
+            ));
+        }
+        if self.cutover.lock_wait_timeout.0 < Duration::from_secs(1) {
+            return Err(
+                "[cutover] lock_wait_timeout must be at least 1s (MySQL counts it in whole seconds)"
+                    .into(),
+            );
+        }
+        if self.checkpoint.store == CheckpointStore::File && self.checkpoint.path.is_none() {
+            return Err(
+                "[checkpoint] store = \"file\" needs a path, e.g. path = \"wraith.checkpoint\""
+                    .into(),
+            );
+        }
+        if self.checkpoint.interval.0.is_zero() {
+            return Err("[checkpoint] interval must be above zero, e.g. \"10s\"".into());
+        }
+        Ok(())
+    }
+
+    /// The server the shadow table is written to.
+    pub fn target(&self) -> &ConnectionConfig {
+        self.target.as_ref().unwrap_or(&self.source)
+    }
+}
+
+fn validate_connection(section: &str, c: &ConnectionConfig) -> Result<(), String> {
+    let given = [
+        c.password.is_some().then_some("password"),
+        c.password_env.is_some().then_some("password_env"),
+        c.password_file.is_some().then_some("password_file"),
+    ];
+    let given: Vec<&str> = given.into_iter().flatten().collect();
+    if given.len() > 1 {
+        return Err(format!(
+            "[{section}] sets {}; keep only one way to give the password",
+            given.join(" and ")
+        ));
+    }
+    if c.user.is_empty() {
+        return Err(format!("[{section}] user is empty"));
+    }
+    check_identifier(&format!("[{section}] database"), &c.database)?;
+    if c.port == 0 {
+        return Err(format!("[{section}] port must be between 1 and 65535"));
+    }
+    Ok(())
+}
+
+fn check_identifier(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if name.len() > 64 {
+        return Err(format!("{what} {name:?} is longer than 64 characters"));
+    }
+    if name.contains('`') || name.contains('\0') || name.ends_with(' ') {
+        return Err(format!(
+            "{what} {name:?} contains a backtick, a NUL or a trailing space, which wraith does not accept in names"
+        ));
+    }
+    Ok(())
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+user = "root"
+database = "app"
+
+[[table]]
+name = "orders"
+alter = "ADD COLUMN note TEXT"
+"#;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.source.port, 3306);
+        assert_eq!(c.copy.backend, BackendKind::Auto);
+        assert_eq!(c.cutover.lock_wait_timeout.0, Duration::from_secs(3));
+        assert_eq!(c.local.memory_limit.0, 512 << 20);
+        assert_eq!(c.target().database, "app");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let text = format!("{GOOD}\n[local]\nmemory_limit = \"2GiB\"\n[copy]\nchunk_target = \"250ms\"\n");
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.local.memory_limit.0, 2 << 30);
+        assert_eq!(c.copy.chunk_target.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = GOOD.replace("user = \"root\"", "user = \"root\"\nhots = \"x\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:4:1:"), "{e}");
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn password_value_never_in_error() {
+        let text = GOOD.replace("user = \"root\"", "user = \"root\"\npassword = 987654321");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(!e.contains("987654321"), "{e}");
+        let c = Config::parse(&GOOD.replace("user = \"root\"", "user = \"root\"\npassword = \"hunter2\""), "t").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

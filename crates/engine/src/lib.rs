@@ -1,0 +1,29 @@
+//! # wraith-engine
+//!
+//! The part of wraith that decides: it reads the config, checks the servers
+//! (preflight), plans how the old table maps onto the new one, and drives the
+//! rebuild. The backends (`wraith-backend`) carry rows; the checkpoint stores
+//! (`wraith-checkpoints`) keep what a resumed run needs; this crate knows the
+//! order of things and the rules that keep data safe (see DESIGN.md).
+//!
+//! Modules:
+//! - [`config`]: the TOML job description, strictly parsed.
+//! - [`db`]: connections, the server [`db::Flavor`], quoting.
+//! - [`inspect`]: what a table looks like (columns, keys, indexes).
+//! - [`plan`]: column mapping, chunk key, new key, deferred indexes.
+//! - [`preflight`]: every check that must pass before a run, and the plan.
+//! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
+//! - [`workload`]: generated tables and write loads.
+//!
+//! Errors are typed per module; the CLI maps them to exit codes.
+
+pub mod config;
+pub mod db;
+pub mod inspect;
+pub mod plan;
+pub mod preflight;
+pub mod scratch;
+pub mod workload;
+
+/// The driver, re-exported so callers use the same version.
+pub use mysql_async;
