@@ -1,1 +1,192 @@
-//! test harness
+//! The integration-test harness: one private MariaDB per test run, a fresh
+//! schema per test, and helpers to run the real `wraith` binary against it.
+//!
+//! Nothing here mocks the database. The server is started on first use and
+//! dies with the test process (see `wraith_engine::scratch`).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Pool};
+use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+
+/// The server shared by every test of this run.
+pub fn server() -> &'static ScratchServer {
+    static SERVER: OnceLock<ScratchServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ScratchServer::start(ScratchOptions::default())
+            .unwrap_or_else(|e| panic!("cannot start the scratch server: {e}"))
+    })
+}
+
+/// A second server with the binlog settings wraith refuses
+/// (`STATEMENT` format, `MINIMAL` row image and metadata).
+pub fn misconfigured_server() -> &'static ScratchServer {
+    static SERVER: OnceLock<ScratchServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ScratchServer::start(ScratchOptions {
+            buffer_pool: "64M".into(),
+            binlog_format: "STATEMENT".into(),
+            binlog_row_image: "MINIMAL".into(),
+            extra_args: vec!["--binlog-row-metadata=MINIMAL".into()],
+            ..ScratchOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the misconfigured scratch server: {e}"))
+    })
+}
+
+/// A fresh, empty schema on a server, with a pool connected to it.
+pub struct Schema {
+    pub name: String,
+    pub port: u16,
+    pub pool: Pool,
+}
+
+impl Schema {
+    /// Drops and recreates schema `name` on the shared server.
+    pub async fn new(name: &str) -> Schema {
+        Schema::on(server(), name).await
+    }
+
+    pub async fn on(server: &ScratchServer, name: &str) -> Schema {
+        let admin = Pool::new(server.opts(None));
+        let mut conn = admin.get_conn().await.expect("connect to scratch server");
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .await
+            .expect("drop schema");
+        conn.query_drop(format!("CREATE DATABASE `{name}`"))
+            .await
+            .expect("create schema");
+        drop(conn);
+        admin.disconnect().await.ok();
+        Schema {
+            name: name.to_string(),
+            port: server.port(),
+            pool: Pool::new(server.opts(Some(name))),
+        }
+    }
+
+    pub async fn conn(&self) -> Conn {
+        self.pool.get_conn().await.expect("connect to schema")
+    }
+
+    /// Runs statements separated by `;` at line ends.
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        c.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// A minimal config for this schema; `rest` is appended verbatim.
+    pub fn config(&self, table: &str, alter: &str, rest: &str) -> String {
+        format!(
+            "[source]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"{}\"\n\n\
+             [[table]]\nname = \"{table}\"\nalter = {alter:?}\n\n{rest}\n",
+            self.port, self.name
+        )
+    }
+
+    /// What a table is: its definition and every row, in key order, as text
+    /// computed by the server. Two equal snapshots mean an untouched table.
+    pub async fn snapshot(&self, table: &str) -> TableSnapshot {
+        let mut c = self.conn().await;
+        let create: Option<(String, String)> = c
+            .query_first(format!("SHOW CREATE TABLE `{table}`"))
+            .await
+            .expect("show create table");
+        let cols: Vec<String> = c
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&self.name, table),
+            )
+            .await
+            .expect("columns");
+        let hexed: Vec<String> = cols
+            .iter()
+            .map(|c| format!("IFNULL(HEX(`{c}`), 'NULL')"))
+            .collect();
+        let rows: Vec<String> = c
+            .query(format!(
+                "SELECT CONCAT_WS(',', {}) FROM `{table}` ORDER BY 1",
+                hexed.join(", ")
+            ))
+            .await
+            .expect("rows");
+        TableSnapshot {
+            create: create.map(|(_, s)| s).unwrap_or_default(),
+            rows,
+        }
+    }
+
+    pub async fn table_exists(&self, table: &str) -> bool {
+        let mut c = self.conn().await;
+        let n: Option<u64> = c
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&self.name, table),
+            )
+            .await
+            .expect("information_schema");
+        n.unwrap_or(0) > 0
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct TableSnapshot {
+    pub create: String,
+    pub rows: Vec<String>,
+}
+
+/// The `wraith` binary built by this `cargo test` run.
+pub fn wraith_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/wraith
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = dir.join("wraith");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// Result of one `wraith` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Everything it printed, for assertion messages.
+    pub fn output(&self) -> String {
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Writes `config` to a temp file and runs `wraith <args...> <file>`.
+pub async fn wraith_with_config(args: &[&str], config: &str) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wraith.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = tokio::process::Command::new(wraith_bin());
+    cmd.args(args).arg(&path);
+    let out = cmd.output().await.expect("run wraith");
+    Run::from(out)
+}
