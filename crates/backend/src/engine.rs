@@ -61,12 +61,14 @@ impl TargetTable {
     pub(crate) fn resolve_columns(&self, names: &[String]) -> Result<Vec<usize>, BackendError> {
         let mut out = Vec::with_capacity(names.len());
         for n in names {
-            let i = self.column_index(n).ok_or_else(|| BackendError::InvalidInput {
-                message: format!(
-                    "column `{n}` is not a column of the target {}; pass target column names",
-                    self.display_name()
-                ),
-            })?;
+            let i = self
+                .column_index(n)
+                .ok_or_else(|| BackendError::InvalidInput {
+                    message: format!(
+                        "column `{n}` is not a column of the target {}; pass target column names",
+                        self.display_name()
+                    ),
+                })?;
             if out.contains(&i) {
                 return Err(BackendError::InvalidInput {
                     message: format!("column `{n}` is given twice for {}", self.display_name()),
@@ -274,7 +276,8 @@ pub trait EngineWriter: Send {
     /// same set of columns for every write to one engine, including all key
     /// columns. When this returns `Ok`, the rows are in the engine (durable
     /// per [`EngineWriter::is_synced`]).
-    async fn append_rows(&mut self, columns: &[String], rows: Vec<Row>) -> Result<(), BackendError>;
+    async fn append_rows(&mut self, columns: &[String], rows: Vec<Row>)
+        -> Result<(), BackendError>;
 
     /// Whether everything appended so far already survives kill -9.
     fn is_synced(&self) -> bool;

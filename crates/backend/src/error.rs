@@ -149,7 +149,11 @@ impl BackendError {
         }
     }
 
-    pub(crate) fn storage(engine: Uuid, context: impl Into<String>, source: rocksdb::Error) -> Self {
+    pub(crate) fn storage(
+        engine: Uuid,
+        context: impl Into<String>,
+        source: rocksdb::Error,
+    ) -> Self {
         BackendError::Storage {
             engine,
             context: context.into(),

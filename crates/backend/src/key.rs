@@ -99,8 +99,7 @@ fn encode_one(v: &Value, out: &mut Vec<u8>) {
             micros,
         } => {
             out.push(TIME);
-            let total = ((i64::from(*hours) * 60 + i64::from(*minutes)) * 60
-                + i64::from(*seconds))
+            let total = ((i64::from(*hours) * 60 + i64::from(*minutes)) * 60 + i64::from(*seconds))
                 * 1_000_000
                 + i64::from(*micros);
             let signed = if *negative { -total } else { total };
@@ -451,7 +450,17 @@ mod tests {
     #[test]
     fn signed_ints_order() {
         let mut rng = Rng(0x9E3779B97F4A7C15);
-        let mut xs = vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX, -256, 255];
+        let mut xs = vec![
+            i64::MIN,
+            i64::MIN + 1,
+            -1,
+            0,
+            1,
+            i64::MAX - 1,
+            i64::MAX,
+            -256,
+            255,
+        ];
         xs.extend((0..60).map(|_| rng.next() as i64));
         xs.extend((0..20).map(|_| (rng.below(2000) as i64) - 1000));
         check_order(&xs, |&x| Value::Int(x), |a, b| a.cmp(b));
@@ -480,7 +489,11 @@ mod tests {
             1.0,
             f64::MAX,
         ];
-        xs.extend((0..40).map(|_| f64::from_bits(rng.next())).filter(|x| x.is_finite()));
+        xs.extend(
+            (0..40)
+                .map(|_| f64::from_bits(rng.next()))
+                .filter(|x| x.is_finite()),
+        );
         check_order(&xs, |&x| Value::Double(x), |a, b| a.partial_cmp(b).unwrap());
         assert_eq!(enc(&[Value::Double(-0.0)]), enc(&[Value::Double(0.0)]));
         assert_eq!(enc(&[Value::Float(0.5)]), enc(&[Value::Double(0.5)]));
@@ -517,10 +530,24 @@ mod tests {
     fn decimals_order() {
         let mut rng = Rng(13);
         let mut xs: Vec<String> = [
-            "0", "-0", "0.000", "1", "1.0", "1.5", "1.50", "-1.5", "10", "9.99", "0.001", "0.01",
-            "-0.001", "-0.01", "123456789012345678901234567890.123456789012345678901234567890",
+            "0",
+            "-0",
+            "0.000",
+            "1",
+            "1.0",
+            "1.5",
+            "1.50",
+            "-1.5",
+            "10",
+            "9.99",
+            "0.001",
+            "0.01",
+            "-0.001",
+            "-0.01",
+            "123456789012345678901234567890.123456789012345678901234567890",
             "-99999999999999999999999999999999999.999999999999999999999999999999",
-            "-0012.3400", "12.34",
+            "-0012.3400",
+            "12.34",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -546,7 +573,9 @@ mod tests {
         check_order(&xs, |x| Value::Decimal(x.clone()), dec_cmp);
         for x in &xs {
             let back = decode_key(&enc(&[Value::Decimal(x.clone())])).unwrap();
-            let Value::Decimal(b) = &back[0] else { panic!() };
+            let Value::Decimal(b) = &back[0] else {
+                panic!()
+            };
             assert_eq!(dec_cmp(x, b), Ordering::Equal, "{x} -> {b}");
         }
     }
@@ -572,11 +601,18 @@ mod tests {
         ];
         for _ in 0..80 {
             let len = rng.below(20) as usize;
-            xs.push((0..len).map(|_| [0u8, 1, 0xFE, 0xFF, b'a'][rng.below(5) as usize]).collect());
+            xs.push(
+                (0..len)
+                    .map(|_| [0u8, 1, 0xFE, 0xFF, b'a'][rng.below(5) as usize])
+                    .collect(),
+            );
         }
         check_order(&xs, |x| Value::Bytes(x.clone()), |a, b| a.cmp(b));
         for x in &xs {
-            assert_eq!(decode_key(&enc(&[Value::Bytes(x.clone())])).unwrap(), vec![Value::Bytes(x.clone())]);
+            assert_eq!(
+                decode_key(&enc(&[Value::Bytes(x.clone())])).unwrap(),
+                vec![Value::Bytes(x.clone())]
+            );
         }
     }
 
@@ -588,7 +624,9 @@ mod tests {
             let len = rng.below(10) as usize;
             xs.push((
                 rng.below(5) as i64 - 2,
-                (0..len).map(|_| [0u8, 0xFF, b'x'][rng.below(3) as usize]).collect(),
+                (0..len)
+                    .map(|_| [0u8, 0xFF, b'x'][rng.below(3) as usize])
+                    .collect(),
                 rng.below(3),
             ));
         }
@@ -646,8 +684,16 @@ mod tests {
             })
             .collect();
         assert!(enc_dt.windows(2).all(|w| w[0] < w[1]));
-        check_order(&[0u16, 1901, 2000, 2155], |&y| Value::Year(y), |a, b| a.cmp(b));
-        check_order(&[0u64, 1, 255, u64::MAX], |&b| Value::Bit(b), |a, b| a.cmp(b));
+        check_order(
+            &[0u16, 1901, 2000, 2155],
+            |&y| Value::Year(y),
+            |a, b| a.cmp(b),
+        );
+        check_order(
+            &[0u64, 1, 255, u64::MAX],
+            |&b| Value::Bit(b),
+            |a, b| a.cmp(b),
+        );
         check_order(
             &[(0u16, 0u8, 0u8), (0, 1, 1), (2000, 1, 1), (2000, 12, 31)],
             |&(year, month, day)| Value::Date { year, month, day },

@@ -45,9 +45,8 @@ pub mod sql;
 pub mod value;
 
 pub use engine::{
-    engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineConfig,
-    EngineManager, EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig,
-    OpenedEngine, TargetTable,
+    engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineConfig, EngineManager,
+    EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine, TargetTable,
 };
 pub use error::BackendError;
 pub use key::{decode_key, encode_key, KeyError};

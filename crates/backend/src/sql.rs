@@ -263,7 +263,11 @@ impl SqlWriter {
 
 #[async_trait]
 impl EngineWriter for SqlWriter {
-    async fn append_rows(&mut self, columns: &[String], rows: Vec<Row>) -> Result<(), BackendError> {
+    async fn append_rows(
+        &mut self,
+        columns: &[String],
+        rows: Vec<Row>,
+    ) -> Result<(), BackendError> {
         if rows.is_empty() {
             return Ok(());
         }

@@ -283,7 +283,10 @@ fn parse_hms(s: &[u8]) -> Option<(u32, u8, u8, u32)> {
 }
 
 fn is_decimal_text(s: &[u8]) -> bool {
-    let body = s.strip_prefix(b"-").or_else(|| s.strip_prefix(b"+")).unwrap_or(s);
+    let body = s
+        .strip_prefix(b"-")
+        .or_else(|| s.strip_prefix(b"+"))
+        .unwrap_or(s);
     let mut seen_digit = false;
     let mut seen_dot = false;
     for &b in body {
@@ -359,9 +362,9 @@ impl Value {
                 if spec.unsigned || b.first() != Some(&b'-') {
                     match parse_num::<u64>(b) {
                         Some(u) if spec.unsigned => Value::UInt(u),
-                        Some(u) => Value::Int(
-                            i64::try_from(u).map_err(|_| bad(spec, b, "out of range"))?,
-                        ),
+                        Some(u) => {
+                            Value::Int(i64::try_from(u).map_err(|_| bad(spec, b, "out of range"))?)
+                        }
                         None => return Err(bad(spec, b, "not an integer")),
                     }
                 } else {
@@ -696,10 +699,10 @@ mod tests {
                 micros: 0
             }
         );
-        assert!(Value::from_text(M::Bytes(b"2020-13-01".to_vec()), &spec(ColumnKind::Date)).is_err());
         assert!(
-            Value::from_text(M::Bytes(b"12:3:4".to_vec()), &spec(ColumnKind::Time)).is_err()
+            Value::from_text(M::Bytes(b"2020-13-01".to_vec()), &spec(ColumnKind::Date)).is_err()
         );
+        assert!(Value::from_text(M::Bytes(b"12:3:4".to_vec()), &spec(ColumnKind::Time)).is_err());
         assert_eq!(text("0000", &spec(ColumnKind::Year)), Value::Year(0));
         assert_eq!(text("2155", &spec(ColumnKind::Year)), Value::Year(2155));
     }
@@ -733,8 +736,14 @@ mod tests {
         assert_eq!(lit(&Value::Float(f32::MAX), &f), "3.4028234663852886e38");
         assert_eq!(lit(&Value::Float(0.1), &f), "1.0000000149011612e-1");
         let dec = spec(ColumnKind::Decimal);
-        assert_eq!(lit(&Value::Decimal("-0012.3400".into()), &dec), "-0012.3400");
-        assert_eq!(lit(&Value::Decimal("1;drop".into()), &dec), "_binary X'313B64726F70'");
+        assert_eq!(
+            lit(&Value::Decimal("-0012.3400".into()), &dec),
+            "-0012.3400"
+        );
+        assert_eq!(
+            lit(&Value::Decimal("1;drop".into()), &dec),
+            "_binary X'313B64726F70'"
+        );
         let mut t = spec(ColumnKind::Text);
         t.charset = Some("latin1".into());
         assert_eq!(lit(&Value::Bytes(vec![0xE9, 0x20]), &t), "_latin1 X'E920'");
@@ -783,7 +792,10 @@ mod tests {
             "'2038-01-19 03:14:07.000001'"
         );
         assert_eq!(lit(&Value::Year(0), &spec(ColumnKind::Year)), "0000");
-        assert_eq!(lit(&Value::Bit(u64::MAX), &spec(ColumnKind::Bit)), "18446744073709551615");
+        assert_eq!(
+            lit(&Value::Bit(u64::MAX), &spec(ColumnKind::Bit)),
+            "18446744073709551615"
+        );
     }
 
     #[test]
@@ -809,10 +821,19 @@ mod tests {
     #[test]
     fn maps_data_types() {
         assert_eq!(ColumnKind::from_data_type("BIGINT"), Some(ColumnKind::Int));
-        assert_eq!(ColumnKind::from_data_type("longtext"), Some(ColumnKind::Text));
-        assert_eq!(ColumnKind::from_data_type("longblob"), Some(ColumnKind::Binary));
+        assert_eq!(
+            ColumnKind::from_data_type("longtext"),
+            Some(ColumnKind::Text)
+        );
+        assert_eq!(
+            ColumnKind::from_data_type("longblob"),
+            Some(ColumnKind::Binary)
+        );
         assert_eq!(ColumnKind::from_data_type("json"), Some(ColumnKind::Json));
-        assert_eq!(ColumnKind::from_data_type("timestamp"), Some(ColumnKind::Timestamp));
+        assert_eq!(
+            ColumnKind::from_data_type("timestamp"),
+            Some(ColumnKind::Timestamp)
+        );
         assert_eq!(ColumnKind::from_data_type("geometry"), None);
     }
 }

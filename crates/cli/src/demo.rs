@@ -17,7 +17,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 200_000)]
     rows: u64,
     /// The ALTER to run.
-    #[arg(long, default_value = "ADD COLUMN note VARCHAR(32) NOT NULL DEFAULT 'rebuilt'")]
+    #[arg(
+        long,
+        default_value = "ADD COLUMN note VARCHAR(32) NOT NULL DEFAULT 'rebuilt'"
+    )]
     alter: String,
     /// Backend: auto, sql or local.
     #[arg(long, default_value = "auto")]
@@ -30,14 +33,25 @@ pub async fn demo(args: DemoArgs) -> Result<Outcome, Failure> {
         .await
         .context("scratch server thread")?
         .context("starting the scratch server")?;
-    eprintln!("scratch server on 127.0.0.1:{} (datadir {})", server.port(), server.datadir().display());
+    eprintln!(
+        "scratch server on 127.0.0.1:{} (datadir {})",
+        server.port(),
+        server.datadir().display()
+    );
     let pool = wraith_engine::mysql_async::Pool::new(server.opts(None));
-    let mut conn = pool.get_conn().await.context("connecting to the scratch server")?;
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context("connecting to the scratch server")?;
     let started = Instant::now();
     workload::create_sysbench_table(&mut conn, "demo", "sbtest1", args.rows)
         .await
         .context("creating the demo table")?;
-    eprintln!("created demo.sbtest1 with {} rows in {:.1?}", args.rows, started.elapsed());
+    eprintln!(
+        "created demo.sbtest1 with {} rows in {:.1?}",
+        args.rows,
+        started.elapsed()
+    );
     drop(conn);
 
     let toml = format!(

@@ -29,9 +29,15 @@ fn check(config: &str) -> (i32, String) {
 
 fn assert_config_error(config: &str, needles: &[&str]) {
     let (code, stderr) = check(config);
-    assert_eq!(code, 2, "expected exit 2 for config:\n{config}\ngot:\n{stderr}");
+    assert_eq!(
+        code, 2,
+        "expected exit 2 for config:\n{config}\ngot:\n{stderr}"
+    );
     for n in needles {
-        assert!(stderr.contains(n), "missing {n:?} in {stderr:?} for config:\n{config}");
+        assert!(
+            stderr.contains(n),
+            "missing {n:?} in {stderr:?} for config:\n{config}"
+        );
     }
 }
 
@@ -130,7 +136,10 @@ fn both_password_and_password_env() {
         stderr.contains("[source] sets password and password_env"),
         "{stderr}"
     );
-    assert!(!stderr.contains("pw-secret-1"), "password printed: {stderr}");
+    assert!(
+        !stderr.contains("pw-secret-1"),
+        "password printed: {stderr}"
+    );
 }
 
 #[test]

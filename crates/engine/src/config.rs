@@ -95,9 +95,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             Int(u64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size like \"512MiB\" or \"2GiB\"")
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size like \"512MiB\" or \"2GiB\""))?
+        {
             Raw::Int(n) => Ok(ByteSize(n)),
             Raw::Text(text) => text
                 .trim()
@@ -559,7 +559,12 @@ fn check_identifier(what: &str, name: &str) -> Result<(), String> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -589,7 +594,8 @@ alter = "ADD COLUMN note TEXT"
 
     #[test]
     fn sizes_and_durations_parse() {
-        let text = format!("{GOOD}\n[local]\nmemory_limit = \"2GiB\"\n[copy]\nchunk_target = \"250ms\"\n");
+        let text =
+            format!("{GOOD}\n[local]\nmemory_limit = \"2GiB\"\n[copy]\nchunk_target = \"250ms\"\n");
         let c = Config::parse(&text, "t.toml").unwrap();
         assert_eq!(c.local.memory_limit.0, 2 << 30);
         assert_eq!(c.copy.chunk_target.0, Duration::from_millis(250));
@@ -608,7 +614,11 @@ alter = "ADD COLUMN note TEXT"
         let text = GOOD.replace("user = \"root\"", "user = \"root\"\npassword = 987654321");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(!e.contains("987654321"), "{e}");
-        let c = Config::parse(&GOOD.replace("user = \"root\"", "user = \"root\"\npassword = \"hunter2\""), "t").unwrap();
+        let c = Config::parse(
+            &GOOD.replace("user = \"root\"", "user = \"root\"\npassword = \"hunter2\""),
+            "t",
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

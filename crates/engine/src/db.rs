@@ -64,7 +64,8 @@ pub fn connection_opts(c: &ConnectionConfig) -> Result<Opts, String> {
 /// A pool of at most `max` connections.
 pub fn pool(opts: Opts, max: usize) -> Pool {
     let constraints = PoolConstraints::new(1, max.max(1)).unwrap_or_default();
-    let opts = OptsBuilder::from_opts(opts).pool_opts(PoolOpts::default().with_constraints(constraints));
+    let opts =
+        OptsBuilder::from_opts(opts).pool_opts(PoolOpts::default().with_constraints(constraints));
     Pool::new(opts)
 }
 
@@ -91,9 +92,17 @@ impl Flavor {
             nums.get(2).copied().unwrap_or(0),
         );
         if version.to_ascii_lowercase().contains("mariadb") {
-            Flavor::MariaDb { major, minor, patch }
+            Flavor::MariaDb {
+                major,
+                minor,
+                patch,
+            }
         } else {
-            Flavor::MySql { major, minor, patch }
+            Flavor::MySql {
+                major,
+                minor,
+                patch,
+            }
         }
     }
 
@@ -104,9 +113,16 @@ impl Flavor {
     /// `(major, minor, patch)`.
     pub fn version(&self) -> (u32, u32, u32) {
         match *self {
-            Flavor::MariaDb { major, minor, patch } | Flavor::MySql { major, minor, patch } => {
-                (major, minor, patch)
+            Flavor::MariaDb {
+                major,
+                minor,
+                patch,
             }
+            | Flavor::MySql {
+                major,
+                minor,
+                patch,
+            } => (major, minor, patch),
         }
     }
 
@@ -167,11 +183,19 @@ mod tests {
     fn flavor_parses() {
         assert_eq!(
             Flavor::parse("10.11.6-MariaDB-0+deb12u1-log"),
-            Flavor::MariaDb { major: 10, minor: 11, patch: 6 }
+            Flavor::MariaDb {
+                major: 10,
+                minor: 11,
+                patch: 6
+            }
         );
         assert_eq!(
             Flavor::parse("8.0.36"),
-            Flavor::MySql { major: 8, minor: 0, patch: 36 }
+            Flavor::MySql {
+                major: 8,
+                minor: 0,
+                patch: 36
+            }
         );
         assert!(Flavor::parse("10.4.1-MariaDB").version() < (10, 5, 0));
     }

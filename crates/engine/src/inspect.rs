@@ -117,7 +117,11 @@ pub async fn table_exists(conn: &mut Conn, schema: &str, table: &str) -> Result<
 }
 
 /// Describes `schema.table`. The table must exist.
-pub async fn inspect_table(conn: &mut Conn, schema: &str, table: &str) -> Result<TableInfo, DbError> {
+pub async fn inspect_table(
+    conn: &mut Conn,
+    schema: &str,
+    table: &str,
+) -> Result<TableInfo, DbError> {
     let what = || format!("inspecting {schema}.{table}");
     type ColRow = (
         String,
@@ -141,20 +145,22 @@ pub async fn inspect_table(conn: &mut Conn, schema: &str, table: &str) -> Result
         .context(what)?;
     let columns = cols
         .into_iter()
-        .map(|(name, data_type, column_type, nullable, default, charset, collation, extra)| {
-            // MariaDB reports a NULL default as the text `NULL`.
-            let default = default.filter(|d| !(nullable == "YES" && d == "NULL"));
-            ColumnInfo {
-                name,
-                data_type,
-                column_type,
-                nullable: nullable == "YES",
-                default,
-                charset,
-                collation,
-                extra,
-            }
-        })
+        .map(
+            |(name, data_type, column_type, nullable, default, charset, collation, extra)| {
+                // MariaDB reports a NULL default as the text `NULL`.
+                let default = default.filter(|d| !(nullable == "YES" && d == "NULL"));
+                ColumnInfo {
+                    name,
+                    data_type,
+                    column_type,
+                    nullable: nullable == "YES",
+                    default,
+                    charset,
+                    collation,
+                    extra,
+                }
+            },
+        )
         .collect();
 
     type StatRow = (String, i64, String, Option<i64>, String);
@@ -197,7 +203,13 @@ pub async fn inspect_table(conn: &mut Conn, schema: &str, table: &str) -> Result
         }
     }
 
-    let meta: Option<(Option<String>, Option<u64>, Option<u64>, Option<u64>, Option<String>)> = conn
+    let meta: Option<(
+        Option<String>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+    )> = conn
         .exec_first(
             "SELECT ENGINE, TABLE_ROWS, DATA_LENGTH, INDEX_LENGTH, CAST(CREATE_TIME AS CHAR) \
              FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",

@@ -21,14 +21,35 @@ use crate::inspect::{IndexInfo, TableInfo};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ColumnChange {
-    Kept { name: String },
-    Renamed { from: String, to: String },
-    TypeChanged { name: String, from_type: String, to_type: String },
-    RenamedTypeChanged { from: String, to: String, from_type: String, to_type: String },
-    Added { name: String, default: String },
-    Dropped { name: String },
+    Kept {
+        name: String,
+    },
+    Renamed {
+        from: String,
+        to: String,
+    },
+    TypeChanged {
+        name: String,
+        from_type: String,
+        to_type: String,
+    },
+    RenamedTypeChanged {
+        from: String,
+        to: String,
+        from_type: String,
+        to_type: String,
+    },
+    Added {
+        name: String,
+        default: String,
+    },
+    Dropped {
+        name: String,
+    },
     /// A generated column of the new table: computed by the server, never copied.
-    Generated { name: String },
+    Generated {
+        name: String,
+    },
 }
 
 impl ColumnChange {
@@ -48,10 +69,19 @@ impl ColumnChange {
         match self {
             ColumnChange::Kept { name } => format!("{name}: kept"),
             ColumnChange::Renamed { from, to } => format!("{from} -> {to}: renamed"),
-            ColumnChange::TypeChanged { name, from_type, to_type } => {
+            ColumnChange::TypeChanged {
+                name,
+                from_type,
+                to_type,
+            } => {
                 format!("{name}: type changed {from_type} -> {to_type}")
             }
-            ColumnChange::RenamedTypeChanged { from, to, from_type, to_type } => {
+            ColumnChange::RenamedTypeChanged {
+                from,
+                to,
+                from_type,
+                to_type,
+            } => {
                 format!("{from} -> {to}: renamed, type changed {from_type} -> {to_type}")
             }
             ColumnChange::Added { name, default } => format!("{name}: added, default {default}"),
@@ -98,7 +128,10 @@ pub struct TablePlan {
 impl TablePlan {
     /// `(old, new)` names of every copied column, in the old table's order.
     pub fn copied_columns(&self) -> Vec<(&str, &str)> {
-        self.columns.iter().filter_map(ColumnChange::copied).collect()
+        self.columns
+            .iter()
+            .filter_map(ColumnChange::copied)
+            .collect()
     }
 }
 
@@ -224,10 +257,16 @@ fn tokenize(s: &str) -> Vec<Token> {
                 i += 1;
             }
             i += 1;
-            out.push(if c == '`' { Token::Quoted(text) } else { Token::Str(text) });
+            out.push(if c == '`' {
+                Token::Quoted(text)
+            } else {
+                Token::Str(text)
+            });
         } else if c.is_alphanumeric() || c == '_' || c == '$' {
             let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
                 i += 1;
             }
             out.push(Token::Word(chars[start..i].iter().collect()));
@@ -261,7 +300,9 @@ pub fn plan_table(
         if let Some(other) = renames.get(from) {
             if !other.eq_ignore_ascii_case(to) {
                 return Err(refuse(
-                    format!("rename_columns maps {from} to {to}, but the ALTER renames it to {other}"),
+                    format!(
+                        "rename_columns maps {from} to {to}, but the ALTER renames it to {other}"
+                    ),
                     "make rename_columns agree with the ALTER, or drop the entry",
                 ));
             }
@@ -271,7 +312,10 @@ pub fn plan_table(
     for (from, to) in &renames {
         if old.column(from).is_none() {
             return Err(refuse(
-                format!("a rename names column {from}, which {} does not have", old.name),
+                format!(
+                    "a rename names column {from}, which {} does not have",
+                    old.name
+                ),
                 "fix the column name in rename_columns or the ALTER",
             ));
         }
@@ -305,11 +349,16 @@ pub fn plan_table(
         match new_name_of(&oc.name) {
             Some(new_name) => {
                 let nc = new.column(&new_name).ok_or_else(|| {
-                    refuse(format!("column {new_name} vanished"), "report this as a bug")
+                    refuse(
+                        format!("column {new_name} vanished"),
+                        "report this as a bug",
+                    )
                 })?;
                 mapped_new.push(nc.name.to_ascii_lowercase());
                 if nc.is_generated() {
-                    columns.push(ColumnChange::Generated { name: nc.name.clone() });
+                    columns.push(ColumnChange::Generated {
+                        name: nc.name.clone(),
+                    });
                     continue;
                 }
                 let same_type = oc.column_type.eq_ignore_ascii_case(&nc.column_type)
@@ -317,8 +366,13 @@ pub fn plan_table(
                     && oc.collation == nc.collation;
                 let renamed = !oc.name.eq_ignore_ascii_case(&nc.name);
                 columns.push(match (renamed, same_type) {
-                    (false, true) => ColumnChange::Kept { name: oc.name.clone() },
-                    (true, true) => ColumnChange::Renamed { from: oc.name.clone(), to: nc.name.clone() },
+                    (false, true) => ColumnChange::Kept {
+                        name: oc.name.clone(),
+                    },
+                    (true, true) => ColumnChange::Renamed {
+                        from: oc.name.clone(),
+                        to: nc.name.clone(),
+                    },
                     (false, false) => ColumnChange::TypeChanged {
                         name: oc.name.clone(),
                         from_type: type_label(oc),
@@ -332,7 +386,9 @@ pub fn plan_table(
                     },
                 });
             }
-            None => columns.push(ColumnChange::Dropped { name: oc.name.clone() }),
+            None => columns.push(ColumnChange::Dropped {
+                name: oc.name.clone(),
+            }),
         }
     }
     for nc in &new.columns {
@@ -340,7 +396,9 @@ pub fn plan_table(
             continue;
         }
         if nc.is_generated() {
-            columns.push(ColumnChange::Generated { name: nc.name.clone() });
+            columns.push(ColumnChange::Generated {
+                name: nc.name.clone(),
+            });
             continue;
         }
         if !nc.has_default() {
@@ -357,12 +415,18 @@ pub fn plan_table(
         } else {
             nc.default.clone().unwrap_or_else(|| "NULL".into())
         };
-        columns.push(ColumnChange::Added { name: nc.name.clone(), default });
+        columns.push(ColumnChange::Added {
+            name: nc.name.clone(),
+            default,
+        });
     }
 
     let chunk = old.identity_key().ok_or_else(|| {
         refuse(
-            format!("{} has no PRIMARY KEY and no UNIQUE key on NOT NULL columns", old.name),
+            format!(
+                "{} has no PRIMARY KEY and no UNIQUE key on NOT NULL columns",
+                old.name
+            ),
             format!(
                 "wraith needs a key to copy by and to apply changes with; add one first, e.g. \
                  `ALTER TABLE {} ADD PRIMARY KEY (...)`",
@@ -404,7 +468,13 @@ pub fn plan_table(
         Vec::new()
     };
 
-    let (backend, backend_reason) = choose_backend(backend, old, &chunk.columns, &new_key_index.columns, &renames);
+    let (backend, backend_reason) = choose_backend(
+        backend,
+        old,
+        &chunk.columns,
+        &new_key_index.columns,
+        &renames,
+    );
     Ok(TablePlan {
         table: old.name.clone(),
         chunk_key: chunk.columns.clone(),
@@ -420,7 +490,10 @@ pub fn plan_table(
 }
 
 fn type_label(c: &crate::inspect::ColumnInfo) -> String {
-    match (&c.charset, c.data_type.contains("char") || c.data_type.contains("text")) {
+    match (
+        &c.charset,
+        c.data_type.contains("char") || c.data_type.contains("text"),
+    ) {
         (Some(cs), true) => format!("{} {cs}", c.column_type),
         _ => c.column_type.clone(),
     }
@@ -450,7 +523,10 @@ fn choose_backend(
                 })
                 .collect();
             let same_order = renamed.len() == new_key.len()
-                && renamed.iter().zip(new_key).all(|(a, b)| a.eq_ignore_ascii_case(b));
+                && renamed
+                    .iter()
+                    .zip(new_key)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
             if same_order {
                 (
                     BackendKind::Sql,
@@ -472,7 +548,9 @@ mod tests {
 
     #[test]
     fn renames_from_alter() {
-        let f = alter_facts("CHANGE COLUMN `a` `b` INT, ADD COLUMN c INT DEFAULT 1, RENAME COLUMN d TO e");
+        let f = alter_facts(
+            "CHANGE COLUMN `a` `b` INT, ADD COLUMN c INT DEFAULT 1, RENAME COLUMN d TO e",
+        );
         assert_eq!(f.renames.get("a").map(String::as_str), Some("b"));
         assert_eq!(f.renames.get("d").map(String::as_str), Some("e"));
         assert!(!f.renames_table);

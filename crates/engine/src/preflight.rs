@@ -117,7 +117,10 @@ pub fn render_plan(p: &TablePlan) -> String {
             out.push_str(&format!("    {}\n", i.definition));
         }
     }
-    out.push_str(&format!("  backend:     {} ({})\n", p.backend, p.backend_reason));
+    out.push_str(&format!(
+        "  backend:     {} ({})\n",
+        p.backend, p.backend_reason
+    ));
     out.push_str(&format!(
         "  estimated:   {} rows, {}\n",
         p.estimated_rows,
@@ -169,7 +172,14 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
     report.flavor = Some(flavor);
     report.ok("server", flavor.to_string());
     check_binlog(&mut conn, flavor, report).await?;
-    check_privileges(&mut conn, flavor, &config.source.user, &config.source.database, report).await?;
+    check_privileges(
+        &mut conn,
+        flavor,
+        &config.source.user,
+        &config.source.database,
+        report,
+    )
+    .await?;
     for table in &config.tables {
         check_table(&mut conn, config, table, report).await?;
     }
@@ -178,7 +188,10 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
 
 async fn global_var(conn: &mut Conn, name: &str) -> Result<Option<String>, DbError> {
     let row: Option<(String, String)> = conn
-        .query_first(format!("SHOW GLOBAL VARIABLES LIKE {}", db::quote_str(name)))
+        .query_first(format!(
+            "SHOW GLOBAL VARIABLES LIKE {}",
+            db::quote_str(name)
+        ))
         .await
         .context(|| format!("reading @@GLOBAL.{name}"))?;
     Ok(row.map(|(_, v)| v))
@@ -196,18 +209,19 @@ async fn check_binlog(conn: &mut Conn, flavor: Flavor, report: &mut Report) -> R
         );
     }
 
-    let expect = |report: &mut Report, name: &str, value: Option<String>, wanted: &[&str], fix: String| {
-        let value = value.unwrap_or_else(|| "(not set)".into());
-        if wanted.iter().any(|w| value.eq_ignore_ascii_case(w)) {
-            report.ok(name, value);
-        } else {
-            report.fail(
-                name,
-                format!("{name} is {value}; wraith needs {}", wanted.join(" or ")),
-                fix,
-            );
-        }
-    };
+    let expect =
+        |report: &mut Report, name: &str, value: Option<String>, wanted: &[&str], fix: String| {
+            let value = value.unwrap_or_else(|| "(not set)".into());
+            if wanted.iter().any(|w| value.eq_ignore_ascii_case(w)) {
+                report.ok(name, value);
+            } else {
+                report.fail(
+                    name,
+                    format!("{name} is {value}; wraith needs {}", wanted.join(" or ")),
+                    fix,
+                );
+            }
+        };
     let v = global_var(conn, "binlog_format").await?;
     expect(
         report,
@@ -244,12 +258,15 @@ async fn check_binlog(conn: &mut Conn, flavor: Flavor, report: &mut Report) -> R
                 "binlog_row_metadata",
                 v,
                 &["MINIMAL", "FULL"],
-                "SET GLOBAL binlog_row_metadata = 'MINIMAL'; and the same under [mysqld] in my.cnf".into(),
+                "SET GLOBAL binlog_row_metadata = 'MINIMAL'; and the same under [mysqld] in my.cnf"
+                    .into(),
             );
         }
     }
     if flavor.is_mariadb() {
-        let v = global_var(conn, "log_bin_compress").await?.unwrap_or_else(|| "OFF".into());
+        let v = global_var(conn, "log_bin_compress")
+            .await?
+            .unwrap_or_else(|| "OFF".into());
         if v.eq_ignore_ascii_case("OFF") || v == "0" {
             report.ok("log_bin_compress", "OFF");
         } else {
@@ -379,13 +396,27 @@ async fn check_privileges(
         .collect();
     let on_db: BTreeSet<&str> = grants
         .iter()
-        .filter(|g| g.table.is_none() && g.database.as_deref().is_none_or(|d| like_match(d, database)))
+        .filter(|g| {
+            g.table.is_none()
+                && g.database
+                    .as_deref()
+                    .is_none_or(|d| like_match(d, database))
+        })
         .flat_map(|g| g.privileges.iter().map(String::as_str))
         .collect();
     let all_global = global.contains("ALL PRIVILEGES") || global.contains("ALL");
     let all_db = all_global || on_db.contains("ALL PRIVILEGES") || on_db.contains("ALL");
 
-    let table_privs = ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "LOCK TABLES"];
+    let table_privs = [
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "LOCK TABLES",
+    ];
     let missing_db: Vec<&str> = table_privs
         .iter()
         .copied()
@@ -404,7 +435,10 @@ async fn check_privileges(
         missing_global.push(client_priv);
     }
     if missing_db.is_empty() && missing_global.is_empty() {
-        report.ok("privileges", format!("{user} has what wraith needs on {database}"));
+        report.ok(
+            "privileges",
+            format!("{user} has what wraith needs on {database}"),
+        );
         return Ok(());
     }
     let mut fixes = Vec::new();
@@ -416,9 +450,16 @@ async fn check_privileges(
         ));
     }
     if !missing_global.is_empty() {
-        fixes.push(format!("GRANT {} ON *.* TO '{user}'@'<host>';", missing_global.join(", ")));
+        fixes.push(format!(
+            "GRANT {} ON *.* TO '{user}'@'<host>';",
+            missing_global.join(", ")
+        ));
     }
-    let missing: Vec<&str> = missing_db.iter().chain(missing_global.iter()).copied().collect();
+    let missing: Vec<&str> = missing_db
+        .iter()
+        .chain(missing_global.iter())
+        .copied()
+        .collect();
     report.fail(
         "privileges",
         format!(
@@ -460,7 +501,10 @@ async fn check_table(
     if !old.engine.eq_ignore_ascii_case("InnoDB") {
         report.warn(
             &name,
-            format!("engine is {}, not InnoDB: reads are not consistent snapshots", old.engine),
+            format!(
+                "engine is {}, not InnoDB: reads are not consistent snapshots",
+                old.engine
+            ),
             "convert the table to InnoDB first",
         );
     }
@@ -469,11 +513,20 @@ async fn check_table(
     match apply_alter_to_copy(conn, &old, &table.alter).await? {
         Err(server_message) => report.fail(
             &format!("alter {}", table.name),
-            format!("the ALTER does not apply to {}: {server_message}", table.name),
-            format!("fix [[table]] alter for {} (it is the clause after `ALTER TABLE {}`)", table.name, table.name),
+            format!(
+                "the ALTER does not apply to {}: {server_message}",
+                table.name
+            ),
+            format!(
+                "fix [[table]] alter for {} (it is the clause after `ALTER TABLE {}`)",
+                table.name, table.name
+            ),
         ),
         Ok(new) => {
-            report.ok(&format!("alter {}", table.name), "applies cleanly to a copy of the definition");
+            report.ok(
+                &format!("alter {}", table.name),
+                "applies cleanly to a copy of the definition",
+            );
             match plan_table(
                 &old,
                 &new,
@@ -485,7 +538,11 @@ async fn check_table(
                 Ok(plan) => {
                     report.ok(
                         &format!("key {}", table.name),
-                        format!("copy by ({}), new key ({})", plan.chunk_key.join(", "), plan.new_key.join(", ")),
+                        format!(
+                            "copy by ({}), new key ({})",
+                            plan.chunk_key.join(", "),
+                            plan.new_key.join(", ")
+                        ),
                     );
                     report.plans.push(plan);
                 }
@@ -566,15 +623,22 @@ pub async fn apply_alter_to_copy(
             "a table {check} already exists (left by an interrupted check?); drop it with DROP TABLE {qcheck}"
         )));
     }
-    conn.query_drop(format!("CREATE TABLE {qcheck} LIKE {qs}.{}", quote_ident(&old.name)))
-        .await
-        .context(|| format!("creating the throwaway copy {check}"))?;
-    let altered = conn.query_drop(format!("ALTER TABLE {qcheck} {alter}")).await;
+    conn.query_drop(format!(
+        "CREATE TABLE {qcheck} LIKE {qs}.{}",
+        quote_ident(&old.name)
+    ))
+    .await
+    .context(|| format!("creating the throwaway copy {check}"))?;
+    let altered = conn
+        .query_drop(format!("ALTER TABLE {qcheck} {alter}"))
+        .await;
     let result = match altered {
         Ok(()) => Ok(inspect_table(conn, &old.schema, &check).await),
         Err(e @ mysql_async::Error::Server(_)) => Err(e.to_string()),
         Err(e) => {
-            let _ = conn.query_drop(format!("DROP TABLE IF EXISTS {qcheck}")).await;
+            let _ = conn
+                .query_drop(format!("DROP TABLE IF EXISTS {qcheck}"))
+                .await;
             return Err(DbError {
                 context: format!("applying the ALTER to {check}"),
                 error: e,
@@ -600,13 +664,18 @@ mod tests {
 
     #[test]
     fn parses_grants() {
-        let g = parse_grant("GRANT SELECT, INSERT, UPDATE (a, b), LOCK TABLES ON `app`.* TO `u`@`%`").unwrap();
+        let g =
+            parse_grant("GRANT SELECT, INSERT, UPDATE (a, b), LOCK TABLES ON `app`.* TO `u`@`%`")
+                .unwrap();
         assert!(g.privileges.contains("SELECT"));
         assert!(g.privileges.contains("LOCK TABLES"));
         assert!(!g.privileges.contains("UPDATE"));
         assert_eq!(g.database.as_deref(), Some("app"));
         assert_eq!(g.table, None);
-        let g = parse_grant("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*x'").unwrap();
+        let g = parse_grant(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*x'",
+        )
+        .unwrap();
         assert!(g.privileges.contains("BINLOG MONITOR"));
         assert_eq!(g.database, None);
         let g = parse_grant("GRANT ALL PRIVILEGES ON `a.b`.`t` TO `u`@`h`").unwrap();

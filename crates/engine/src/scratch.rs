@@ -27,8 +27,14 @@ pub enum ScratchError {
     Io(#[from] std::io::Error),
     #[error("initialising the scratch datadir with {tool} failed: {output}")]
     InstallDb { tool: String, output: String },
-    #[error("the scratch server did not answer within {seconds}s; its log {log} ends with:\n{tail}")]
-    StartTimeout { seconds: u64, log: PathBuf, tail: String },
+    #[error(
+        "the scratch server did not answer within {seconds}s; its log {log} ends with:\n{tail}"
+    )]
+    StartTimeout {
+        seconds: u64,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("the scratch server exited while starting; its log {log} ends with:\n{tail}")]
     Exited { log: PathBuf, tail: String },
 }
@@ -121,7 +127,9 @@ impl ScratchServer {
     /// Starts a server and waits until it answers. Blocking.
     pub fn start(opts: ScratchOptions) -> Result<ScratchServer, ScratchError> {
         let server = find_binary(&["mariadbd", "mysqld"]).ok_or(ScratchError::NoServerBinary)?;
-        let dir = tempfile::Builder::new().prefix("wraith-scratch-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("wraith-scratch-")
+            .tempdir()?;
         let datadir = dir.path().join("data");
         install_datadir(&server, &datadir)?;
 
@@ -135,9 +143,15 @@ impl ScratchServer {
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", datadir.display()))
                 .arg(format!("--port={port}"))
-                .arg(format!("--socket={}", dir.path().join("mysql.sock").display()))
+                .arg(format!(
+                    "--socket={}",
+                    dir.path().join("mysql.sock").display()
+                ))
                 .arg("--bind-address=127.0.0.1")
-                .arg(format!("--pid-file={}", dir.path().join("server.pid").display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("server.pid").display()
+                ))
                 .arg(format!("--log-error={}", log.display()))
                 .arg("--log-bin=binlog")
                 .arg(format!("--binlog-format={}", opts.binlog_format))
@@ -177,7 +191,8 @@ impl ScratchServer {
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    let port_taken = matches!(&e, ScratchError::Exited { tail, .. } if tail.contains("in use"));
+                    let port_taken =
+                        matches!(&e, ScratchError::Exited { tail, .. } if tail.contains("in use"));
                     if !port_taken {
                         return Err(e);
                     }

@@ -19,9 +19,12 @@ pub async fn create_sysbench_table(
     rows: u64,
 ) -> Result<(), DbError> {
     let qt = format!("{}.{}", quote_ident(schema), quote_ident(table));
-    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", quote_ident(schema)))
-        .await
-        .context(|| format!("creating database {schema}"))?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS {}",
+        quote_ident(schema)
+    ))
+    .await
+    .context(|| format!("creating database {schema}"))?;
     conn.query_drop(format!(
         "CREATE TABLE {qt} (\
            id INT UNSIGNED NOT NULL AUTO_INCREMENT, \

@@ -10,17 +10,37 @@ const SBTEST: &str = "CREATE TABLE sbtest (id INT UNSIGNED NOT NULL AUTO_INCREME
 /// every one of `needles`; also asserts the table and its rows are unchanged
 /// and the throwaway copy is gone.
 async fn assert_refused(s: &Schema, table: &str, config: &str, needles: &[&str]) {
-    let before = if s.table_exists(table).await { Some(s.snapshot(table).await) } else { None };
+    let before = if s.table_exists(table).await {
+        Some(s.snapshot(table).await)
+    } else {
+        None
+    };
     let run = wraith_with_config(&["check"], config).await;
-    assert_eq!(run.code, 3, "expected a preflight refusal:\n{}", run.output());
+    assert_eq!(
+        run.code,
+        3,
+        "expected a preflight refusal:\n{}",
+        run.output()
+    );
     for n in needles {
-        assert!(run.stderr.contains(n), "missing {n:?} in:\n{}", run.output());
+        assert!(
+            run.stderr.contains(n),
+            "missing {n:?} in:\n{}",
+            run.output()
+        );
     }
-    assert!(run.stderr.contains("fix:"), "a refusal must say how to fix it:\n{}", run.output());
+    assert!(
+        run.stderr.contains("fix:"),
+        "a refusal must say how to fix it:\n{}",
+        run.output()
+    );
     if let Some(before) = before {
         assert_eq!(before, s.snapshot(table).await, "the source table changed");
     }
-    assert!(!s.table_exists(&format!("_{table}_chk")).await, "throwaway copy left behind");
+    assert!(
+        !s.table_exists(&format!("_{table}_chk")).await,
+        "throwaway copy left behind"
+    );
 }
 
 #[tokio::test]
@@ -28,15 +48,34 @@ async fn refuses_table_without_usable_key() {
     let s = Schema::new("pf_nokey").await;
     s.exec("CREATE TABLE t (a INT, b INT NULL, UNIQUE KEY u (b)); INSERT INTO t VALUES (1, 1), (1, NULL)").await;
     let cfg = s.config("t", "ADD COLUMN c INT", "");
-    assert_refused(&s, "t", &cfg, &["no PRIMARY KEY and no UNIQUE key on NOT NULL columns", "ADD PRIMARY KEY"]).await;
+    assert_refused(
+        &s,
+        "t",
+        &cfg,
+        &[
+            "no PRIMARY KEY and no UNIQUE key on NOT NULL columns",
+            "ADD PRIMARY KEY",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn refuses_alter_dropping_primary_key() {
     let s = Schema::new("pf_droppk").await;
     s.exec(SBTEST).await;
-    let cfg = s.config("sbtest", "DROP PRIMARY KEY, MODIFY id INT UNSIGNED NOT NULL", "");
-    assert_refused(&s, "sbtest", &cfg, &["after the ALTER", "would have no PRIMARY KEY"]).await;
+    let cfg = s.config(
+        "sbtest",
+        "DROP PRIMARY KEY, MODIFY id INT UNSIGNED NOT NULL",
+        "",
+    );
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &["after the ALTER", "would have no PRIMARY KEY"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -44,7 +83,17 @@ async fn refuses_alter_with_syntax_error() {
     let s = Schema::new("pf_syntax").await;
     s.exec(SBTEST).await;
     let cfg = s.config("sbtest", "ADD COLUMN x INT,, DROP COLUMN c", "");
-    assert_refused(&s, "sbtest", &cfg, &["the ALTER does not apply", "SQL syntax", "fix [[table]] alter"]).await;
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &[
+            "the ALTER does not apply",
+            "SQL syntax",
+            "fix [[table]] alter",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -59,7 +108,13 @@ async fn refuses_not_null_column_without_default() {
     let s = Schema::new("pf_nodefault").await;
     s.exec(SBTEST).await;
     let cfg = s.config("sbtest", "ADD COLUMN x INT NOT NULL", "");
-    assert_refused(&s, "sbtest", &cfg, &["adds column x as NOT NULL without a DEFAULT"]).await;
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &["adds column x as NOT NULL without a DEFAULT"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -74,7 +129,13 @@ async fn refuses_triggers_and_foreign_keys() {
     s.exec(SBTEST).await;
     s.exec("CREATE TABLE child (id INT PRIMARY KEY, p INT UNSIGNED, FOREIGN KEY fk_p (p) REFERENCES sbtest (id))").await;
     let cfg = s.config("sbtest", "FORCE", "");
-    assert_refused(&s, "sbtest", &cfg, &["takes part in foreign keys", "child -> sbtest"]).await;
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &["takes part in foreign keys", "child -> sbtest"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -82,7 +143,16 @@ async fn refuses_statement_binlog_format() {
     let s = Schema::on(misconfigured_server(), "pf_stmt").await;
     s.exec(SBTEST).await;
     let cfg = s.config("sbtest", "FORCE", "");
-    assert_refused(&s, "sbtest", &cfg, &["binlog_format is STATEMENT", "SET GLOBAL binlog_format = 'ROW'"]).await;
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &[
+            "binlog_format is STATEMENT",
+            "SET GLOBAL binlog_format = 'ROW'",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -114,25 +184,48 @@ async fn refuses_user_without_replication_privileges() {
          GRANT ALL PRIVILEGES ON `pf_priv`.* TO 'norepl'@'127.0.0.1'",
     )
     .await;
-    let cfg = s
-        .config("sbtest", "FORCE", "")
-        .replace("user = \"root\"", "user = \"norepl\"\npassword = \"s3cret-pw\"");
-    assert_refused(&s, "sbtest", &cfg, &["norepl lacks REPLICATION SLAVE, BINLOG MONITOR", "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*"]).await;
+    let cfg = s.config("sbtest", "FORCE", "").replace(
+        "user = \"root\"",
+        "user = \"norepl\"\npassword = \"s3cret-pw\"",
+    );
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &[
+            "norepl lacks REPLICATION SLAVE, BINLOG MONITOR",
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*",
+        ],
+    )
+    .await;
     let run = wraith_with_config(&["check", "-vv"], &cfg).await;
-    assert!(!run.output().contains("s3cret-pw"), "password printed:\n{}", run.output());
+    assert!(
+        !run.output().contains("s3cret-pw"),
+        "password printed:\n{}",
+        run.output()
+    );
 }
 
 #[tokio::test]
 async fn wrong_password_is_refused_without_printing_it() {
     let s = Schema::new("pf_badpw").await;
     s.exec(SBTEST).await;
-    let cfg = s
-        .config("sbtest", "FORCE", "")
-        .replace("user = \"root\"", "user = \"nobody\"\npassword = \"wrong-Pa55\"");
+    let cfg = s.config("sbtest", "FORCE", "").replace(
+        "user = \"root\"",
+        "user = \"nobody\"\npassword = \"wrong-Pa55\"",
+    );
     let run = wraith_with_config(&["check", "-vvv"], &cfg).await;
     assert_eq!(run.code, 3, "{}", run.output());
-    assert!(run.stderr.contains("cannot talk to nobody@127.0.0.1"), "{}", run.output());
-    assert!(!run.output().contains("wrong-Pa55"), "password printed:\n{}", run.output());
+    assert!(
+        run.stderr.contains("cannot talk to nobody@127.0.0.1"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        !run.output().contains("wrong-Pa55"),
+        "password printed:\n{}",
+        run.output()
+    );
 }
 
 #[tokio::test]
@@ -166,7 +259,11 @@ async fn plan_maps_added_dropped_renamed_and_retyped_columns() {
         "KEY `kd` (`d`)",
         "backend:     sql",
     ] {
-        assert!(run.stderr.contains(line), "plan lacks {line:?}:\n{}", run.output());
+        assert!(
+            run.stderr.contains(line),
+            "plan lacks {line:?}:\n{}",
+            run.output()
+        );
     }
     // The unique key is not deferred: REPLACE needs it in place to stay exact.
     assert!(!run.stderr.contains("UNIQUE KEY `ub`"), "{}", run.output());
@@ -177,7 +274,10 @@ async fn plan_maps_added_dropped_renamed_and_retyped_columns() {
     let cols = &v["plans"][0]["columns"];
     assert_eq!(cols[0], serde_json::json!({"kind": "kept", "name": "id"}));
     assert_eq!(cols[1], serde_json::json!({"kind": "dropped", "name": "a"}));
-    assert_eq!(cols[2], serde_json::json!({"kind": "renamed", "from": "b", "to": "b2"}));
+    assert_eq!(
+        cols[2],
+        serde_json::json!({"kind": "renamed", "from": "b", "to": "b2"})
+    );
     assert_eq!(v["plans"][0]["new_key"], serde_json::json!(["id"]));
     assert_eq!(before, s.snapshot("t").await, "check changed the table");
 }
@@ -185,12 +285,18 @@ async fn plan_maps_added_dropped_renamed_and_retyped_columns() {
 #[tokio::test]
 async fn plan_for_primary_key_change_picks_local_backend() {
     let s = Schema::new("pf_pkchange").await;
-    s.exec("CREATE TABLE t (a INT NOT NULL, b INT NOT NULL, v TEXT, PRIMARY KEY (a, b))").await;
+    s.exec("CREATE TABLE t (a INT NOT NULL, b INT NOT NULL, v TEXT, PRIMARY KEY (a, b))")
+        .await;
     let cfg = s.config("t", "DROP PRIMARY KEY, ADD PRIMARY KEY (b, a)", "");
     let run = wraith_with_config(&["check"], &cfg).await;
     assert_eq!(run.code, 0, "{}", run.output());
     assert!(run.stderr.contains("new key:     b, a"), "{}", run.output());
-    assert!(run.stderr.contains("backend:     local (auto: the new primary key orders rows differently"), "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("backend:     local (auto: the new primary key orders rows differently"),
+        "{}",
+        run.output()
+    );
 }
 
 #[tokio::test]
@@ -198,5 +304,11 @@ async fn rename_without_alter_support_is_refused() {
     let s = Schema::new("pf_badrename").await;
     s.exec(SBTEST).await;
     let cfg = s.config("sbtest", "FORCE", "[table.rename_columns]\nc = \"c_new\"\n");
-    assert_refused(&s, "sbtest", &cfg, &["c is renamed to c_new, but the new table has no column c_new"]).await;
+    assert_refused(
+        &s,
+        "sbtest",
+        &cfg,
+        &["c is renamed to c_new, but the new table has no column c_new"],
+    )
+    .await;
 }

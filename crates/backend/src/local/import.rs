@@ -116,7 +116,9 @@ async fn target_columns(
             (target.schema.as_bytes(), target.table.as_bytes()),
         )
         .await
-        .map_err(|e| BackendError::sql("reading the target's columns", &target.display_name(), e))?;
+        .map_err(|e| {
+            BackendError::sql("reading the target's columns", &target.display_name(), e)
+        })?;
     let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(rows
         .into_iter()

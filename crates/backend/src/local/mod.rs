@@ -512,7 +512,11 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn close_engine(&self, cfg: &EngineConfig, engine_uuid: Uuid) -> Result<(), BackendError> {
+    async fn close_engine(
+        &self,
+        cfg: &EngineConfig,
+        engine_uuid: Uuid,
+    ) -> Result<(), BackendError> {
         let engine = match self.loaded(engine_uuid)? {
             Some(e) => e,
             None => self.load(engine_uuid, None).await?,
@@ -536,12 +540,11 @@ impl Backend for LocalBackend {
             e.db.flush()
                 .map_err(|err| BackendError::storage(e.uuid, "flushing memtables", err))?;
             if local.compact {
-                let size = e
-                    .db
-                    .property_int_value("rocksdb.total-sst-files-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
+                let size =
+                    e.db.property_int_value("rocksdb.total-sst-files-size")
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0);
                 if size >= local.compact_threshold {
                     tracing::info!(engine = %e.uuid, size, "compacting local engine");
                     e.db.compact_range::<&[u8], &[u8]>(None, None);
@@ -562,10 +565,12 @@ impl Backend for LocalBackend {
         region_split_size: u64,
         region_split_keys: u64,
     ) -> Result<ImportStats, BackendError> {
-        let engine = self.loaded(engine_uuid)?.ok_or(BackendError::EngineNotFound {
-            engine: engine_uuid,
-            dir: Some(self.engine_dir(engine_uuid)),
-        })?;
+        let engine = self
+            .loaded(engine_uuid)?
+            .ok_or(BackendError::EngineNotFound {
+                engine: engine_uuid,
+                dir: Some(self.engine_dir(engine_uuid)),
+            })?;
         if !engine.closed.load(Ordering::Acquire) {
             return Err(engine.state_err("import needs a closed engine"));
         }
@@ -627,10 +632,12 @@ impl Backend for LocalBackend {
     }
 
     async fn flush_engine(&self, engine_uuid: Uuid) -> Result<(), BackendError> {
-        let engine = self.loaded(engine_uuid)?.ok_or(BackendError::EngineNotFound {
-            engine: engine_uuid,
-            dir: None,
-        })?;
+        let engine = self
+            .loaded(engine_uuid)?
+            .ok_or(BackendError::EngineNotFound {
+                engine: engine_uuid,
+                dir: None,
+            })?;
         Self::flush(engine).await
     }
 
@@ -643,10 +650,12 @@ impl Backend for LocalBackend {
     }
 
     async fn reset_engine(&self, engine_uuid: Uuid) -> Result<(), BackendError> {
-        let engine = self.loaded(engine_uuid)?.ok_or(BackendError::EngineNotFound {
-            engine: engine_uuid,
-            dir: None,
-        })?;
+        let engine = self
+            .loaded(engine_uuid)?
+            .ok_or(BackendError::EngineNotFound {
+                engine: engine_uuid,
+                dir: None,
+            })?;
         let e = engine.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
             let mut batch = WriteBatch::default();
@@ -670,10 +679,12 @@ impl Backend for LocalBackend {
         cfg: &LocalWriterConfig,
         engine_uuid: Uuid,
     ) -> Result<Box<dyn EngineWriter>, BackendError> {
-        let engine = self.loaded(engine_uuid)?.ok_or(BackendError::EngineNotFound {
-            engine: engine_uuid,
-            dir: None,
-        })?;
+        let engine = self
+            .loaded(engine_uuid)?
+            .ok_or(BackendError::EngineNotFound {
+                engine: engine_uuid,
+                dir: None,
+            })?;
         if engine.closed.load(Ordering::Acquire) {
             return Err(engine.state_err("cannot write to a closed engine"));
         }
@@ -757,7 +768,11 @@ struct BatchWriter {
 
 #[async_trait]
 impl EngineWriter for BatchWriter {
-    async fn append_rows(&mut self, columns: &[String], rows: Vec<Row>) -> Result<(), BackendError> {
+    async fn append_rows(
+        &mut self,
+        columns: &[String],
+        rows: Vec<Row>,
+    ) -> Result<(), BackendError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -818,12 +833,7 @@ impl SortedWriter {
         }
         let mut buf = std::mem::take(&mut self.buf);
         self.buf_bytes = 0;
-        let engine = self
-            .inner
-            .as_ref()
-            .ok_or_else(writer_gone)?
-            .engine
-            .clone();
+        let engine = self.inner.as_ref().ok_or_else(writer_gone)?.engine.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
             buf.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             // Equal keys carry equal rows (the key ends with the row's hash).
@@ -856,7 +866,11 @@ impl SortedWriter {
 
 #[async_trait]
 impl EngineWriter for SortedWriter {
-    async fn append_rows(&mut self, columns: &[String], rows: Vec<Row>) -> Result<(), BackendError> {
+    async fn append_rows(
+        &mut self,
+        columns: &[String],
+        rows: Vec<Row>,
+    ) -> Result<(), BackendError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -874,7 +888,10 @@ impl EngineWriter for SortedWriter {
         .map_err(|e| BackendError::task("encoding rows", e))?;
         self.inner = Some(inner);
         let kvs = res?;
-        self.buf_bytes += kvs.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+        self.buf_bytes += kvs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>();
         self.buf.extend(kvs);
         if self.buf_bytes >= self.limit {
             self.ingest().await?;
