@@ -56,7 +56,7 @@ pub async fn demo(args: DemoArgs) -> Result<Outcome, Failure> {
 
     let toml = format!(
         "[source]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"demo\"\n\n\
-         [[table]]\nname = \"sbtest1\"\nalter = {:?}\n\n[copy]\nbackend = {:?}\n",
+         [[table]]\nname = \"sbtest1\"\nalter = {:?}\n\n[copy]\nbackend = {:?}\n\n[cutover]\nenabled = false\n",
         server.port(),
         args.alter,
         args.backend

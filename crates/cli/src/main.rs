@@ -4,13 +4,16 @@
 //! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
 
 mod demo;
+mod progress_display;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use wraith_engine::config::Config;
+use wraith_engine::migration::{self, RunError};
 use wraith_engine::preflight;
+use wraith_engine::progress::ProgressHandle;
 
 /// wraith: online table rebuilds and bulk imports for MySQL-family databases.
 #[derive(Parser)]
@@ -117,6 +120,7 @@ fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -159,18 +163,49 @@ async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
 }
 
 async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
-    let report = preflight::run(config).await;
-    if !report.passed() {
-        eprint!("{}", report.render());
-        eprintln!("\npreflight refused; nothing was changed");
-        return Ok(Outcome::Refused);
+    let progress = ProgressHandle::new();
+    let display = progress_display::spawn(progress.clone());
+    let result = migration::run(config, &progress).await;
+    display.finish().await;
+    match result {
+        Ok(report) => {
+            for t in &report.tables {
+                eprintln!(
+                    "{}: copied {} rows in {:.2}s ({:.0} rows/s, {} backend, {} chunks, {} engines), \
+                     indexes restored in {:.2}s, checksum of {} rows passed in {:.2}s; total {:.2}s",
+                    t.table,
+                    t.rows_copied,
+                    t.copy_secs,
+                    t.copy_rows_per_sec,
+                    t.backend,
+                    t.chunks,
+                    t.engines,
+                    t.index_restore_secs,
+                    t.checksum_rows,
+                    t.checksum_secs,
+                    t.total_secs
+                );
+                if !report.cut_over {
+                    eprintln!(
+                        "{}: the verified shadow table {} stands beside the untouched source (cut-over disabled)",
+                        t.table, t.shadow
+                    );
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+                );
+            }
+            Ok(Outcome::Done)
+        }
+        Err(RunError::Refused(report)) => {
+            eprint!("{}", report.render());
+            eprintln!("\npreflight refused; nothing was changed");
+            Ok(Outcome::Refused)
+        }
+        Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
+        Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
-        );
-    }
-    eprint!("{}", report.render());
-    Ok(Outcome::Done)
 }

@@ -262,6 +262,14 @@ pub struct LocalConfig {
     pub memory_limit: ByteSize,
     #[serde(default = "default_compression")]
     pub compression: Compression,
+    /// Rows for about this many bytes go into one engine; a full engine is
+    /// imported while the copy fills the next.
+    #[serde(default = "default_engine_size")]
+    pub engine_size: ByteSize,
+}
+
+fn default_engine_size() -> ByteSize {
+    ByteSize(1 << 30)
 }
 
 fn default_sort_dir() -> PathBuf {
@@ -280,6 +288,7 @@ impl Default for LocalConfig {
             sort_dir: default_sort_dir(),
             memory_limit: default_memory_limit(),
             compression: default_compression(),
+            engine_size: default_engine_size(),
         }
     }
 }

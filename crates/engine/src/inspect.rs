@@ -39,6 +39,27 @@ impl ColumnInfo {
         self.column_type.to_ascii_lowercase().contains("unsigned")
     }
 
+    /// The backend's description of this column's values, named `name`.
+    /// `None` for types wraith cannot carry (spatial types).
+    pub fn spec(&self, name: &str) -> Option<wraith_backend::ColumnSpec> {
+        let kind = wraith_backend::ColumnKind::from_data_type(&self.data_type)?;
+        let fsp = if matches!(self.data_type.as_str(), "datetime" | "timestamp" | "time") {
+            self.column_type
+                .split_once('(')
+                .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        Some(wraith_backend::ColumnSpec {
+            name: name.to_string(),
+            kind,
+            unsigned: self.is_unsigned(),
+            charset: self.charset.clone(),
+            fsp,
+        })
+    }
+
     /// Whether a row inserted without this column gets a value without error.
     pub fn has_default(&self) -> bool {
         self.nullable

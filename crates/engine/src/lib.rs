@@ -12,17 +12,27 @@
 //! - [`inspect`]: what a table looks like (columns, keys, indexes).
 //! - [`plan`]: column mapping, chunk key, new key, deferred indexes.
 //! - [`preflight`]: every check that must pass before a run, and the plan.
+//! - [`shadow`]: the shadow table, its layout, deferred indexes.
+//! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
+//! - [`checksum`]: chunked comparison of source and shadow.
+//! - [`migration`]: the state machine of a run; [`progress`]: its counters.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
+pub mod checksum;
+pub mod chunker;
 pub mod config;
+pub mod copy;
 pub mod db;
 pub mod inspect;
+pub mod migration;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod scratch;
+pub mod shadow;
 pub mod workload;
 
 /// The driver, re-exported so callers use the same version.

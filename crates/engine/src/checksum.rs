@@ -1,0 +1,343 @@
+//! The checksum: is the shadow table the source under the column mapping?
+//!
+//! Both sides compute, per key range and on the server, `COUNT(*)`,
+//! `BIT_XOR(h)` and `SUM(h)` where `h = CRC32(CONCAT_WS('#', cols..., ISNULL
+//! flags...))` over the copied columns. The NULL flags keep `NULL` and `''`
+//! apart; XOR and SUM together catch what either alone misses (a row counted
+//! twice cancels in XOR, not in SUM). Every value is compared as bytes
+//! (`CAST(.. AS BINARY)`), and a column whose type the ALTER changed is first
+//! converted on the source side to the new type (`CAST(old AS DECIMAL(12,4))`,
+//! `CONVERT(old USING utf8mb4)`, ...), so the server's own conversion is what
+//! is compared. The source and shadow queries of a range run concurrently.
+//!
+//! Ranges follow the source's chunk key when the new table is keyed on the
+//! same columns (the common case; both sides scan their primary key). When
+//! the key changed, the shadow has no index on the old key, so the whole table
+//! is compared in one pass (XOR and SUM do not depend on order).
+//!
+//! On a mismatch, the differing rows are found by streaming `(key, h)` of the
+//! range from both sides in key order and merging, and the first keys are
+//! named in the error.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Pool};
+use wraith_backend::ColumnSpec;
+
+use crate::chunker::{Chunk, Chunker, KeySql};
+use crate::copy::read_conn;
+use crate::db::{quote_ident, Context, DbError};
+use crate::inspect::{ColumnInfo, TableInfo};
+use crate::plan::{ColumnChange, TablePlan};
+
+/// Why the checksum could not run or did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ChecksumError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("checksum mismatch between {source_table} and {shadow}: {detail}; the shadow table is not a copy of the source, so wraith stops before cut-over")]
+    Mismatch {
+        source_table: String,
+        shadow: String,
+        detail: String,
+        /// The first keys that differ, as text.
+        keys: Vec<String>,
+    },
+    #[error("checksum setup: {0}")]
+    Setup(String),
+}
+
+/// What the checksum compared.
+#[derive(Debug, Clone, Default)]
+pub struct ChecksumReport {
+    pub rows: u64,
+    pub ranges: u64,
+    pub elapsed: Duration,
+}
+
+/// One side of the comparison.
+struct Side {
+    schema: String,
+    table: String,
+    /// Value expressions, one per copied column, as bytes.
+    exprs: Vec<String>,
+    /// Key column specs with this side's names (for ranges and ordering).
+    key: Vec<ColumnSpec>,
+}
+
+impl Side {
+    fn hash_expr(&self) -> String {
+        let flags: Vec<String> = self
+            .exprs
+            .iter()
+            .map(|e| format!("ISNULL({e})"))
+            .collect();
+        format!(
+            "CRC32(CONCAT_WS('#', {}, {}))",
+            self.exprs.join(", "),
+            flags.join(", ")
+        )
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+
+    fn aggregate_sql(&self, cond: &str) -> String {
+        let h = self.hash_expr();
+        format!(
+            "SELECT COUNT(*), CAST(COALESCE(BIT_XOR({h}), 0) AS CHAR), CAST(COALESCE(SUM({h}), 0) AS CHAR) FROM {} WHERE {cond}",
+            self.qualified()
+        )
+    }
+
+    fn rows_sql(&self, cond: &str) -> String {
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("CAST({} AS CHAR)", quote_ident(&k.name)))
+            .collect();
+        let order = KeySql { key: &self.key }.order_by();
+        format!(
+            "SELECT CONCAT_WS(', ', {}), {} FROM {} WHERE {cond} ORDER BY {order}",
+            keys.join(", "),
+            self.hash_expr(),
+            self.qualified()
+        )
+    }
+}
+
+/// The CAST a source value needs to compare as the new column's type.
+fn cast_to_new(old: &ColumnInfo, new: &ColumnInfo) -> String {
+    let col = quote_ident(&old.name);
+    let t = new.column_type.to_ascii_lowercase();
+    let paren = t.find('(').map(|i| &t[i..]).and_then(|p| p.split(')').next().map(|s| format!("{s})")));
+    match new.data_type.as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => {
+            if new.is_unsigned() {
+                format!("CAST({col} AS UNSIGNED)")
+            } else {
+                format!("CAST({col} AS SIGNED)")
+            }
+        }
+        "decimal" | "numeric" => format!("CAST({col} AS DECIMAL{})", paren.unwrap_or_default()),
+        "double" | "real" => format!("CAST({col} AS DOUBLE)"),
+        "float" => format!("CAST({col} AS FLOAT)"),
+        "date" => format!("CAST({col} AS DATE)"),
+        "datetime" | "timestamp" => format!("CAST({col} AS DATETIME{})", paren.unwrap_or_default()),
+        "time" => format!("CAST({col} AS TIME{})", paren.unwrap_or_default()),
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => match &new.charset {
+            Some(cs) if old.charset.as_deref() != Some(cs.as_str()) => {
+                format!("CONVERT({col} USING {cs})")
+            }
+            _ => col,
+        },
+        _ => col,
+    }
+}
+
+fn as_bytes(expr: String) -> String {
+    format!("CAST({expr} AS BINARY)")
+}
+
+/// Compares the source and the shadow table under the plan's mapping.
+pub async fn checksum_table(
+    source_pool: &Pool,
+    target_pool: &Pool,
+    old: &TableInfo,
+    new: &TableInfo,
+    plan: &TablePlan,
+    target: Duration,
+) -> Result<ChecksumReport, ChecksumError> {
+    let started = std::time::Instant::now();
+    let mut source_exprs = Vec::new();
+    let mut shadow_exprs = Vec::new();
+    for change in &plan.columns {
+        let Some((from, to)) = change.copied() else { continue };
+        let oc = old
+            .column(from)
+            .ok_or_else(|| ChecksumError::Setup(format!("column {from} missing")))?;
+        let nc = new
+            .column(to)
+            .ok_or_else(|| ChecksumError::Setup(format!("column {to} missing in the shadow")))?;
+        let src = match change {
+            ColumnChange::TypeChanged { .. } | ColumnChange::RenamedTypeChanged { .. } => cast_to_new(oc, nc),
+            _ => quote_ident(&oc.name),
+        };
+        source_exprs.push(as_bytes(src));
+        shadow_exprs.push(as_bytes(quote_ident(&nc.name)));
+    }
+    let renamed = |old_name: &str| -> Option<String> {
+        plan.copied_columns()
+            .into_iter()
+            .find(|(f, _)| f.eq_ignore_ascii_case(old_name))
+            .map(|(_, t)| t.to_string())
+    };
+    let spec_of = |table: &TableInfo, name: &str, as_name: &str| -> Result<ColumnSpec, ChecksumError> {
+        table
+            .column(name)
+            .and_then(|c| c.spec(as_name))
+            .ok_or_else(|| ChecksumError::Setup(format!("key column {name} cannot be read")))
+    };
+    // Ranges by the old key work on both sides when the new key is the same columns.
+    let chunk_key_new: Vec<Option<String>> = plan.chunk_key.iter().map(|k| renamed(k)).collect();
+    let aligned = chunk_key_new.len() == plan.new_key.len()
+        && chunk_key_new
+            .iter()
+            .zip(&plan.new_key)
+            .all(|(a, b)| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(b)));
+    let (source_key, shadow_key) = if aligned {
+        let s = plan
+            .chunk_key
+            .iter()
+            .map(|k| spec_of(old, k, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let t = plan
+            .chunk_key
+            .iter()
+            .zip(&plan.new_key)
+            .map(|(k, nk)| spec_of(old, k, nk))
+            .collect::<Result<Vec<_>, _>>()?;
+        (s, t)
+    } else {
+        // Order by the new key on both sides (source: its old names).
+        let mut s = Vec::new();
+        let mut t = Vec::new();
+        for nk in &plan.new_key {
+            let from = plan
+                .copied_columns()
+                .into_iter()
+                .find(|(_, to)| to.eq_ignore_ascii_case(nk))
+                .map(|(f, _)| f.to_string())
+                .ok_or_else(|| ChecksumError::Setup(format!("new key column {nk} is not copied")))?;
+            s.push(spec_of(old, &from, &from)?);
+            t.push(spec_of(old, &from, nk)?);
+        }
+        (s, t)
+    };
+    let source = Side {
+        schema: old.schema.clone(),
+        table: old.name.clone(),
+        exprs: source_exprs,
+        key: source_key,
+    };
+    let shadow = Side {
+        schema: new.schema.clone(),
+        table: new.name.clone(),
+        exprs: shadow_exprs,
+        key: shadow_key,
+    };
+
+    let mut sconn = read_conn(source_pool).await?;
+    let mut tconn = read_conn(target_pool).await?;
+    let mut report = ChecksumReport::default();
+    if aligned {
+        let mut chunker = Chunker::new(
+            &mut sconn,
+            &old.schema,
+            &old.name,
+            source.key.clone(),
+            target,
+            10_000,
+        )
+        .await?;
+        while let Some(chunk) = chunker.next(&mut sconn).await? {
+            let t0 = std::time::Instant::now();
+            let rows = compare_range(&mut sconn, &mut tconn, &source, &shadow, Some(&chunk)).await?;
+            chunker.feedback(rows, t0.elapsed(), crate::chunker::int_span(&chunk));
+            report.rows += rows;
+            report.ranges += 1;
+        }
+    } else {
+        report.rows = compare_range(&mut sconn, &mut tconn, &source, &shadow, None).await?;
+        report.ranges = 1;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn compare_range(
+    sconn: &mut Conn,
+    tconn: &mut Conn,
+    source: &Side,
+    shadow: &Side,
+    chunk: Option<&Chunk>,
+) -> Result<u64, ChecksumError> {
+    let (scond, tcond) = match chunk {
+        Some(c) => (KeySql { key: &source.key }.range(c), KeySql { key: &shadow.key }.range(c)),
+        None => ("1=1".to_string(), "1=1".to_string()),
+    };
+    type Agg = Option<(u64, String, String)>;
+    let ssql = source.aggregate_sql(&scond);
+    let tsql = shadow.aggregate_sql(&tcond);
+    let (s, t): (Agg, Agg) = tokio::try_join!(
+        async { sconn.query_first(ssql).await.context(|| format!("checksumming {}", source.table)) },
+        async { tconn.query_first(tsql).await.context(|| format!("checksumming {}", shadow.table)) },
+    )?;
+    if s == t {
+        return Ok(s.map(|(n, _, _)| n).unwrap_or(0));
+    }
+    let keys = differing_keys(sconn, tconn, source, shadow, &scond, &tcond).await?;
+    let fmt = |a: &Agg| match a {
+        Some((n, x, sum)) => format!("{n} rows, xor {x}, sum {sum}"),
+        None => "nothing".into(),
+    };
+    let range = match chunk {
+        Some(c) => format!("keys {:?} to {:?}", c.lower, c.upper),
+        None => "the whole table".into(),
+    };
+    Err(ChecksumError::Mismatch {
+        source_table: source.table.clone(),
+        shadow: shadow.table.clone(),
+        detail: format!(
+            "in {range}: source has {}, shadow has {}; first differing keys: {}",
+            fmt(&s),
+            fmt(&t),
+            if keys.is_empty() { "(none found)".to_string() } else { keys.join("; ") }
+        ),
+        keys,
+    })
+}
+
+/// Merges `(key, hash)` streams of both sides and names up to 10 keys that differ.
+async fn differing_keys(
+    sconn: &mut Conn,
+    tconn: &mut Conn,
+    source: &Side,
+    shadow: &Side,
+    scond: &str,
+    tcond: &str,
+) -> Result<Vec<String>, ChecksumError> {
+    let s: Vec<(Option<Vec<u8>>, u64)> = sconn
+        .query(source.rows_sql(scond))
+        .await
+        .context(|| format!("locating differences in {}", source.table))?;
+    let t: Vec<(Option<Vec<u8>>, u64)> = tconn
+        .query(shadow.rows_sql(tcond))
+        .await
+        .context(|| format!("locating differences in {}", shadow.table))?;
+    let text = |k: &Option<Vec<u8>>| String::from_utf8_lossy(k.as_deref().unwrap_or_default()).into_owned();
+    let smap: std::collections::BTreeMap<String, u64> = s.iter().map(|(k, h)| (text(k), *h)).collect();
+    let tmap: std::collections::BTreeMap<String, u64> = t.iter().map(|(k, h)| (text(k), *h)).collect();
+    let mut out = Vec::new();
+    for (k, h) in &smap {
+        match tmap.get(k) {
+            None => out.push(format!("({k}) missing from the shadow")),
+            Some(th) if th != h => out.push(format!("({k}) differs")),
+            _ => {}
+        }
+        if out.len() >= 10 {
+            return Ok(out);
+        }
+    }
+    for k in tmap.keys() {
+        if !smap.contains_key(k) {
+            out.push(format!("({k}) only in the shadow"));
+            if out.len() >= 10 {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

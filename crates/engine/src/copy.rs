@@ -1,0 +1,304 @@
+//! The copier: reads chunks of the source and writes them through engines.
+//!
+//! `threads` workers each take the next chunk from the [`Chunker`], read it
+//! with a plain consistent read (`SELECT ... WHERE <range> ORDER BY key`, no
+//! locks on the source), and append the rows through a writer of the current
+//! engine. The copier leaves chunk sizing to the chunker and writing to the
+//! backend; it decides only which engine a chunk goes to.
+//!
+//! Engines are bounded (`engine_rows`): when the current engine has been given
+//! that many rows, a new one is opened and the full one is closed, imported
+//! and cleaned up in the background once its last writer is done, so the
+//! import of engine N overlaps the copy into engine N+1 (as Lightning does).
+//! With the `sql` backend import is a no-op and one engine suffices.
+//!
+//! Reads use the same session settings as the writers
+//! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
+//! every value travels as the exact bytes the server stored.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Pool};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use wraith_backend::{
+    Backend, BackendError, EngineConfig, EngineManager, ImportStats, LocalEngineConfig,
+    LocalWriterConfig, OpenedEngine, Row, Value, ValueError,
+};
+
+use crate::chunker::{int_span, Chunk, Chunker, KeySql};
+use crate::db::{quote_ident, Context, DbError};
+use crate::progress::TableHandle;
+use crate::shadow::CopyLayout;
+
+/// Why the copy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("reading {table}: {source}")]
+    Value {
+        table: String,
+        #[source]
+        source: ValueError,
+    },
+    #[error("a copy worker failed: {0}")]
+    Worker(String),
+}
+
+/// What the copy did.
+#[derive(Debug, Clone, Default)]
+pub struct CopyStats {
+    pub rows: u64,
+    pub chunks: u64,
+    pub engines: u64,
+    pub imported: ImportStats,
+    pub elapsed: Duration,
+}
+
+/// How to copy one table.
+pub struct CopyJob {
+    pub source_schema: String,
+    pub table: String,
+    pub layout: CopyLayout,
+    pub threads: usize,
+    pub chunk_target: Duration,
+    pub initial_chunk_rows: u64,
+    /// Rows per engine before it is closed and imported.
+    pub engine_rows: u64,
+}
+
+/// Opens connections for reading the source, with the exact-value session.
+pub async fn read_conn(pool: &Pool) -> Result<Conn, DbError> {
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the source".into())?;
+    conn.query_drop(wraith_backend::sql::SESSION_SETUP)
+        .await
+        .context(|| "setting up a read session".into())?;
+    Ok(conn)
+}
+
+struct EngineSlot {
+    /// `None` once the copy is finished.
+    engine: Option<Arc<OpenedEngine>>,
+    id: i32,
+    rows_assigned: u64,
+}
+
+struct Shared {
+    job: CopyJob,
+    chunker: Mutex<Chunker>,
+    slot: Mutex<EngineSlot>,
+    manager: EngineManager,
+    engine_cfg: EngineConfig,
+    progress: TableHandle,
+    closers: Mutex<JoinSet<Result<ImportStats, BackendError>>>,
+    chunks: AtomicU64,
+    engines: AtomicU64,
+}
+
+/// Copies every row of the source into the shadow table through `backend`.
+pub async fn copy_table(
+    job: CopyJob,
+    source: &Pool,
+    backend: Arc<dyn Backend>,
+    progress: TableHandle,
+) -> Result<CopyStats, CopyError> {
+    let started = Instant::now();
+    let mut conn = read_conn(source).await?;
+    let chunker = Chunker::new(
+        &mut conn,
+        &job.source_schema,
+        &job.table,
+        job.layout.chunk_key.clone(),
+        job.chunk_target,
+        job.initial_chunk_rows,
+    )
+    .await?;
+    drop(conn);
+    let manager = EngineManager::new(backend);
+    let engine_cfg = EngineConfig {
+        target: job.layout.target.clone(),
+        local: LocalEngineConfig::default(),
+    };
+    let first = manager.open_engine(&engine_cfg, &job.table, 0).await?;
+    let threads = job.threads.max(1);
+    let shared = Arc::new(Shared {
+        job,
+        chunker: Mutex::new(chunker),
+        slot: Mutex::new(EngineSlot {
+            engine: Some(Arc::new(first)),
+            id: 0,
+            rows_assigned: 0,
+        }),
+        manager,
+        engine_cfg,
+        progress,
+        closers: Mutex::new(JoinSet::new()),
+        chunks: AtomicU64::new(0),
+        engines: AtomicU64::new(1),
+    });
+
+    let mut workers = JoinSet::new();
+    for _ in 0..threads {
+        let shared = shared.clone();
+        let pool = source.clone();
+        workers.spawn(async move { worker(shared, pool).await });
+    }
+    let mut first_error: Option<CopyError> = None;
+    while let Some(joined) = workers.join_next().await {
+        let result = joined.map_err(|e| CopyError::Worker(e.to_string())).and_then(|r| r);
+        if let Err(e) = result {
+            if first_error.is_none() {
+                // Stop the others: their chunks are not needed any more.
+                workers.abort_all();
+                first_error = Some(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    // Close and import the last engine, then wait for every import.
+    let last = shared.slot.lock().await.engine.take();
+    if let Some(last) = last {
+        spawn_closer(&shared, last).await;
+    }
+    let mut imported = ImportStats::default();
+    let mut closers = std::mem::take(&mut *shared.closers.lock().await);
+    while let Some(joined) = closers.join_next().await {
+        let stats = joined.map_err(|e| CopyError::Worker(e.to_string()))??;
+        imported.rows += stats.rows;
+        imported.bytes += stats.bytes;
+        imported.ranges += stats.ranges;
+    }
+
+    Ok(CopyStats {
+        rows: shared.progress.rows_copied(),
+        chunks: shared.chunks.load(Ordering::Relaxed),
+        engines: shared.engines.load(Ordering::Relaxed),
+        imported,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Waits until no writer holds `engine`, then closes, imports and cleans it up.
+async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>) {
+    let mut closers = shared.closers.lock().await;
+    closers.spawn(async move {
+        let mut engine = engine;
+        let opened = loop {
+            match Arc::try_unwrap(engine) {
+                Ok(e) => break e,
+                Err(still_shared) => {
+                    engine = still_shared;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let uuid = opened.uuid();
+        let closed = opened.close().await?;
+        let stats = closed.import(96 << 20, 1 << 20).await?;
+        tracing::info!(engine = %uuid, rows = stats.rows, ranges = stats.ranges, "engine imported");
+        closed.cleanup().await?;
+        Ok(stats)
+    });
+}
+
+async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
+    let mut conn = read_conn(&pool).await?;
+    let keysql_key = shared.job.layout.chunk_key.clone();
+    let keysql = KeySql { key: &keysql_key };
+    let select = format!(
+        "SELECT {} FROM {}.{} WHERE ",
+        shared.job.layout.select.join(", "),
+        quote_ident(&shared.job.source_schema),
+        quote_ident(&shared.job.table)
+    );
+    let order = format!(" ORDER BY {}", keysql.order_by());
+    loop {
+        let chunk = {
+            let mut chunker = shared.chunker.lock().await;
+            match chunker.next(&mut conn).await? {
+                Some(c) => c,
+                None => return Ok(()),
+            }
+        };
+        let started = Instant::now();
+        let rows = read_chunk(&mut conn, &shared, &format!("{select}{}{order}", keysql.range(&chunk))).await?;
+        let n = rows.len() as u64;
+        if n > 0 {
+            let engine = engine_for(&shared, n).await?;
+            let mut writer = engine
+                .local_writer(&LocalWriterConfig {
+                    is_kv_sorted: false,
+                    table_name: shared.job.layout.target.table.clone(),
+                })
+                .await?;
+            writer.append_rows(&shared.job.layout.target_columns, rows).await?;
+            let _status = writer.close().await?;
+        }
+        shared.progress.add_rows(n);
+        shared.chunks.fetch_add(1, Ordering::Relaxed);
+        shared.chunker.lock().await.feedback(n, started.elapsed(), int_span(&chunk));
+        log_chunk(&chunk, n, started.elapsed());
+    }
+}
+
+fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {
+    tracing::debug!(chunk = chunk.id, rows, ms = elapsed.as_millis() as u64, "chunk copied");
+}
+
+/// The engine the next `rows` rows go to; rotates full engines out.
+async fn engine_for(shared: &Arc<Shared>, rows: u64) -> Result<Arc<OpenedEngine>, CopyError> {
+    let mut slot = shared.slot.lock().await;
+    if slot.rows_assigned >= shared.job.engine_rows {
+        let next_id = slot.id + 1;
+        let fresh = shared
+            .manager
+            .open_engine(&shared.engine_cfg, &shared.job.table, next_id)
+            .await?;
+        let full = slot.engine.replace(Arc::new(fresh));
+        slot.id = next_id;
+        slot.rows_assigned = 0;
+        shared.engines.fetch_add(1, Ordering::Relaxed);
+        if let Some(full) = full {
+            spawn_closer(shared, full).await;
+        }
+    }
+    slot.rows_assigned += rows;
+    slot.engine
+        .clone()
+        .ok_or_else(|| CopyError::Worker("the copy is already finished".into()))
+}
+
+async fn read_chunk(conn: &mut Conn, shared: &Shared, sql: &str) -> Result<Vec<Row>, CopyError> {
+    let specs = &shared.job.layout.read_specs;
+    let raw: Vec<mysql_async::Row> = conn
+        .query(sql)
+        .await
+        .context(|| format!("reading a chunk of {}", shared.job.table))?;
+    let mut rows = Vec::with_capacity(raw.len());
+    for r in raw {
+        let values = r.unwrap();
+        let row: Row = values
+            .into_iter()
+            .zip(specs)
+            .map(|(v, spec)| Value::from_text(v, spec))
+            .collect::<Result<_, _>>()
+            .map_err(|source| CopyError::Value {
+                table: shared.job.table.clone(),
+                source,
+            })?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
