@@ -97,17 +97,26 @@ impl Schema {
             .query_first(format!("SHOW CREATE TABLE `{table}`"))
             .await
             .expect("show create table");
-        let cols: Vec<String> = c
+        let cols: Vec<(String, String)> = c
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&self.name, table),
             )
             .await
             .expect("columns");
+        // Every value as the hex of its bytes or exact text; FLOAT widened to
+        // DOUBLE because the text protocol prints FLOAT with 6 digits only.
         let hexed: Vec<String> = cols
             .iter()
-            .map(|c| format!("IFNULL(HEX(`{c}`), 'NULL')"))
+            .map(|(c, t)| {
+                let v = if t == "float" {
+                    format!("CAST(`{c}` AS DOUBLE)")
+                } else {
+                    format!("`{c}`")
+                };
+                format!("IFNULL(HEX(CAST({v} AS BINARY)), 'NULL')")
+            })
             .collect();
         let rows: Vec<String> = c
             .query(format!(
@@ -120,6 +129,11 @@ impl Schema {
             create: create.map(|(_, s)| s).unwrap_or_default(),
             rows,
         }
+    }
+
+    /// The rows of a table as [`Schema::snapshot`] computes them, without the definition.
+    pub async fn rows(&self, table: &str) -> Vec<String> {
+        self.snapshot(table).await.rows
     }
 
     pub async fn table_exists(&self, table: &str) -> bool {

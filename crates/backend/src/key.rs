@@ -499,7 +499,7 @@ mod tests {
         assert_eq!(enc(&[Value::Float(0.5)]), enc(&[Value::Double(0.5)]));
     }
 
-    fn dec_cmp(a: &String, b: &String) -> Ordering {
+    fn dec_cmp(a: &str, b: &str) -> Ordering {
         // Reference: compare as exact rationals via scaled big digits strings.
         fn norm(s: &str) -> (bool, String, String) {
             let neg = s.starts_with('-');
@@ -570,7 +570,7 @@ mod tests {
             }
             xs.push(s);
         }
-        check_order(&xs, |x| Value::Decimal(x.clone()), dec_cmp);
+        check_order(&xs, |x| Value::Decimal(x.clone()), |a, b| dec_cmp(a, b));
         for x in &xs {
             let back = decode_key(&enc(&[Value::Decimal(x.clone())])).unwrap();
             let Value::Decimal(b) = &back[0] else {

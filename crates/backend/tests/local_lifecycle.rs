@@ -109,7 +109,11 @@ async fn survives_dropped_process_state_and_imports_in_key_order() {
         // Drop everything without closing: as if the process died.
         drop(opened);
     }
-    assert!(dir.path().join(uuid.to_string()).join("meta.json").is_file());
+    assert!(dir
+        .path()
+        .join(uuid.to_string())
+        .join("meta.json")
+        .is_file());
 
     // A new process: a fresh backend finds the engine by its UUID.
     let backend = local(&pool, dir.path(), 1);
@@ -129,8 +133,10 @@ async fn survives_dropped_process_state_and_imports_in_key_order() {
     sorted.sort();
     assert_eq!(ks, sorted, "rows land in key order");
     // Content equal to what was written.
-    let got: Vec<(i64, Vec<u8>, Vec<u8>)> =
-        c.query("SELECT id, k, pad FROM dst ORDER BY id").await.unwrap();
+    let got: Vec<(i64, Vec<u8>, Vec<u8>)> = c
+        .query("SELECT id, k, pad FROM dst ORDER BY id")
+        .await
+        .unwrap();
     for (g, r) in got.iter().zip(&all) {
         assert_eq!(Value::Int(g.0), r[0]);
         assert_eq!(Value::Bytes(g.1.clone()), r[1]);
@@ -138,7 +144,10 @@ async fn survives_dropped_process_state_and_imports_in_key_order() {
     }
     drop(c);
     closed.cleanup().await.unwrap();
-    assert!(!dir.path().join(uuid.to_string()).exists(), "cleanup removes the dir");
+    assert!(
+        !dir.path().join(uuid.to_string()).exists(),
+        "cleanup removes the dir"
+    );
     backend.close().await;
     pool.disconnect().await.unwrap();
 }
@@ -179,7 +188,10 @@ async fn missing_engine_is_an_error_and_reset_empties() {
     assert_eq!(stats.rows, 10);
     assert_eq!(count(&pool, "SELECT COUNT(*) FROM dst").await, 10);
     closed.cleanup().await.unwrap();
-    assert!(dir.path().join(uuid.to_string()).exists(), "keep_sort_dir keeps it");
+    assert!(
+        dir.path().join(uuid.to_string()).exists(),
+        "keep_sort_dir keeps it"
+    );
     pool.disconnect().await.unwrap();
 }
 
@@ -197,7 +209,9 @@ async fn write_path_throughput() {
     let mut c = pool.get_conn().await.unwrap();
     let ddl = "(id INT NOT NULL PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY k (k))";
     for t in ["sql_t", "local_t"] {
-        c.query_drop(format!("CREATE TABLE {t} {ddl}")).await.unwrap();
+        c.query_drop(format!("CREATE TABLE {t} {ddl}"))
+            .await
+            .unwrap();
     }
     let columns = vec![
         ColumnSpec::new("id", ColumnKind::Int),
@@ -276,7 +290,10 @@ async fn write_path_throughput() {
             total.as_secs_f64(),
             n as f64 / total.as_secs_f64()
         );
-        assert_eq!(count(&pool, &format!("SELECT COUNT(*) FROM {table}")).await, n as u64);
+        assert_eq!(
+            count(&pool, &format!("SELECT COUNT(*) FROM {table}")).await,
+            n as u64
+        );
     }
     let _ = read_rows; // shared helper used by other tests
     pool.disconnect().await.unwrap();

@@ -195,7 +195,8 @@ async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| Failure::Runtime(e.into()))?
                 );
             }
             Ok(Outcome::Done)

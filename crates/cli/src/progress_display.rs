@@ -36,7 +36,11 @@ pub fn spawn(progress: ProgressHandle) -> Display {
             );
             bar
         });
-        let interval = if tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
+        let interval = if tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
         loop {
             tokio::select! {
                 _ = &mut stopped => break,

@@ -68,11 +68,7 @@ struct Side {
 
 impl Side {
     fn hash_expr(&self) -> String {
-        let flags: Vec<String> = self
-            .exprs
-            .iter()
-            .map(|e| format!("ISNULL({e})"))
-            .collect();
+        let flags: Vec<String> = self.exprs.iter().map(|e| format!("ISNULL({e})")).collect();
         format!(
             "CRC32(CONCAT_WS('#', {}, {}))",
             self.exprs.join(", "),
@@ -112,7 +108,10 @@ impl Side {
 fn cast_to_new(old: &ColumnInfo, new: &ColumnInfo) -> String {
     let col = quote_ident(&old.name);
     let t = new.column_type.to_ascii_lowercase();
-    let paren = t.find('(').map(|i| &t[i..]).and_then(|p| p.split(')').next().map(|s| format!("{s})")));
+    let paren = t
+        .find('(')
+        .map(|i| &t[i..])
+        .and_then(|p| p.split(')').next().map(|s| format!("{s})")));
     match new.data_type.as_str() {
         "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => {
             if new.is_unsigned() {
@@ -127,12 +126,14 @@ fn cast_to_new(old: &ColumnInfo, new: &ColumnInfo) -> String {
         "date" => format!("CAST({col} AS DATE)"),
         "datetime" | "timestamp" => format!("CAST({col} AS DATETIME{})", paren.unwrap_or_default()),
         "time" => format!("CAST({col} AS TIME{})", paren.unwrap_or_default()),
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => match &new.charset {
-            Some(cs) if old.charset.as_deref() != Some(cs.as_str()) => {
-                format!("CONVERT({col} USING {cs})")
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
+            match &new.charset {
+                Some(cs) if old.charset.as_deref() != Some(cs.as_str()) => {
+                    format!("CONVERT({col} USING {cs})")
+                }
+                _ => col,
             }
-            _ => col,
-        },
+        }
         _ => col,
     }
 }
@@ -154,7 +155,9 @@ pub async fn checksum_table(
     let mut source_exprs = Vec::new();
     let mut shadow_exprs = Vec::new();
     for change in &plan.columns {
-        let Some((from, to)) = change.copied() else { continue };
+        let Some((from, to)) = change.copied() else {
+            continue;
+        };
         let oc = old
             .column(from)
             .ok_or_else(|| ChecksumError::Setup(format!("column {from} missing")))?;
@@ -162,7 +165,9 @@ pub async fn checksum_table(
             .column(to)
             .ok_or_else(|| ChecksumError::Setup(format!("column {to} missing in the shadow")))?;
         let src = match change {
-            ColumnChange::TypeChanged { .. } | ColumnChange::RenamedTypeChanged { .. } => cast_to_new(oc, nc),
+            ColumnChange::TypeChanged { .. } | ColumnChange::RenamedTypeChanged { .. } => {
+                cast_to_new(oc, nc)
+            }
             _ => quote_ident(&oc.name),
         };
         source_exprs.push(as_bytes(src));
@@ -174,12 +179,13 @@ pub async fn checksum_table(
             .find(|(f, _)| f.eq_ignore_ascii_case(old_name))
             .map(|(_, t)| t.to_string())
     };
-    let spec_of = |table: &TableInfo, name: &str, as_name: &str| -> Result<ColumnSpec, ChecksumError> {
-        table
-            .column(name)
-            .and_then(|c| c.spec(as_name))
-            .ok_or_else(|| ChecksumError::Setup(format!("key column {name} cannot be read")))
-    };
+    let spec_of =
+        |table: &TableInfo, name: &str, as_name: &str| -> Result<ColumnSpec, ChecksumError> {
+            table
+                .column(name)
+                .and_then(|c| c.spec(as_name))
+                .ok_or_else(|| ChecksumError::Setup(format!("key column {name} cannot be read")))
+        };
     // Ranges by the old key work on both sides when the new key is the same columns.
     let chunk_key_new: Vec<Option<String>> = plan.chunk_key.iter().map(|k| renamed(k)).collect();
     let aligned = chunk_key_new.len() == plan.new_key.len()
@@ -210,7 +216,9 @@ pub async fn checksum_table(
                 .into_iter()
                 .find(|(_, to)| to.eq_ignore_ascii_case(nk))
                 .map(|(f, _)| f.to_string())
-                .ok_or_else(|| ChecksumError::Setup(format!("new key column {nk} is not copied")))?;
+                .ok_or_else(|| {
+                    ChecksumError::Setup(format!("new key column {nk} is not copied"))
+                })?;
             s.push(spec_of(old, &from, &from)?);
             t.push(spec_of(old, &from, nk)?);
         }
@@ -244,7 +252,8 @@ pub async fn checksum_table(
         .await?;
         while let Some(chunk) = chunker.next(&mut sconn).await? {
             let t0 = std::time::Instant::now();
-            let rows = compare_range(&mut sconn, &mut tconn, &source, &shadow, Some(&chunk)).await?;
+            let rows =
+                compare_range(&mut sconn, &mut tconn, &source, &shadow, Some(&chunk)).await?;
             chunker.feedback(rows, t0.elapsed(), crate::chunker::int_span(&chunk));
             report.rows += rows;
             report.ranges += 1;
@@ -265,15 +274,28 @@ async fn compare_range(
     chunk: Option<&Chunk>,
 ) -> Result<u64, ChecksumError> {
     let (scond, tcond) = match chunk {
-        Some(c) => (KeySql { key: &source.key }.range(c), KeySql { key: &shadow.key }.range(c)),
+        Some(c) => (
+            KeySql { key: &source.key }.range(c),
+            KeySql { key: &shadow.key }.range(c),
+        ),
         None => ("1=1".to_string(), "1=1".to_string()),
     };
     type Agg = Option<(u64, String, String)>;
     let ssql = source.aggregate_sql(&scond);
     let tsql = shadow.aggregate_sql(&tcond);
     let (s, t): (Agg, Agg) = tokio::try_join!(
-        async { sconn.query_first(ssql).await.context(|| format!("checksumming {}", source.table)) },
-        async { tconn.query_first(tsql).await.context(|| format!("checksumming {}", shadow.table)) },
+        async {
+            sconn
+                .query_first(ssql)
+                .await
+                .context(|| format!("checksumming {}", source.table))
+        },
+        async {
+            tconn
+                .query_first(tsql)
+                .await
+                .context(|| format!("checksumming {}", shadow.table))
+        },
     )?;
     if s == t {
         return Ok(s.map(|(n, _, _)| n).unwrap_or(0));
@@ -294,7 +316,11 @@ async fn compare_range(
             "in {range}: source has {}, shadow has {}; first differing keys: {}",
             fmt(&s),
             fmt(&t),
-            if keys.is_empty() { "(none found)".to_string() } else { keys.join("; ") }
+            if keys.is_empty() {
+                "(none found)".to_string()
+            } else {
+                keys.join("; ")
+            }
         ),
         keys,
     })
@@ -317,9 +343,13 @@ async fn differing_keys(
         .query(shadow.rows_sql(tcond))
         .await
         .context(|| format!("locating differences in {}", shadow.table))?;
-    let text = |k: &Option<Vec<u8>>| String::from_utf8_lossy(k.as_deref().unwrap_or_default()).into_owned();
-    let smap: std::collections::BTreeMap<String, u64> = s.iter().map(|(k, h)| (text(k), *h)).collect();
-    let tmap: std::collections::BTreeMap<String, u64> = t.iter().map(|(k, h)| (text(k), *h)).collect();
+    let text = |k: &Option<Vec<u8>>| {
+        String::from_utf8_lossy(k.as_deref().unwrap_or_default()).into_owned()
+    };
+    let smap: std::collections::BTreeMap<String, u64> =
+        s.iter().map(|(k, h)| (text(k), *h)).collect();
+    let tmap: std::collections::BTreeMap<String, u64> =
+        t.iter().map(|(k, h)| (text(k), *h)).collect();
     let mut out = Vec::new();
     for (k, h) in &smap {
         match tmap.get(k) {

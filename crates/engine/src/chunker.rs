@@ -65,10 +65,20 @@ impl KeySql<'_> {
         let mut parts = Vec::new();
         for i in 0..n {
             let mut conj: Vec<String> = (0..i)
-                .map(|j| format!("{} = {}", quote_ident(&self.key[j].name), self.literal(j, &bound[j])))
+                .map(|j| {
+                    format!(
+                        "{} = {}",
+                        quote_ident(&self.key[j].name),
+                        self.literal(j, &bound[j])
+                    )
+                })
                 .collect();
             let this_op = if i + 1 == n { last_op } else { op };
-            conj.push(format!("{} {this_op} {}", quote_ident(&self.key[i].name), self.literal(i, &bound[i])));
+            conj.push(format!(
+                "{} {this_op} {}",
+                quote_ident(&self.key[i].name),
+                self.literal(i, &bound[i])
+            ));
             parts.push(format!("({})", conj.join(" AND ")));
         }
         format!("({})", parts.join(" OR "))
@@ -191,7 +201,12 @@ impl Chunker {
         let id = self.next_id;
         let chunk = match &mut self.strategy {
             Strategy::Done => return Ok(None),
-            Strategy::Int { next, max, unsigned, span } => {
+            Strategy::Int {
+                next,
+                max,
+                unsigned,
+                span,
+            } => {
                 let lower = if *next <= i64::MIN as i128 || (*unsigned && *next <= 0) {
                     None
                 } else {
@@ -206,7 +221,11 @@ impl Chunker {
                 *span = s;
                 let hi = *next + s - 1;
                 if hi >= *max {
-                    let c = Chunk { id, lower, upper: None };
+                    let c = Chunk {
+                        id,
+                        lower,
+                        upper: None,
+                    };
                     self.strategy = Strategy::Done;
                     c
                 } else {
@@ -243,7 +262,11 @@ impl Chunker {
                 match row {
                     None => {
                         self.strategy = Strategy::Done;
-                        Chunk { id, lower, upper: None }
+                        Chunk {
+                            id,
+                            lower,
+                            upper: None,
+                        }
                     }
                     Some(row) => {
                         let values = row.unwrap();
@@ -257,7 +280,11 @@ impl Chunker {
                                 error: mysql_async::Error::Other(e.to_string().into()),
                             })?;
                         *last = Some(upper.clone());
-                        Chunk { id, lower, upper: Some(upper) }
+                        Chunk {
+                            id,
+                            lower,
+                            upper: Some(upper),
+                        }
                     }
                 }
             }
@@ -291,7 +318,9 @@ impl Chunker {
         if let Some(rate) = self.rate {
             let wanted = (rate * self.target.as_secs_f64()).max(1.0) as u64;
             // Grow at most 2x, shrink at once.
-            self.target_rows = wanted.min(self.target_rows.saturating_mul(2)).clamp(1, MAX_CHUNK_ROWS);
+            self.target_rows = wanted
+                .min(self.target_rows.saturating_mul(2))
+                .clamp(1, MAX_CHUNK_ROWS);
         }
     }
 
@@ -324,7 +353,10 @@ mod tests {
 
     #[test]
     fn composite_predicates_expand() {
-        let key = vec![ColumnSpec::new("a", ColumnKind::Int), ColumnSpec::new("b", ColumnKind::Int)];
+        let key = vec![
+            ColumnSpec::new("a", ColumnKind::Int),
+            ColumnSpec::new("b", ColumnKind::Int),
+        ];
         let k = KeySql { key: &key };
         assert_eq!(
             k.greater(&[Value::Int(1), Value::Int(2)], true),

@@ -154,7 +154,9 @@ pub async fn copy_table(
     }
     let mut first_error: Option<CopyError> = None;
     while let Some(joined) = workers.join_next().await {
-        let result = joined.map_err(|e| CopyError::Worker(e.to_string())).and_then(|r| r);
+        let result = joined
+            .map_err(|e| CopyError::Worker(e.to_string()))
+            .and_then(|r| r);
         if let Err(e) = result {
             if first_error.is_none() {
                 // Stop the others: their chunks are not needed any more.
@@ -233,7 +235,12 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             }
         };
         let started = Instant::now();
-        let rows = read_chunk(&mut conn, &shared, &format!("{select}{}{order}", keysql.range(&chunk))).await?;
+        let rows = read_chunk(
+            &mut conn,
+            &shared,
+            &format!("{select}{}{order}", keysql.range(&chunk)),
+        )
+        .await?;
         let n = rows.len() as u64;
         if n > 0 {
             let engine = engine_for(&shared, n).await?;
@@ -243,18 +250,29 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                     table_name: shared.job.layout.target.table.clone(),
                 })
                 .await?;
-            writer.append_rows(&shared.job.layout.target_columns, rows).await?;
+            writer
+                .append_rows(&shared.job.layout.target_columns, rows)
+                .await?;
             let _status = writer.close().await?;
         }
         shared.progress.add_rows(n);
         shared.chunks.fetch_add(1, Ordering::Relaxed);
-        shared.chunker.lock().await.feedback(n, started.elapsed(), int_span(&chunk));
+        shared
+            .chunker
+            .lock()
+            .await
+            .feedback(n, started.elapsed(), int_span(&chunk));
         log_chunk(&chunk, n, started.elapsed());
     }
 }
 
 fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {
-    tracing::debug!(chunk = chunk.id, rows, ms = elapsed.as_millis() as u64, "chunk copied");
+    tracing::debug!(
+        chunk = chunk.id,
+        rows,
+        ms = elapsed.as_millis() as u64,
+        "chunk copied"
+    );
 }
 
 /// The engine the next `rows` rows go to; rotates full engines out.

@@ -119,9 +119,15 @@ pub async fn run(config: &Config, progress: &ProgressHandle) -> Result<RunReport
     })
 }
 
-fn make_backend(config: &Config, kind: BackendKind, target: &Pool) -> Result<Arc<dyn Backend>, RunError> {
+fn make_backend(
+    config: &Config,
+    kind: BackendKind,
+    target: &Pool,
+) -> Result<Arc<dyn Backend>, RunError> {
     Ok(match kind {
-        BackendKind::Sql | BackendKind::Auto => Arc::new(SqlBackend::new(target.clone(), SqlBackendConfig::default())),
+        BackendKind::Sql | BackendKind::Auto => {
+            Arc::new(SqlBackend::new(target.clone(), SqlBackendConfig::default()))
+        }
         BackendKind::Local => Arc::new(
             LocalBackend::new(
                 target.clone(),
@@ -160,10 +166,27 @@ async fn run_table(
         .await
         .context(|| "connecting to the target".into())?;
     let old = inspect_table(&mut sconn, source_schema, &table.name).await?;
-    shadow::create(&mut tconn, source_schema, target_schema, &table.name, &table.alter, plan).await?;
+    shadow::create(
+        &mut tconn,
+        source_schema,
+        target_schema,
+        &table.name,
+        &table.alter,
+        plan,
+    )
+    .await?;
     tracing::info!(table = %table.name, shadow = %shadow::shadow_name(&table.name), "shadow table created");
 
-    let outcome = copy_and_verify(config, table, plan, &old, source_pool, target_pool, progress).await;
+    let outcome = copy_and_verify(
+        config,
+        table,
+        plan,
+        &old,
+        source_pool,
+        target_pool,
+        progress,
+    )
+    .await;
     match outcome {
         Ok(mut report) => {
             report.total_secs = started.elapsed().as_secs_f64();
@@ -172,7 +195,8 @@ async fn run_table(
         Err(e) => {
             progress.set_state(State::ErrCleanup);
             // Nothing is resumable yet: drop the shadow so a rerun starts clean.
-            if let Err(drop_err) = shadow::drop_shadow(&mut tconn, target_schema, &table.name).await {
+            if let Err(drop_err) = shadow::drop_shadow(&mut tconn, target_schema, &table.name).await
+            {
                 tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
             }
             Err(e)
@@ -251,7 +275,15 @@ async fn copy_and_verify(
 
     progress.set_state(State::Checksum);
     let new = inspect_table(&mut tconn, target_schema, &shadow_name).await?;
-    let checksum = checksum_table(source_pool, target_pool, old, &new, plan, Duration::from_millis(500)).await?;
+    let checksum = checksum_table(
+        source_pool,
+        target_pool,
+        old,
+        &new,
+        plan,
+        Duration::from_millis(500),
+    )
+    .await?;
     progress.set_state(State::PostChecksum);
     handle.complete();
     let copy_secs = stats.elapsed.as_secs_f64();

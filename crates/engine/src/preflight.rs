@@ -153,11 +153,19 @@ pub async fn run(config: &Config) -> Report {
     let pool = db::pool(opts, 2);
     let result = run_on(&pool, config, &mut report).await;
     if let Err(e) = result {
-        report.fail(
-            "connect",
-            format!("cannot talk to {}: {e}", config.source.describe()),
-            "check [source] host/port/socket, user and password, and that the server is running",
-        );
+        if report.flavor.is_none() {
+            report.fail(
+                "connect",
+                format!("cannot talk to {}: {e}", config.source.describe()),
+                "check [source] host/port/socket, user and password, and that the server is running",
+            );
+        } else {
+            report.fail(
+                "server",
+                format!("a preflight query failed: {e}"),
+                "see the server's message; the source table was not changed",
+            );
+        }
     }
     let _ = pool.disconnect().await;
     report

@@ -122,7 +122,11 @@ impl ProgressHandle {
     }
 
     pub fn state(&self) -> State {
-        self.inner.state.lock().map(|s| *s).unwrap_or(State::ErrCleanup)
+        self.inner
+            .state
+            .lock()
+            .map(|s| *s)
+            .unwrap_or(State::ErrCleanup)
     }
 
     pub fn add_table(&self, name: &str, rows_total: u64) -> TableHandle {
@@ -168,7 +172,11 @@ impl ProgressHandle {
             summary: format!("{copied}/{total} rows {pct:.1}% {state}"),
             tables,
             elapsed_secs: elapsed,
-            rows_per_sec: if elapsed > 0.0 { copied as f64 / elapsed } else { 0.0 },
+            rows_per_sec: if elapsed > 0.0 {
+                copied as f64 / elapsed
+            } else {
+                0.0
+            },
         }
     }
 }

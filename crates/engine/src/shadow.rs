@@ -42,7 +42,11 @@ pub struct CopyLayout {
 }
 
 /// Plans what is read and written, from the source table and the plan.
-pub fn layout(old: &TableInfo, plan: &TablePlan, target_schema: &str) -> Result<CopyLayout, String> {
+pub fn layout(
+    old: &TableInfo,
+    plan: &TablePlan,
+    target_schema: &str,
+) -> Result<CopyLayout, String> {
     let mut select = Vec::new();
     let mut read_specs = Vec::new();
     let mut target_columns = Vec::new();

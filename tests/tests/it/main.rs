@@ -1,4 +1,5 @@
 //! wraith's integration tests. One binary, so the whole run shares one scratch
 //! server (see `wraith_tests::server`); each test works in its own schema.
 
+mod copy;
 mod preflight;

@@ -15,7 +15,7 @@ use crate::engine::{quote_ident, ImportStats, TargetTable};
 use crate::error::{parse_duplicate_message, BackendError};
 use crate::key::{decode_key, format_key};
 use crate::sql::{map_insert_error, prepare_session};
-use crate::value::{charset_of, ColumnKind};
+use crate::value::charset_of;
 
 /// Size of one infile packet sent to the server.
 const PACKET: usize = 1 << 20;
@@ -109,7 +109,8 @@ async fn target_columns(
     conn: &mut Conn,
     target: &TargetTable,
 ) -> Result<HashMap<String, TargetColumn>, BackendError> {
-    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<u8>)> = conn
+    type ColumnRow = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+    let rows: Vec<ColumnRow> = conn
         .exec(
             "SELECT COLUMN_NAME, CHARACTER_SET_NAME, DATA_TYPE FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -161,18 +162,15 @@ fn load_statement(
         } else {
             "utf8mb4"
         };
+        let convert_charset = tc.data_type == "json"
+            || (spec.kind.is_textual()
+                && matches!(&tc.charset, Some(t) if t != "binary" && t != value_cs));
+        // Binary bytes into a text column are stored as is, as an INSERT of
+        // X'..' would; same-charset text needs no conversion.
         let expr = if tc.data_type == "bit" {
             Some(format!("CAST({var} AS UNSIGNED)"))
-        } else if tc.data_type == "json" {
+        } else if convert_charset {
             Some(format!("CONVERT({var} USING {value_cs})"))
-        } else if spec.kind.is_textual()
-            && matches!(&tc.charset, Some(t) if t != "binary" && t != value_cs)
-        {
-            Some(format!("CONVERT({var} USING {value_cs})"))
-        } else if spec.kind == ColumnKind::Binary && tc.charset.is_some() {
-            // Binary bytes into a text column: stored as is, as an INSERT of
-            // X'..' would.
-            None
         } else {
             None
         };

@@ -71,7 +71,8 @@ pub fn make_backend(kind: Kind, pool: &Pool, sort_dir: &Path) -> Arc<dyn Backend
 /// Column specs of a table, from information_schema (as the engine's
 /// inspector derives them).
 pub async fn specs(conn: &mut Conn, db: &str, table: &str) -> Vec<ColumnSpec> {
-    let rows: Vec<(String, String, String, Option<String>, Option<u32>)> = conn
+    type InfoRow = (String, String, String, Option<String>, Option<u32>);
+    let rows: Vec<InfoRow> = conn
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, \
              DATETIME_PRECISION FROM information_schema.COLUMNS \
@@ -95,7 +96,9 @@ pub async fn specs(conn: &mut Conn, db: &str, table: &str) -> Vec<ColumnSpec> {
 /// protocol, FLOAT as `CAST(.. AS DOUBLE)`, decoded with `Value::from_text`.
 pub async fn read_rows(pool: &Pool, table: &str, specs: &[ColumnSpec], order: &str) -> Vec<Row> {
     let mut conn = pool.get_conn().await.unwrap();
-    wraith_backend::sql::prepare_session(&mut conn).await.unwrap();
+    wraith_backend::sql::prepare_session(&mut conn)
+        .await
+        .unwrap();
     let cols: Vec<String> = specs
         .iter()
         .map(|s| {
@@ -107,7 +110,10 @@ pub async fn read_rows(pool: &Pool, table: &str, specs: &[ColumnSpec], order: &s
         })
         .collect();
     let rows: Vec<mysql_async::Row> = conn
-        .query(format!("SELECT {} FROM `{table}` ORDER BY {order}", cols.join(", ")))
+        .query(format!(
+            "SELECT {} FROM `{table}` ORDER BY {order}",
+            cols.join(", ")
+        ))
         .await
         .unwrap();
     rows.into_iter()
