@@ -189,7 +189,7 @@ impl BackendError {
 /// Parses MySQL error 1062 / warning 1062 text, `Duplicate entry 'x' for key
 /// 'y'`, into (key, index). The entry may itself contain quotes, so the key is
 /// everything between the first `'` and the last `' for key '`.
-pub(crate) fn parse_duplicate_message(message: &str) -> Option<(String, String)> {
+pub fn parse_duplicate_message(message: &str) -> Option<(String, String)> {
     let rest = message.strip_prefix("Duplicate entry '")?;
     let sep = rest.rfind("' for key ")?;
     let key = &rest[..sep];

@@ -48,7 +48,7 @@ pub use engine::{
     engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineConfig, EngineManager,
     EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine, TargetTable,
 };
-pub use error::BackendError;
+pub use error::{parse_duplicate_message, BackendError};
 pub use key::{decode_key, encode_key, KeyError};
 pub use local::{LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use wraith_engine::config::Config;
+use wraith_engine::mysql_async::prelude::Queryable;
 use wraith_engine::scratch::{ScratchOptions, ScratchServer};
 use wraith_engine::workload;
 
@@ -25,6 +26,9 @@ pub struct DemoArgs {
     /// Backend: auto, sql or local.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Skip timing the server's own `ALTER TABLE ... FORCE, ALGORITHM=INPLACE` afterwards.
+    #[arg(long)]
+    no_baseline: bool,
 }
 
 pub async fn demo(args: DemoArgs) -> Result<Outcome, Failure> {
@@ -63,7 +67,28 @@ pub async fn demo(args: DemoArgs) -> Result<Outcome, Failure> {
     );
     let config = Config::parse(&toml, "demo config").map_err(|e| Failure::Config(e.to_string()))?;
     eprintln!("\nconfig:\n{toml}");
+    let started = Instant::now();
     let outcome = crate::run(&config, false).await;
+    let wraith_secs = started.elapsed().as_secs_f64();
+    if matches!(outcome, Ok(Outcome::Done)) && !args.no_baseline {
+        // The same rebuild by the server itself, on the same server, right after:
+        // the baseline wraith's figures are read against.
+        let mut conn = pool
+            .get_conn()
+            .await
+            .context("connecting to the scratch server")?;
+        let t0 = Instant::now();
+        conn.query_drop("ALTER TABLE demo.sbtest1 FORCE, ALGORITHM=INPLACE")
+            .await
+            .context("native ALTER baseline")?;
+        let native = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "baseline: native ALTER TABLE ... FORCE, ALGORITHM=INPLACE took {native:.2}s ({:.0} rows/s); \
+             wraith's whole run took {wraith_secs:.2}s = {:.2}x native",
+            args.rows as f64 / native,
+            wraith_secs / native
+        );
+    }
     pool.disconnect().await.ok();
     outcome
 }

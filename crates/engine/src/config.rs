@@ -215,6 +215,10 @@ pub struct CopyConfig {
     /// Leave secondary indexes out of the shadow table and build them once after the copy.
     #[serde(default = "default_true")]
     pub defer_secondary_indexes: bool,
+    /// With the `sql` backend and the shadow on the source server, copy each
+    /// chunk with one `INSERT ... SELECT` (no rows travel to wraith).
+    #[serde(default = "default_true")]
+    pub server_side_copy: bool,
 }
 
 fn default_backend() -> BackendKind {
@@ -241,6 +245,7 @@ impl Default for CopyConfig {
             chunk_target: default_chunk_target(),
             initial_chunk_rows: default_initial_chunk_rows(),
             defer_secondary_indexes: true,
+            server_side_copy: true,
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct CopyJob {
     pub initial_chunk_rows: u64,
     /// Rows per engine before it is closed and imported.
     pub engine_rows: u64,
+    /// Source and shadow are on one server and the backend is `sql`: copy
+    /// each chunk with one `INSERT ... SELECT`, so no row travels to wraith.
+    pub server_side: bool,
 }
 
 /// Opens connections for reading the source, with the exact-value session.
@@ -226,6 +229,36 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
         quote_ident(&shared.job.table)
     );
     let order = format!(" ORDER BY {}", keysql.order_by());
+    let target = &shared.job.layout.target;
+    let insert_select = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {}.{} WHERE ",
+        target.quoted_name(),
+        shared
+            .job
+            .layout
+            .target_columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        shared
+            .job
+            .layout
+            .source_columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_ident(&shared.job.source_schema),
+        quote_ident(&shared.job.table)
+    );
+    if shared.job.server_side {
+        // READ COMMITTED: the SELECT half is then a consistent read that takes no
+        // locks on the source (with ROW binlogging, which preflight requires).
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await
+            .context(|| "setting up a copy session".into())?;
+    }
     loop {
         let chunk = {
             let mut chunker = shared.chunker.lock().await;
@@ -235,6 +268,22 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             }
         };
         let started = Instant::now();
+        if shared.job.server_side {
+            let sql = format!("{insert_select}{}", keysql.range(&chunk));
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| server_side_error(&shared, e))?;
+            let n = conn.affected_rows();
+            shared.progress.add_rows(n);
+            shared.chunks.fetch_add(1, Ordering::Relaxed);
+            shared
+                .chunker
+                .lock()
+                .await
+                .feedback(n, started.elapsed(), int_span(&chunk));
+            log_chunk(&chunk, n, started.elapsed());
+            continue;
+        }
         let rows = read_chunk(
             &mut conn,
             &shared,
@@ -264,6 +313,26 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .feedback(n, started.elapsed(), int_span(&chunk));
         log_chunk(&chunk, n, started.elapsed());
     }
+}
+
+/// A failed `INSERT ... SELECT`: a duplicate becomes the backend's
+/// `DuplicateDetected`, naming the key and index as the server did.
+fn server_side_error(shared: &Shared, e: mysql_async::Error) -> CopyError {
+    if let mysql_async::Error::Server(se) = &e {
+        if se.code == 1062 {
+            let (key, index) = wraith_backend::parse_duplicate_message(&se.message)
+                .unwrap_or_else(|| (se.message.clone(), String::new()));
+            return CopyError::Backend(BackendError::DuplicateDetected {
+                table: shared.job.layout.target.display_name(),
+                key,
+                index,
+            });
+        }
+    }
+    CopyError::Db(DbError {
+        context: format!("copying a chunk of {}", shared.job.table),
+        error: e,
+    })
 }
 
 fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {

@@ -204,6 +204,17 @@ async fn run_table(
     }
 }
 
+/// Whether the shadow table lives on the source server.
+fn same_server(config: &Config) -> bool {
+    match &config.target {
+        None => true,
+        Some(t) => {
+            let s = &config.source;
+            t.host == s.host && t.port == s.port && t.socket == s.socket
+        }
+    }
+}
+
 async fn copy_and_verify(
     config: &Config,
     table: &TableConfig,
@@ -232,6 +243,9 @@ async fn copy_and_verify(
             chunk_target: config.copy.chunk_target.0,
             initial_chunk_rows: config.copy.initial_chunk_rows,
             engine_rows,
+            server_side: config.copy.server_side_copy
+                && plan.backend != BackendKind::Local
+                && same_server(config),
         },
         source_pool,
         backend.clone(),

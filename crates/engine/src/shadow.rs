@@ -39,6 +39,8 @@ pub struct CopyLayout {
     pub target: TargetTable,
     /// Target column names, in `select` order.
     pub target_columns: Vec<String>,
+    /// Source column names, in `select` order (for server-side copies).
+    pub source_columns: Vec<String>,
 }
 
 /// Plans what is read and written, from the source table and the plan.
@@ -50,6 +52,7 @@ pub fn layout(
     let mut select = Vec::new();
     let mut read_specs = Vec::new();
     let mut target_columns = Vec::new();
+    let mut source_columns = Vec::new();
     for (from, to) in plan.copied_columns() {
         let col = old
             .column(from)
@@ -68,6 +71,7 @@ pub fn layout(
         });
         read_specs.push(spec);
         target_columns.push(to.to_string());
+        source_columns.push(col.name.clone());
     }
     let chunk_key = plan
         .chunk_key
@@ -99,6 +103,7 @@ pub fn layout(
         read_specs,
         chunk_key,
         target_columns,
+        source_columns,
     })
 }
 

@@ -8,7 +8,16 @@ use wraith_engine::inspect::inspect_table;
 use wraith_engine::workload::create_sysbench_table;
 use wraith_tests::{wraith_with_config, Schema};
 
-const BACKENDS: [&str; 2] = ["sql", "local"];
+/// Each way rows can travel: the sql backend server-side (`INSERT ... SELECT`),
+/// the sql backend through wraith (batched INSERTs), and the local backend.
+const BACKENDS: [&str; 3] = ["sql", "sql-client", "local"];
+
+fn backend_settings(backend: &str) -> String {
+    match backend {
+        "sql-client" => "backend = \"sql\"\nserver_side_copy = false".into(),
+        other => format!("backend = \"{other}\""),
+    }
+}
 
 fn run_config(s: &Schema, table: &str, alter: &str, backend: &str, extra: &str) -> String {
     let sort_dir = std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name));
@@ -16,7 +25,8 @@ fn run_config(s: &Schema, table: &str, alter: &str, backend: &str, extra: &str) 
         table,
         alter,
         &format!(
-            "[copy]\nbackend = \"{backend}\"\nthreads = 3\n{extra}\n\n[local]\nsort_dir = {:?}\n\n[cutover]\nenabled = false\n",
+            "[copy]\n{}\nthreads = 3\n{extra}\n\n[local]\nsort_dir = {:?}\n\n[cutover]\nenabled = false\n",
+            backend_settings(backend),
             sort_dir.display().to_string()
         ),
     )
@@ -65,7 +75,7 @@ const TYPES_ROWS: &str = "INSERT INTO types VALUES
 #[tokio::test]
 async fn every_type_round_trips_through_both_backends() {
     for backend in BACKENDS {
-        let s = Schema::new(&format!("cp_types_{backend}")).await;
+        let s = Schema::new(&format!("cp_types_{}", backend.replace('-', "_"))).await;
         s.exec(&format!(
             "SET SESSION sql_mode = ''; {TYPES_TABLE}; {TYPES_ROWS}"
         ))
@@ -96,7 +106,7 @@ async fn every_type_round_trips_through_both_backends() {
 #[tokio::test]
 async fn composite_string_and_sparse_keys() {
     for backend in BACKENDS {
-        let s = Schema::new(&format!("cp_keys_{backend}")).await;
+        let s = Schema::new(&format!("cp_keys_{}", backend.replace('-', "_"))).await;
         s.exec(
             "CREATE TABLE comp (id INT NOT NULL, tag BINARY(4) NOT NULL, v VARCHAR(20), PRIMARY KEY (id, tag)); \
              INSERT INTO comp WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
@@ -162,7 +172,7 @@ async fn primary_key_change_through_local_backend() {
 #[tokio::test]
 async fn unique_key_on_duplicate_data_stops_with_keys_named() {
     for backend in BACKENDS {
-        let s = Schema::new(&format!("cp_dup_{backend}")).await;
+        let s = Schema::new(&format!("cp_dup_{}", backend.replace('-', "_"))).await;
         s.exec(
             "CREATE TABLE t (id INT NOT NULL PRIMARY KEY, email VARCHAR(50)); \
              INSERT INTO t VALUES (1, 'a@x'), (2, 'b@x'), (3, 'dup@x'), (4, 'c@x'), (5, 'dup@x'), (6, 'd@x')",
