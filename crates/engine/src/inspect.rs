@@ -224,13 +224,14 @@ pub async fn inspect_table(
         }
     }
 
-    let meta: Option<(
+    type MetaRow = (
         Option<String>,
         Option<u64>,
         Option<u64>,
         Option<u64>,
         Option<String>,
-    )> = conn
+    );
+    let meta: Option<MetaRow> = conn
         .exec_first(
             "SELECT ENGINE, TABLE_ROWS, DATA_LENGTH, INDEX_LENGTH, CAST(CREATE_TIME AS CHAR) \
              FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",

@@ -43,7 +43,7 @@ pub enum RunError {
     Copy {
         table: String,
         #[source]
-        source: CopyError,
+        source: Box<CopyError>,
     },
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
@@ -254,7 +254,7 @@ async fn copy_and_verify(
     .await
     .map_err(|source| RunError::Copy {
         table: table.name.clone(),
-        source,
+        source: Box::new(source),
     })?;
     backend.close().await;
     handle.set_total(stats.rows);
