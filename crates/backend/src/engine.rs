@@ -181,9 +181,12 @@ pub struct ImportStats {
 ///    [`EngineWriter::append_rows`]; [`EngineWriter::close`] gives a
 ///    [`ChunkFlushStatus`].
 /// 3. [`flush_engine`](Backend::flush_engine): after it returns `Ok`, every
-///    row appended to that engine before the call (by writers whose
-///    `append_rows` returned) survives kill -9 of this process and of the
-///    machine's page cache; the chunk flush statuses taken before it become
+///    row of every writer closed before the call survives kill -9 (and a
+///    machine crash: the write-ahead log is fsynced), and so does every row
+///    an unsorted writer's `append_rows` returned for; a sorted writer keeps
+///    up to its sort buffer in memory until it is closed
+///    ([`EngineWriter::is_synced`] says whether it holds any). The
+///    [`ChunkFlushStatus`]es of writers closed before the call become
 ///    `flushed()`. Only then may the caller checkpoint those chunks as done.
 /// 4. [`close_engine`](Backend::close_engine): no more writers; the engine is
 ///    made durable and ready for import. A resumed run may close an engine

@@ -332,3 +332,118 @@ async fn redone_chunk_is_not_a_duplicate_locally() {
     assert_eq!(count(&pool, "SELECT COUNT(*) FROM dst").await, 3);
     pool.disconnect().await.unwrap();
 }
+
+/// Many rows with a composite (integer + binary) key with gaps of millions,
+/// written in source order that is not the target's key order: batches and
+/// ranges split, everything lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_rows_composite_sparse_key() {
+    for kind in KINDS {
+        let db = format!("many_{kind:?}").to_lowercase();
+        let pool = fresh_db(&db).await;
+        let mut c = pool.get_conn().await.unwrap();
+        c.query_drop(
+            "CREATE TABLE src (id BIGINT NOT NULL PRIMARY KEY, k2 VARBINARY(16) NOT NULL,
+               v VARCHAR(100) CHARACTER SET latin1);
+             INSERT INTO src
+               SELECT seq * 3000017, UNHEX(LPAD(HEX(seq % 97), 6, '0')),
+                      IF(seq % 11 = 0, NULL, REPEAT(CHAR(65 + seq % 26), seq % 90))
+               FROM seq_1_to_20000;
+             CREATE TABLE dst (id BIGINT NOT NULL, k2 VARBINARY(16) NOT NULL,
+               v VARCHAR(100) CHARACTER SET utf8mb4, PRIMARY KEY (k2, id))",
+        )
+        .await
+        .unwrap();
+        let src_specs = specs(&mut c, &db, "src").await;
+        drop(c);
+        let rows = read_rows(&pool, "src", &src_specs, "id").await;
+        let target = TargetTable {
+            schema: db.clone(),
+            table: "dst".into(),
+            columns: src_specs.clone(),
+            key_columns: vec![1, 0],
+        };
+        let names: Vec<String> = src_specs.iter().map(|s| s.name.clone()).collect();
+        let chunks: Vec<Vec<Row>> = rows.chunks(3000).map(|c| c.to_vec()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let backend = make_backend(kind, &pool, dir.path());
+        let mgr = EngineManager::new(backend);
+        let opened = mgr
+            .open_engine(&engine_config(target), "db.src", 1)
+            .await
+            .unwrap();
+        let mut w = opened
+            .local_writer(&LocalWriterConfig::default())
+            .await
+            .unwrap();
+        for ch in chunks {
+            w.append_rows(&names, ch).await.unwrap();
+        }
+        w.close().await.unwrap();
+        let closed = opened.close().await.unwrap();
+        let stats = closed.import(64 << 10, 5000).await.unwrap();
+        if kind == Kind::Local {
+            assert_eq!(stats.rows, 20000);
+            assert!(stats.ranges >= 4, "{stats:?}");
+        }
+        closed.cleanup().await.unwrap();
+        assert_eq!(
+            count(
+                &pool,
+                "SELECT COUNT(*) FROM src a JOIN dst b USING (id) WHERE a.k2 = b.k2 \
+                 AND HEX(CONVERT(a.v USING utf8mb4)) <=> HEX(b.v)"
+            )
+            .await,
+            20000,
+            "{kind:?}"
+        );
+        pool.disconnect().await.unwrap();
+    }
+}
+
+/// A string key with a case-insensitive collation: `'a'` and `'A'` are one
+/// key to the server, so both backends refuse them as duplicates (the local
+/// backend through the server at import, as its keys compare bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_insensitive_key_duplicates() {
+    for kind in KINDS {
+        let db = format!("ci_{kind:?}").to_lowercase();
+        let pool = fresh_db(&db).await;
+        let mut c = pool.get_conn().await.unwrap();
+        c.query_drop(
+            "CREATE TABLE src (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) COLLATE utf8mb4_bin NOT NULL);
+             INSERT INTO src VALUES (1, 'Straße'), (2, 'alpha'), (3, 'ALPHA');
+             CREATE TABLE dst (id INT NOT NULL, name VARCHAR(20) COLLATE utf8mb4_general_ci NOT NULL,
+               PRIMARY KEY (name))",
+        )
+        .await
+        .unwrap();
+        let src_specs = specs(&mut c, &db, "src").await;
+        drop(c);
+        let rows = read_rows(&pool, "src", &src_specs, "id").await;
+        let target = TargetTable {
+            schema: db.clone(),
+            table: "dst".into(),
+            columns: src_specs.clone(),
+            key_columns: vec![1],
+        };
+        let names: Vec<String> = src_specs.iter().map(|s| s.name.clone()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let err = copy_through(
+            make_backend(kind, &pool, dir.path()),
+            &engine_config(target),
+            &names,
+            vec![rows],
+            false,
+        )
+        .await
+        .expect_err("case-insensitive duplicate");
+        match err {
+            BackendError::DuplicateDetected { key, .. } => {
+                assert!(key.to_lowercase().contains("alpha"), "{kind:?}: {key}")
+            }
+            other => panic!("{kind:?}: {other}"),
+        }
+        pool.disconnect().await.unwrap();
+    }
+}

@@ -15,12 +15,15 @@
 //! - [`shadow`]: the shadow table, its layout, deferred indexes.
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
 //! - [`checksum`]: chunked comparison of source and shadow.
+//! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
+pub mod applier;
+pub mod changes;
 pub mod checksum;
 pub mod chunker;
 pub mod config;

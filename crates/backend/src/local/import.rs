@@ -318,6 +318,17 @@ async fn load_range(
     conn.set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
     if let Err(e) = conn.query_drop(stmt).await {
         let _ = conn.query_drop("ROLLBACK").await;
+        if let mysql_async::Error::Server(s) = &e {
+            if matches!(s.code, 1148 | 3948 | 4166) {
+                return Err(BackendError::InvalidInput {
+                    message: format!(
+                        "the server refuses LOAD DATA LOCAL into {name} ({}): set \
+                         `local_infile = ON` on the server, or use the sql backend",
+                        s.message
+                    ),
+                });
+            }
+        }
         return Err(map_insert_error(e, "loading a range", target));
     }
     let affected = conn.affected_rows();
