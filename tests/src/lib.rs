@@ -207,3 +207,110 @@ pub async fn wraith_with_config(args: &[&str], config: &str) -> Run {
     let out = cmd.output().await.expect("run wraith");
     Run::from(out)
 }
+
+/// A `wraith` child process whose stderr is collected line by line.
+pub struct WraithChild {
+    child: tokio::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl WraithChild {
+    /// Starts `wraith <args...> <config file>`.
+    pub fn spawn(args: &[&str], config: &str) -> WraithChild {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wraith.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = tokio::process::Command::new(wraith_bin())
+            .args(args)
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wraith");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut out = child.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s).await;
+            sink.lock().expect("stdout").push_str(&s);
+        });
+        WraithChild {
+            child,
+            lines,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle`; panics after `timeout`
+    /// or if wraith exits first.
+    pub async fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                panic!(
+                    "wraith exited ({status}) before printing {needle:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wraith did not print {needle:?} within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// Waits for the exit and returns what it printed.
+    pub async fn finish(mut self, timeout: std::time::Duration) -> Run {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "wraith did not finish within {timeout:?}:\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout.lock().expect("stdout").clone(),
+            stderr: self.stderr(),
+        }
+    }
+}

@@ -4,15 +4,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use common::{count, fresh_db, read_rows, specs};
+use common::{count, fresh_db, specs};
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
 use wraith_backend::{
-    engine_uuid, Backend, ColumnKind, ColumnSpec, EngineConfig, EngineManager, LocalBackend,
-    LocalBackendConfig, LocalEngineConfig, LocalWriterConfig, Row, SqlBackend, SqlBackendConfig,
-    TargetTable, Value,
+    engine_uuid, Backend, EngineConfig, EngineManager, LocalBackend, LocalBackendConfig,
+    LocalEngineConfig, LocalWriterConfig, Row, TargetTable, Value,
 };
 
 fn local(pool: &Pool, dir: &std::path::Path, threads: usize) -> Arc<dyn Backend> {
@@ -195,106 +193,66 @@ async fn missing_engine_is_an_error_and_reset_empties() {
     pool.disconnect().await.unwrap();
 }
 
-/// Not a timed test: prints the rows/s of each write path for the report.
-/// Run with `cargo test -p wraith-backend --test local_lifecycle -- --ignored --nocapture`.
+/// kill -9 after `flush`: a new process closes the engine by UUID and
+/// imports every flushed row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn write_path_throughput() {
-    let n: i64 = std::env::var("WRAITH_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500_000);
-    let db = "bench_paths";
+async fn flushed_rows_survive_kill_9() {
+    use std::io::BufRead as _;
+    let db = "life_kill9";
     let pool = fresh_db(db).await;
-    let mut c = pool.get_conn().await.unwrap();
-    let ddl = "(id INT NOT NULL PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY k (k))";
-    for t in ["sql_t", "local_t"] {
-        c.query_drop(format!("CREATE TABLE {t} {ddl}"))
-            .await
-            .unwrap();
-    }
-    let columns = vec![
-        ColumnSpec::new("id", ColumnKind::Int),
-        ColumnSpec::new("k", ColumnKind::Int),
-        ColumnSpec {
-            charset: Some("utf8mb4".into()),
-            ..ColumnSpec::new("c", ColumnKind::Text)
-        },
-        ColumnSpec {
-            charset: Some("utf8mb4".into()),
-            ..ColumnSpec::new("pad", ColumnKind::Text)
-        },
-    ];
-    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let data: Vec<Row> = (0..n)
-        .map(|i| {
-            vec![
-                Value::Int(i),
-                Value::Int((i * 7919) % 100_000),
-                Value::Bytes(format!("{:0>119}", i * 31).into_bytes()),
-                Value::Bytes(format!("{:0>59}", i * 17).into_bytes()),
-            ]
-        })
-        .collect();
-    let chunks: Vec<Vec<Row>> = data.chunks(10_000).map(|c| c.to_vec()).collect();
+    let target = make_target(&pool, db).await;
+    let dir = tempfile::tempdir().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/kill9_child
+    let child_bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("kill9_child");
+    assert!(
+        child_bin.exists(),
+        "{} missing: run through `cargo test`, which builds examples",
+        child_bin.display()
+    );
+    let mut child = std::process::Command::new(child_bin)
+        .env("WRAITH_KILL9_DIR", dir.path())
+        .env(
+            "WRAITH_KILL9_TARGET",
+            serde_json::to_string(&target).unwrap(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let saw_flushed = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("FLUSHED"))
+    })
+    .await
+    .unwrap();
+    assert!(saw_flushed, "the child did not get to flush");
+    // Let it write some unflushed rows, then SIGKILL.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
 
-    for (name, table) in [("sql", "sql_t"), ("local", "local_t")] {
-        let cfg = EngineConfig {
-            target: TargetTable {
-                schema: db.into(),
-                table: table.into(),
-                columns: columns.clone(),
-                key_columns: vec![0],
-            },
-            local: LocalEngineConfig::default(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = if name == "sql" {
-            Arc::new(SqlBackend::new(pool.clone(), SqlBackendConfig::default()))
-        } else {
-            local(&pool, dir.path(), 2)
-        };
-        let mgr = EngineManager::new(backend);
-        let start = Instant::now();
-        let opened = mgr.open_engine(&cfg, table, 1).await.unwrap();
-        // Two writers in parallel, as two readers would.
-        let mut handles = Vec::new();
-        for part in 0..2 {
-            let mine: Vec<Vec<Row>> = chunks.iter().skip(part).step_by(2).cloned().collect();
-            let mut w = opened.local_writer(&writer_cfg(false)).await.unwrap();
-            let names = names.clone();
-            handles.push(tokio::spawn(async move {
-                for ch in mine {
-                    w.append_rows(&names, ch).await.unwrap();
-                }
-                w.close().await.unwrap()
-            }));
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-        opened.flush().await.unwrap();
-        let written = start.elapsed();
-        let closed = opened.close().await.unwrap();
-        let t_import = Instant::now();
-        closed.import(96 << 20, 0).await.unwrap();
-        let imported = t_import.elapsed();
-        closed.cleanup().await.unwrap();
-        let total = start.elapsed();
-        println!(
-            "{name}: {n} rows; write {:.2}s ({:.0} rows/s), import {:.2}s ({:.0} rows/s), total {:.2}s ({:.0} rows/s)",
-            written.as_secs_f64(),
-            n as f64 / written.as_secs_f64(),
-            imported.as_secs_f64(),
-            n as f64 / imported.as_secs_f64().max(1e-9),
-            total.as_secs_f64(),
-            n as f64 / total.as_secs_f64()
-        );
-        assert_eq!(
-            count(&pool, &format!("SELECT COUNT(*) FROM {table}")).await,
-            n as u64
-        );
-    }
-    let _ = read_rows; // shared helper used by other tests
+    let cfg = EngineConfig {
+        target,
+        local: LocalEngineConfig::default(),
+    };
+    let backend = local(&pool, dir.path(), 2);
+    let mgr = EngineManager::new(backend);
+    let closed = mgr.unsafe_close_engine(&cfg, "kill.t", 1).await.unwrap();
+    let stats = closed.import(0, 0).await.unwrap();
+    assert!(stats.rows >= 2000, "{stats:?}");
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) FROM dst WHERE id < 2000").await,
+        2000,
+        "every flushed row is there"
+    );
+    closed.cleanup().await.unwrap();
     pool.disconnect().await.unwrap();
 }

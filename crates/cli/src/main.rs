@@ -107,6 +107,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -165,11 +180,31 @@ async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
 async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
     let progress = ProgressHandle::new();
     let display = progress_display::spawn(progress.clone());
-    let result = migration::run(config, &progress).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("\nstopping at the next safe point (the source table is never touched)...");
+        let _ = stop_tx.send(true);
+    });
+    let control = migration::RunControl { shutdown: stop_rx };
+    let result = migration::run(config, &progress, &control).await;
     display.finish().await;
     match result {
         Ok(report) => {
             for t in &report.tables {
+                if t.cut_over {
+                    eprintln!(
+                        "{}: cut over in {} attempt(s); writes were blocked for {:.1} ms; the old table is {}",
+                        t.table,
+                        t.cutover_attempts.unwrap_or(0),
+                        t.cutover_blocked_ms.unwrap_or(0.0),
+                        if config.cutover.drop_old_table { "dropped".to_string() } else { format!("kept as _{}_old", t.table) }
+                    );
+                }
+                eprintln!(
+                    "{}: {} changes read from the binlog, {} applied ({:.0} changes/s); checksum lock held {:.1} ms",
+                    t.table, t.changes_received, t.changes_applied, t.apply_changes_per_sec, t.checksum_lock_ms
+                );
                 eprintln!(
                     "{}: copied {} rows in {:.2}s ({:.0} rows/s, {} backend, {} chunks, {} engines), \
                      indexes restored in {:.2}s, checksum of {} rows passed in {:.2}s; total {:.2}s",
@@ -185,7 +220,7 @@ async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
                     t.checksum_secs,
                     t.total_secs
                 );
-                if !report.cut_over {
+                if !t.cut_over {
                     eprintln!(
                         "{}: the verified shadow table {} stands beside the untouched source (cut-over disabled)",
                         t.table, t.shadow

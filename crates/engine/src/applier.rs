@@ -30,6 +30,8 @@ pub struct Applier {
     pool: Pool,
     target: TargetTable,
     shards: usize,
+    /// Connections with the exact-value session, kept across batches.
+    conns: Vec<mysql_async::Conn>,
     /// Changes applied so far (after deduplication).
     pub applied: u64,
     /// Time spent applying.
@@ -42,6 +44,7 @@ impl Applier {
             pool,
             target,
             shards: shards.max(1),
+            conns: Vec::new(),
             applied: 0,
             busy: Duration::ZERO,
         }
@@ -69,12 +72,30 @@ impl Applier {
                 last.push(change);
             }
         }
+        while self.conns.len() < shards.len() {
+            let mut conn = self
+                .pool
+                .get_conn()
+                .await
+                .context(|| "connecting to apply changes".into())?;
+            conn.query_drop(wraith_backend::sql::SESSION_SETUP)
+                .await
+                .context(|| "setting up an apply session".into())?;
+            self.conns.push(conn);
+        }
         let target = &self.target;
-        try_join_all(shards.into_iter().map(|shard| {
-            let pool = self.pool.clone();
-            async move { apply_shard(&pool, target, shard).await }
-        }))
-        .await?;
+        let result = try_join_all(
+            shards
+                .into_iter()
+                .zip(self.conns.iter_mut())
+                .map(|(shard, conn)| apply_shard(conn, target, shard)),
+        )
+        .await;
+        if result.is_err() {
+            // A failed session may be mid-transaction or gone: start afresh next time.
+            self.conns.clear();
+        }
+        result?;
         self.applied += n as u64;
         self.busy += started.elapsed();
         Ok(())
@@ -82,17 +103,10 @@ impl Applier {
 }
 
 async fn apply_shard(
-    pool: &Pool,
+    conn: &mut mysql_async::Conn,
     target: &TargetTable,
     changes: Vec<Pending>,
 ) -> Result<(), DbError> {
-    let mut conn = pool
-        .get_conn()
-        .await
-        .context(|| "connecting to apply changes".into())?;
-    conn.query_drop(wraith_backend::sql::SESSION_SETUP)
-        .await
-        .context(|| "setting up an apply session".into())?;
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     for c in changes {
@@ -119,7 +133,7 @@ async fn apply_shard(
         }
         tuple.push(b')');
         if !stmt.is_empty() && stmt.len() + tuple.len() + 1 > MAX_STATEMENT_BYTES {
-            send(&mut conn, &stmt, target).await?;
+            send(conn, &stmt, target).await?;
             stmt.clear();
         }
         if stmt.is_empty() {
@@ -130,7 +144,7 @@ async fn apply_shard(
         stmt.extend_from_slice(&tuple);
     }
     if !stmt.is_empty() {
-        send(&mut conn, &stmt, target).await?;
+        send(conn, &stmt, target).await?;
         stmt.clear();
     }
 
@@ -143,7 +157,7 @@ async fn apply_shard(
     for key in &deletes {
         let cond = key_condition(&key_specs, key);
         if !stmt.is_empty() && stmt.len() + cond.len() + 4 > MAX_STATEMENT_BYTES {
-            send(&mut conn, &stmt, target).await?;
+            send(conn, &stmt, target).await?;
             stmt.clear();
         }
         if stmt.is_empty() {
@@ -154,7 +168,7 @@ async fn apply_shard(
         stmt.extend_from_slice(&cond);
     }
     if !stmt.is_empty() {
-        send(&mut conn, &stmt, target).await?;
+        send(conn, &stmt, target).await?;
     }
     Ok(())
 }

@@ -142,10 +142,27 @@ fn as_bytes(expr: String) -> String {
     format!("CAST({expr} AS BINARY)")
 }
 
-/// Compares the source and the shadow table under the plan's mapping.
+/// Compares the source and the shadow table under the plan's mapping, on
+/// fresh connections (for a table nobody writes).
 pub async fn checksum_table(
     source_pool: &Pool,
     target_pool: &Pool,
+    old: &TableInfo,
+    new: &TableInfo,
+    plan: &TablePlan,
+    target: Duration,
+) -> Result<ChecksumReport, ChecksumError> {
+    let mut sconn = read_conn(source_pool).await?;
+    let mut tconn = read_conn(target_pool).await?;
+    checksum_on(&mut sconn, &mut tconn, old, new, plan, target).await
+}
+
+/// Compares on the given sessions. For a table under writes, the caller opens
+/// both in consistent snapshots taken at one logical point (source locked,
+/// shadow caught up), so the two sides are compared as of that point.
+pub async fn checksum_on(
+    sconn: &mut Conn,
+    tconn: &mut Conn,
     old: &TableInfo,
     new: &TableInfo,
     plan: &TablePlan,
@@ -237,12 +254,10 @@ pub async fn checksum_table(
         key: shadow_key,
     };
 
-    let mut sconn = read_conn(source_pool).await?;
-    let mut tconn = read_conn(target_pool).await?;
     let mut report = ChecksumReport::default();
     if aligned {
         let mut chunker = Chunker::new(
-            &mut sconn,
+            sconn,
             &old.schema,
             &old.name,
             source.key.clone(),
@@ -250,16 +265,15 @@ pub async fn checksum_table(
             10_000,
         )
         .await?;
-        while let Some(chunk) = chunker.next(&mut sconn).await? {
+        while let Some(chunk) = chunker.next(sconn).await? {
             let t0 = std::time::Instant::now();
-            let rows =
-                compare_range(&mut sconn, &mut tconn, &source, &shadow, Some(&chunk)).await?;
+            let rows = compare_range(sconn, tconn, &source, &shadow, Some(&chunk)).await?;
             chunker.feedback(rows, t0.elapsed(), crate::chunker::int_span(&chunk));
             report.rows += rows;
             report.ranges += 1;
         }
     } else {
-        report.rows = compare_range(&mut sconn, &mut tconn, &source, &shadow, None).await?;
+        report.rows = compare_range(sconn, tconn, &source, &shadow, None).await?;
         report.ranges = 1;
     }
     report.elapsed = started.elapsed();

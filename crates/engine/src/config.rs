@@ -312,6 +312,10 @@ pub struct CutoverConfig {
     pub postpone_flag_file: Option<PathBuf>,
     #[serde(default)]
     pub drop_old_table: bool,
+    /// With cut-over disabled: after verifying, keep applying changes until
+    /// interrupted (`true`), or stop at once leaving the verified shadow (`false`).
+    #[serde(default = "default_true")]
+    pub keep_in_sync: bool,
 }
 
 fn default_lock_wait_timeout() -> HumanDuration {
@@ -329,6 +333,7 @@ impl Default for CutoverConfig {
             retries: default_retries(),
             postpone_flag_file: None,
             drop_old_table: false,
+            keep_in_sync: true,
         }
     }
 }

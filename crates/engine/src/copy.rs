@@ -31,6 +31,7 @@ use wraith_backend::{
 
 use crate::chunker::{int_span, Chunk, Chunker, KeySql};
 use crate::db::{quote_ident, Context, DbError};
+use crate::online::OnlineState;
 use crate::progress::TableHandle;
 use crate::shadow::CopyLayout;
 
@@ -74,6 +75,8 @@ pub struct CopyJob {
     /// Source and shadow are on one server and the backend is `sql`: copy
     /// each chunk with one `INSERT ... SELECT`, so no row travels to wraith.
     pub server_side: bool,
+    /// The online state whose watermarks the copy advances, if changes are followed.
+    pub online: Option<Arc<OnlineState>>,
 }
 
 /// Opens connections for reading the source, with the exact-value session.
@@ -93,6 +96,8 @@ struct EngineSlot {
     engine: Option<Arc<OpenedEngine>>,
     id: i32,
     rows_assigned: u64,
+    /// Chunks written to this engine: durable once it is imported.
+    chunk_ids: Vec<u64>,
 }
 
 struct Shared {
@@ -140,6 +145,7 @@ pub async fn copy_table(
             engine: Some(Arc::new(first)),
             id: 0,
             rows_assigned: 0,
+            chunk_ids: Vec::new(),
         }),
         manager,
         engine_cfg,
@@ -173,9 +179,12 @@ pub async fn copy_table(
     }
 
     // Close and import the last engine, then wait for every import.
-    let last = shared.slot.lock().await.engine.take();
+    let (last, chunk_ids) = {
+        let mut slot = shared.slot.lock().await;
+        (slot.engine.take(), std::mem::take(&mut slot.chunk_ids))
+    };
     if let Some(last) = last {
-        spawn_closer(&shared, last).await;
+        spawn_closer(&shared, last, chunk_ids).await;
     }
     let mut imported = ImportStats::default();
     let mut closers = std::mem::take(&mut *shared.closers.lock().await);
@@ -196,7 +205,8 @@ pub async fn copy_table(
 }
 
 /// Waits until no writer holds `engine`, then closes, imports and cleans it up.
-async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>) {
+async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>, chunk_ids: Vec<u64>) {
+    let online = shared.job.online.clone();
     let mut closers = shared.closers.lock().await;
     closers.spawn(async move {
         let mut engine = engine;
@@ -214,6 +224,13 @@ async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>) {
         let stats = closed.import(96 << 20, 1 << 20).await?;
         tracing::info!(engine = %uuid, rows = stats.rows, ranges = stats.ranges, "engine imported");
         closed.cleanup().await?;
+        if let Some(online) = online {
+            if let Ok(mut marks) = online.marks.lock() {
+                for id in chunk_ids {
+                    marks.durable(id);
+                }
+            }
+        }
         Ok(stats)
     });
 }
@@ -263,7 +280,20 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
         let chunk = {
             let mut chunker = shared.chunker.lock().await;
             match chunker.next(&mut conn).await? {
-                Some(c) => c,
+                Some(c) => {
+                    if let Some(online) = &shared.job.online {
+                        let upper = c.upper.as_ref().map(|u| {
+                            let values: Vec<&Value> = u.iter().collect();
+                            let mut out = Vec::new();
+                            wraith_backend::encode_key(&values, &mut out);
+                            out
+                        });
+                        if let Ok(mut marks) = online.marks.lock() {
+                            marks.dispatched(c.id, upper);
+                        }
+                    }
+                    c
+                }
                 None => return Ok(()),
             }
         };
@@ -274,6 +304,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                 .await
                 .map_err(|e| server_side_error(&shared, e))?;
             let n = conn.affected_rows();
+            mark_durable(&shared, chunk.id);
             shared.progress.add_rows(n);
             shared.chunks.fetch_add(1, Ordering::Relaxed);
             shared
@@ -291,8 +322,10 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
         )
         .await?;
         let n = rows.len() as u64;
-        if n > 0 {
-            let engine = engine_for(&shared, n).await?;
+        if n == 0 {
+            mark_durable(&shared, chunk.id);
+        } else {
+            let engine = engine_for(&shared, n, chunk.id).await?;
             let mut writer = engine
                 .local_writer(&LocalWriterConfig {
                     is_kv_sorted: false,
@@ -344,8 +377,20 @@ fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {
     );
 }
 
+fn mark_durable(shared: &Shared, chunk_id: u64) {
+    if let Some(online) = &shared.job.online {
+        if let Ok(mut marks) = online.marks.lock() {
+            marks.durable(chunk_id);
+        }
+    }
+}
+
 /// The engine the next `rows` rows go to; rotates full engines out.
-async fn engine_for(shared: &Arc<Shared>, rows: u64) -> Result<Arc<OpenedEngine>, CopyError> {
+async fn engine_for(
+    shared: &Arc<Shared>,
+    rows: u64,
+    chunk_id: u64,
+) -> Result<Arc<OpenedEngine>, CopyError> {
     let mut slot = shared.slot.lock().await;
     if slot.rows_assigned >= shared.job.engine_rows {
         let next_id = slot.id + 1;
@@ -354,14 +399,16 @@ async fn engine_for(shared: &Arc<Shared>, rows: u64) -> Result<Arc<OpenedEngine>
             .open_engine(&shared.engine_cfg, &shared.job.table, next_id)
             .await?;
         let full = slot.engine.replace(Arc::new(fresh));
+        let full_chunks = std::mem::take(&mut slot.chunk_ids);
         slot.id = next_id;
         slot.rows_assigned = 0;
         shared.engines.fetch_add(1, Ordering::Relaxed);
         if let Some(full) = full {
-            spawn_closer(shared, full).await;
+            spawn_closer(shared, full, full_chunks).await;
         }
     }
     slot.rows_assigned += rows;
+    slot.chunk_ids.push(chunk_id);
     slot.engine
         .clone()
         .ok_or_else(|| CopyError::Worker("the copy is already finished".into()))

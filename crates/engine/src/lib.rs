@@ -15,6 +15,7 @@
 //! - [`shadow`]: the shadow table, its layout, deferred indexes.
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
 //! - [`checksum`]: chunked comparison of source and shadow.
+//! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
@@ -23,14 +24,17 @@
 //! Errors are typed per module; the CLI maps them to exit codes.
 
 pub mod applier;
+pub mod binlog;
 pub mod changes;
 pub mod checksum;
 pub mod chunker;
 pub mod config;
 pub mod copy;
+pub mod cutover;
 pub mod db;
 pub mod inspect;
 pub mod migration;
+pub mod online;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

@@ -1,30 +1,42 @@
-//! The run: the state machine that takes a table from preflight to a verified
-//! shadow table.
+//! The run: the state machine that takes a table from preflight to cut-over.
 //!
-//! Initial (preflight, shadow table) → CopyRows (chunker, readers, engines,
-//! import) → RestoreSecondaryIndexes → AnalyzeTable → Checksum → Close.
-//! A failure before the copy is verified cleans up (ErrCleanup: the shadow
-//! table is dropped; the source was never written). The change stream and
-//! cut-over come next; until then a run with `[cutover] enabled = false` is
-//! only correct on a table nobody writes, and says so.
+//! Initial (preflight, shadow table, binlog position, change stream) →
+//! CopyRows (chunker, readers, engines, import; changes applied below the low
+//! watermark all along) → RestoreSecondaryIndexes → AnalyzeTable → Checksum
+//! (source briefly locked, shadow caught up, both sides compared in snapshots
+//! of that one point) → PostChecksum (catch-up) → WaitingOnSentinelTable (while
+//! a postpone flag file or the sentinel table exists) → CutOver → Close.
+//!
+//! A failure before the cut-over cleans up (ErrCleanup): the change stream
+//! stops, the shadow table is dropped, the source was never written.
+//! Resuming from checkpoints comes with the checkpoints issue.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::Pool;
+use mysql_async::{Conn, Opts, Pool};
 use serde::Serialize;
+use tokio::sync::watch;
 use wraith_backend::{Backend, LocalBackend, LocalBackendConfig, SqlBackend, SqlBackendConfig};
 
-use crate::checksum::{checksum_table, ChecksumError};
+use crate::applier::Applier;
+use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
+use crate::changes::key_orders_by_bytes;
+use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
-use crate::copy::{copy_table, CopyError, CopyJob};
-use crate::db::{self, quote_ident, Context, DbError};
-use crate::inspect::inspect_table;
+use crate::copy::{copy_table, read_conn, CopyError, CopyJob};
+use crate::cutover::{cut_over, CutoverError, CutoverSettings};
+use crate::db::{self, quote_ident, Context, DbError, Flavor};
+use crate::inspect::{inspect_table, TableInfo};
+use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
-use crate::shadow::{self, ShadowError};
+use crate::shadow::{self, CopyLayout, ShadowError};
+
+/// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
+pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +59,16 @@ pub enum RunError {
     },
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
+    #[error(transparent)]
+    Cutover(#[from] CutoverError),
     #[error("setting up the {backend} backend: {message}")]
     Backend { backend: String, message: String },
     #[error("planning {table}: {message}")]
     Layout { table: String, message: String },
+    #[error("following changes to {table}: {message}; the source is untouched")]
+    Changes { table: String, message: String },
+    #[error("interrupted; the source {table} is untouched and the shadow table was dropped")]
+    Interrupted { table: String },
 }
 
 /// What a run did, per table.
@@ -67,41 +85,85 @@ pub struct TableReport {
     pub index_restore_secs: f64,
     pub checksum_rows: u64,
     pub checksum_secs: f64,
+    /// Row changes read from the binlog for the table.
+    pub changes_received: u64,
+    /// Changes applied to the shadow table (after deduplication).
+    pub changes_applied: u64,
+    pub apply_changes_per_sec: f64,
+    /// How long the checksum held the source's lock (drain to a consistent point).
+    pub checksum_lock_ms: f64,
+    pub cut_over: bool,
+    pub cutover_blocked_ms: Option<f64>,
+    pub cutover_attempts: Option<u32>,
     pub total_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub tables: Vec<TableReport>,
-    pub cut_over: bool,
+}
+
+/// How the caller steers a run.
+#[derive(Clone)]
+pub struct RunControl {
+    /// Becomes `true` when the run should stop (Ctrl-C, SIGTERM).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl RunControl {
+    /// A control that never asks to stop.
+    pub fn none() -> RunControl {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        RunControl { shutdown: rx }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
 }
 
 /// Runs the job. Progress is published through `progress`.
-pub async fn run(config: &Config, progress: &ProgressHandle) -> Result<RunReport, RunError> {
-    if config.cutover.enabled {
-        return Err(RunError::Unsupported(
-            "cut-over needs the binlog change stream, which this version of wraith does not have yet; \
-             set `[cutover] enabled = false` to build and verify the shadow table beside the untouched source"
-                .into(),
-        ));
-    }
+pub async fn run(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
     let report = preflight::run(config).await;
     if !report.passed() {
         return Err(RunError::Refused(Box::new(report)));
     }
-    tracing::warn!(
-        "cut-over is disabled and there is no change stream yet: the shadow table is exact only if nobody writes the source during the run"
-    );
+    let flavor = report
+        .flavor
+        .ok_or_else(|| RunError::Connection("preflight did not learn the server flavor".into()))?;
+    if config.target.is_some() && !same_server(config) {
+        return Err(RunError::Unsupported(
+            "a [target] on another server is not supported for online rebuilds yet (the cut-over renames \
+             tables within one server); remove [target]"
+                .into(),
+        ));
+    }
     let source_opts = db::connection_opts(&config.source).map_err(RunError::Connection)?;
     let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
-    let pool_size = config.copy.threads * 2 + 4;
-    let source_pool = db::pool(source_opts, pool_size);
+    let pool_size = config.copy.threads * 3 + 8;
+    let source_pool = db::pool(source_opts.clone(), pool_size);
     let target_pool = db::pool(target_opts, pool_size);
     let mut tables = Vec::new();
     let mut result = Ok(());
     for (table, plan) in config.tables.iter().zip(&report.plans) {
-        match run_table(config, table, plan, &source_pool, &target_pool, progress).await {
+        let ctx = TableRun {
+            config,
+            table,
+            plan,
+            flavor,
+            source_opts: &source_opts,
+            source_pool: &source_pool,
+            target_pool: &target_pool,
+            progress,
+            control,
+        };
+        match ctx.run().await {
             Ok(r) => tables.push(r),
             Err(e) => {
                 result = Err(e);
@@ -113,10 +175,7 @@ pub async fn run(config: &Config, progress: &ProgressHandle) -> Result<RunReport
     let _ = target_pool.disconnect().await;
     result?;
     progress.set_state(State::Close);
-    Ok(RunReport {
-        tables,
-        cut_over: false,
-    })
+    Ok(RunReport { tables })
 }
 
 fn make_backend(
@@ -146,64 +205,6 @@ fn make_backend(
     })
 }
 
-async fn run_table(
-    config: &Config,
-    table: &TableConfig,
-    plan: &TablePlan,
-    source_pool: &Pool,
-    target_pool: &Pool,
-    progress: &ProgressHandle,
-) -> Result<TableReport, RunError> {
-    let started = Instant::now();
-    let source_schema = &config.source.database;
-    let target_schema = &config.target().database;
-    let mut sconn = source_pool
-        .get_conn()
-        .await
-        .context(|| "connecting to the source".into())?;
-    let mut tconn = target_pool
-        .get_conn()
-        .await
-        .context(|| "connecting to the target".into())?;
-    let old = inspect_table(&mut sconn, source_schema, &table.name).await?;
-    shadow::create(
-        &mut tconn,
-        source_schema,
-        target_schema,
-        &table.name,
-        &table.alter,
-        plan,
-    )
-    .await?;
-    tracing::info!(table = %table.name, shadow = %shadow::shadow_name(&table.name), "shadow table created");
-
-    let outcome = copy_and_verify(
-        config,
-        table,
-        plan,
-        &old,
-        source_pool,
-        target_pool,
-        progress,
-    )
-    .await;
-    match outcome {
-        Ok(mut report) => {
-            report.total_secs = started.elapsed().as_secs_f64();
-            Ok(report)
-        }
-        Err(e) => {
-            progress.set_state(State::ErrCleanup);
-            // Nothing is resumable yet: drop the shadow so a rerun starts clean.
-            if let Err(drop_err) = shadow::drop_shadow(&mut tconn, target_schema, &table.name).await
-            {
-                tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Whether the shadow table lives on the source server.
 fn same_server(config: &Config) -> bool {
     match &config.target {
@@ -215,104 +216,509 @@ fn same_server(config: &Config) -> bool {
     }
 }
 
-async fn copy_and_verify(
-    config: &Config,
-    table: &TableConfig,
-    plan: &TablePlan,
-    old: &crate::inspect::TableInfo,
-    source_pool: &Pool,
-    target_pool: &Pool,
-    progress: &ProgressHandle,
-) -> Result<TableReport, RunError> {
-    let target_schema = &config.target().database;
-    let layout = shadow::layout(old, plan, target_schema).map_err(|message| RunError::Layout {
-        table: table.name.clone(),
-        message,
-    })?;
-    let backend = make_backend(config, plan.backend, target_pool)?;
-    let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
-    let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
-    let handle = progress.add_table(&table.name, old.estimated_rows);
-    progress.set_state(State::CopyRows);
-    let stats = copy_table(
-        CopyJob {
-            source_schema: config.source.database.clone(),
+struct TableRun<'a> {
+    config: &'a Config,
+    table: &'a TableConfig,
+    plan: &'a TablePlan,
+    flavor: Flavor,
+    source_opts: &'a Opts,
+    source_pool: &'a Pool,
+    target_pool: &'a Pool,
+    progress: &'a ProgressHandle,
+    control: &'a RunControl,
+}
+
+/// The online machinery of one table, stopped on drop.
+struct Following {
+    state: Arc<OnlineState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Following {
+    fn check(&self, table: &str) -> Result<(), RunError> {
+        match self.state.error() {
+            Some(message) => Err(RunError::Changes {
+                table: table.to_string(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.state.stop();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl TableRun<'_> {
+    fn source_schema(&self) -> &str {
+        &self.config.source.database
+    }
+
+    fn target_schema(&self) -> &str {
+        &self.config.target().database
+    }
+
+    async fn run(&self) -> Result<TableReport, RunError> {
+        let started = Instant::now();
+        let mut sconn = self
+            .source_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the source".into())?;
+        let old = inspect_table(&mut sconn, self.source_schema(), &self.table.name).await?;
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        shadow::create(
+            &mut tconn,
+            self.source_schema(),
+            self.target_schema(),
+            &self.table.name,
+            &self.table.alter,
+            self.plan,
+        )
+        .await?;
+        tracing::info!(table = %self.table.name, shadow = %shadow::shadow_name(&self.table.name), "shadow table created");
+
+        let outcome = self.online(&old, &mut sconn).await;
+        match outcome {
+            Ok(mut report) => {
+                report.total_secs = started.elapsed().as_secs_f64();
+                Ok(report)
+            }
+            Err(e) => {
+                self.progress.set_state(State::ErrCleanup);
+                // Nothing is resumable yet: drop the shadow so a rerun starts clean.
+                if let Err(drop_err) =
+                    shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await
+                {
+                    tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_following(
+        &self,
+        old: &TableInfo,
+        layout: &CopyLayout,
+        sconn: &mut Conn,
+    ) -> Result<Following, RunError> {
+        online::ensure_changelog(sconn, self.source_schema()).await?;
+        let from = binlog::current_position(sconn, self.flavor)
+            .await
+            .map_err(|e| self.changes_error(e.to_string()))?;
+        tracing::info!(position = %from, "following the binlog from here");
+        let mut stream_config =
+            ChangeStreamConfig::for_table(old).map_err(|e| self.changes_error(e.to_string()))?;
+        stream_config.token_table = Some((
+            self.source_schema().to_string(),
+            CHANGELOG_TABLE.to_string(),
+        ));
+        let stream =
+            ChangeStream::start(self.source_opts.clone(), self.flavor, from, stream_config)
+                .await
+                .map_err(|e| self.changes_error(e.to_string()))?;
+
+        let source_positions = layout
+            .source_columns
+            .iter()
+            .map(|name| {
+                old.columns
+                    .iter()
+                    .position(|c| &c.name == name)
+                    .ok_or_else(|| self.changes_error(format!("column {name} vanished")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mapping = RowMapping {
+            source_positions,
+            key_positions: layout.target.key_columns.clone(),
+        };
+        let collations: Vec<Option<String>> = self
+            .plan
+            .chunk_key
+            .iter()
+            .map(|k| old.column(k).and_then(|c| c.collation.clone()))
+            .collect();
+        let aligned = self.plan.chunk_key.len() == self.plan.new_key.len()
+            && layout
+                .target
+                .key_columns
+                .iter()
+                .zip(&self.plan.chunk_key)
+                .all(|(&i, k)| {
+                    layout
+                        .source_columns
+                        .get(i)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(k))
+                });
+        let use_watermarks = aligned && key_orders_by_bytes(&layout.chunk_key, &collations);
+        if !use_watermarks {
+            tracing::info!("changes wait until the whole copy is durable (changed key or non-binary collation)");
+        }
+        let applier = Applier::new(
+            self.target_pool.clone(),
+            layout.target.clone(),
+            self.config.copy.threads,
+        );
+        let run_id = format!("{}-{}", self.table.name, std::process::id());
+        let state = OnlineState::new(
+            mapping,
+            applier,
+            use_watermarks,
+            self.source_pool.clone(),
+            self.source_schema(),
+            &run_id,
+        );
+        let (consumer, apply_loop) = online::spawn(state.clone(), stream);
+        Ok(Following {
+            state,
+            tasks: vec![consumer, apply_loop],
+        })
+    }
+
+    fn changes_error(&self, message: String) -> RunError {
+        RunError::Changes {
+            table: self.table.name.clone(),
+            message,
+        }
+    }
+
+    fn interrupted(&self) -> Result<(), RunError> {
+        if self.control.stopping() {
+            return Err(RunError::Interrupted {
+                table: self.table.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn online(&self, old: &TableInfo, sconn: &mut Conn) -> Result<TableReport, RunError> {
+        let config = self.config;
+        let table = self.table;
+        let plan = self.plan;
+        let target_schema = self.target_schema().to_string();
+        let layout =
+            shadow::layout(old, plan, &target_schema).map_err(|message| RunError::Layout {
+                table: table.name.clone(),
+                message,
+            })?;
+        let following = self.start_following(old, &layout, sconn).await?;
+
+        let backend = make_backend(config, plan.backend, self.target_pool)?;
+        let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
+        let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
+        let handle = self.progress.add_table(&table.name, old.estimated_rows);
+        self.progress.set_state(State::CopyRows);
+        let copy = copy_table(
+            CopyJob {
+                source_schema: config.source.database.clone(),
+                table: table.name.clone(),
+                layout: layout.clone(),
+                threads: config.copy.threads,
+                chunk_target: config.copy.chunk_target.0,
+                initial_chunk_rows: config.copy.initial_chunk_rows,
+                engine_rows,
+                server_side: config.copy.server_side_copy
+                    && plan.backend != BackendKind::Local
+                    && same_server(config),
+                online: Some(following.state.clone()),
+            },
+            self.source_pool,
+            backend.clone(),
+            handle.clone(),
+        );
+        let stats = tokio::select! {
+            r = copy => r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
+            _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error("stopped".into()))),
+        };
+        backend.close().await;
+        following.check(&table.name)?;
+        if let Ok(mut marks) = following.state.marks.lock() {
+            marks.copy_done();
+        }
+        handle.set_total(stats.rows);
+        tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
+            secs = stats.elapsed.as_secs_f64(), "copy done");
+        self.interrupted()?;
+
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        self.progress.set_state(State::RestoreSecondaryIndexes);
+        let t0 = Instant::now();
+        shadow::restore_indexes(&mut tconn, &target_schema, &table.name, plan).await?;
+        let index_restore = t0.elapsed();
+        following.check(&table.name)?;
+
+        self.progress.set_state(State::AnalyzeTable);
+        let shadow_name = shadow::shadow_name(&table.name);
+        tconn
+            .query_drop(format!(
+                "ANALYZE TABLE {}.{}",
+                quote_ident(&target_schema),
+                quote_ident(&shadow_name)
+            ))
+            .await
+            .context(|| format!("analyzing {shadow_name}"))?;
+        self.interrupted()?;
+
+        self.progress.set_state(State::Checksum);
+        let new = inspect_table(&mut tconn, &target_schema, &shadow_name).await?;
+        let (checksum, checksum_lock) = self.consistent_checksum(old, &new, &following).await?;
+        self.progress.set_state(State::PostChecksum);
+        handle.complete();
+        following.check(&table.name)?;
+
+        let mut report = TableReport {
             table: table.name.clone(),
-            layout,
-            threads: config.copy.threads,
-            chunk_target: config.copy.chunk_target.0,
-            initial_chunk_rows: config.copy.initial_chunk_rows,
-            engine_rows,
-            server_side: config.copy.server_side_copy
-                && plan.backend != BackendKind::Local
-                && same_server(config),
-        },
-        source_pool,
-        backend.clone(),
-        handle.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Copy {
-        table: table.name.clone(),
-        source: Box::new(source),
-    })?;
-    backend.close().await;
-    handle.set_total(stats.rows);
-    tracing::info!(
-        table = %table.name,
-        rows = stats.rows,
-        chunks = stats.chunks,
-        engines = stats.engines,
-        secs = stats.elapsed.as_secs_f64(),
-        "copy done"
-    );
+            shadow: shadow_name.clone(),
+            backend: plan.backend,
+            rows_copied: stats.rows,
+            chunks: stats.chunks,
+            engines: stats.engines,
+            copy_secs: stats.elapsed.as_secs_f64(),
+            copy_rows_per_sec: stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6),
+            index_restore_secs: index_restore.as_secs_f64(),
+            checksum_rows: checksum.rows,
+            checksum_secs: checksum.elapsed.as_secs_f64(),
+            changes_received: 0,
+            changes_applied: 0,
+            apply_changes_per_sec: 0.0,
+            checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
+            cut_over: false,
+            cutover_blocked_ms: None,
+            cutover_attempts: None,
+            total_secs: 0.0,
+        };
 
-    let mut tconn = target_pool
-        .get_conn()
-        .await
-        .context(|| "connecting to the target".into())?;
-    progress.set_state(State::RestoreSecondaryIndexes);
-    let t0 = Instant::now();
-    shadow::restore_indexes(&mut tconn, target_schema, &table.name, plan).await?;
-    let index_restore = t0.elapsed();
+        if !config.cutover.enabled {
+            if config.cutover.keep_in_sync {
+                eprintln!(
+                    "{}: verified; cut-over is disabled, so {} is kept in sync with {} until interrupted (Ctrl-C)",
+                    table.name, shadow_name, table.name
+                );
+                let mut shutdown = self.control.shutdown.clone();
+                loop {
+                    following.check(&table.name)?;
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                // Leave the shadow exactly in step as of this moment.
+                following
+                    .state
+                    .drain(Duration::from_secs(30))
+                    .await
+                    .map_err(|m| self.changes_error(m))?;
+            }
+            self.fill_change_figures(&mut report, &following).await;
+            return Ok(report);
+        }
 
-    progress.set_state(State::AnalyzeTable);
-    let shadow_name = shadow::shadow_name(&table.name);
-    tconn
-        .query_drop(format!(
-            "ANALYZE TABLE {}.{}",
-            quote_ident(target_schema),
-            quote_ident(&shadow_name)
-        ))
-        .await
-        .context(|| format!("analyzing {shadow_name}"))?;
+        self.wait_for_catch_up(&following).await?;
+        self.wait_while_postponed(&following).await?;
+        self.progress.set_state(State::CutOver);
+        let mut drain = OnlineDrain {
+            state: following.state.clone(),
+            timeout: config.cutover.lock_wait_timeout.0,
+        };
+        let cut = cut_over(
+            self.source_pool,
+            self.flavor,
+            self.source_schema(),
+            &table.name,
+            &CutoverSettings {
+                lock_wait_timeout: config.cutover.lock_wait_timeout.0,
+                retries: config.cutover.retries,
+            },
+            &mut drain,
+        )
+        .await?;
+        tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
+        self.fill_change_figures(&mut report, &following).await;
+        drop(following);
+        report.cut_over = true;
+        report.cutover_blocked_ms = Some(cut.blocked_ms);
+        report.cutover_attempts = Some(cut.attempts);
+        self.cleanup_after_cutover(&mut tconn).await;
+        Ok(report)
+    }
 
-    progress.set_state(State::Checksum);
-    let new = inspect_table(&mut tconn, target_schema, &shadow_name).await?;
-    let checksum = checksum_table(
-        source_pool,
-        target_pool,
-        old,
-        &new,
-        plan,
-        Duration::from_millis(500),
-    )
-    .await?;
-    progress.set_state(State::PostChecksum);
-    handle.complete();
-    let copy_secs = stats.elapsed.as_secs_f64();
-    Ok(TableReport {
-        table: table.name.clone(),
-        shadow: shadow_name,
-        backend: plan.backend,
-        rows_copied: stats.rows,
-        chunks: stats.chunks,
-        engines: stats.engines,
-        copy_secs,
-        copy_rows_per_sec: stats.rows as f64 / copy_secs.max(1e-6),
-        index_restore_secs: index_restore.as_secs_f64(),
-        checksum_rows: checksum.rows,
-        checksum_secs: checksum.elapsed.as_secs_f64(),
-        total_secs: 0.0,
-    })
+    async fn fill_change_figures(&self, report: &mut TableReport, following: &Following) {
+        let (applied, rate) = following.state.applied().await;
+        report.changes_received = following.state.received();
+        report.changes_applied = applied;
+        report.apply_changes_per_sec = rate;
+    }
+
+    async fn cleanup_after_cutover(&self, conn: &mut Conn) {
+        let qs = quote_ident(self.source_schema());
+        if self.config.cutover.drop_old_table {
+            let old = shadow::old_name(&self.table.name);
+            if let Err(e) = conn
+                .query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(&old)))
+                .await
+            {
+                tracing::warn!(error = %e, "could not drop {old}; drop it by hand");
+            }
+        }
+        if let Err(e) = conn
+            .query_drop(format!(
+                "DROP TABLE IF EXISTS {qs}.{}",
+                quote_ident(CHANGELOG_TABLE)
+            ))
+            .await
+        {
+            tracing::warn!(error = %e, "could not drop {CHANGELOG_TABLE}");
+        }
+    }
+
+    /// Locks the source for a moment, drains the stream into the shadow, and
+    /// opens a consistent snapshot on each side before unlocking; the
+    /// comparison then runs on those snapshots while writes go on.
+    async fn consistent_checksum(
+        &self,
+        old: &TableInfo,
+        new: &TableInfo,
+        following: &Following,
+    ) -> Result<(crate::checksum::ChecksumReport, Duration), RunError> {
+        let mut lock = self
+            .source_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to lock for the checksum".into())?;
+        let mut sconn = read_conn(self.source_pool).await?;
+        let mut tconn = read_conn(self.target_pool).await?;
+        let timeout = self.config.cutover.lock_wait_timeout.0.as_secs().max(1);
+        lock.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
+            .await
+            .context(|| "setting lock_wait_timeout".into())?;
+        let qt = format!(
+            "{}.{}",
+            quote_ident(self.source_schema()),
+            quote_ident(&self.table.name)
+        );
+        lock.query_drop(format!("LOCK TABLES {qt} READ"))
+            .await
+            .context(|| {
+                format!(
+                    "locking {} for the checksum's consistent point",
+                    self.table.name
+                )
+            })?;
+        let locked = Instant::now();
+        let result = async {
+            following
+                .state
+                .drain(self.config.cutover.lock_wait_timeout.0 * 10)
+                .await
+                .map_err(|m| self.changes_error(m))?;
+            sconn
+                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .context(|| "opening the source snapshot".into())?;
+            tconn
+                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .context(|| "opening the shadow snapshot".into())?;
+            Ok::<_, RunError>(())
+        }
+        .await;
+        let unlocked = lock.query_drop("UNLOCK TABLES").await;
+        let held = locked.elapsed();
+        result?;
+        unlocked.context(|| "UNLOCK TABLES".into())?;
+        let report = checksum_on(
+            &mut sconn,
+            &mut tconn,
+            old,
+            new,
+            self.plan,
+            Duration::from_millis(500),
+        )
+        .await?;
+        let _ = sconn.query_drop("COMMIT").await;
+        let _ = tconn.query_drop("COMMIT").await;
+        Ok((report, held))
+    }
+
+    async fn wait_for_catch_up(&self, following: &Following) -> Result<(), RunError> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while following.state.backlog() > 1000 {
+            following.check(&self.table.name)?;
+            self.interrupted()?;
+            if Instant::now() > deadline {
+                return Err(self.changes_error(format!(
+                    "the backlog stayed above 1000 changes for 10 minutes ({} now): the applier cannot keep up",
+                    following.state.backlog()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_while_postponed(&self, following: &Following) -> Result<(), RunError> {
+        let mut announced = false;
+        loop {
+            following.check(&self.table.name)?;
+            self.interrupted()?;
+            let flag = self
+                .config
+                .cutover
+                .postpone_flag_file
+                .as_ref()
+                .filter(|f| f.exists());
+            let mut conn = self
+                .source_pool
+                .get_conn()
+                .await
+                .context(|| "connecting to look for the sentinel table".into())?;
+            let sentinel =
+                crate::inspect::table_exists(&mut conn, self.source_schema(), SENTINEL_TABLE)
+                    .await?;
+            drop(conn);
+            if flag.is_none() && !sentinel {
+                if announced {
+                    tracing::info!("cut-over no longer postponed");
+                }
+                return Ok(());
+            }
+            if !announced {
+                self.progress.set_state(State::WaitingOnSentinelTable);
+                let why = match flag {
+                    Some(f) => format!("the postpone flag file {} exists", f.display()),
+                    None => format!("the sentinel table {SENTINEL_TABLE} exists"),
+                };
+                eprintln!(
+                    "{}: cut-over postponed while {why}; changes keep being applied",
+                    self.table.name
+                );
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn wait_for_error(following: &Following) {
+    while following.state.error().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -25,7 +25,7 @@ fn run_config(s: &Schema, table: &str, alter: &str, backend: &str, extra: &str) 
         table,
         alter,
         &format!(
-            "[copy]\n{}\nthreads = 3\n{extra}\n\n[local]\nsort_dir = {:?}\n\n[cutover]\nenabled = false\n",
+            "[copy]\n{}\nthreads = 3\n{extra}\n\n[local]\nsort_dir = {:?}\n\n[cutover]\nenabled = false\nkeep_in_sync = false\n",
             backend_settings(backend),
             sort_dir.display().to_string()
         ),

@@ -2,4 +2,5 @@
 //! server (see `wraith_tests::server`); each test works in its own schema.
 
 mod copy;
+mod online;
 mod preflight;

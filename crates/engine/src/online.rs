@@ -1,0 +1,353 @@
+//! Keeping the shadow table in step with the source while the copy runs.
+//!
+//! Three tasks share one [`OnlineState`]:
+//! - the *consumer* reads the [`crate::binlog::ChangeStream`], turns each row
+//!   change of the source into shadow operations (a key-changing update is a
+//!   delete of the old key plus an upsert of the new one) and buffers them;
+//! - the *apply loop* takes what the watermarks allow from the buffer and
+//!   applies it ([`crate::applier`]), continuously during the copy;
+//! - the copier reports chunks dispatched and durable ([`Watermarks`]).
+//!
+//! [`OnlineState::drain`] is the synchronisation point used by the checksum
+//! and the cut-over: it writes a token row to wraith's changelog table (after
+//! the caller has locked the source), waits until the stream has delivered
+//! it — so every change committed before it has been read — and applies the
+//! whole buffer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Pool};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use wraith_backend::{Row, Value};
+
+use crate::applier::Applier;
+use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
+use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
+use crate::cutover::{Drain, DrainTarget};
+use crate::db::{quote_ident, Context, DbError};
+
+/// Name of wraith's changelog table (tokens and heartbeats), next to the source.
+pub const CHANGELOG_TABLE: &str = "_wraith_changelog";
+
+/// Creates the changelog table if needed.
+pub async fn ensure_changelog(conn: &mut Conn, schema: &str) -> Result<(), DbError> {
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         token VARCHAR(100) NOT NULL, created TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) \
+         COMMENT 'wraith: tokens and heartbeats of running rebuilds'",
+        quote_ident(schema),
+        quote_ident(CHANGELOG_TABLE)
+    ))
+    .await
+    .context(|| format!("creating {schema}.{CHANGELOG_TABLE}"))
+}
+
+/// How a source row image becomes a shadow row.
+#[derive(Debug, Clone)]
+pub struct RowMapping {
+    /// For each shadow column (in the target's order), its position in the source row image.
+    pub source_positions: Vec<usize>,
+    /// Positions of the shadow key within a shadow row.
+    pub key_positions: Vec<usize>,
+}
+
+impl RowMapping {
+    fn shadow_row(&self, source: &Row) -> Option<Row> {
+        self.source_positions
+            .iter()
+            .map(|&p| source.get(p).cloned())
+            .collect()
+    }
+
+    fn key_values(&self, shadow: &Row) -> Vec<Value> {
+        self.key_positions
+            .iter()
+            .filter_map(|&p| shadow.get(p).cloned())
+            .collect()
+    }
+}
+
+/// State shared by the consumer, the apply loop, the copier and the cut-over.
+pub struct OnlineState {
+    buffer: Mutex<ChangeBuffer>,
+    pub marks: Mutex<Watermarks>,
+    use_watermarks: bool,
+    mapping: RowMapping,
+    applier: tokio::sync::Mutex<Applier>,
+    position: Mutex<Option<BinlogPosition>>,
+    last_token: Mutex<String>,
+    token_seen: Notify,
+    error: Mutex<Option<String>>,
+    stop: AtomicBool,
+    /// Set while the cut-over runs: wraith's own RENAME then ends the stream.
+    cutting_over: AtomicBool,
+    token_seq: AtomicU64,
+    pool: Pool,
+    changelog_schema: String,
+    run_id: String,
+    /// Row events read from the binlog for the source table.
+    pub events: AtomicU64,
+}
+
+impl OnlineState {
+    pub fn new(
+        mapping: RowMapping,
+        applier: Applier,
+        use_watermarks: bool,
+        pool: Pool,
+        changelog_schema: &str,
+        run_id: &str,
+    ) -> Arc<OnlineState> {
+        Arc::new(OnlineState {
+            buffer: Mutex::new(ChangeBuffer::new()),
+            marks: Mutex::new(Watermarks::default()),
+            use_watermarks,
+            mapping,
+            applier: tokio::sync::Mutex::new(applier),
+            position: Mutex::new(None),
+            last_token: Mutex::new(String::new()),
+            token_seen: Notify::new(),
+            error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            cutting_over: AtomicBool::new(false),
+            token_seq: AtomicU64::new(0),
+            pool,
+            changelog_schema: changelog_schema.to_string(),
+            run_id: run_id.to_string(),
+            events: AtomicU64::new(0),
+        })
+    }
+
+    fn fail(&self, e: String) {
+        if let Ok(mut slot) = self.error.lock() {
+            if slot.is_none() {
+                tracing::error!(error = %e, "change stream or applier failed");
+                *slot = Some(e);
+            }
+        }
+        self.token_seen.notify_waiters();
+    }
+
+    /// The first error of the consumer or the apply loop.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Changes waiting, after deduplication.
+    pub fn backlog(&self) -> usize {
+        self.buffer.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    /// Changes received from the stream (before deduplication).
+    pub fn received(&self) -> u64 {
+        self.buffer.lock().map(|b| b.received).unwrap_or(0)
+    }
+
+    pub fn position(&self) -> Option<BinlogPosition> {
+        self.position.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// `(applied changes, changes per second of applying)`.
+    pub async fn applied(&self) -> (u64, f64) {
+        let a = self.applier.lock().await;
+        (a.applied, a.rate())
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.token_seen.notify_waiters();
+    }
+
+    fn buffer_change(
+        &self,
+        kind: ChangeKind,
+        before: Option<Row>,
+        after: Option<Row>,
+    ) -> Result<(), String> {
+        let map = |r: Option<Row>| -> Result<Option<Row>, String> {
+            match r {
+                None => Ok(None),
+                Some(r) => self
+                    .mapping
+                    .shadow_row(&r)
+                    .map(Some)
+                    .ok_or_else(|| "a row image has fewer columns than the table".to_string()),
+            }
+        };
+        let before = map(before)?;
+        let after = map(after)?;
+        let mut buffer = self
+            .buffer
+            .lock()
+            .map_err(|_| "change buffer poisoned".to_string())?;
+        let kp = &self.mapping.key_positions;
+        match (kind, before, after) {
+            (ChangeKind::Insert, _, Some(row)) => {
+                buffer.push(encode_row_key(&row, kp), Pending::Upsert(row));
+            }
+            (ChangeKind::Delete, Some(row), _) => {
+                let key = self.mapping.key_values(&row);
+                buffer.push(encode_row_key(&row, kp), Pending::Delete(key));
+            }
+            (ChangeKind::Update, Some(old), Some(new)) => {
+                let old_key = encode_row_key(&old, kp);
+                let new_key = encode_row_key(&new, kp);
+                if old_key != new_key {
+                    buffer.push(old_key, Pending::Delete(self.mapping.key_values(&old)));
+                }
+                buffer.push(new_key, Pending::Upsert(new));
+            }
+            (kind, _, _) => return Err(format!("a {kind:?} event without the row image it needs")),
+        }
+        Ok(())
+    }
+
+    /// Applies what may be applied now; returns how many changes.
+    async fn apply_ready(&self, max: usize) -> Result<usize, String> {
+        let mut applier = self.applier.lock().await;
+        let batch = {
+            let marks = self
+                .marks
+                .lock()
+                .map_err(|_| "watermarks poisoned".to_string())?;
+            let mut buffer = self
+                .buffer
+                .lock()
+                .map_err(|_| "change buffer poisoned".to_string())?;
+            buffer.take_ready(&marks, self.use_watermarks, max)
+        };
+        let n = batch.len();
+        applier.apply(batch).await.map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+
+    /// Writes a token to the changelog table, waits until the stream delivers
+    /// it, then applies everything buffered. The copy must be done.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), String> {
+        let token = format!(
+            "{}:{}",
+            self.run_id,
+            self.token_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| format!("connecting to write a token: {e}"))?;
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {}.{} (token) VALUES (?)",
+                quote_ident(&self.changelog_schema),
+                quote_ident(CHANGELOG_TABLE)
+            ),
+            (token.as_str(),),
+        )
+        .await
+        .map_err(|e| format!("writing the drain token: {e}"))?;
+        drop(conn);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.token_seen.notified();
+            if let Some(e) = self.error() {
+                return Err(e);
+            }
+            if self.last_token.lock().map(|t| *t == token).unwrap_or(false) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the change stream did not deliver the token within {timeout:?}"
+                ));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+        }
+        while self.apply_ready(20_000).await? > 0 {}
+        Ok(())
+    }
+}
+
+/// Starts the consumer and the apply loop.
+pub fn spawn(
+    state: Arc<OnlineState>,
+    mut stream: ChangeStream,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let consumer_state = state.clone();
+    let consumer = tokio::spawn(async move {
+        let state = consumer_state;
+        // `next()` is not cancelled mid-event (the stream keeps partial state):
+        // heartbeats make it return regularly, and `stop` aborts the task.
+        while !state.stop.load(Ordering::Relaxed) {
+            match stream.next().await {
+                Ok(StreamEvent::Rows(changes)) => {
+                    for c in changes {
+                        state.events.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = state.buffer_change(c.kind, c.before, c.after) {
+                            state.fail(e);
+                            return;
+                        }
+                    }
+                }
+                Ok(StreamEvent::Commit { position }) | Ok(StreamEvent::Heartbeat { position }) => {
+                    if let Ok(mut p) = state.position.lock() {
+                        *p = Some(position);
+                    }
+                }
+                Ok(StreamEvent::Token(token)) => {
+                    if let Ok(mut t) = state.last_token.lock() {
+                        *t = token;
+                    }
+                    state.token_seen.notify_waiters();
+                }
+                Err(crate::binlog::ChangeStreamError::DdlOnSource { .. })
+                    if state.cutting_over.load(Ordering::Relaxed) =>
+                {
+                    // Our own RENAME: everything before it was drained already.
+                    tracing::debug!("the change stream reached the cut-over's RENAME");
+                    return;
+                }
+                Err(e) => {
+                    state.fail(format!("change stream: {e}"));
+                    return;
+                }
+            }
+        }
+    });
+    let loop_state = state;
+    let apply_loop = tokio::spawn(async move {
+        let state = loop_state;
+        while !state.stop.load(Ordering::Relaxed) {
+            match state.apply_ready(5_000).await {
+                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(_) => {}
+                Err(e) => {
+                    state.fail(format!("applying changes: {e}"));
+                    return;
+                }
+            }
+        }
+    });
+    (consumer, apply_loop)
+}
+
+/// The cut-over's view of the online state.
+pub struct OnlineDrain {
+    pub state: Arc<OnlineState>,
+    pub timeout: Duration,
+}
+
+impl Drain for OnlineDrain {
+    async fn drain_to(
+        &mut self,
+        target: DrainTarget,
+        _locked: Option<&mut Conn>,
+    ) -> Result<(), String> {
+        tracing::debug!(file = %target.file, pos = target.pos, "draining under the lock");
+        self.state.cutting_over.store(true, Ordering::Relaxed);
+        self.state.drain(self.timeout).await
+    }
+}
