@@ -213,6 +213,7 @@ pub struct WraithChild {
     child: tokio::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -234,7 +235,7 @@ impl WraithChild {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = lines.clone();
-        tokio::spawn(async move {
+        let err_reader = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 sink.lock().expect("lines").push(line);
@@ -243,7 +244,7 @@ impl WraithChild {
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut out = child.stdout.take().expect("stdout");
         let sink = stdout.clone();
-        tokio::spawn(async move {
+        let out_reader = tokio::spawn(async move {
             let mut s = String::new();
             let _ = out.read_to_string(&mut s).await;
             sink.lock().expect("stdout").push_str(&s);
@@ -252,6 +253,7 @@ impl WraithChild {
             child,
             lines,
             stdout,
+            readers: vec![err_reader, out_reader],
             _dir: dir,
         }
     }
@@ -306,7 +308,9 @@ impl WraithChild {
                 )
             })
             .expect("wait");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for r in std::mem::take(&mut self.readers) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), r).await;
+        }
         Run {
             code: status.code().unwrap_or(-1),
             stdout: self.stdout.lock().expect("stdout").clone(),

@@ -50,7 +50,7 @@ pub use engine::{
 };
 pub use error::{parse_duplicate_message, BackendError};
 pub use key::{decode_key, encode_key, KeyError};
-pub use local::{LocalBackend, LocalBackendConfig};
+pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};
 pub use value::{ColumnKind, ColumnSpec, Row, Value, ValueError};
 

@@ -143,35 +143,188 @@ impl Watermarks {
     }
 }
 
-/// Changes waiting to be applied, deduplicated per shadow key.
+/// The on-disk part of the change buffer: a RocksDB keyed by the shadow key,
+/// written with its WAL, so what is spilled survives a crash (a resumed run
+/// reads it back).
+struct ChangeStore {
+    db: rocksdb::DB,
+    dir: std::path::PathBuf,
+    keys: usize,
+}
+
+impl std::fmt::Debug for ChangeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChangeStore({}, {} keys)", self.dir.display(), self.keys)
+    }
+}
+
+/// The change store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("change store {dir}: {message}")]
+pub struct ChangeStoreError {
+    pub dir: String,
+    pub message: String,
+}
+
+fn encode_pending(p: &Pending) -> Vec<u8> {
+    let (tag, values) = match p {
+        Pending::Upsert(r) => (b'U', r.as_slice()),
+        Pending::Delete(k) => (b'D', k.as_slice()),
+    };
+    let mut out = vec![tag];
+    wraith_backend::encode_row(values.iter(), &mut out);
+    out
+}
+
+fn decode_pending(b: &[u8]) -> Result<Pending, String> {
+    let (tag, rest) = b.split_first().ok_or("empty change record")?;
+    let values = wraith_backend::decode_row(rest)?;
+    match tag {
+        b'U' => Ok(Pending::Upsert(values)),
+        b'D' => Ok(Pending::Delete(values)),
+        _ => Err(format!("unknown change record tag {tag}")),
+    }
+}
+
+impl ChangeStore {
+    fn open(dir: &std::path::Path) -> Result<ChangeStore, ChangeStoreError> {
+        let err = |message: String| ChangeStoreError {
+            dir: dir.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_write_buffer_size(16 << 20);
+        let db = rocksdb::DB::open(&opts, dir).map_err(|e| err(e.to_string()))?;
+        let keys = db.iterator(rocksdb::IteratorMode::Start).count();
+        Ok(ChangeStore {
+            db,
+            dir: dir.to_path_buf(),
+            keys,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ChangeStoreError {
+        ChangeStoreError {
+            dir: self.dir.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Writes `entries` (newer than anything stored for their keys).
+    fn spill(&mut self, entries: &BTreeMap<Vec<u8>, Pending>) -> Result<(), ChangeStoreError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for (k, v) in entries {
+            if self.db.get_pinned(k).map_err(|e| self.err(e))?.is_none() {
+                self.keys += 1;
+            }
+            batch.put(k, encode_pending(v));
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
+    /// Up to `max` stored keys that may be applied, in key order.
+    fn ready(
+        &self,
+        marks: &Watermarks,
+        use_watermarks: bool,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Pending)>, ChangeStoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if out.len() >= max || !marks.applicable(&k, use_watermarks) {
+                break;
+            }
+            out.push((k.to_vec(), decode_pending(&v).map_err(|e| self.err(e))?));
+        }
+        Ok(out)
+    }
+
+    fn remove(&mut self, keys: &[&Vec<u8>]) -> Result<(), ChangeStoreError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for k in keys {
+            batch.delete(k);
+        }
+        self.db.write(batch).map_err(|e| self.err(e))?;
+        self.keys = self.keys.saturating_sub(keys.len());
+        Ok(())
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, ChangeStoreError> {
+        Ok(self.db.get_pinned(key).map_err(|e| self.err(e))?.is_some())
+    }
+}
+
+/// Changes waiting to be applied, deduplicated per shadow key. Held in
+/// memory up to a budget; beyond it the whole in-memory part is spilled to an
+/// on-disk [`ChangeStore`] (memory entries always override stored ones).
 #[derive(Debug, Default)]
 pub struct ChangeBuffer {
     entries: BTreeMap<Vec<u8>, Pending>,
     bytes: usize,
+    budget: usize,
+    spill_dir: Option<std::path::PathBuf>,
+    store: Option<ChangeStore>,
     /// Changes received (before deduplication).
     pub received: u64,
+    /// Times the memory part was spilled to disk.
+    pub spills: u64,
 }
 
 impl ChangeBuffer {
+    /// A buffer held in memory only.
     pub fn new() -> ChangeBuffer {
         ChangeBuffer::default()
     }
 
+    /// A buffer that spills to `dir` beyond `budget` bytes of memory.
+    pub fn with_spill(budget: usize, dir: std::path::PathBuf) -> ChangeBuffer {
+        ChangeBuffer {
+            budget,
+            spill_dir: Some(dir),
+            ..ChangeBuffer::default()
+        }
+    }
+
     /// Records a change; the last one for a key wins.
-    pub fn push(&mut self, key: Vec<u8>, change: Pending) {
+    pub fn push(&mut self, key: Vec<u8>, change: Pending) -> Result<(), ChangeStoreError> {
         self.received += 1;
         self.bytes += change.bytes() + key.len();
         if let Some(old) = self.entries.insert(key.clone(), change) {
             self.bytes = self.bytes.saturating_sub(old.bytes() + key.len());
         }
+        if self.budget > 0 && self.bytes > self.budget {
+            self.spill()?;
+        }
+        Ok(())
     }
 
+    fn spill(&mut self) -> Result<(), ChangeStoreError> {
+        let Some(dir) = &self.spill_dir else {
+            return Ok(());
+        };
+        if self.store.is_none() {
+            self.store = Some(ChangeStore::open(dir)?);
+        }
+        if let Some(store) = &mut self.store {
+            store.spill(&self.entries)?;
+            tracing::debug!(entries = self.entries.len(), bytes = self.bytes, "change buffer spilled to disk");
+            self.entries.clear();
+            self.bytes = 0;
+            self.spills += 1;
+        }
+        Ok(())
+    }
+
+    /// Keys waiting (memory and disk; a key in both counts twice until applied).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.store.as_ref().map(|s| s.keys).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Approximate memory held.
@@ -185,22 +338,35 @@ impl ChangeBuffer {
         marks: &Watermarks,
         use_watermarks: bool,
         max: usize,
-    ) -> Vec<(Vec<u8>, Pending)> {
-        let ready: Vec<Vec<u8>> = self
+    ) -> Result<Vec<(Vec<u8>, Pending)>, ChangeStoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Pending> = match &self.store {
+            Some(store) if store.keys > 0 => store.ready(marks, use_watermarks, max)?.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        for (k, v) in self
             .entries
-            .keys()
-            .take_while(|k| marks.applicable(k, use_watermarks))
+            .iter()
+            .take_while(|(k, _)| marks.applicable(k, use_watermarks))
             .take(max)
-            .cloned()
-            .collect();
-        ready
-            .into_iter()
-            .filter_map(|k| {
-                let v = self.entries.remove(&k)?;
+        {
+            merged.insert(k.clone(), v.clone());
+        }
+        let taken: Vec<(Vec<u8>, Pending)> = merged.into_iter().take(max).collect();
+        if let Some(store) = &mut self.store {
+            let mut on_disk = Vec::new();
+            for (k, _) in &taken {
+                if store.contains(k)? {
+                    on_disk.push(k);
+                }
+            }
+            store.remove(&on_disk)?;
+        }
+        for (k, _) in &taken {
+            if let Some(v) = self.entries.remove(k) {
                 self.bytes = self.bytes.saturating_sub(v.bytes() + k.len());
-                Some((k, v))
-            })
-            .collect()
+            }
+        }
+        Ok(taken)
     }
 }
 
@@ -218,15 +384,15 @@ mod tests {
     #[test]
     fn last_image_wins_and_tombstones_replace_rows() {
         let mut b = ChangeBuffer::new();
-        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(10)]));
-        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(11)]));
-        b.push(k(2), Pending::Upsert(vec![Value::Int(2), Value::Int(20)]));
-        b.push(k(2), Pending::Delete(vec![Value::Int(2)]));
+        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(10)])).unwrap();
+        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(11)])).unwrap();
+        b.push(k(2), Pending::Upsert(vec![Value::Int(2), Value::Int(20)])).unwrap();
+        b.push(k(2), Pending::Delete(vec![Value::Int(2)])).unwrap();
         assert_eq!(b.received, 4);
         assert_eq!(b.len(), 2);
         let mut m = Watermarks::default();
         m.copy_done();
-        let ready = b.take_ready(&m, true, 10);
+        let ready = b.take_ready(&m, true, 10).unwrap();
         assert_eq!(
             ready[0].1,
             Pending::Upsert(vec![Value::Int(1), Value::Int(11)])
@@ -244,21 +410,64 @@ mod tests {
         m.dispatched(2, None);
         let mut b = ChangeBuffer::new();
         for i in [50, 150, 250] {
-            b.push(k(i), Pending::Delete(vec![Value::Int(i)]));
+            b.push(k(i), Pending::Delete(vec![Value::Int(i)])).unwrap();
         }
         // Chunk 1 durable first: nothing is a prefix yet.
         m.durable(1);
-        assert!(b.take_ready(&m, true, 10).is_empty());
+        assert!(b.take_ready(&m, true, 10).unwrap().is_empty());
         m.durable(0);
-        let ready = b.take_ready(&m, true, 10);
+        let ready = b.take_ready(&m, true, 10).unwrap();
         assert_eq!(
             ready.len(),
             2,
             "keys 50 and 150 are below the low watermark 200"
         );
         // Without watermarks nothing moves until the copy is done.
-        assert!(b.take_ready(&m, false, 10).is_empty());
+        assert!(b.take_ready(&m, false, 10).unwrap().is_empty());
         m.durable(2);
-        assert_eq!(b.take_ready(&m, true, 10).len(), 1);
+        assert_eq!(b.take_ready(&m, true, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn spills_beyond_the_budget_and_memory_overrides_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = ChangeBuffer::with_spill(2_000, dir.path().join("changes"));
+        let row = |i: i64, v: &str| Pending::Upsert(vec![Value::Int(i), Value::Bytes(v.as_bytes().to_vec())]);
+        for i in 0..200 {
+            b.push(k(i), row(i, "first")).unwrap();
+        }
+        assert!(b.spills > 0, "2 kB of budget must spill 200 rows");
+        assert!(b.bytes() <= 2_000);
+        // Newer images in memory win over the spilled ones; a delete too.
+        b.push(k(5), row(5, "second")).unwrap();
+        b.push(k(7), Pending::Delete(vec![Value::Int(7)])).unwrap();
+        let mut m = Watermarks::default();
+        m.dispatched(0, Some(k(99)));
+        m.durable(0);
+        let mut taken = Vec::new();
+        loop {
+            let batch = b.take_ready(&m, true, 30).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            taken.extend(batch);
+        }
+        assert_eq!(taken.len(), 100, "keys 0..=99 are below the watermark");
+        assert_eq!(taken[5].1, row(5, "second"));
+        assert_eq!(taken[7].1, Pending::Delete(vec![Value::Int(7)]));
+        assert_eq!(taken[6].1, row(6, "first"));
+        let keys: Vec<&Vec<u8>> = taken.iter().map(|(k, _)| k).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "handed out in key order");
+        m.copy_done();
+        assert_eq!(b.take_ready(&m, true, 1000).unwrap().len(), 100);
+        assert!(b.is_empty());
+    }
+}
+
+impl From<ChangeStoreError> for String {
+    fn from(e: ChangeStoreError) -> String {
+        e.to_string()
     }
 }

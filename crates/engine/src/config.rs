@@ -137,6 +137,32 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    #[serde(default)]
+    pub changes: ChangesConfig,
+}
+
+/// The buffer of binlog changes waiting to be applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// Memory for buffered changes; beyond it they spill to disk.
+    #[serde(default = "default_changes_memory")]
+    pub memory_limit: ByteSize,
+    /// Where spilled changes go; default `<sort_dir>/changes-<table>`.
+    pub dir: Option<PathBuf>,
+}
+
+fn default_changes_memory() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        ChangesConfig {
+            memory_limit: default_changes_memory(),
+            dir: None,
+        }
+    }
 }
 
 /// How to reach a server.

@@ -22,7 +22,7 @@ use wraith_backend::{Backend, LocalBackend, LocalBackendConfig, SqlBackend, SqlB
 
 use crate::applier::Applier;
 use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
-use crate::changes::key_orders_by_bytes;
+use crate::changes::{key_orders_by_bytes, ChangeBuffer};
 use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::copy::{copy_table, read_conn, CopyError, CopyJob};
@@ -90,6 +90,8 @@ pub struct TableReport {
     /// Changes applied to the shadow table (after deduplication).
     pub changes_applied: u64,
     pub apply_changes_per_sec: f64,
+    /// Times the change buffer went over `[changes] memory_limit` and spilled to disk.
+    pub change_buffer_spills: u64,
     /// How long the checksum held the source's lock (drain to a consistent point).
     pub checksum_lock_ms: f64,
     pub cut_over: bool,
@@ -371,7 +373,17 @@ impl TableRun<'_> {
             self.config.copy.threads,
         );
         let run_id = format!("{}-{}", self.table.name, std::process::id());
+        let spill_dir = self.config.changes.dir.clone().unwrap_or_else(|| {
+            self.config
+                .local
+                .sort_dir
+                .join(format!("changes-{}-{}", self.source_schema(), self.table.name))
+        });
+        // A fresh run starts with an empty store (resume comes with checkpoints).
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        let buffer = ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir);
         let state = OnlineState::new(
+            buffer,
             mapping,
             applier,
             use_watermarks,
@@ -496,6 +508,7 @@ impl TableRun<'_> {
             changes_received: 0,
             changes_applied: 0,
             apply_changes_per_sec: 0.0,
+            change_buffer_spills: 0,
             checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
             cut_over: false,
             cutover_blocked_ms: None,
@@ -565,6 +578,7 @@ impl TableRun<'_> {
         report.changes_received = following.state.received();
         report.changes_applied = applied;
         report.apply_changes_per_sec = rate;
+        report.change_buffer_spills = following.state.spills();
     }
 
     async fn cleanup_after_cutover(&self, conn: &mut Conn) {

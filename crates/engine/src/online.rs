@@ -95,6 +95,7 @@ pub struct OnlineState {
 
 impl OnlineState {
     pub fn new(
+        buffer: ChangeBuffer,
         mapping: RowMapping,
         applier: Applier,
         use_watermarks: bool,
@@ -103,7 +104,7 @@ impl OnlineState {
         run_id: &str,
     ) -> Arc<OnlineState> {
         Arc::new(OnlineState {
-            buffer: Mutex::new(ChangeBuffer::new()),
+            buffer: Mutex::new(buffer),
             marks: Mutex::new(Watermarks::default()),
             use_watermarks,
             mapping,
@@ -147,6 +148,11 @@ impl OnlineState {
         self.buffer.lock().map(|b| b.received).unwrap_or(0)
     }
 
+    /// Times the change buffer spilled to disk.
+    pub fn spills(&self) -> u64 {
+        self.buffer.lock().map(|b| b.spills).unwrap_or(0)
+    }
+
     pub fn position(&self) -> Option<BinlogPosition> {
         self.position.lock().ok().and_then(|p| p.clone())
     }
@@ -187,19 +193,19 @@ impl OnlineState {
         let kp = &self.mapping.key_positions;
         match (kind, before, after) {
             (ChangeKind::Insert, _, Some(row)) => {
-                buffer.push(encode_row_key(&row, kp), Pending::Upsert(row));
+                buffer.push(encode_row_key(&row, kp), Pending::Upsert(row))?;
             }
             (ChangeKind::Delete, Some(row), _) => {
                 let key = self.mapping.key_values(&row);
-                buffer.push(encode_row_key(&row, kp), Pending::Delete(key));
+                buffer.push(encode_row_key(&row, kp), Pending::Delete(key))?;
             }
             (ChangeKind::Update, Some(old), Some(new)) => {
                 let old_key = encode_row_key(&old, kp);
                 let new_key = encode_row_key(&new, kp);
                 if old_key != new_key {
-                    buffer.push(old_key, Pending::Delete(self.mapping.key_values(&old)));
+                    buffer.push(old_key, Pending::Delete(self.mapping.key_values(&old)))?;
                 }
-                buffer.push(new_key, Pending::Upsert(new));
+                buffer.push(new_key, Pending::Upsert(new))?;
             }
             (kind, _, _) => return Err(format!("a {kind:?} event without the row image it needs")),
         }
@@ -218,7 +224,9 @@ impl OnlineState {
                 .buffer
                 .lock()
                 .map_err(|_| "change buffer poisoned".to_string())?;
-            buffer.take_ready(&marks, self.use_watermarks, max)
+            buffer
+                .take_ready(&marks, self.use_watermarks, max)
+                .map_err(|e| e.to_string())?
         };
         let n = batch.len();
         applier.apply(batch).await.map_err(|e| e.to_string())?;

@@ -44,7 +44,7 @@ fn online_config(s: &Schema, backend: &str, alter: &str, extra: &str) -> String 
         "sbtest",
         alter,
         &format!(
-            "[copy]\nbackend = \"{backend}\"\nthreads = 3\ninitial_chunk_rows = 500\nchunk_target = \"100ms\"\n\n\
+            "[copy]\nbackend = \"{backend}\"\nthreads = 3\ninitial_chunk_rows = 200\nchunk_target = \"10ms\"\n\n\
              [local]\nsort_dir = {:?}\nengine_size = \"4MiB\"\n\n[cutover]\nlock_wait_timeout = \"1s\"\nretries = 10\n{extra}\n",
             sort_dir.display().to_string()
         ),
@@ -95,13 +95,17 @@ async fn rebuild_under_random_load_is_exact_on_both_backends() {
             sysbench_with_mirror(&s, rows).await;
             let load = load(&s, rows, seed, 300);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let cfg = online_config(
+            // The local run also squeezes the change buffer so that it spills to disk.
+            let mut cfg = online_config(
                 &s,
                 backend,
                 "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
                 "",
             );
-            let child = WraithChild::spawn(&["run"], &cfg);
+            if backend == "local" {
+                cfg.push_str("\n[changes]\nmemory_limit = \"4KiB\"\n");
+            }
+            let child = WraithChild::spawn(&["run", "--json"], &cfg);
             let run = child.finish(Duration::from_secs(240)).await;
             // Keep writing a little after the cut-over: those writes must land in the new table.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -109,6 +113,11 @@ async fn rebuild_under_random_load_is_exact_on_both_backends() {
             assert_eq!(run.code, 0, "{backend}/{seed}: {}", run.output());
             assert!(run.stderr.contains("cut over in"), "{}", run.output());
             assert!(stats.transactions > 50, "the load barely ran: {stats:?}");
+            let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
+            assert!(report["tables"][0]["changes_applied"].as_u64().unwrap() > 20, "{}", run.stdout);
+            if backend == "local" {
+                assert!(report["tables"][0]["change_buffer_spills"].as_u64().unwrap() > 0, "{}", run.stdout);
+            }
             assert!(
                 note_column_exists(&s).await,
                 "{backend}/{seed}: sbtest is not the rebuilt table"

@@ -58,7 +58,7 @@ fn get<const N: usize>(b: &[u8], pos: &mut usize) -> Result<[u8; N], String> {
 }
 
 /// Appends the raw (uncompressed) encoding of `values` to `out`.
-pub(crate) fn encode_row<'a>(values: impl ExactSizeIterator<Item = &'a Value>, out: &mut Vec<u8>) {
+pub fn encode_row<'a>(values: impl ExactSizeIterator<Item = &'a Value>, out: &mut Vec<u8>) {
     put_varint(values.len() as u64, out);
     for v in values {
         match v {
@@ -135,7 +135,7 @@ pub(crate) fn encode_row<'a>(values: impl ExactSizeIterator<Item = &'a Value>, o
 }
 
 /// Decodes a raw row.
-pub(crate) fn decode_row(b: &[u8]) -> Result<Vec<Value>, String> {
+pub fn decode_row(b: &[u8]) -> Result<Vec<Value>, String> {
     let mut pos = 0;
     let n = get_varint(b, &mut pos)? as usize;
     let mut out = Vec::with_capacity(n.min(4096));

@@ -70,6 +70,7 @@
 //! **Configuration:** [`LocalBackendConfig`].
 
 mod codec;
+pub use codec::{decode_row, encode_row};
 mod import;
 
 use std::collections::HashMap;

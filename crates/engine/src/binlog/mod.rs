@@ -328,6 +328,11 @@ pub enum ChangeStreamError {
         message: String,
     },
     #[error(
+        "another replica registered with server id {server_id} and displaced wraith's binlog \
+         connection; give each running wraith (and replica) its own server id"
+    )]
+    ServerIdInUse { server_id: u32 },
+    #[error(
         "lost the binlog connection and could not resume from {position} after {attempts} \
          attempts; last error: {last_error}"
     )]
@@ -621,6 +626,11 @@ impl ChangeStream {
                         return Err(ChangeStreamError::Purged {
                             position: self.boundary.clone(),
                             message,
+                        });
+                    }
+                    if matches!(&e, mysql_async::Error::Server(s) if s.code == 4052) {
+                        return Err(ChangeStreamError::ServerIdInUse {
+                            server_id: self.cfg.server_id,
                         });
                     }
                     if !retryable(&e) {
