@@ -48,7 +48,10 @@ async fn positions_follow_the_server_and_idle_streams_get_heartbeats() {
     let rest = changes(&collect_until(&mut resumed, &end).await);
     let after_cut: Vec<_> = all
         .iter()
-        .filter(|c| (c.position.file.as_str(), c.position.pos) > (cut.position.file.as_str(), cut.position.pos))
+        .filter(|c| {
+            (c.position.file.as_str(), c.position.pos)
+                > (cut.position.file.as_str(), cut.position.pos)
+        })
         .cloned()
         .collect();
     assert_eq!(rest, after_cut);
@@ -71,12 +74,21 @@ async fn positions_follow_the_server_and_idle_streams_get_heartbeats() {
             other => panic!("idle stream handed out {other:?}"),
         }
     }
-    assert!(t.elapsed() < Duration::from_secs(5), "heartbeats every 200ms");
-    assert!(stream.lag() <= Duration::from_secs(1), "lag {:?}", stream.lag());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "heartbeats every 200ms"
+    );
+    assert!(
+        stream.lag() <= Duration::from_secs(1),
+        "lag {:?}",
+        stream.lag()
+    );
     assert_eq!(stream.position(), &end);
 
     // A write after the idle time arrives, and the position follows again.
-    c.query_drop("INSERT INTO w VALUES (9, 9)").await.expect("write");
+    c.query_drop("INSERT INTO w VALUES (9, 9)")
+        .await
+        .expect("write");
     let end2 = position().await;
     let more = changes(&collect_until(&mut stream, &end2).await);
     assert_eq!(more.len(), 1);

@@ -38,7 +38,7 @@ async fn run_ok(config: &str) -> String {
     run.stderr
 }
 
-const TYPES_TABLE: &str = "CREATE TABLE types (
+pub const TYPES_TABLE: &str = "CREATE TABLE types (
   id INT NOT NULL PRIMARY KEY,
   ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, i INT, iu INT UNSIGNED,
   bi BIGINT, biu BIGINT UNSIGNED,
@@ -49,7 +49,7 @@ const TYPES_TABLE: &str = "CREATE TABLE types (
   e ENUM('a','b','ö'), s SET('x','y','z'), bt BIT(64), bt1 BIT(1), j JSON
 ) DEFAULT CHARSET=utf8mb4";
 
-const TYPES_ROWS: &str = "INSERT INTO types VALUES
+pub const TYPES_ROWS: &str = "INSERT INTO types VALUES
  (1, -128, 0, -32768, -8388608, -2147483648, 0, -9223372036854775808, 0,
   -3.40282e38, -1.7976931348623157e308,
   '-99999999999999999999999999999999999.999999999999999999999999999999', -99999999.99,

@@ -335,3 +335,125 @@ async fn killed_binlog_connection_is_reconnected_and_exact() {
     assert_eq!(run.code, 0, "{}", run.output());
     assert_matches_mirror(&s).await;
 }
+
+/// Literals per column of the types table (see `copy::TYPES_TABLE`), NULLs included.
+const TYPE_VALUES: &[(&str, &[&str])] = &[
+    ("ti", &["-128", "127", "0", "NULL"]),
+    ("tiu", &["0", "255", "NULL"]),
+    ("si", &["-32768", "32767", "NULL"]),
+    ("mi", &["-8388608", "8388607", "NULL"]),
+    ("i", &["-2147483648", "2147483647", "NULL"]),
+    ("iu", &["0", "4294967295", "NULL"]),
+    ("bi", &["-9223372036854775808", "9223372036854775807", "NULL"]),
+    ("biu", &["0", "18446744073709551615", "NULL"]),
+    ("f", &["-3.40282e38", "1.17549435e-38", "-0.0", "NULL"]),
+    ("d", &["-1.7976931348623157e308", "4.9406564584124654e-324", "-0.0", "NULL"]),
+    ("dec1", &["'-99999999999999999999999999999999999.999999999999999999999999999999'", "'0.000000000000000000000000000001'", "NULL"]),
+    ("dec2", &["-99999999.99", "0.01", "NULL"]),
+    ("c", &["''", "'abc  '", "' lead'", "NULL"]),
+    ("vc", &["''", "'trailing  '", "'emoji 😀 and ü'", "NULL"]),
+    ("t", &["''", "REPEAT('long text ', 500)", "NULL"]),
+    ("lc", &["''", "x'E9E8'", "'Ä'", "NULL"]),
+    ("b", &["x'0000'", "x'0100000000000000'", "NULL"]),
+    ("vb", &["x''", "x'00FF00'", "NULL"]),
+    ("bl", &["x''", "x'00000000'", "x'DEADBEEF'", "NULL"]),
+    ("dt", &["'1000-01-01'", "'9999-12-31'", "'0000-00-00'", "NULL"]),
+    ("tm", &["'-838:59:59.000000'", "'838:59:59.000000'", "'-00:00:00.000001'", "NULL"]),
+    ("dtt", &["'1000-01-01 00:00:00.000000'", "'9999-12-31 23:59:59.999999'", "'0000-00-00 00:00:00'", "NULL"]),
+    ("ts", &["'1970-01-01 00:00:01.000000'", "'2038-01-19 03:14:07.999999'", "NULL"]),
+    ("y", &["1901", "2155", "0", "NULL"]),
+    ("e", &["'a'", "'ö'", "NULL"]),
+    ("s", &["''", "'x,y,z'", "'y'", "NULL"]),
+    ("bt", &["b'0'", "b'1111111111111111111111111111111111111111111111111111111111111111'", "NULL"]),
+    ("bt1", &["b'0'", "b'1'", "NULL"]),
+    ("j", &["'{}'", "'{\"k\": \"ünïcødé 😀\", \"n\": [1, 2.5, null]}'", "NULL"]),
+];
+
+/// Random inserts, updates (some changing the key), deletes and rollbacks on
+/// `types` and, in the same transactions, on `mirror`.
+async fn types_load(s: &Schema, seed: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut c = s.conn().await;
+    c.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    let mut next_id = 2000u64;
+    let mut done = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut stmts = Vec::new();
+        for _ in 0..rng.random_range(1..4) {
+            let id = rng.random_range(1..next_id);
+            let stmt = match rng.random_range(0..10) {
+                0..=3 => {
+                    next_id += 1;
+                    let values: Vec<&str> = TYPE_VALUES.iter().map(|(_, v)| v[rng.random_range(0..v.len())]).collect();
+                    format!("INSERT INTO {{t}} VALUES ({next_id}, {})", values.join(", "))
+                }
+                4..=6 => {
+                    let (col, v) = TYPE_VALUES[rng.random_range(0..TYPE_VALUES.len())];
+                    format!("UPDATE {{t}} SET {col} = {} WHERE id = {id}", v[rng.random_range(0..v.len())])
+                }
+                7 => {
+                    next_id += 1;
+                    format!("UPDATE {{t}} SET id = {next_id} WHERE id = {id}")
+                }
+                _ => format!("DELETE FROM {{t}} WHERE id = {id}"),
+            };
+            stmts.push(stmt.replace("{t}", "types"));
+            stmts.push(stmt.replace("{t}", "mirror"));
+        }
+        let end = if rng.random_bool(0.1) { "ROLLBACK" } else { "COMMIT" };
+        if c.query_drop(format!("START TRANSACTION; {}; {end}", stmts.join("; "))).await.is_err() {
+            let _ = c.query_drop("ROLLBACK").await;
+        }
+        done += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    done
+}
+
+#[tokio::test]
+async fn every_type_under_load_on_both_backends() {
+    for backend in ["sql", "local"] {
+        let s = Schema::new(&format!("on_types_{backend}")).await;
+        s.exec(&format!(
+            "SET SESSION sql_mode = ''; {}; {}; CREATE TABLE mirror LIKE types; INSERT INTO mirror SELECT * FROM types",
+            crate::copy::TYPES_TABLE,
+            crate::copy::TYPES_ROWS
+        ))
+        .await;
+        // More rows from the edge values, so the copy has chunks to race with.
+        s.exec(
+            "SET SESSION sql_mode = ''; SET SESSION max_recursive_iterations = 100000; \
+             INSERT INTO types SELECT n.seq * 10 + types.id + 100, ti, tiu, si, mi, types.i, iu, bi, biu, f, d, dec1, dec2, c, vc, t, lc, b, vb, bl, \
+               dt, tm, dtt, ts, y, e, s, bt, bt1, j FROM types, (WITH RECURSIVE n (seq) AS (SELECT 0 UNION ALL SELECT seq + 1 FROM n WHERE seq < 160) SELECT seq FROM n) n; \
+             DELETE FROM mirror; INSERT INTO mirror SELECT * FROM types",
+        )
+        .await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let s2 = Schema { name: s.name.clone(), port: s.port, pool: s.pool.clone() };
+            let stop = stop.clone();
+            tokio::spawn(async move { types_load(&s2, 11, stop).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cfg = s
+            .config(
+                "types",
+                "FORCE",
+                &format!(
+                    "[copy]\nbackend = \"{backend}\"\nthreads = 2\ninitial_chunk_rows = 20\nchunk_target = \"5ms\"\n\n[local]\nsort_dir = {:?}\n",
+                    std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name)).display().to_string()
+                ),
+            );
+        let run = WraithChild::spawn(&["run"], &cfg).finish(Duration::from_secs(180)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let transactions = load.await.unwrap();
+        assert_eq!(run.code, 0, "{backend}: {}", run.output());
+        assert!(transactions > 20, "{backend}: the load barely ran ({transactions})");
+        assert!(s.table_exists("_types_old").await, "{backend}: no cut-over");
+        let rebuilt = s.rows("types").await;
+        assert!(rebuilt.len() > 100);
+        assert_eq!(rebuilt, s.rows("mirror").await, "{backend}: rebuilt types differ from the mirror");
+    }
+}

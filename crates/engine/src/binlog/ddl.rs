@@ -249,11 +249,8 @@ pub(crate) fn touches_table(sql: &str, default_schema: &str, schema: &str, table
             return false;
         }
         p.eat_kws(&["IF", "EXISTS"]);
-        loop {
-            match p.table_name(default_schema) {
-                Some(n) => names.push(n),
-                None => break,
-            }
+        while let Some(n) = p.table_name(default_schema) {
+            names.push(n);
             p.eat_kw("WAIT");
             p.eat_kw("NOWAIT");
             if !p.eat_kw("TO") {

@@ -370,7 +370,7 @@ enum PendingGtid {
 enum Held {
     Rows {
         kind: ChangeKind,
-        rows: Vec<(Option<Row>, Option<Row>)>,
+        rows: Vec<Images>,
         timestamp: u32,
     },
     Token(String),
@@ -816,10 +816,8 @@ impl ChangeStream {
                 self.txn = Txn::Open { begun: false };
             }
             MYSQL_ANONYMOUS_GTID => self.txn = Txn::Open { begun: false },
-            TRANSACTION_PAYLOAD => {
-                if self.txn == Txn::Idle {
-                    self.txn = Txn::Open { begun: false };
-                }
+            TRANSACTION_PAYLOAD if self.txn == Txn::Idle => {
+                self.txn = Txn::Open { begun: false };
             }
             MARIADB_QUERY_COMPRESSED => {
                 return Err(self.decode_error(
@@ -827,13 +825,11 @@ impl ChangeStream {
                      cannot read; set log_bin_compress = OFF",
                 ))
             }
-            PARTIAL_UPDATE_ROWS => {
-                if self.is_interesting(&event) {
-                    return Err(self.decode_error(
-                        "partial JSON updates in the binlog (binlog_row_value_options = \
-                         PARTIAL_JSON); set binlog_row_value_options = ''",
-                    ));
-                }
+            PARTIAL_UPDATE_ROWS if self.is_interesting(&event) => {
+                return Err(self.decode_error(
+                    "partial JSON updates in the binlog (binlog_row_value_options = \
+                     PARTIAL_JSON); set binlog_row_value_options = ''",
+                ));
             }
             t if rows_kind(t).is_some() => {
                 if t >= 166 {
@@ -868,10 +864,7 @@ impl ChangeStream {
             .data()
             .get(0..6)
             .map(|b| b.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x)));
-        match id.and_then(|id| self.tables.get(&id)) {
-            Some(Target::Other) => false,
-            _ => true,
-        }
+        !matches!(id.and_then(|id| self.tables.get(&id)), Some(Target::Other))
     }
 
     fn on_rotate(&mut self, event: &Event, artificial: bool) -> Result<(), ChangeStreamError> {
@@ -1062,11 +1055,14 @@ impl ChangeStream {
     }
 }
 
-/// Every row of a ROWS event: `(before, after)` images.
+/// A row's `(before, after)` images.
+type Images = (Option<Row>, Option<Row>);
+
+/// Every row of a ROWS event.
 fn decode_rows(
     plan: &TablePlan,
     re: &RowsEventData<'_>,
-) -> Result<Vec<(Option<Row>, Option<Row>)>, decode::DecodeError> {
+) -> Result<Vec<Images>, decode::DecodeError> {
     let n = re.num_columns() as usize;
     let before_bits: Option<Vec<bool>> = re
         .columns_before_image()
