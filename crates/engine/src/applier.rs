@@ -55,6 +55,29 @@ impl Applier {
         self.applied as f64 / self.busy.as_secs_f64().max(1e-6)
     }
 
+    /// Applies a batch on `conn` alone: under MySQL's one-session cut-over the
+    /// locking session is the only one that may write the shadow table.
+    pub async fn apply_on(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        batch: Vec<(Vec<u8>, Pending)>,
+    ) -> Result<(), DbError> {
+        let started = Instant::now();
+        let n = batch.len() as u64;
+        conn.query_drop(wraith_backend::sql::SESSION_SETUP)
+            .await
+            .context(|| "setting up the locked session for applying".into())?;
+        apply_shard(
+            conn,
+            &self.target,
+            batch.into_iter().map(|(_, c)| c).collect(),
+        )
+        .await?;
+        self.applied += n;
+        self.busy += started.elapsed();
+        Ok(())
+    }
+
     /// Applies a batch of changes with distinct keys.
     pub async fn apply(&mut self, batch: Vec<(Vec<u8>, Pending)>) -> Result<(), DbError> {
         if batch.is_empty() {

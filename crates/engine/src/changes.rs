@@ -310,7 +310,11 @@ impl ChangeBuffer {
         }
         if let Some(store) = &mut self.store {
             store.spill(&self.entries)?;
-            tracing::debug!(entries = self.entries.len(), bytes = self.bytes, "change buffer spilled to disk");
+            tracing::debug!(
+                entries = self.entries.len(),
+                bytes = self.bytes,
+                "change buffer spilled to disk"
+            );
             self.entries.clear();
             self.bytes = 0;
             self.spills += 1;
@@ -340,7 +344,10 @@ impl ChangeBuffer {
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Pending)>, ChangeStoreError> {
         let mut merged: BTreeMap<Vec<u8>, Pending> = match &self.store {
-            Some(store) if store.keys > 0 => store.ready(marks, use_watermarks, max)?.into_iter().collect(),
+            Some(store) if store.keys > 0 => store
+                .ready(marks, use_watermarks, max)?
+                .into_iter()
+                .collect(),
             _ => BTreeMap::new(),
         };
         for (k, v) in self
@@ -384,9 +391,12 @@ mod tests {
     #[test]
     fn last_image_wins_and_tombstones_replace_rows() {
         let mut b = ChangeBuffer::new();
-        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(10)])).unwrap();
-        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(11)])).unwrap();
-        b.push(k(2), Pending::Upsert(vec![Value::Int(2), Value::Int(20)])).unwrap();
+        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(10)]))
+            .unwrap();
+        b.push(k(1), Pending::Upsert(vec![Value::Int(1), Value::Int(11)]))
+            .unwrap();
+        b.push(k(2), Pending::Upsert(vec![Value::Int(2), Value::Int(20)]))
+            .unwrap();
         b.push(k(2), Pending::Delete(vec![Value::Int(2)])).unwrap();
         assert_eq!(b.received, 4);
         assert_eq!(b.len(), 2);
@@ -432,7 +442,9 @@ mod tests {
     fn spills_beyond_the_budget_and_memory_overrides_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = ChangeBuffer::with_spill(2_000, dir.path().join("changes"));
-        let row = |i: i64, v: &str| Pending::Upsert(vec![Value::Int(i), Value::Bytes(v.as_bytes().to_vec())]);
+        let row = |i: i64, v: &str| {
+            Pending::Upsert(vec![Value::Int(i), Value::Bytes(v.as_bytes().to_vec())])
+        };
         for i in 0..200 {
             b.push(k(i), row(i, "first")).unwrap();
         }

@@ -374,14 +374,16 @@ impl TableRun<'_> {
         );
         let run_id = format!("{}-{}", self.table.name, std::process::id());
         let spill_dir = self.config.changes.dir.clone().unwrap_or_else(|| {
-            self.config
-                .local
-                .sort_dir
-                .join(format!("changes-{}-{}", self.source_schema(), self.table.name))
+            self.config.local.sort_dir.join(format!(
+                "changes-{}-{}",
+                self.source_schema(),
+                self.table.name
+            ))
         });
         // A fresh run starts with an empty store (resume comes with checkpoints).
         let _ = std::fs::remove_dir_all(&spill_dir);
-        let buffer = ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir);
+        let buffer =
+            ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir);
         let state = OnlineState::new(
             buffer,
             mapping,

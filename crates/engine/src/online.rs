@@ -212,8 +212,9 @@ impl OnlineState {
         Ok(())
     }
 
-    /// Applies what may be applied now; returns how many changes.
-    async fn apply_ready(&self, max: usize) -> Result<usize, String> {
+    /// Applies what may be applied now; returns how many changes. With
+    /// `on`, on that session only.
+    async fn apply_ready_on(&self, max: usize, on: Option<&mut Conn>) -> Result<usize, String> {
         let mut applier = self.applier.lock().await;
         let batch = {
             let marks = self
@@ -229,13 +230,30 @@ impl OnlineState {
                 .map_err(|e| e.to_string())?
         };
         let n = batch.len();
-        applier.apply(batch).await.map_err(|e| e.to_string())?;
+        match on {
+            Some(conn) => applier.apply_on(conn, batch).await,
+            None => applier.apply(batch).await,
+        }
+        .map_err(|e| e.to_string())?;
         Ok(n)
+    }
+
+    async fn apply_ready(&self, max: usize) -> Result<usize, String> {
+        self.apply_ready_on(max, None).await
     }
 
     /// Writes a token to the changelog table, waits until the stream delivers
     /// it, then applies everything buffered. The copy must be done.
     pub async fn drain(&self, timeout: Duration) -> Result<(), String> {
+        self.drain_on(timeout, None).await
+    }
+
+    /// [`OnlineState::drain`], applying on `locked` when given.
+    pub async fn drain_on(
+        &self,
+        timeout: Duration,
+        mut locked: Option<&mut Conn>,
+    ) -> Result<(), String> {
         let token = format!(
             "{}:{}",
             self.run_id,
@@ -274,7 +292,7 @@ impl OnlineState {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
         }
-        while self.apply_ready(20_000).await? > 0 {}
+        while self.apply_ready_on(20_000, locked.as_deref_mut()).await? > 0 {}
         Ok(())
     }
 }
@@ -352,10 +370,10 @@ impl Drain for OnlineDrain {
     async fn drain_to(
         &mut self,
         target: DrainTarget,
-        _locked: Option<&mut Conn>,
+        locked: Option<&mut Conn>,
     ) -> Result<(), String> {
         tracing::debug!(file = %target.file, pos = target.pos, "draining under the lock");
         self.state.cutting_over.store(true, Ordering::Relaxed);
-        self.state.drain(self.timeout).await
+        self.state.drain_on(self.timeout, locked).await
     }
 }

@@ -53,14 +53,18 @@ fn online_config(s: &Schema, backend: &str, alter: &str, extra: &str) -> String 
 
 /// `sbtest` (rebuilt, with `note` added) equals `mirror` on the old columns.
 async fn assert_matches_mirror(s: &Schema) {
+    assert_table_matches_mirror(s, "sbtest").await
+}
+
+async fn assert_table_matches_mirror(s: &Schema, table: &str) {
     let mut c = s.conn().await;
     let diff: Vec<(u64, String)> = c
         .query(
-            "SELECT m.id, 'missing or different in sbtest' FROM mirror m LEFT JOIN sbtest t ON t.id = m.id \
+            format!("SELECT m.id, 'missing or different in {table}' FROM mirror m LEFT JOIN {table} t ON t.id = m.id \
                WHERE t.id IS NULL OR NOT (t.k <=> m.k AND BINARY t.c <=> BINARY m.c AND BINARY t.pad <=> BINARY m.pad) \
              UNION ALL \
-             SELECT t.id, 'only in sbtest' FROM sbtest t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
-             LIMIT 20",
+             SELECT t.id, 'only in {table}' FROM {table} t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
+             LIMIT 20"),
         )
         .await
         .unwrap();
@@ -69,7 +73,9 @@ async fn assert_matches_mirror(s: &Schema) {
         "rebuilt table differs from the mirror: {diff:?}"
     );
     let counts: Option<(u64, u64)> = c
-        .query_first("SELECT (SELECT COUNT(*) FROM sbtest), (SELECT COUNT(*) FROM mirror)")
+        .query_first(format!(
+            "SELECT (SELECT COUNT(*) FROM {table}), (SELECT COUNT(*) FROM mirror)"
+        ))
         .await
         .unwrap();
     let (a, b) = counts.unwrap();
@@ -114,9 +120,20 @@ async fn rebuild_under_random_load_is_exact_on_both_backends() {
             assert!(run.stderr.contains("cut over in"), "{}", run.output());
             assert!(stats.transactions > 50, "the load barely ran: {stats:?}");
             let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
-            assert!(report["tables"][0]["changes_applied"].as_u64().unwrap() > 20, "{}", run.stdout);
+            assert!(
+                report["tables"][0]["changes_applied"].as_u64().unwrap() > 20,
+                "{}",
+                run.stdout
+            );
             if backend == "local" {
-                assert!(report["tables"][0]["change_buffer_spills"].as_u64().unwrap() > 0, "{}", run.stdout);
+                assert!(
+                    report["tables"][0]["change_buffer_spills"]
+                        .as_u64()
+                        .unwrap()
+                        > 0,
+                    "{}",
+                    run.stdout
+                );
             }
             assert!(
                 note_column_exists(&s).await,
@@ -344,11 +361,29 @@ const TYPE_VALUES: &[(&str, &[&str])] = &[
     ("mi", &["-8388608", "8388607", "NULL"]),
     ("i", &["-2147483648", "2147483647", "NULL"]),
     ("iu", &["0", "4294967295", "NULL"]),
-    ("bi", &["-9223372036854775808", "9223372036854775807", "NULL"]),
+    (
+        "bi",
+        &["-9223372036854775808", "9223372036854775807", "NULL"],
+    ),
     ("biu", &["0", "18446744073709551615", "NULL"]),
     ("f", &["-3.40282e38", "1.17549435e-38", "-0.0", "NULL"]),
-    ("d", &["-1.7976931348623157e308", "4.9406564584124654e-324", "-0.0", "NULL"]),
-    ("dec1", &["'-99999999999999999999999999999999999.999999999999999999999999999999'", "'0.000000000000000000000000000001'", "NULL"]),
+    (
+        "d",
+        &[
+            "-1.7976931348623157e308",
+            "4.9406564584124654e-324",
+            "-0.0",
+            "NULL",
+        ],
+    ),
+    (
+        "dec1",
+        &[
+            "'-99999999999999999999999999999999999.999999999999999999999999999999'",
+            "'0.000000000000000000000000000001'",
+            "NULL",
+        ],
+    ),
     ("dec2", &["-99999999.99", "0.01", "NULL"]),
     ("c", &["''", "'abc  '", "' lead'", "NULL"]),
     ("vc", &["''", "'trailing  '", "'emoji 😀 and ü'", "NULL"]),
@@ -357,21 +392,65 @@ const TYPE_VALUES: &[(&str, &[&str])] = &[
     ("b", &["x'0000'", "x'0100000000000000'", "NULL"]),
     ("vb", &["x''", "x'00FF00'", "NULL"]),
     ("bl", &["x''", "x'00000000'", "x'DEADBEEF'", "NULL"]),
-    ("dt", &["'1000-01-01'", "'9999-12-31'", "'0000-00-00'", "NULL"]),
-    ("tm", &["'-838:59:59.000000'", "'838:59:59.000000'", "'-00:00:00.000001'", "NULL"]),
-    ("dtt", &["'1000-01-01 00:00:00.000000'", "'9999-12-31 23:59:59.999999'", "'0000-00-00 00:00:00'", "NULL"]),
-    ("ts", &["'1970-01-01 00:00:01.000000'", "'2038-01-19 03:14:07.999999'", "NULL"]),
+    (
+        "dt",
+        &["'1000-01-01'", "'9999-12-31'", "'0000-00-00'", "NULL"],
+    ),
+    (
+        "tm",
+        &[
+            "'-838:59:59.000000'",
+            "'838:59:59.000000'",
+            "'-00:00:00.000001'",
+            "NULL",
+        ],
+    ),
+    (
+        "dtt",
+        &[
+            "'1000-01-01 00:00:00.000000'",
+            "'9999-12-31 23:59:59.999999'",
+            "'0000-00-00 00:00:00'",
+            "NULL",
+        ],
+    ),
+    (
+        "ts",
+        &[
+            "'1970-01-01 00:00:01.000000'",
+            "'2038-01-19 03:14:07.999999'",
+            "NULL",
+        ],
+    ),
     ("y", &["1901", "2155", "0", "NULL"]),
     ("e", &["'a'", "'ö'", "NULL"]),
     ("s", &["''", "'x,y,z'", "'y'", "NULL"]),
-    ("bt", &["b'0'", "b'1111111111111111111111111111111111111111111111111111111111111111'", "NULL"]),
+    (
+        "bt",
+        &[
+            "b'0'",
+            "b'1111111111111111111111111111111111111111111111111111111111111111'",
+            "NULL",
+        ],
+    ),
     ("bt1", &["b'0'", "b'1'", "NULL"]),
-    ("j", &["'{}'", "'{\"k\": \"ünïcødé 😀\", \"n\": [1, 2.5, null]}'", "NULL"]),
+    (
+        "j",
+        &[
+            "'{}'",
+            "'{\"k\": \"ünïcødé 😀\", \"n\": [1, 2.5, null]}'",
+            "NULL",
+        ],
+    ),
 ];
 
 /// Random inserts, updates (some changing the key), deletes and rollbacks on
 /// `types` and, in the same transactions, on `mirror`.
-async fn types_load(s: &Schema, seed: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+async fn types_load(
+    s: &Schema,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut c = s.conn().await;
@@ -385,12 +464,21 @@ async fn types_load(s: &Schema, seed: u64, stop: std::sync::Arc<std::sync::atomi
             let stmt = match rng.random_range(0..10) {
                 0..=3 => {
                     next_id += 1;
-                    let values: Vec<&str> = TYPE_VALUES.iter().map(|(_, v)| v[rng.random_range(0..v.len())]).collect();
-                    format!("INSERT INTO {{t}} VALUES ({next_id}, {})", values.join(", "))
+                    let values: Vec<&str> = TYPE_VALUES
+                        .iter()
+                        .map(|(_, v)| v[rng.random_range(0..v.len())])
+                        .collect();
+                    format!(
+                        "INSERT INTO {{t}} VALUES ({next_id}, {})",
+                        values.join(", ")
+                    )
                 }
                 4..=6 => {
                     let (col, v) = TYPE_VALUES[rng.random_range(0..TYPE_VALUES.len())];
-                    format!("UPDATE {{t}} SET {col} = {} WHERE id = {id}", v[rng.random_range(0..v.len())])
+                    format!(
+                        "UPDATE {{t}} SET {col} = {} WHERE id = {id}",
+                        v[rng.random_range(0..v.len())]
+                    )
                 }
                 7 => {
                     next_id += 1;
@@ -401,8 +489,15 @@ async fn types_load(s: &Schema, seed: u64, stop: std::sync::Arc<std::sync::atomi
             stmts.push(stmt.replace("{t}", "types"));
             stmts.push(stmt.replace("{t}", "mirror"));
         }
-        let end = if rng.random_bool(0.1) { "ROLLBACK" } else { "COMMIT" };
-        if c.query_drop(format!("START TRANSACTION; {}; {end}", stmts.join("; "))).await.is_err() {
+        let end = if rng.random_bool(0.1) {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if c.query_drop(format!("START TRANSACTION; {}; {end}", stmts.join("; ")))
+            .await
+            .is_err()
+        {
             let _ = c.query_drop("ROLLBACK").await;
         }
         done += 1;
@@ -431,7 +526,11 @@ async fn every_type_under_load_on_both_backends() {
         .await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = {
-            let s2 = Schema { name: s.name.clone(), port: s.port, pool: s.pool.clone() };
+            let s2 = Schema {
+                name: s.name.clone(),
+                port: s.port,
+                pool: s.pool.clone(),
+            };
             let stop = stop.clone();
             tokio::spawn(async move { types_load(&s2, 11, stop).await })
         };
@@ -445,15 +544,53 @@ async fn every_type_under_load_on_both_backends() {
                     std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name)).display().to_string()
                 ),
             );
-        let run = WraithChild::spawn(&["run"], &cfg).finish(Duration::from_secs(180)).await;
+        let run = WraithChild::spawn(&["run"], &cfg)
+            .finish(Duration::from_secs(180))
+            .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let transactions = load.await.unwrap();
         assert_eq!(run.code, 0, "{backend}: {}", run.output());
-        assert!(transactions > 20, "{backend}: the load barely ran ({transactions})");
+        assert!(
+            transactions > 20,
+            "{backend}: the load barely ran ({transactions})"
+        );
         assert!(s.table_exists("_types_old").await, "{backend}: no cut-over");
         let rebuilt = s.rows("types").await;
         assert!(rebuilt.len() > 100);
-        assert_eq!(rebuilt, s.rows("mirror").await, "{backend}: rebuilt types differ from the mirror");
+        assert_eq!(
+            rebuilt,
+            s.rows("mirror").await,
+            "{backend}: rebuilt types differ from the mirror"
+        );
     }
+}
+
+#[tokio::test]
+async fn without_cut_over_the_shadow_is_kept_in_sync_until_interrupted() {
+    let s = Schema::new("on_insync").await;
+    let rows = 10_000;
+    sysbench_with_mirror(&s, rows).await;
+    let load = load(&s, rows, 5, 300);
+    let cfg = online_config(
+        &s,
+        "sql",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+        "enabled = false",
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    child
+        .wait_for("kept in sync", Duration::from_secs(120))
+        .await;
+    // Changes after the checksum keep flowing into the shadow table.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.stop().await;
+    assert!(stats.transactions > 100, "{stats:?}");
+    child.signal(libc::SIGINT);
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!note_column_exists(&s).await, "the source was changed");
+    assert!(!s.table_exists("_sbtest_old").await);
+    assert_table_matches_mirror(&s, "sbtest").await;
+    assert_table_matches_mirror(&s, "_sbtest_new").await;
 }

@@ -495,6 +495,11 @@ impl ChangeStream {
     }
 
     /// Waits for the next event of interest.
+    ///
+    /// Cancel-safe: dropping the future (a `select!` or `timeout`) loses
+    /// nothing. A partly read event stays buffered in the connection, a
+    /// half-made reconnect is redone on the next call, and events are only
+    /// removed from the internal queue when they are returned.
     pub async fn next(&mut self) -> Result<StreamEvent, ChangeStreamError> {
         loop {
             if let Some((statement, position)) = &self.ddl {
