@@ -143,6 +143,12 @@ impl Watermarks {
     }
 }
 
+impl From<ChangeStoreError> for String {
+    fn from(e: ChangeStoreError) -> String {
+        e.to_string()
+    }
+}
+
 /// The on-disk part of the change buffer: a RocksDB keyed by the shadow key,
 /// written with its WAL, so what is spilled survives a crash (a resumed run
 /// reads it back).
@@ -475,11 +481,5 @@ mod tests {
         m.copy_done();
         assert_eq!(b.take_ready(&m, true, 1000).unwrap().len(), 100);
         assert!(b.is_empty());
-    }
-}
-
-impl From<ChangeStoreError> for String {
-    fn from(e: ChangeStoreError) -> String {
-        e.to_string()
     }
 }
