@@ -156,6 +156,8 @@ struct ChangeStore {
     db: rocksdb::DB,
     dir: std::path::PathBuf,
     keys: usize,
+    /// Largest sequence number stored (a reopened store continues above it).
+    max_seq: u64,
 }
 
 impl std::fmt::Debug for ChangeStore {
@@ -172,22 +174,33 @@ pub struct ChangeStoreError {
     pub message: String,
 }
 
-fn encode_pending(p: &Pending) -> Vec<u8> {
+/// A stored change: its sequence number (newer is larger), then the change.
+fn encode_pending(seq: u64, p: &Pending) -> Vec<u8> {
     let (tag, values) = match p {
         Pending::Upsert(r) => (b'U', r.as_slice()),
         Pending::Delete(k) => (b'D', k.as_slice()),
     };
-    let mut out = vec![tag];
+    let mut out = seq.to_be_bytes().to_vec();
+    out.push(tag);
     wraith_backend::encode_row(values.iter(), &mut out);
     out
 }
 
-fn decode_pending(b: &[u8]) -> Result<Pending, String> {
-    let (tag, rest) = b.split_first().ok_or("empty change record")?;
+fn decode_seq(b: &[u8]) -> Result<u64, String> {
+    let seq: [u8; 8] = b
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or("truncated change record")?;
+    Ok(u64::from_be_bytes(seq))
+}
+
+fn decode_pending(b: &[u8]) -> Result<(u64, Pending), String> {
+    let seq = decode_seq(b)?;
+    let (tag, rest) = b[8..].split_first().ok_or("empty change record")?;
     let values = wraith_backend::decode_row(rest)?;
     match tag {
-        b'U' => Ok(Pending::Upsert(values)),
-        b'D' => Ok(Pending::Delete(values)),
+        b'U' => Ok((seq, Pending::Upsert(values))),
+        b'D' => Ok((seq, Pending::Delete(values))),
         _ => Err(format!("unknown change record tag {tag}")),
     }
 }
@@ -203,11 +216,18 @@ impl ChangeStore {
         opts.create_if_missing(true);
         opts.set_write_buffer_size(16 << 20);
         let db = rocksdb::DB::open(&opts, dir).map_err(|e| err(e.to_string()))?;
-        let keys = db.iterator(rocksdb::IteratorMode::Start).count();
+        let mut keys = 0;
+        let mut max_seq = 0;
+        for item in db.iterator(rocksdb::IteratorMode::Start) {
+            let (_, v) = item.map_err(|e| err(e.to_string()))?;
+            keys += 1;
+            max_seq = max_seq.max(decode_seq(&v).map_err(err)?);
+        }
         Ok(ChangeStore {
             db,
             dir: dir.to_path_buf(),
             keys,
+            max_seq,
         })
     }
 
@@ -218,16 +238,24 @@ impl ChangeStore {
         }
     }
 
-    /// Writes `entries` (newer than anything stored for their keys).
-    fn spill(&mut self, entries: &BTreeMap<Vec<u8>, Pending>) -> Result<(), ChangeStoreError> {
+    /// Writes `entries` (newer than anything stored for their keys); with
+    /// `sync`, the write-ahead log is on disk when this returns.
+    fn spill(
+        &mut self,
+        entries: &BTreeMap<Vec<u8>, (u64, Pending)>,
+        sync: bool,
+    ) -> Result<(), ChangeStoreError> {
         let mut batch = rocksdb::WriteBatch::default();
-        for (k, v) in entries {
+        for (k, (seq, v)) in entries {
             if self.db.get_pinned(k).map_err(|e| self.err(e))?.is_none() {
                 self.keys += 1;
             }
-            batch.put(k, encode_pending(v));
+            self.max_seq = self.max_seq.max(*seq);
+            batch.put(k, encode_pending(*seq, v));
         }
-        self.db.write(batch).map_err(|e| self.err(e))
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts).map_err(|e| self.err(e))
     }
 
     /// Up to `max` stored keys that may be applied, in key order.
@@ -236,7 +264,7 @@ impl ChangeStore {
         marks: &Watermarks,
         use_watermarks: bool,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Pending)>, ChangeStoreError> {
+    ) -> Result<Vec<(Vec<u8>, (u64, Pending))>, ChangeStoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
@@ -248,18 +276,21 @@ impl ChangeStore {
         Ok(out)
     }
 
-    fn remove(&mut self, keys: &[&Vec<u8>]) -> Result<(), ChangeStoreError> {
+    /// Deletes each key whose stored change is not newer than `seq`.
+    fn remove_applied(&mut self, applied: &[(Vec<u8>, u64)]) -> Result<(), ChangeStoreError> {
         let mut batch = rocksdb::WriteBatch::default();
-        for k in keys {
-            batch.delete(k);
+        let mut removed = 0;
+        for (k, seq) in applied {
+            if let Some(v) = self.db.get_pinned(k).map_err(|e| self.err(e))? {
+                if decode_seq(&v).map_err(|e| self.err(e))? <= *seq {
+                    batch.delete(k);
+                    removed += 1;
+                }
+            }
         }
         self.db.write(batch).map_err(|e| self.err(e))?;
-        self.keys = self.keys.saturating_sub(keys.len());
+        self.keys = self.keys.saturating_sub(removed);
         Ok(())
-    }
-
-    fn contains(&self, key: &[u8]) -> Result<bool, ChangeStoreError> {
-        Ok(self.db.get_pinned(key).map_err(|e| self.err(e))?.is_some())
     }
 }
 
@@ -268,7 +299,8 @@ impl ChangeStore {
 /// on-disk [`ChangeStore`] (memory entries always override stored ones).
 #[derive(Debug, Default)]
 pub struct ChangeBuffer {
-    entries: BTreeMap<Vec<u8>, Pending>,
+    entries: BTreeMap<Vec<u8>, (u64, Pending)>,
+    next_seq: u64,
     bytes: usize,
     budget: usize,
     spill_dir: Option<std::path::PathBuf>,
@@ -285,29 +317,45 @@ impl ChangeBuffer {
         ChangeBuffer::default()
     }
 
-    /// A buffer that spills to `dir` beyond `budget` bytes of memory.
-    pub fn with_spill(budget: usize, dir: std::path::PathBuf) -> ChangeBuffer {
-        ChangeBuffer {
+    /// A buffer that spills to `dir` beyond `budget` bytes of memory. A store
+    /// left in `dir` by an earlier run is reopened (its changes are pending).
+    pub fn with_spill(
+        budget: usize,
+        dir: std::path::PathBuf,
+    ) -> Result<ChangeBuffer, ChangeStoreError> {
+        let mut buffer = ChangeBuffer {
             budget,
-            spill_dir: Some(dir),
             ..ChangeBuffer::default()
+        };
+        if dir.exists() {
+            let store = ChangeStore::open(&dir)?;
+            buffer.next_seq = store.max_seq + 1;
+            buffer.store = Some(store);
         }
+        buffer.spill_dir = Some(dir);
+        Ok(buffer)
     }
 
     /// Records a change; the last one for a key wins.
     pub fn push(&mut self, key: Vec<u8>, change: Pending) -> Result<(), ChangeStoreError> {
         self.received += 1;
+        self.next_seq += 1;
         self.bytes += change.bytes() + key.len();
-        if let Some(old) = self.entries.insert(key.clone(), change) {
+        if let Some((_, old)) = self.entries.insert(key.clone(), (self.next_seq, change)) {
             self.bytes = self.bytes.saturating_sub(old.bytes() + key.len());
         }
         if self.budget > 0 && self.bytes > self.budget {
-            self.spill()?;
+            self.spill(false)?;
         }
         Ok(())
     }
 
-    fn spill(&mut self) -> Result<(), ChangeStoreError> {
+    /// Makes every buffered change durable on disk (for a checkpoint).
+    pub fn persist(&mut self) -> Result<(), ChangeStoreError> {
+        self.spill(true)
+    }
+
+    fn spill(&mut self, sync: bool) -> Result<(), ChangeStoreError> {
         let Some(dir) = &self.spill_dir else {
             return Ok(());
         };
@@ -315,7 +363,7 @@ impl ChangeBuffer {
             self.store = Some(ChangeStore::open(dir)?);
         }
         if let Some(store) = &mut self.store {
-            store.spill(&self.entries)?;
+            store.spill(&self.entries, sync)?;
             tracing::debug!(
                 entries = self.entries.len(),
                 bytes = self.bytes,
@@ -342,14 +390,17 @@ impl ChangeBuffer {
         self.bytes
     }
 
-    /// Takes up to `max` changes that may be applied now, in key order.
+    /// Takes up to `max` changes that may be applied now, in key order, with
+    /// their sequence numbers. Stored changes stay on disk until
+    /// [`ChangeBuffer::applied`] says they are in the shadow table, so a crash
+    /// between taking and applying loses nothing.
     pub fn take_ready(
         &mut self,
         marks: &Watermarks,
         use_watermarks: bool,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Pending)>, ChangeStoreError> {
-        let mut merged: BTreeMap<Vec<u8>, Pending> = match &self.store {
+    ) -> Result<Vec<(Vec<u8>, u64, Pending)>, ChangeStoreError> {
+        let mut merged: BTreeMap<Vec<u8>, (u64, Pending)> = match &self.store {
             Some(store) if store.keys > 0 => store
                 .ready(marks, use_watermarks, max)?
                 .into_iter()
@@ -364,22 +415,26 @@ impl ChangeBuffer {
         {
             merged.insert(k.clone(), v.clone());
         }
-        let taken: Vec<(Vec<u8>, Pending)> = merged.into_iter().take(max).collect();
-        if let Some(store) = &mut self.store {
-            let mut on_disk = Vec::new();
-            for (k, _) in &taken {
-                if store.contains(k)? {
-                    on_disk.push(k);
-                }
-            }
-            store.remove(&on_disk)?;
-        }
-        for (k, _) in &taken {
-            if let Some(v) = self.entries.remove(k) {
+        let taken: Vec<(Vec<u8>, u64, Pending)> = merged
+            .into_iter()
+            .take(max)
+            .map(|(k, (seq, v))| (k, seq, v))
+            .collect();
+        for (k, _, _) in &taken {
+            if let Some((_, v)) = self.entries.remove(k) {
                 self.bytes = self.bytes.saturating_sub(v.bytes() + k.len());
             }
         }
         Ok(taken)
+    }
+
+    /// The changes `(key, seq)` are in the shadow table: drop their stored
+    /// copies (unless a newer change of the key was stored meanwhile).
+    pub fn applied(&mut self, applied: &[(Vec<u8>, u64)]) -> Result<(), ChangeStoreError> {
+        match &mut self.store {
+            Some(store) if store.keys > 0 => store.remove_applied(applied),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -410,10 +465,10 @@ mod tests {
         m.copy_done();
         let ready = b.take_ready(&m, true, 10).unwrap();
         assert_eq!(
-            ready[0].1,
+            ready[0].2,
             Pending::Upsert(vec![Value::Int(1), Value::Int(11)])
         );
-        assert_eq!(ready[1].1, Pending::Delete(vec![Value::Int(2)]));
+        assert_eq!(ready[1].2, Pending::Delete(vec![Value::Int(2)]));
         assert!(b.is_empty());
         assert_eq!(b.bytes(), 0);
     }
@@ -447,7 +502,7 @@ mod tests {
     #[test]
     fn spills_beyond_the_budget_and_memory_overrides_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = ChangeBuffer::with_spill(2_000, dir.path().join("changes"));
+        let mut b = ChangeBuffer::with_spill(2_000, dir.path().join("changes")).unwrap();
         let row = |i: i64, v: &str| {
             Pending::Upsert(vec![Value::Int(i), Value::Bytes(v.as_bytes().to_vec())])
         };
@@ -468,18 +523,34 @@ mod tests {
             if batch.is_empty() {
                 break;
             }
+            let done: Vec<(Vec<u8>, u64)> = batch.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
+            b.applied(&done).unwrap();
             taken.extend(batch);
         }
         assert_eq!(taken.len(), 100, "keys 0..=99 are below the watermark");
-        assert_eq!(taken[5].1, row(5, "second"));
-        assert_eq!(taken[7].1, Pending::Delete(vec![Value::Int(7)]));
-        assert_eq!(taken[6].1, row(6, "first"));
-        let keys: Vec<&Vec<u8>> = taken.iter().map(|(k, _)| k).collect();
+        assert_eq!(taken[5].2, row(5, "second"));
+        assert_eq!(taken[7].2, Pending::Delete(vec![Value::Int(7)]));
+        assert_eq!(taken[6].2, row(6, "first"));
+        let keys: Vec<&Vec<u8>> = taken.iter().map(|(k, _, _)| k).collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted, "handed out in key order");
         m.copy_done();
-        assert_eq!(b.take_ready(&m, true, 1000).unwrap().len(), 100);
-        assert!(b.is_empty());
+        let rest = b.take_ready(&m, true, 1000).unwrap();
+        assert_eq!(rest.len(), 100);
+        // Taken but not applied when the process dies: the stored ones are
+        // still there when the store is reopened (the ones only in memory
+        // came after the last persist, and the binlog replays them).
+        drop(b);
+        let mut again = ChangeBuffer::with_spill(2_000, dir.path().join("changes")).unwrap();
+        let reopened = again.take_ready(&m, true, 1000).unwrap();
+        assert!(!reopened.is_empty());
+        assert!(reopened.iter().all(|(k, s, c)| rest
+            .iter()
+            .any(|(k2, s2, c2)| k == k2 && s == s2 && c == c2)));
+        let done: Vec<(Vec<u8>, u64)> = rest.iter().map(|(k, s, _)| (k.clone(), *s)).collect();
+        again.applied(&done).unwrap();
+        assert!(again.take_ready(&m, true, 1000).unwrap().is_empty());
+        assert!(again.is_empty());
     }
 }

@@ -383,7 +383,8 @@ impl TableRun<'_> {
         // A fresh run starts with an empty store (resume comes with checkpoints).
         let _ = std::fs::remove_dir_all(&spill_dir);
         let buffer =
-            ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir);
+            ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir)
+                .map_err(|e| self.changes_error(e.to_string()))?;
         let state = OnlineState::new(
             buffer,
             mapping,

@@ -230,12 +230,32 @@ impl OnlineState {
                 .map_err(|e| e.to_string())?
         };
         let n = batch.len();
+        let done: Vec<(Vec<u8>, u64)> = batch.iter().map(|(k, seq, _)| (k.clone(), *seq)).collect();
+        let batch: Vec<(Vec<u8>, Pending)> = batch.into_iter().map(|(k, _, c)| (k, c)).collect();
         match on {
             Some(conn) => applier.apply_on(conn, batch).await,
             None => applier.apply(batch).await,
         }
         .map_err(|e| e.to_string())?;
+        self.buffer
+            .lock()
+            .map_err(|_| "change buffer poisoned".to_string())?
+            .applied(&done)?;
         Ok(n)
+    }
+
+    /// Makes the buffer durable and returns the stream position it covers:
+    /// every change before it is applied or stored on disk. For checkpoints.
+    pub fn persist(&self) -> Result<Option<BinlogPosition>, String> {
+        let mut buffer = self
+            .buffer
+            .lock()
+            .map_err(|_| "change buffer poisoned".to_string())?;
+        // Read under the buffer lock: the consumer moves the position only
+        // after the transaction's rows are in the buffer.
+        let position = self.position();
+        buffer.persist()?;
+        Ok(position)
     }
 
     async fn apply_ready(&self, max: usize) -> Result<usize, String> {
