@@ -24,6 +24,14 @@ pub enum StoreFailure {
     },
     #[error("the store's worker task failed: {0}")]
     Task(String),
+    /// A table of the checkpoint table's name that is not one; it is left
+    /// as it is rather than altered.
+    #[error(
+        "{table} exists but is not a wraith checkpoint table (it lacks the columns {}); rename \
+         or drop it, the name is wraith's",
+        missing.join(", ")
+    )]
+    UnexpectedTable { table: String, missing: Vec<String> },
 }
 
 impl StoreFailure {
@@ -97,12 +105,6 @@ pub enum CheckpointError {
         key: String,
         reason: String,
     },
-    #[error(
-        "{store} exists but is not a wraith checkpoint table: it lacks the columns {}. Rename \
-         or drop it (it is wraith's name) and rerun",
-        missing.join(", ")
-    )]
-    UnexpectedTable { store: String, missing: Vec<String> },
 }
 
 /// A status change the model refuses.

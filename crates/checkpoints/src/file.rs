@@ -97,7 +97,7 @@ impl CheckpointStore for FileStore {
         self.blocking(move |path| update(path, &key_owned, Some(value)))
             .await
             .map_err(|source| {
-                tracing::error!(store = %self.describe(), key, error = %source, "checkpoint not written");
+                tracing::warn!(store = %self.describe(), key, error = %source, "checkpoint not written");
                 write(source)
             })?;
         tracing::debug!(store = %self.describe(), key, status = %cp.summary_status(), "checkpoint saved");

@@ -48,7 +48,8 @@ const ER_NO_SUCH_TABLE: u16 = 1146;
 /// The table is created by the first save if it is missing (loads and
 /// removes never create it: a missing table is no checkpoint). A save is one
 /// `INSERT ... ON DUPLICATE KEY UPDATE` in a transaction. A table of that name
-/// without these columns is refused, not altered.
+/// without these columns is refused ([`StoreFailure::UnexpectedTable`]), not
+/// altered.
 pub struct TableStore {
     pool: Pool,
     schema: String,
@@ -124,9 +125,12 @@ impl TableStore {
                 .map(|c| c.to_string())
                 .collect();
             if !missing.is_empty() {
-                return Err(CheckpointError::UnexpectedTable {
+                return Err(CheckpointError::CouldNotWriteCheckpoint {
                     store: self.describe(),
-                    missing,
+                    source: StoreFailure::UnexpectedTable {
+                        table: self.qualified_table(),
+                        missing,
+                    },
                 });
             }
         }
@@ -210,7 +214,7 @@ impl CheckpointStore for TableStore {
     async fn save(&self, key: &str, cp: &TaskCheckpoint) -> Result<(), CheckpointError> {
         check_key(self, key)?;
         let write = |source: StoreFailure| {
-            tracing::error!(store = %self.describe(), key, error = %source, "checkpoint not written");
+            tracing::warn!(store = %self.describe(), key, error = %source, "checkpoint not written");
             CheckpointError::CouldNotWriteCheckpoint {
                 store: self.describe(),
                 source,

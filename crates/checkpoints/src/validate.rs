@@ -89,8 +89,8 @@ pub enum InvalidCheckpoint {
         if saved_identity.differences(current_identity).len() == 1 { "s" } else { "" }
     )]
     CheckpointCollision {
-        saved_identity: SourceIdentity,
-        current_identity: SourceIdentity,
+        saved_identity: Box<SourceIdentity>,
+        current_identity: Box<SourceIdentity>,
     },
     #[error(
         "the checkpoint of {table} was written before its copy frontier was recorded ({reason}), \
@@ -167,8 +167,8 @@ pub fn validate(
             c.source.schema == saved.source.schema && c.source.table == saved.source.table
         });
         let collision = |current_identity: SourceIdentity| InvalidCheckpoint::CheckpointCollision {
-            saved_identity: saved.source.clone(),
-            current_identity,
+            saved_identity: Box::new(saved.source.clone()),
+            current_identity: Box::new(current_identity),
         };
         match found {
             None => {
@@ -193,8 +193,8 @@ pub fn validate(
             .find(|c| cp.table(&c.source.schema, &c.source.table).is_none())
         {
             return Err(InvalidCheckpoint::CheckpointCollision {
-                saved_identity: cp.tables[0].source.clone(),
-                current_identity: extra.source.clone(),
+                saved_identity: Box::new(cp.tables[0].source.clone()),
+                current_identity: Box::new(extra.source.clone()),
             });
         }
     }
@@ -321,7 +321,8 @@ pub fn compare_binlog_files(a: &str, b: &str) -> Ordering {
 
 /// The ALTER clause in a canonical form, so a config that only reformats it
 /// still resumes: surrounding whitespace and trailing `;` dropped, every run
-/// of whitespace one space, no space next to `(`, `)`, `,` and `=`, and
+/// of whitespace one space, no space before `(`, `)`, `,` and `=` nor after
+/// `(` and `=`, one space after `)` and `,` (before a word), and
 /// everything outside quotes and backticks upper-cased (keywords, and
 /// unquoted column and index names, which the server compares without
 /// case). Quoted strings and `` `identifiers` `` are kept byte for byte.
@@ -337,20 +338,23 @@ pub fn normalize_alter(alter: &str) -> String {
         .trim_end()
         .chars()
         .peekable();
-    let mut pending_space = false;
-    let tight = |c: char| matches!(c, '(' | ')' | ',' | '=');
+    let mut had_space = false;
     while let Some(c) = chars.next() {
         if c.is_whitespace() {
-            pending_space = true;
+            had_space = true;
             continue;
         }
-        if pending_space {
-            let prev_tight = out.chars().last().is_some_and(tight);
-            if !out.is_empty() && !prev_tight && !tight(c) {
-                out.push(' ');
-            }
-            pending_space = false;
+        let space = match (out.chars().last(), c) {
+            (None, _) => false,
+            (_, '(' | ')' | ',' | '=') => false,
+            (Some('(' | '='), _) => false,
+            (Some(')' | ','), _) => true,
+            _ => had_space,
+        };
+        if space {
+            out.push(' ');
         }
+        had_space = false;
         match c {
             '\'' | '"' | '`' => {
                 out.push(c);
@@ -749,12 +753,13 @@ mod tests {
         let n = normalize_alter;
         assert_eq!(
             n("  add column  c int ,\n\tADD INDEX idx_c ( c ) ;"),
-            "ADD COLUMN C INT,ADD INDEX IDX_C(C)"
+            "ADD COLUMN C INT, ADD INDEX IDX_C(C)"
         );
         assert_eq!(
             n("ADD COLUMN C INT, ADD INDEX IDX_C(C)"),
             n("add column c int,add index idx_c (c)")
         );
+        assert_eq!(n("varchar(5)default 1"), n("VARCHAR( 5 ) DEFAULT 1"));
         // Quoted text keeps its case and spaces.
         assert_eq!(
             n("modify `Col  A` varchar(5) default 'a  B' comment \"x'y\""),
@@ -762,12 +767,12 @@ mod tests {
         );
         assert_ne!(n("DEFAULT 'a'"), n("DEFAULT 'A'"));
         // Escaped and doubled quotes do not end a string.
-        assert_eq!(n(r"default 'it\'s  x' , x"), r"DEFAULT 'it\'s  x',X");
-        assert_eq!(n("default 'it''s  x' , x"), "DEFAULT 'it''s  x',X");
+        assert_eq!(n(r"default 'it\'s  x' , x"), r"DEFAULT 'it\'s  x', X");
+        assert_eq!(n("default 'it''s  x' , x"), "DEFAULT 'it''s  x', X");
         assert_eq!(n("rename column `a``b`  to c"), "RENAME COLUMN `a``b` TO C");
         // Idempotent.
         let once = n("engine = innodb , algorithm=inplace");
-        assert_eq!(once, "ENGINE=INNODB,ALGORITHM=INPLACE");
+        assert_eq!(once, "ENGINE=INNODB, ALGORITHM=INPLACE");
         assert_eq!(n(&once), once);
     }
 }

@@ -97,13 +97,40 @@ pub struct Watermarks {
     next_prefix: u64,
     /// Upper bound of the durable prefix: `Some(None)` = everything.
     low: Option<Option<Vec<u8>>>,
+    /// Largest upper bound handed out (`[0xFF]`, above every key, once the
+    /// unbounded last chunk was).
+    high: Option<Vec<u8>>,
     copy_done: bool,
 }
 
 impl Watermarks {
+    /// Watermarks of a resumed copy: every key up to `low` is durable already.
+    pub fn resumed(low: Option<Vec<u8>>) -> Watermarks {
+        Watermarks {
+            high: low.clone(),
+            low: low.map(Some),
+            ..Watermarks::default()
+        }
+    }
+
+    /// The low watermark: every key at or below it is durable in the shadow
+    /// table (`None`: nothing yet; `Some(None)`: everything).
+    pub fn low(&self) -> Option<Option<Vec<u8>>> {
+        self.low.clone()
+    }
+
     /// A chunk `(.., upper]` was handed out to a reader.
     pub fn dispatched(&mut self, chunk_id: u64, upper: Option<Vec<u8>>) {
+        let bound = upper.clone().unwrap_or_else(|| vec![0xFF]);
+        if self.high.as_ref().is_none_or(|h| bound > *h) {
+            self.high = Some(bound);
+        }
         self.dispatched.insert(chunk_id, upper);
+    }
+
+    /// The high watermark: no key above it has been read by the copy.
+    pub fn high(&self) -> Option<Vec<u8>> {
+        self.high.clone()
     }
 
     /// A chunk's rows are durable in the shadow table.

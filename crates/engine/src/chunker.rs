@@ -153,6 +153,20 @@ impl Chunker {
         target: Duration,
         initial_rows: u64,
     ) -> Result<Chunker, DbError> {
+        Chunker::resume(conn, schema, table, key, target, initial_rows, None).await
+    }
+
+    /// A chunker whose first chunk starts after `start_after` (a resumed
+    /// copy: every key up to it is copied already).
+    pub async fn resume(
+        conn: &mut Conn,
+        schema: &str,
+        table: &str,
+        key: Vec<ColumnSpec>,
+        target: Duration,
+        initial_rows: u64,
+        start_after: Option<Vec<Value>>,
+    ) -> Result<Chunker, DbError> {
         let qt = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let strategy = match key.as_slice() {
             [k] if k.kind == ColumnKind::Int => {
@@ -163,17 +177,27 @@ impl Chunker {
                     ))
                     .await
                     .context(|| format!("reading the key range of {table}"))?;
+                let after: Option<i128> = start_after.as_ref().and_then(|v| match v.first() {
+                    Some(Value::Int(i)) => Some(*i as i128),
+                    Some(Value::UInt(u)) => Some(*u as i128),
+                    _ => None,
+                });
                 match row {
-                    Some((Some(min), Some(max))) => Strategy::Int {
-                        next: min.parse().unwrap_or(0),
-                        max: max.parse().unwrap_or(0),
-                        unsigned: k.unsigned,
-                        span: initial_rows.max(1) as i128,
+                    Some((Some(min), Some(max))) => {
+                        let min: i128 = min.parse().unwrap_or(0);
+                        Strategy::Int {
+                            next: after.map(|a| (a + 1).max(min)).unwrap_or(min),
+                            max: max.parse().unwrap_or(0),
+                            unsigned: k.unsigned,
+                            span: initial_rows.max(1) as i128,
+                        }
+                    }
+                    _ => Strategy::Keyset {
+                        last: start_after.clone(),
                     },
-                    _ => Strategy::Keyset { last: None },
                 }
             }
-            _ => Strategy::Keyset { last: None },
+            _ => Strategy::Keyset { last: start_after },
         };
         Ok(Chunker {
             schema: schema.to_string(),

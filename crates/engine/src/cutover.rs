@@ -190,7 +190,7 @@ async fn attempt_two_sessions<D: Drain>(
         .await
         .context(|| "setting lock_wait_timeout".into())?;
     a.query_drop(format!(
-        "CREATE TABLE {qold} (id INT PRIMARY KEY) COMMENT 'wraith cut-over sentry: drop it if no wraith runs'"
+        "CREATE TABLE {qold} (id INT PRIMARY KEY) COMMENT '{SENTRY_COMMENT}: drop it if no wraith runs'"
     ))
     .await
     .context(|| "creating the cut-over sentry table".into())?;
@@ -348,4 +348,58 @@ async fn describe_tables(pool: &Pool, qt: &str, qold: &str, qnew: &str) -> Strin
         ));
     }
     parts.join(", ")
+}
+
+/// Where a cut-over that was interrupted (kill -9 of wraith) left the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CutoverState {
+    /// Nothing was renamed: `t` is the original, `_t_new` the shadow.
+    NotDone,
+    /// The RENAME ran: `t` is the rebuilt table and `_t_old` the original.
+    Done,
+}
+
+/// The comment the sentry table carries, to tell it from a real `_t_old`.
+const SENTRY_COMMENT: &str = "wraith cut-over sentry";
+
+/// Looks at which tables exist after an interrupted cut-over, drops a
+/// leftover sentry, and says whether the swap happened. The swap is one
+/// RENAME statement, so it either happened or not: `t` is never missing.
+pub async fn resolve_interrupted(
+    pool: &Pool,
+    schema: &str,
+    table: &str,
+) -> Result<CutoverState, CutoverError> {
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context(|| "connecting to look at the tables".into())?;
+    let old = old_name(table);
+    let new = shadow_name(table);
+    let comment: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (schema, &old),
+        )
+        .await
+        .context(|| format!("looking for {old}"))?;
+    let shadow_exists = crate::inspect::table_exists(&mut conn, schema, &new).await?;
+    match comment {
+        Some(c) if c.starts_with(SENTRY_COMMENT) => {
+            conn.query_drop(format!(
+                "DROP TABLE IF EXISTS {}.{}",
+                quote_ident(schema),
+                quote_ident(&old)
+            ))
+            .await
+            .context(|| "dropping a leftover cut-over sentry".into())?;
+            tracing::info!(
+                table,
+                "dropped the sentry of an interrupted cut-over; nothing was renamed"
+            );
+            Ok(CutoverState::NotDone)
+        }
+        Some(_) if !shadow_exists => Ok(CutoverState::Done),
+        _ => Ok(CutoverState::NotDone),
+    }
 }

@@ -17,7 +17,8 @@
 //! - [`checksum`]: chunked comparison of source and shadow.
 //! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
-//! - [`migration`]: the state machine of a run; [`progress`]: its counters.
+//! - [`migration`]: the state machine of a run; [`progress`]: its counters;
+//!   [`resume`]: its checkpoints and resuming from them.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
 //!
@@ -38,6 +39,7 @@ pub mod online;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
+pub mod resume;
 pub mod scratch;
 pub mod shadow;
 pub mod workload;
