@@ -100,7 +100,7 @@ pub async fn demo(args: DemoArgs) -> Result<Outcome, Failure> {
     let config = Config::parse(&toml, "demo config").map_err(|e| Failure::Config(e.to_string()))?;
     eprintln!("\nconfig:\n{toml}");
     let started = Instant::now();
-    let outcome = crate::run(&config, false).await;
+    let outcome = crate::run(&config, false, Default::default()).await;
     let wraith_secs = started.elapsed().as_secs_f64();
     if let Some(load) = load {
         let stats = load.stop().await;

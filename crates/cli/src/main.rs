@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use wraith_engine::config::Config;
-use wraith_engine::migration::{self, RunError};
+use wraith_engine::migration::{self, RunError, RunOptions};
 use wraith_engine::preflight;
 use wraith_engine::progress::ProgressHandle;
 
@@ -34,6 +34,17 @@ enum Command {
     Run(RunArgs),
     /// Starts a scratch MariaDB, creates a sysbench-like table and rebuilds it.
     Demo(demo::DemoArgs),
+    /// Shows the checkpoint of CONFIG's job: state, progress, position, age.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The job's TOML config.
+    config: PathBuf,
+    /// Print the status as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -52,6 +63,10 @@ struct RunArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Drop the shadow table, engines, change store and checkpoint of an
+    /// earlier run of this job, and start over.
+    #[arg(long)]
+    fresh: bool,
 }
 
 /// How a command ended, mapped to the process exit code.
@@ -147,7 +162,11 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
         }
         Command::Run(args) => {
             let config = load_config(&args.config)?;
-            run(&config, args.json).await
+            run(&config, args.json, RunOptions { fresh: args.fresh }).await
+        }
+        Command::Status(args) => {
+            let config = load_config(&args.config)?;
+            status(&config, args.json).await
         }
         Command::Demo(args) => demo::demo(args).await,
     }
@@ -177,7 +196,22 @@ async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
     }
 }
 
-async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
+async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
+    let report = wraith_engine::resume::status(config)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+        );
+    } else {
+        eprint!("{}", report.render());
+    }
+    Ok(Outcome::Done)
+}
+
+async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome, Failure> {
     let progress = ProgressHandle::new();
     let display = progress_display::spawn(progress.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -187,7 +221,7 @@ async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
         let _ = stop_tx.send(true);
     });
     let control = migration::RunControl { shutdown: stop_rx };
-    let result = migration::run(config, &progress, &control).await;
+    let result = migration::run(config, &progress, &control, options).await;
     display.finish().await;
     match result {
         Ok(report) => {
@@ -242,6 +276,10 @@ async fn run(config: &Config, json: bool) -> Result<Outcome, Failure> {
             Ok(Outcome::Refused)
         }
         Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
+        Err(RunError::InvalidCheckpoint(e)) => {
+            eprintln!("error: {e}");
+            Ok(Outcome::Refused)
+        }
         Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),
     }
 }

@@ -382,6 +382,13 @@ pub struct CheckpointConfig {
     pub path: Option<PathBuf>,
     #[serde(default = "default_checkpoint_interval")]
     pub interval: HumanDuration,
+    /// A checkpoint older than this is refused (`CheckpointTooOld`).
+    #[serde(default = "default_checkpoint_max_age")]
+    pub max_age: HumanDuration,
+}
+
+fn default_checkpoint_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
 }
 
 fn default_checkpoint_store() -> CheckpointStore {
@@ -397,6 +404,7 @@ impl Default for CheckpointConfig {
             store: default_checkpoint_store(),
             path: None,
             interval: default_checkpoint_interval(),
+            max_age: default_checkpoint_max_age(),
         }
     }
 }

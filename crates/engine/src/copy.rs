@@ -77,6 +77,8 @@ pub struct CopyJob {
     pub server_side: bool,
     /// The online state whose watermarks the copy advances, if changes are followed.
     pub online: Option<Arc<OnlineState>>,
+    /// A resumed copy starts after this key (every key up to it is copied).
+    pub start_after: Option<Vec<Value>>,
 }
 
 /// Opens connections for reading the source, with the exact-value session.
@@ -121,13 +123,14 @@ pub async fn copy_table(
 ) -> Result<CopyStats, CopyError> {
     let started = Instant::now();
     let mut conn = read_conn(source).await?;
-    let chunker = Chunker::new(
+    let chunker = Chunker::resume(
         &mut conn,
         &job.source_schema,
         &job.table,
         job.layout.chunk_key.clone(),
         job.chunk_target,
         job.initial_chunk_rows,
+        job.start_after.clone(),
     )
     .await?;
     drop(conn);

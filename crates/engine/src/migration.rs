@@ -25,15 +25,18 @@ use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
 use crate::changes::{key_orders_by_bytes, ChangeBuffer};
 use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
-use crate::copy::{copy_table, read_conn, CopyError, CopyJob};
-use crate::cutover::{cut_over, CutoverError, CutoverSettings};
+use crate::copy::{copy_table, read_conn, CopyError, CopyJob, CopyStats};
+use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::inspect::{inspect_table, TableInfo};
 use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
+use crate::resume::{self, Checkpointer};
 use crate::shadow::{self, CopyLayout, ShadowError};
+use std::time::SystemTime;
+use wraith_checkpoints::{validate, TableCheckpoint, TableStage, TaskCheckpoint};
 
 /// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
 pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
@@ -67,8 +70,12 @@ pub enum RunError {
     Layout { table: String, message: String },
     #[error("following changes to {table}: {message}; the source is untouched")]
     Changes { table: String, message: String },
-    #[error("interrupted; the source {table} is untouched and the shadow table was dropped")]
+    #[error("interrupted; the source {table} is untouched, and `wraith run` with the same config resumes")]
     Interrupted { table: String },
+    #[error(transparent)]
+    Checkpoint(wraith_checkpoints::CheckpointError),
+    #[error(transparent)]
+    InvalidCheckpoint(Box<wraith_checkpoints::InvalidCheckpoint>),
 }
 
 /// What a run did, per table.
@@ -125,11 +132,20 @@ impl RunControl {
     }
 }
 
-/// Runs the job. Progress is published through `progress`.
+/// How a run starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Drop the old shadow table, engines, change store and checkpoint, and start over.
+    pub fresh: bool,
+}
+
+/// Runs the job, resuming from its checkpoint when there is a valid one.
+/// Progress is published through `progress`.
 pub async fn run(
     config: &Config,
     progress: &ProgressHandle,
     control: &RunControl,
+    options: RunOptions,
 ) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
     let report = preflight::run(config).await;
@@ -151,37 +167,165 @@ pub async fn run(
     let pool_size = config.copy.threads * 3 + 8;
     let source_pool = db::pool(source_opts.clone(), pool_size);
     let target_pool = db::pool(target_opts, pool_size);
+    let result = run_job(
+        config,
+        &report,
+        flavor,
+        &source_opts,
+        &source_pool,
+        &target_pool,
+        progress,
+        control,
+        options,
+    )
+    .await;
+    let _ = source_pool.disconnect().await;
+    let _ = target_pool.disconnect().await;
+    let tables = result?;
+    progress.set_state(State::Close);
+    Ok(RunReport { tables })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_job(
+    config: &Config,
+    report: &Report,
+    flavor: Flavor,
+    source_opts: &Opts,
+    source_pool: &Pool,
+    target_pool: &Pool,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+) -> Result<Vec<TableReport>, RunError> {
+    let store = resume::open_store(config, target_pool);
+    let key = resume::job_key(config);
+    let saved = store.load(&key).await.map_err(RunError::Checkpoint)?;
+    let mut sconn = source_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the source".into())?;
+    if options.fresh {
+        start_over(config, &mut sconn, saved.as_ref()).await?;
+        store.remove(&key).await.map_err(RunError::Checkpoint)?;
+    }
+    let saved = if options.fresh { None } else { saved };
+    let task = match saved {
+        Some(task) => {
+            let mut tables = Vec::new();
+            for t in &config.tables {
+                let old = inspect_table(&mut sconn, &config.source.database, &t.name).await?;
+                let shadow_name = shadow::shadow_name(&t.name);
+                let shadow = if crate::inspect::table_exists(
+                    &mut sconn,
+                    &config.target().database,
+                    &shadow_name,
+                )
+                .await?
+                {
+                    Some(inspect_table(&mut sconn, &config.target().database, &shadow_name).await?)
+                } else {
+                    None
+                };
+                tables.push((old, shadow));
+            }
+            let current = resume::current_state(&mut sconn, config, &tables).await?;
+            validate(
+                &task,
+                &current,
+                SystemTime::now(),
+                config.checkpoint.max_age.0,
+            )
+            .map_err(|e| RunError::InvalidCheckpoint(Box::new(e)))?;
+            eprintln!(
+                "resuming migration {} (started {}) from its checkpoint in {}: {}",
+                task.migration_id,
+                task.started_at,
+                store.describe(),
+                task.summary_status()
+            );
+            task
+        }
+        None => TaskCheckpoint::new(
+            env!("CARGO_PKG_VERSION"),
+            resume::fingerprint(config),
+            SystemTime::now(),
+        ),
+    };
+    drop(sconn);
+    let checkpointer = Checkpointer::new(store, key, task);
     let mut tables = Vec::new();
-    let mut result = Ok(());
     for (table, plan) in config.tables.iter().zip(&report.plans) {
         let ctx = TableRun {
             config,
             table,
             plan,
             flavor,
-            source_opts: &source_opts,
-            source_pool: &source_pool,
-            target_pool: &target_pool,
+            source_opts,
+            source_pool,
+            target_pool,
             progress,
             control,
+            checkpoint: &checkpointer,
         };
-        match ctx.run().await {
-            Ok(r) => tables.push(r),
-            Err(e) => {
-                result = Err(e);
-                break;
+        tables.push(ctx.run().await?);
+    }
+    checkpointer.remove().await.map_err(RunError::Checkpoint)?;
+    for t in &config.tables {
+        let _ = std::fs::remove_dir_all(changes_dir(config, t));
+        let _ = std::fs::remove_dir_all(engines_dir(config, t));
+    }
+    Ok(tables)
+}
+
+/// `--fresh`: drops what an earlier run left (shadow, sentry, engines,
+/// change store). The source table is never touched.
+async fn start_over(
+    config: &Config,
+    conn: &mut Conn,
+    saved: Option<&TaskCheckpoint>,
+) -> Result<(), RunError> {
+    for t in &config.tables {
+        if let Some(task) = saved {
+            if let Some(tc) = task.table(&config.source.database, &t.name) {
+                if tc.stage() >= TableStage::CutOver {
+                    continue;
+                }
             }
         }
+        shadow::drop_shadow(conn, &config.target().database, &t.name).await?;
+        let _ = std::fs::remove_dir_all(changes_dir(config, t));
+        let _ = std::fs::remove_dir_all(engines_dir(config, t));
+        eprintln!(
+            "--fresh: dropped {} and the local state of {}",
+            shadow::shadow_name(&t.name),
+            t.name
+        );
     }
-    let _ = source_pool.disconnect().await;
-    let _ = target_pool.disconnect().await;
-    result?;
-    progress.set_state(State::Close);
-    Ok(RunReport { tables })
+    Ok(())
+}
+
+/// Where a table's spilled changes live.
+fn changes_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
+    config.changes.dir.clone().unwrap_or_else(|| {
+        config
+            .local
+            .sort_dir
+            .join(format!("changes-{}-{}", config.source.database, table.name))
+    })
+}
+
+/// Where a table's local-backend engines live.
+fn engines_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
+    config
+        .local
+        .sort_dir
+        .join(format!("engines-{}-{}", config.source.database, table.name))
 }
 
 fn make_backend(
     config: &Config,
+    table: &TableConfig,
     kind: BackendKind,
     target: &Pool,
 ) -> Result<Arc<dyn Backend>, RunError> {
@@ -193,7 +337,7 @@ fn make_backend(
             LocalBackend::new(
                 target.clone(),
                 LocalBackendConfig {
-                    sort_dir: config.local.sort_dir.clone(),
+                    sort_dir: engines_dir(config, table),
                     memory_limit: config.local.memory_limit.0,
                     compression: config.local.compression == Compression::Zstd,
                     import_threads: config.copy.threads,
@@ -228,6 +372,7 @@ struct TableRun<'a> {
     target_pool: &'a Pool,
     progress: &'a ProgressHandle,
     control: &'a RunControl,
+    checkpoint: &'a Checkpointer,
 }
 
 /// The online machinery of one table, stopped on drop.
@@ -279,33 +424,180 @@ impl TableRun<'_> {
             .get_conn()
             .await
             .context(|| "connecting to the target".into())?;
-        shadow::create(
-            &mut tconn,
-            self.source_schema(),
-            self.target_schema(),
-            &self.table.name,
-            &self.table.alter,
-            self.plan,
-        )
-        .await?;
-        tracing::info!(table = %self.table.name, shadow = %shadow::shadow_name(&self.table.name), "shadow table created");
+        let saved = self
+            .checkpoint
+            .snapshot()
+            .await
+            .table(self.source_schema(), &self.table.name)
+            .cloned();
+        let stage = saved
+            .as_ref()
+            .map(|t| t.stage())
+            .unwrap_or(TableStage::Pending);
+        if stage == TableStage::CuttingOver {
+            match cutover::resolve_interrupted(
+                self.source_pool,
+                self.source_schema(),
+                &self.table.name,
+            )
+            .await?
+            {
+                CutoverState::Done => {
+                    eprintln!(
+                        "{}: the interrupted cut-over had completed; finishing up",
+                        self.table.name
+                    );
+                    self.advance(TableStage::CutOver).await?;
+                    self.cleanup_after_cutover(&mut tconn).await;
+                    return Ok(self.finished_report(&old, stage));
+                }
+                CutoverState::NotDone => {
+                    eprintln!(
+                        "{}: the interrupted cut-over renamed nothing; it is done again",
+                        self.table.name
+                    )
+                }
+            }
+        }
+        if stage >= TableStage::CutOver {
+            self.cleanup_after_cutover(&mut tconn).await;
+            return Ok(self.finished_report(&old, stage));
+        }
+        if stage == TableStage::Pending {
+            if saved.is_some() {
+                // Killed before the shadow table was recorded: it may be half made.
+                shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await?;
+            }
+            let shadow = shadow::create(
+                &mut tconn,
+                self.source_schema(),
+                self.target_schema(),
+                &self.table.name,
+                &self.table.alter,
+                self.plan,
+            )
+            .await?;
+            tracing::info!(table = %self.table.name, shadow = %shadow.name, "shadow table created");
+            let identity = resume::source_identity(&mut sconn, &old).await?;
+            let mut tc = TableCheckpoint::new(
+                identity,
+                resume::shadow_fingerprint(&shadow),
+                &self.table.alter,
+            );
+            tc.rows_total = old.estimated_rows;
+            self.checkpoint
+                .update(|task| {
+                    task.tables.retain(|t| {
+                        t.source.table != tc.source.table || t.source.schema != tc.source.schema
+                    });
+                    task.tables.push(tc);
+                })
+                .await
+                .map_err(RunError::Checkpoint)?;
+            self.advance(TableStage::ShadowCreated).await?;
+        } else {
+            eprintln!("{}: resuming at stage {stage}", self.table.name);
+        }
 
-        let outcome = self.online(&old, &mut sconn).await;
+        let outcome = self.online(&old, &mut sconn, saved.as_ref()).await;
         match outcome {
             Ok(mut report) => {
                 report.total_secs = started.elapsed().as_secs_f64();
                 Ok(report)
             }
+            Err(e) if is_resumable(&e) => {
+                // Keep the shadow table, engines and change store: a rerun resumes.
+                self.progress.set_state(State::ErrCleanup);
+                Err(e)
+            }
             Err(e) => {
                 self.progress.set_state(State::ErrCleanup);
-                // Nothing is resumable yet: drop the shadow so a rerun starts clean.
+                // This cannot be resumed: drop the shadow and the checkpoint so a rerun starts clean.
                 if let Err(drop_err) =
                     shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await
                 {
                     tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
                 }
+                if let Err(cp_err) = self.checkpoint.remove().await {
+                    tracing::error!(error = %cp_err, "could not remove the checkpoint after a failure");
+                }
+                let _ = std::fs::remove_dir_all(changes_dir(self.config, self.table));
+                let _ = std::fs::remove_dir_all(engines_dir(self.config, self.table));
                 Err(e)
             }
+        }
+    }
+
+    /// Moves the table's checkpoint to `stage` and saves it.
+    async fn advance(&self, stage: TableStage) -> Result<(), RunError> {
+        let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
+        self.checkpoint
+            .update(|task| {
+                task.table_mut(&schema, &table)
+                    .map(|t| t.advance(stage).map_err(|e| e.to_string()))
+                    .unwrap_or(Ok(()))
+            })
+            .await
+            .map_err(RunError::Checkpoint)?
+            .map_err(|e| self.changes_error(format!("checkpoint: {e}")))
+    }
+
+    /// Saves the copy's frontier and the change stream's durable position.
+    async fn save_progress(&self, following: &Following, rows_copied: u64) -> Result<(), RunError> {
+        let position = following
+            .state
+            .persist()
+            .map_err(|m| self.changes_error(m))?;
+        let (low, high) = match following.state.marks.lock() {
+            Ok(m) => (m.low(), m.high()),
+            Err(_) => (None, None),
+        };
+        let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
+        self.checkpoint
+            .update(|task| {
+                if let Some(t) = task.table_mut(&schema, &table) {
+                    if let Some(p) = position {
+                        t.change_stream.position = Some(wraith_checkpoints::BinlogPosition {
+                            file: p.file,
+                            pos: p.pos,
+                            gtid: p.gtid,
+                        });
+                    }
+                    t.change_stream.low_watermark = match low {
+                        Some(Some(k)) => Some(k),
+                        Some(None) => Some(vec![0xFF]),
+                        None => None,
+                    };
+                    t.change_stream.high_watermark = high.or(t.change_stream.low_watermark.clone());
+                    t.rows_copied = t.rows_copied.max(rows_copied);
+                }
+            })
+            .await
+            .map_err(RunError::Checkpoint)
+    }
+
+    fn finished_report(&self, _old: &TableInfo, stage: TableStage) -> TableReport {
+        TableReport {
+            table: self.table.name.clone(),
+            shadow: shadow::shadow_name(&self.table.name),
+            backend: self.plan.backend,
+            rows_copied: 0,
+            chunks: 0,
+            engines: 0,
+            copy_secs: 0.0,
+            copy_rows_per_sec: 0.0,
+            index_restore_secs: 0.0,
+            checksum_rows: 0,
+            checksum_secs: 0.0,
+            changes_received: 0,
+            changes_applied: 0,
+            apply_changes_per_sec: 0.0,
+            change_buffer_spills: 0,
+            checksum_lock_ms: 0.0,
+            cut_over: stage >= TableStage::CuttingOver,
+            cutover_blocked_ms: None,
+            cutover_attempts: None,
+            total_secs: 0.0,
         }
     }
 
@@ -314,11 +606,19 @@ impl TableRun<'_> {
         old: &TableInfo,
         layout: &CopyLayout,
         sconn: &mut Conn,
+        saved: Option<&TableCheckpoint>,
     ) -> Result<Following, RunError> {
         online::ensure_changelog(sconn, self.source_schema()).await?;
-        let from = binlog::current_position(sconn, self.flavor)
-            .await
-            .map_err(|e| self.changes_error(e.to_string()))?;
+        let from = match saved.and_then(|t| t.change_stream.position.clone()) {
+            Some(p) => binlog::BinlogPosition {
+                file: p.file,
+                pos: p.pos,
+                gtid: p.gtid,
+            },
+            None => binlog::current_position(sconn, self.flavor)
+                .await
+                .map_err(|e| self.changes_error(e.to_string()))?,
+        };
         tracing::info!(position = %from, "following the binlog from here");
         let mut stream_config =
             ChangeStreamConfig::for_table(old).map_err(|e| self.changes_error(e.to_string()))?;
@@ -326,10 +626,14 @@ impl TableRun<'_> {
             self.source_schema().to_string(),
             CHANGELOG_TABLE.to_string(),
         ));
-        let stream =
-            ChangeStream::start(self.source_opts.clone(), self.flavor, from, stream_config)
-                .await
-                .map_err(|e| self.changes_error(e.to_string()))?;
+        let stream = ChangeStream::start(
+            self.source_opts.clone(),
+            self.flavor,
+            from.clone(),
+            stream_config,
+        )
+        .await
+        .map_err(|e| self.changes_error(e.to_string()))?;
 
         let source_positions = layout
             .source_columns
@@ -394,6 +698,7 @@ impl TableRun<'_> {
             self.source_schema(),
             &run_id,
         );
+        state.set_position(from);
         let (consumer, apply_loop) = online::spawn(state.clone(), stream);
         Ok(Following {
             state,
@@ -417,7 +722,15 @@ impl TableRun<'_> {
         Ok(())
     }
 
-    async fn online(&self, old: &TableInfo, sconn: &mut Conn) -> Result<TableReport, RunError> {
+    async fn online(
+        &self,
+        old: &TableInfo,
+        sconn: &mut Conn,
+        saved: Option<&TableCheckpoint>,
+    ) -> Result<TableReport, RunError> {
+        let stage = saved
+            .map(|t| t.stage())
+            .unwrap_or(TableStage::ShadowCreated);
         let config = self.config;
         let table = self.table;
         let plan = self.plan;
@@ -427,34 +740,93 @@ impl TableRun<'_> {
                 table: table.name.clone(),
                 message,
             })?;
-        let following = self.start_following(old, &layout, sconn).await?;
+        let following = self.start_following(old, &layout, sconn, saved).await?;
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        let shadow_name = shadow::shadow_name(&table.name);
 
-        let backend = make_backend(config, plan.backend, self.target_pool)?;
+        // Where the copy starts: after the saved low watermark of a resumed run.
+        let copy_needed = stage < TableStage::CopyDone;
+        let mut start_after = None;
+        if copy_needed {
+            let low = saved
+                .filter(|t| t.change_stream.position.is_some())
+                .and_then(|t| t.change_stream.low_watermark.clone());
+            if saved.is_some_and(|t| t.change_stream.position.is_some()) {
+                let shadow_key = self.shadow_chunk_key(old)?;
+                let deleted = resume::delete_above(
+                    &mut tconn,
+                    &target_schema,
+                    &shadow_name,
+                    &shadow_key,
+                    low.as_deref(),
+                )
+                .await?;
+                let _ = std::fs::remove_dir_all(engines_dir(config, table));
+                eprintln!(
+                    "{}: resuming the copy after its durable prefix; {deleted} rows above it are copied again",
+                    table.name
+                );
+                if let Some(low) = &low {
+                    start_after =
+                        Some(wraith_backend::decode_key(low).map_err(|e| {
+                            self.changes_error(format!("saved low watermark: {e}"))
+                        })?);
+                }
+                if let Ok(mut marks) = following.state.marks.lock() {
+                    *marks = crate::changes::Watermarks::resumed(low.clone());
+                }
+            }
+            self.save_progress(&following, 0).await?;
+            self.advance(TableStage::Copying).await?;
+        }
+
+        let backend = make_backend(config, table, plan.backend, self.target_pool)?;
         let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
         let handle = self.progress.add_table(&table.name, old.estimated_rows);
         self.progress.set_state(State::CopyRows);
-        let copy = copy_table(
-            CopyJob {
-                source_schema: config.source.database.clone(),
-                table: table.name.clone(),
-                layout: layout.clone(),
-                threads: config.copy.threads,
-                chunk_target: config.copy.chunk_target.0,
-                initial_chunk_rows: config.copy.initial_chunk_rows,
-                engine_rows,
-                server_side: config.copy.server_side_copy
-                    && plan.backend != BackendKind::Local
-                    && same_server(config),
-                online: Some(following.state.clone()),
-            },
-            self.source_pool,
-            backend.clone(),
-            handle.clone(),
+        let copy = self.copy_or_skip(
+            copy_needed,
+            copy_table(
+                CopyJob {
+                    source_schema: config.source.database.clone(),
+                    table: table.name.clone(),
+                    layout: layout.clone(),
+                    threads: config.copy.threads,
+                    chunk_target: config.copy.chunk_target.0,
+                    initial_chunk_rows: config.copy.initial_chunk_rows,
+                    engine_rows,
+                    server_side: config.copy.server_side_copy
+                        && plan.backend != BackendKind::Local
+                        && same_server(config),
+                    online: Some(following.state.clone()),
+                    start_after,
+                },
+                self.source_pool,
+                backend.clone(),
+                handle.clone(),
+            ),
         );
-        let stats = tokio::select! {
-            r = copy => r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
-            _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error("stopped".into()))),
+        tokio::pin!(copy);
+        let mut shutdown = self.control.shutdown.clone();
+        let stats = loop {
+            tokio::select! {
+                r = &mut copy => break r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
+                _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error("stopped".into()))),
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        self.save_progress(&following, handle.rows_copied()).await?;
+                        self.interrupted()?;
+                    }
+                }
+                _ = tokio::time::sleep(config.checkpoint.interval.0) => {
+                    self.save_progress(&following, handle.rows_copied()).await?;
+                }
+            }
         };
         backend.close().await;
         following.check(&table.name)?;
@@ -464,21 +836,21 @@ impl TableRun<'_> {
         handle.set_total(stats.rows);
         tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
             secs = stats.elapsed.as_secs_f64(), "copy done");
+        self.save_progress(&following, stats.rows).await?;
+        self.advance(TableStage::CopyDone).await?;
         self.interrupted()?;
 
-        let mut tconn = self
-            .target_pool
-            .get_conn()
-            .await
-            .context(|| "connecting to the target".into())?;
         self.progress.set_state(State::RestoreSecondaryIndexes);
         let t0 = Instant::now();
-        shadow::restore_indexes(&mut tconn, &target_schema, &table.name, plan).await?;
+        if stage < TableStage::IndexesRestored {
+            shadow::restore_indexes(&mut tconn, &target_schema, &table.name, plan).await?;
+            self.save_progress(&following, stats.rows).await?;
+            self.advance(TableStage::IndexesRestored).await?;
+        }
         let index_restore = t0.elapsed();
         following.check(&table.name)?;
 
         self.progress.set_state(State::AnalyzeTable);
-        let shadow_name = shadow::shadow_name(&table.name);
         tconn
             .query_drop(format!(
                 "ANALYZE TABLE {}.{}",
@@ -492,6 +864,8 @@ impl TableRun<'_> {
         self.progress.set_state(State::Checksum);
         let new = inspect_table(&mut tconn, &target_schema, &shadow_name).await?;
         let (checksum, checksum_lock) = self.consistent_checksum(old, &new, &following).await?;
+        self.save_progress(&following, stats.rows).await?;
+        self.advance(TableStage::Checksummed).await?;
         self.progress.set_state(State::PostChecksum);
         handle.complete();
         following.check(&table.name)?;
@@ -550,6 +924,8 @@ impl TableRun<'_> {
         self.wait_for_catch_up(&following).await?;
         self.wait_while_postponed(&following).await?;
         self.progress.set_state(State::CutOver);
+        self.save_progress(&following, stats.rows).await?;
+        self.advance(TableStage::CuttingOver).await?;
         let mut drain = OnlineDrain {
             state: following.state.clone(),
             timeout: config.cutover.lock_wait_timeout.0,
@@ -567,6 +943,7 @@ impl TableRun<'_> {
         )
         .await?;
         tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
+        self.advance(TableStage::CutOver).await?;
         self.fill_change_figures(&mut report, &following).await;
         drop(following);
         report.cut_over = true;
@@ -574,6 +951,43 @@ impl TableRun<'_> {
         report.cutover_attempts = Some(cut.attempts);
         self.cleanup_after_cutover(&mut tconn).await;
         Ok(report)
+    }
+
+    /// The copy, or nothing when a resumed run is past it.
+    async fn copy_or_skip(
+        &self,
+        needed: bool,
+        copy: impl std::future::Future<Output = Result<CopyStats, CopyError>>,
+    ) -> Result<CopyStats, CopyError> {
+        if needed {
+            copy.await
+        } else {
+            Ok(CopyStats::default())
+        }
+    }
+
+    /// The source's chunk key as named in the shadow table (to delete above a watermark).
+    fn shadow_chunk_key(
+        &self,
+        old: &TableInfo,
+    ) -> Result<Vec<wraith_backend::ColumnSpec>, RunError> {
+        let copied = self.plan.copied_columns();
+        self.plan
+            .chunk_key
+            .iter()
+            .map(|k| {
+                let to = copied
+                    .iter()
+                    .find(|(from, _)| from.eq_ignore_ascii_case(k))
+                    .map(|(_, to)| to.to_string());
+                match (to, old.column(k)) {
+                    (Some(to), Some(c)) => c.spec(&to).ok_or_else(|| self.changes_error(format!("key column {k}"))),
+                    _ => Err(self.changes_error(format!(
+                        "the chunk key column {k} is not in the new table, so a resumed copy cannot find its place; run `wraith run --fresh CONFIG`"
+                    ))),
+                }
+            })
+            .collect()
     }
 
     async fn fill_change_figures(&self, report: &mut TableReport, following: &Following) {
@@ -731,6 +1145,29 @@ impl TableRun<'_> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// Whether a rerun can continue from the checkpoint after `e` (else the
+/// shadow table and checkpoint are dropped, since nothing good can come of them).
+fn is_resumable(e: &RunError) -> bool {
+    match e {
+        RunError::Refused(_)
+        | RunError::Unsupported(_)
+        | RunError::Shadow(_)
+        | RunError::Checksum(_)
+        | RunError::Layout { .. }
+        | RunError::InvalidCheckpoint(_) => false,
+        RunError::Copy { source, .. } => {
+            !matches!(
+                source.as_ref(),
+                CopyError::Backend(b) if b.is_duplicate()
+            ) && !matches!(source.as_ref(), CopyError::Value { .. })
+        }
+        RunError::Changes { message, .. } => {
+            !message.contains("a statement changed the source table")
+        }
+        _ => true,
     }
 }
 

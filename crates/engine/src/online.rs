@@ -123,7 +123,7 @@ impl OnlineState {
         })
     }
 
-    fn fail(&self, e: String) {
+    pub(crate) fn fail(&self, e: String) {
         if let Ok(mut slot) = self.error.lock() {
             if slot.is_none() {
                 tracing::error!(error = %e, "change stream or applier failed");
@@ -151,6 +151,13 @@ impl OnlineState {
     /// Times the change buffer spilled to disk.
     pub fn spills(&self) -> u64 {
         self.buffer.lock().map(|b| b.spills).unwrap_or(0)
+    }
+
+    /// Where the stream starts (before any commit was seen).
+    pub fn set_position(&self, position: BinlogPosition) {
+        if let Ok(mut p) = self.position.lock() {
+            *p = Some(position);
+        }
     }
 
     pub fn position(&self) -> Option<BinlogPosition> {

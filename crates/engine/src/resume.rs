@@ -304,3 +304,58 @@ impl StatusReport {
         out
     }
 }
+
+/// Errors of `wraith status`.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Connection(String),
+}
+
+/// Reads the job's checkpoint and what the server says about resuming it.
+pub async fn status(config: &Config) -> Result<StatusReport, StatusError> {
+    let opts = crate::db::connection_opts(config.target()).map_err(StatusError::Connection)?;
+    let pool = crate::db::pool(opts, 2);
+    let store = open_store(config, &pool);
+    let key = job_key(config);
+    let checkpoint = store.load(&key).await?;
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context(|| format!("connecting to {}", config.target().describe()))?;
+    let oldest = oldest_binlog(&mut conn).await?;
+    let retention = binlog_retention(&mut conn).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let resumable = checkpoint
+        .iter()
+        .flat_map(|cp| cp.tables.iter())
+        .map(|t| {
+            let ok = match (&t.change_stream.position, &oldest) {
+                (Some(p), Some(o)) => wraith_checkpoints::compare_binlog_files(&p.file, o).is_ge(),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            (t.source.qualified_name(), ok)
+        })
+        .collect();
+    drop(conn);
+    let _ = pool.disconnect().await;
+    Ok(StatusReport {
+        job: key,
+        store: store.describe(),
+        age_secs: checkpoint
+            .as_ref()
+            .map(|c| now.saturating_sub(c.updated_at)),
+        checkpoint,
+        binlog_retention_secs: retention.map(|d| d.as_secs()),
+        oldest_binlog: oldest,
+        resumable,
+    })
+}

@@ -168,11 +168,18 @@ pub async fn restore_indexes(
         return Ok(());
     }
     let shadow = shadow_name(table);
+    // A resumed run may find some already built (the ALTER is atomic, the
+    // checkpoint after it may not have been written).
+    let existing = inspect_table(conn, target_schema, &shadow).await?;
     let adds: Vec<String> = plan
         .deferred_indexes
         .iter()
+        .filter(|i| !existing.indexes.iter().any(|e| e.name == i.name))
         .map(|i| format!("ADD {}", i.definition))
         .collect();
+    if adds.is_empty() {
+        return Ok(());
+    }
     conn.query_drop(format!(
         "ALTER TABLE {}.{} {}",
         quote_ident(target_schema),
