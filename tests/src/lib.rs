@@ -203,8 +203,12 @@ pub async fn wraith_with_config(args: &[&str], config: &str) -> Run {
     let path = dir.path().join("wraith.toml");
     std::fs::write(&path, config).expect("write config");
     let mut cmd = tokio::process::Command::new(wraith_bin());
-    cmd.args(args).arg(&path);
-    let out = cmd.output().await.expect("run wraith");
+    cmd.args(args).arg(&path).kill_on_drop(true);
+    // No test may hang CI: a run that takes this long has failed.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("wraith {args:?} did not finish within 300s"))
+        .expect("run wraith");
     Run::from(out)
 }
 
@@ -316,5 +320,12 @@ impl WraithChild {
             stdout: self.stdout.lock().expect("stdout").clone(),
             stderr: self.stderr(),
         }
+    }
+}
+
+impl WraithChild {
+    /// Whether the process has exited already.
+    pub fn try_finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }

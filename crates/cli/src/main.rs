@@ -277,7 +277,7 @@ async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome
         }
         Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
         Err(RunError::InvalidCheckpoint(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}: {e}", e.kind());
             Ok(Outcome::Refused)
         }
         Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),

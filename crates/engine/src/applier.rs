@@ -104,15 +104,23 @@ impl Applier {
             conn.query_drop(wraith_backend::sql::SESSION_SETUP)
                 .await
                 .context(|| "setting up an apply session".into())?;
+            // Each shard commits with a COMMIT of its own: a statement that a
+            // killed wraith left in flight then rolls back with its connection
+            // instead of landing after a resumed run has moved on.
+            conn.query_drop("SET autocommit = 0")
+                .await
+                .context(|| "setting up an apply session".into())?;
             self.conns.push(conn);
         }
         let target = &self.target;
-        let result = try_join_all(
-            shards
-                .into_iter()
-                .zip(self.conns.iter_mut())
-                .map(|(shard, conn)| apply_shard(conn, target, shard)),
-        )
+        let result = try_join_all(shards.into_iter().zip(self.conns.iter_mut()).map(
+            |(shard, conn)| async move {
+                apply_shard(conn, target, shard).await?;
+                conn.query_drop("COMMIT")
+                    .await
+                    .context(|| format!("committing changes to {}", target.display_name()))
+            },
+        ))
         .await;
         if result.is_err() {
             // A failed session may be mid-transaction or gone: start afresh next time.

@@ -148,6 +148,12 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
+    if !options.fresh {
+        if let Some(tables) = finish_interrupted_cutover(config).await? {
+            progress.set_state(State::Close);
+            return Ok(RunReport { tables });
+        }
+    }
     let report = preflight::run(config).await;
     if !report.passed() {
         return Err(RunError::Refused(Box::new(report)));
@@ -184,6 +190,84 @@ pub async fn run(
     let tables = result?;
     progress.set_state(State::Close);
     Ok(RunReport { tables })
+}
+
+/// A run killed during or after its cut-over: the source may already be the
+/// rebuilt table, so preflight's ALTER check would fail. Look at the tables
+/// first; when every table's swap has happened, finish the job here.
+async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableReport>>, RunError> {
+    let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let pool = db::pool(target_opts, 2);
+    let result = async {
+        let store = resume::open_store(config, &pool);
+        let key = resume::job_key(config);
+        let Some(task) = store.load(&key).await.map_err(RunError::Checkpoint)? else {
+            return Ok(None);
+        };
+        let mut reports = Vec::new();
+        for t in &config.tables {
+            let Some(tc) = task.table(&config.source.database, &t.name) else {
+                return Ok(None);
+            };
+            let done = match tc.stage() {
+                TableStage::CuttingOver => {
+                    cutover::resolve_interrupted(&pool, &config.source.database, &t.name).await?
+                        == CutoverState::Done
+                }
+                stage => stage >= TableStage::CutOver,
+            };
+            if !done {
+                return Ok(None);
+            }
+            reports.push(t.name.clone());
+        }
+        let mut conn = pool.get_conn().await.context(|| "connecting to the target".into())?;
+        let qs = quote_ident(&config.source.database);
+        for t in &config.tables {
+            if config.cutover.drop_old_table {
+                conn.query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(&shadow::old_name(&t.name))))
+                    .await
+                    .context(|| "dropping the old table".into())?;
+            }
+            let _ = std::fs::remove_dir_all(changes_dir(config, t));
+            let _ = std::fs::remove_dir_all(engines_dir(config, t));
+            eprintln!("{}: the interrupted run had cut over already; finished", t.name);
+        }
+        conn.query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(CHANGELOG_TABLE)))
+            .await
+            .context(|| "dropping the changelog table".into())?;
+        store.remove(&key).await.map_err(RunError::Checkpoint)?;
+        Ok(Some(
+            reports
+                .into_iter()
+                .map(|table| TableReport {
+                    shadow: shadow::shadow_name(&table),
+                    table,
+                    backend: config.copy.backend,
+                    rows_copied: 0,
+                    chunks: 0,
+                    engines: 0,
+                    copy_secs: 0.0,
+                    copy_rows_per_sec: 0.0,
+                    index_restore_secs: 0.0,
+                    checksum_rows: 0,
+                    checksum_secs: 0.0,
+                    changes_received: 0,
+                    changes_applied: 0,
+                    apply_changes_per_sec: 0.0,
+                    change_buffer_spills: 0,
+                    checksum_lock_ms: 0.0,
+                    cut_over: true,
+                    cutover_blocked_ms: None,
+                    cutover_attempts: None,
+                    total_secs: 0.0,
+                })
+                .collect(),
+        ))
+    }
+    .await;
+    let _ = pool.disconnect().await;
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -468,6 +552,18 @@ impl TableRun<'_> {
                 // Killed before the shadow table was recorded: it may be half made.
                 shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await?;
             }
+            // Record the table before making anything, so that a kill from here
+            // on finds a checkpoint that owns what it left.
+            let identity = resume::source_identity(&mut sconn, &old).await?;
+            let mut tc = TableCheckpoint::new(identity, String::new(), &self.table.alter);
+            tc.rows_total = old.estimated_rows;
+            self.checkpoint
+                .update(|task| {
+                    task.tables.retain(|t| t.source.table != tc.source.table || t.source.schema != tc.source.schema);
+                    task.tables.push(tc);
+                })
+                .await
+                .map_err(RunError::Checkpoint)?;
             let shadow = shadow::create(
                 &mut tconn,
                 self.source_schema(),
@@ -478,25 +574,27 @@ impl TableRun<'_> {
             )
             .await?;
             tracing::info!(table = %self.table.name, shadow = %shadow.name, "shadow table created");
-            let identity = resume::source_identity(&mut sconn, &old).await?;
-            let mut tc = TableCheckpoint::new(
-                identity,
-                resume::shadow_fingerprint(&shadow),
-                &self.table.alter,
-            );
-            tc.rows_total = old.estimated_rows;
+            let fingerprint = resume::shadow_fingerprint(&shadow);
+            let (schema, name) = (self.source_schema().to_string(), self.table.name.clone());
             self.checkpoint
                 .update(|task| {
-                    task.tables.retain(|t| {
-                        t.source.table != tc.source.table || t.source.schema != tc.source.schema
-                    });
-                    task.tables.push(tc);
+                    if let Some(t) = task.table_mut(&schema, &name) {
+                        t.shadow_fingerprint = fingerprint;
+                    }
                 })
                 .await
                 .map_err(RunError::Checkpoint)?;
             self.advance(TableStage::ShadowCreated).await?;
         } else {
             eprintln!("{}: resuming at stage {stage}", self.table.name);
+            // Whatever the killed run still had running must end before this
+            // run writes anything, or a late statement could undo newer work.
+            resume::wait_out_killed_writers(
+                &mut tconn,
+                self.target_schema(),
+                &shadow::shadow_name(&self.table.name),
+            )
+            .await?;
         }
 
         let outcome = self.online(&old, &mut sconn, saved.as_ref()).await;
@@ -533,9 +631,11 @@ impl TableRun<'_> {
         let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
         self.checkpoint
             .update(|task| {
-                task.table_mut(&schema, &table)
-                    .map(|t| t.advance(stage).map_err(|e| e.to_string()))
-                    .unwrap_or(Ok(()))
+                match task.table_mut(&schema, &table) {
+                    // A resumed run walks through stages it has passed already.
+                    Some(t) if t.stage() < stage => t.advance(stage).map_err(|e| e.to_string()),
+                    _ => Ok(()),
+                }
             })
             .await
             .map_err(RunError::Checkpoint)?
@@ -569,7 +669,8 @@ impl TableRun<'_> {
                         None => None,
                     };
                     t.change_stream.high_watermark = high.or(t.change_stream.low_watermark.clone());
-                    t.rows_copied = t.rows_copied.max(rows_copied);
+                    // Rows count as copied only with a frontier that says which.
+                    t.rows_copied = if t.change_stream.high_watermark.is_some() { rows_copied } else { 0 };
                 }
             })
             .await
@@ -749,7 +850,8 @@ impl TableRun<'_> {
         let shadow_name = shadow::shadow_name(&table.name);
 
         // Where the copy starts: after the saved low watermark of a resumed run.
-        let copy_needed = stage < TableStage::CopyDone;
+        let all_copied = saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
+        let copy_needed = stage < TableStage::CopyDone && !all_copied;
         let mut start_after = None;
         if copy_needed {
             let low = saved

@@ -209,6 +209,35 @@ pub async fn binlog_retention(conn: &mut Conn) -> Result<Option<Duration>, DbErr
     })
 }
 
+/// A killed run's last statements on the shadow table may still be running
+/// on the server (a statement fully sent runs even after its client died).
+/// Waits until none does, then passes a table-lock barrier, so nothing of the
+/// old run lands after the resumed run has cleaned up.
+pub async fn wait_out_killed_writers(conn: &mut Conn, schema: &str, shadow: &str) -> Result<(), DbError> {
+    let pattern = format!("%{shadow}%");
+    for _ in 0..300 {
+        let busy: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND INFO LIKE ? AND COMMAND <> 'Sleep'",
+                (&pattern,),
+            )
+            .await
+            .context(|| "looking for statements of a killed run".into())?;
+        if busy.unwrap_or(0) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let qt = format!("{}.{}", quote_ident(schema), quote_ident(shadow));
+    conn.query_drop(format!("LOCK TABLES {qt} WRITE"))
+        .await
+        .context(|| format!("waiting for statements on {shadow} to finish"))?;
+    conn.query_drop("UNLOCK TABLES")
+        .await
+        .context(|| "UNLOCK TABLES".into())
+}
+
 /// Deletes shadow rows above the low watermark (`low` = `None`: all rows):
 /// only the copy wrote there, and the resumed copy writes them again.
 pub async fn delete_above(

@@ -4,3 +4,4 @@
 mod copy;
 mod online;
 mod preflight;
+mod resume;

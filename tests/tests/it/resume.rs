@@ -1,0 +1,346 @@
+//! Resume: `wraith run` killed with SIGKILL at random moments under a write
+//! load, rerun until it finishes, ends with exact content; checkpoints that no
+//! longer fit are refused with their reason, and `--fresh` starts over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use rand::{Rng, SeedableRng};
+use wraith_engine::workload::{create_sysbench_table, Load, LoadConfig};
+use wraith_tests::{wraith_with_config, Schema, WraithChild};
+
+async fn sysbench_with_mirror(s: &Schema, rows: u64) {
+    let mut c = s.conn().await;
+    create_sysbench_table(&mut c, &s.name, "sbtest", rows).await.unwrap();
+    c.query_drop("CREATE TABLE mirror LIKE sbtest; INSERT INTO mirror SELECT * FROM sbtest")
+        .await
+        .unwrap();
+}
+
+fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String {
+    let sort_dir = std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name));
+    s.config(
+        "sbtest",
+        alter,
+        &format!(
+            "[copy]\nbackend = \"{backend}\"\nthreads = 2\ninitial_chunk_rows = 100\nchunk_target = \"20ms\"\n\n\
+             [local]\nsort_dir = {:?}\nengine_size = \"2MiB\"\n\n[checkpoint]\ninterval = \"200ms\"\n\n\
+             [cutover]\nlock_wait_timeout = \"1s\"\nretries = 10\n{extra_cutover}\n",
+            sort_dir.display().to_string()
+        ),
+    )
+}
+
+async fn assert_matches_mirror(s: &Schema) {
+    let mut c = s.conn().await;
+    let diff: Vec<(u64, String)> = c
+        .query(
+            "SELECT m.id, 'missing or different' FROM mirror m LEFT JOIN sbtest t ON t.id = m.id \
+               WHERE t.id IS NULL OR NOT (t.k <=> m.k AND BINARY t.c <=> BINARY m.c AND BINARY t.pad <=> BINARY m.pad) \
+             UNION ALL SELECT t.id, 'only in sbtest' FROM sbtest t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
+             LIMIT 20",
+        )
+        .await
+        .unwrap();
+    assert!(diff.is_empty(), "rebuilt table differs from the mirror: {diff:?}");
+    let n: Option<(u64, u64)> = c
+        .query_first("SELECT (SELECT COUNT(*) FROM sbtest), (SELECT COUNT(*) FROM mirror)")
+        .await
+        .unwrap();
+    let (a, b) = n.unwrap();
+    assert_eq!(a, b);
+}
+
+/// The state wraith was in when killed: the last `to=...` of its state log.
+fn last_state(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("to=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+        .last()
+        .unwrap_or_else(|| "Initial".into())
+}
+
+fn recopied(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("; ").nth(1))
+        .filter_map(|l| l.strip_suffix(" rows above it are copied again"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Keeps every run's log of a job in the temp dir, for replaying a failure.
+fn log_run(s: &Schema, attempt: u32, how: &str, stderr: &str) {
+    use std::io::Write as _;
+    let path = std::env::temp_dir().join(format!("wraith-kill-{}.log", s.name));
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "===== attempt {attempt} ({how})\n{stderr}");
+    }
+}
+
+/// Whether the job completed: swapped, and its checkpoint removed.
+async fn job_finished(s: &Schema) -> bool {
+    let mut c = s.conn().await;
+    let left: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM _wraith_checkpoint")
+        .await
+        .unwrap_or(Some(0));
+    left.unwrap_or(0) == 0 && s.table_exists("_sbtest_old").await && !s.table_exists("_sbtest_new").await
+}
+
+fn run_done() -> wraith_tests::Run {
+    wraith_tests::Run {
+        code: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+    }
+}
+
+/// States a kill may be aimed at: it lands right after wraith enters one.
+const KILL_STATES: [&str; 6] = [
+    "CopyRows",
+    "RestoreSecondaryIndexes",
+    "AnalyzeTable",
+    "Checksum",
+    "PostChecksum",
+    "CutOver",
+];
+
+#[tokio::test]
+async fn kill_nine_at_random_moments_then_resume_exact() {
+    let seed: u64 = std::env::var("WRAITH_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1)
+        });
+    eprintln!("kill -9 harness seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut states: BTreeMap<String, u32> = BTreeMap::new();
+    let mut total_kills = 0;
+    let mut total_recopied = 0;
+    let per_backend = 11;
+    for backend in ["sql", "local"] {
+        let mut kills = 0;
+        let mut job = 0;
+        while kills < per_backend {
+            job += 1;
+            assert!(job <= 30, "{backend}: {kills} kills after {job} jobs");
+            let s = Schema::new(&format!("rs_kill_{backend}_{job}")).await;
+            let rows = 60_000;
+            sysbench_with_mirror(&s, rows).await;
+            let load = Load::start(
+                s.pool.clone(),
+                LoadConfig {
+                    schema: s.name.clone(),
+                    table: "sbtest".into(),
+                    rate: 200,
+                    connections: 2,
+                    seed: seed + job,
+                    max_id: rows,
+                    change_keys: true,
+                    mirror: Some("mirror".into()),
+                    hot_keys: 0,
+                },
+            );
+            // Small chunks on one thread: a run lasts a few seconds, so kills land
+            // in every state.
+            let cfg = config(&s, backend, "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'", "")
+                .replace("threads = 2", "threads = 1")
+                .replace("chunk_target = \"20ms\"", "chunk_target = \"3ms\"");
+            let mut attempts = 0u32;
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("wraith-kill-{}.log", s.name)));
+            let finished = loop {
+                attempts += 1;
+                assert!(attempts < 30, "{backend}: no end after {attempts} runs");
+                let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+                if kills >= per_backend {
+                    break child.finish(Duration::from_secs(300)).await;
+                }
+                // Half the kills at a random moment, half right after a chosen state begins.
+                let aimed = rng.random_bool(0.5).then(|| KILL_STATES[rng.random_range(0..KILL_STATES.len())]);
+                let delay = Duration::from_millis(rng.random_range(0..700));
+                let started = std::time::Instant::now();
+                loop {
+                    if child.try_finished() {
+                        break;
+                    }
+                    let due = match aimed {
+                        Some(state) => child.stderr().contains(&format!("to={state}")),
+                        None => started.elapsed() >= delay,
+                    };
+                    if due {
+                        if aimed.is_some() {
+                            tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+                        }
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if child.try_finished() {
+                    break child.finish(Duration::from_secs(10)).await;
+                }
+                child.signal(libc::SIGKILL);
+                let run = child.finish(Duration::from_secs(10)).await;
+                log_run(&s, attempts, "killed", &run.stderr);
+                *states.entry(last_state(&run.stderr)).or_default() += 1;
+                total_recopied += recopied(&run.stderr);
+                kills += 1;
+                // Killed after the job had finished and removed its checkpoint:
+                // there is nothing left to resume.
+                if job_finished(&s).await {
+                    break run_done();
+                }
+            };
+            log_run(&s, attempts, "finished", &finished.stderr);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            load.stop().await;
+            assert_eq!(finished.code, 0, "{backend} (seed {seed}): {}", finished.output());
+            total_recopied += recopied(&finished.stderr);
+            assert_matches_mirror(&s).await;
+            assert!(s.table_exists("_sbtest_old").await, "{backend}: no cut-over");
+            assert!(!s.table_exists("_sbtest_new").await);
+            let mut c = s.conn().await;
+            let left: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM _wraith_checkpoint")
+                .await
+                .unwrap_or(Some(0));
+            assert_eq!(left.unwrap_or(0), 0, "{backend}: checkpoint left after the finished run");
+        }
+        total_kills += kills;
+    }
+    eprintln!(
+        "kill -9 harness (seed {seed}): {total_kills} kills, states at kill: {states:?}, rows copied again after resumes: {total_recopied} ({:.0} per kill)",
+        total_recopied as f64 / total_kills.max(1) as f64
+    );
+    assert!(total_kills >= 20, "only {total_kills} kills");
+}
+
+/// Starts a run that stops at the postponed cut-over, and kills it there.
+async fn killed_run(s: &Schema, cfg: &str) {
+    let mut child = WraithChild::spawn(&["run"], cfg);
+    child.wait_for("cut-over postponed", Duration::from_secs(120)).await;
+    child.signal(libc::SIGKILL);
+    child.finish(Duration::from_secs(10)).await;
+    assert!(s.table_exists("_sbtest_new").await);
+}
+
+#[tokio::test]
+async fn invalid_checkpoints_are_refused_and_fresh_recovers() {
+    let s = Schema::new("rs_invalid").await;
+    sysbench_with_mirror(&s, 3_000).await;
+    let flag = tempfile::NamedTempFile::new().unwrap();
+    let postpone = format!("postpone_flag_file = {:?}", flag.path().display().to_string());
+    let alter = "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'";
+    let cfg = config(&s, "sql", alter, &postpone);
+    killed_run(&s, &cfg).await;
+
+    // wraith status shows the resumable run.
+    let status = wraith_with_config(&["status"], &cfg).await;
+    assert_eq!(status.code, 0, "{}", status.output());
+    assert!(status.stderr.contains("resumable"), "{}", status.output());
+    assert!(status.stderr.contains("checksummed"), "{}", status.output());
+    let json = wraith_with_config(&["status", "--json"], &cfg).await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("status json");
+    assert!(v["checkpoint"]["migration_id"].is_string(), "{}", json.stdout);
+
+    // A changed ALTER.
+    let other = config(&s, "sql", "ADD COLUMN note VARCHAR(30) NOT NULL DEFAULT 'n'", &postpone);
+    let run = wraith_with_config(&["run"], &other).await;
+    assert_eq!(run.code, 3, "{}", run.output());
+    assert!(run.stderr.contains("MismatchedAlter"), "{}", run.output());
+    assert!(run.stderr.contains("--fresh"), "{}", run.output());
+
+    // An old checkpoint.
+    s.exec("UPDATE _wraith_checkpoint SET body = JSON_SET(body, '$.updated_at', 1000)").await;
+    let run = wraith_with_config(&["run"], &cfg).await;
+    assert_eq!(run.code, 3, "{}", run.output());
+    assert!(run.stderr.contains("CheckpointTooOld"), "{}", run.output());
+
+    // --fresh starts over and finishes.
+    drop(flag);
+    let run = wraith_with_config(&["run", "--fresh"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("--fresh: dropped _sbtest_new"), "{}", run.output());
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn a_recreated_source_table_collides_with_the_checkpoint() {
+    let s = Schema::new("rs_collide").await;
+    sysbench_with_mirror(&s, 2_000).await;
+    let flag = tempfile::NamedTempFile::new().unwrap();
+    let postpone = format!("postpone_flag_file = {:?}", flag.path().display().to_string());
+    let cfg = config(&s, "sql", "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'", &postpone);
+    killed_run(&s, &cfg).await;
+    s.exec("CREATE TABLE sb2 LIKE sbtest; INSERT INTO sb2 SELECT * FROM sbtest; DROP TABLE sbtest; RENAME TABLE sb2 TO sbtest")
+        .await;
+    let run = wraith_with_config(&["run"], &cfg).await;
+    assert_eq!(run.code, 3, "{}", run.output());
+    assert!(run.stderr.contains("CheckpointCollision"), "{}", run.output());
+    drop(flag);
+    let run = wraith_with_config(&["run", "--fresh"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn a_purged_binlog_position_is_refused() {
+    // Purging binlogs would break the other tests' streams: its own server.
+    let server = wraith_engine::scratch::ScratchServer::start(wraith_engine::scratch::ScratchOptions {
+        buffer_pool: "64M".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let s = Schema::on(&server, "rs_purged").await;
+    sysbench_with_mirror(&s, 2_000).await;
+    let flag = tempfile::NamedTempFile::new().unwrap();
+    let postpone = format!("postpone_flag_file = {:?}", flag.path().display().to_string());
+    let cfg = config(&s, "sql", "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'", &postpone);
+    killed_run(&s, &cfg).await;
+    let mut c = s.conn().await;
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+    let first: String = logs.first().and_then(|r| r.get(0)).unwrap();
+    let last: String = logs.last().and_then(|r| r.get(0)).unwrap();
+    // The killed run's dump thread may hold the old file open for a moment.
+    let mut purged = false;
+    for _ in 0..100 {
+        c.query_drop(format!("PURGE BINARY LOGS TO '{last}'")).await.unwrap();
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        if logs.first().and_then(|r| r.get::<String, _>(0)).as_deref() != Some(first.as_str()) {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged, "{first} could not be purged");
+    let run = wraith_with_config(&["run"], &cfg).await;
+    assert_eq!(run.code, 3, "{}", run.output());
+    assert!(run.stderr.contains("BinlogNotFound"), "{}", run.output());
+    drop(flag);
+    let run = wraith_with_config(&["run", "--fresh"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn a_failing_checkpoint_write_stops_the_run() {
+    let s = Schema::new("rs_cpfail").await;
+    sysbench_with_mirror(&s, 2_000).await;
+    let before = s.rows("sbtest").await;
+    // A directory that does not exist: nothing to load, and no save can succeed.
+    let path = std::path::Path::new("/nonexistent-wraith-dir/checkpoint.json");
+    let cfg = config(&s, "sql", "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'", "")
+        .replace("[checkpoint]\n", &format!("[checkpoint]\nstore = \"file\"\npath = {:?}\n", path.display().to_string()));
+    let run = wraith_with_config(&["run"], &cfg).await;
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("could not write the checkpoint"), "{}", run.output());
+    assert_eq!(before, s.rows("sbtest").await, "the source changed");
+    assert!(!s.table_exists("_sbtest_old").await);
+}
