@@ -201,6 +201,9 @@ pub struct ChangeStoreError {
     pub message: String,
 }
 
+/// A change with its sequence number (newer is larger).
+type Sequenced = (u64, Pending);
+
 /// A stored change: its sequence number (newer is larger), then the change.
 fn encode_pending(seq: u64, p: &Pending) -> Vec<u8> {
     let (tag, values) = match p {
@@ -291,7 +294,7 @@ impl ChangeStore {
         marks: &Watermarks,
         use_watermarks: bool,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, (u64, Pending))>, ChangeStoreError> {
+    ) -> Result<Vec<(Vec<u8>, Sequenced)>, ChangeStoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator(rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;

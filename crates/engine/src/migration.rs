@@ -221,21 +221,33 @@ async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableR
             }
             reports.push(t.name.clone());
         }
-        let mut conn = pool.get_conn().await.context(|| "connecting to the target".into())?;
+        let mut conn = pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
         let qs = quote_ident(&config.source.database);
         for t in &config.tables {
             if config.cutover.drop_old_table {
-                conn.query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(&shadow::old_name(&t.name))))
-                    .await
-                    .context(|| "dropping the old table".into())?;
+                conn.query_drop(format!(
+                    "DROP TABLE IF EXISTS {qs}.{}",
+                    quote_ident(&shadow::old_name(&t.name))
+                ))
+                .await
+                .context(|| "dropping the old table".into())?;
             }
             let _ = std::fs::remove_dir_all(changes_dir(config, t));
             let _ = std::fs::remove_dir_all(engines_dir(config, t));
-            eprintln!("{}: the interrupted run had cut over already; finished", t.name);
+            eprintln!(
+                "{}: the interrupted run had cut over already; finished",
+                t.name
+            );
         }
-        conn.query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(CHANGELOG_TABLE)))
-            .await
-            .context(|| "dropping the changelog table".into())?;
+        conn.query_drop(format!(
+            "DROP TABLE IF EXISTS {qs}.{}",
+            quote_ident(CHANGELOG_TABLE)
+        ))
+        .await
+        .context(|| "dropping the changelog table".into())?;
         store.remove(&key).await.map_err(RunError::Checkpoint)?;
         Ok(Some(
             reports
@@ -462,6 +474,8 @@ struct TableRun<'a> {
 /// The online machinery of one table, stopped on drop.
 struct Following {
     state: Arc<OnlineState>,
+    /// Where the change stream started (kept across resumes).
+    start: binlog::BinlogPosition,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -559,7 +573,9 @@ impl TableRun<'_> {
             tc.rows_total = old.estimated_rows;
             self.checkpoint
                 .update(|task| {
-                    task.tables.retain(|t| t.source.table != tc.source.table || t.source.schema != tc.source.schema);
+                    task.tables.retain(|t| {
+                        t.source.table != tc.source.table || t.source.schema != tc.source.schema
+                    });
                     task.tables.push(tc);
                 })
                 .await
@@ -642,11 +658,18 @@ impl TableRun<'_> {
             .map_err(|e| self.changes_error(format!("checkpoint: {e}")))
     }
 
-    /// Saves the copy's frontier and the change stream's durable position.
+    /// Saves the copy's frontier. The binlog position saved is where the
+    /// change stream started: a resumed run replays every change since then.
+    /// Replaying from the start is idempotent (the last image of a key wins)
+    /// and does not depend on which buffered changes were durable when the
+    /// process died; it costs re-reading the binlog since the start, which the
+    /// server must still have (else `BinlogNotFound`).
     async fn save_progress(&self, following: &Following, rows_copied: u64) -> Result<(), RunError> {
-        let position = following
+        let start = following.start.clone();
+        following
             .state
             .persist()
+            .await
             .map_err(|m| self.changes_error(m))?;
         let (low, high) = match following.state.marks.lock() {
             Ok(m) => (m.low(), m.high()),
@@ -656,13 +679,11 @@ impl TableRun<'_> {
         self.checkpoint
             .update(|task| {
                 if let Some(t) = task.table_mut(&schema, &table) {
-                    if let Some(p) = position {
-                        t.change_stream.position = Some(wraith_checkpoints::BinlogPosition {
-                            file: p.file,
-                            pos: p.pos,
-                            gtid: p.gtid,
-                        });
-                    }
+                    t.change_stream.position = Some(wraith_checkpoints::BinlogPosition {
+                        file: start.file,
+                        pos: start.pos,
+                        gtid: start.gtid,
+                    });
                     t.change_stream.low_watermark = match low {
                         Some(Some(k)) => Some(k),
                         Some(None) => Some(vec![0xFF]),
@@ -670,7 +691,11 @@ impl TableRun<'_> {
                     };
                     t.change_stream.high_watermark = high.or(t.change_stream.low_watermark.clone());
                     // Rows count as copied only with a frontier that says which.
-                    t.rows_copied = if t.change_stream.high_watermark.is_some() { rows_copied } else { 0 };
+                    t.rows_copied = if t.change_stream.high_watermark.is_some() {
+                        rows_copied
+                    } else {
+                        0
+                    };
                 }
             })
             .await
@@ -799,9 +824,10 @@ impl TableRun<'_> {
             self.source_schema(),
             &run_id,
         );
-        state.set_position(from);
+        state.set_position(from.clone());
         let (consumer, apply_loop) = online::spawn(state.clone(), stream);
         Ok(Following {
+            start: from,
             state,
             tasks: vec![consumer, apply_loop],
         })
@@ -850,7 +876,8 @@ impl TableRun<'_> {
         let shadow_name = shadow::shadow_name(&table.name);
 
         // Where the copy starts: after the saved low watermark of a resumed run.
-        let all_copied = saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
+        let all_copied =
+            saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
         let copy_needed = stage < TableStage::CopyDone && !all_copied;
         let mut start_after = None;
         if copy_needed {

@@ -253,7 +253,10 @@ impl OnlineState {
 
     /// Makes the buffer durable and returns the stream position it covers:
     /// every change before it is applied or stored on disk. For checkpoints.
-    pub fn persist(&self) -> Result<Option<BinlogPosition>, String> {
+    pub async fn persist(&self) -> Result<Option<BinlogPosition>, String> {
+        // No batch may be in flight: its changes have left memory but are not
+        // yet in the shadow table.
+        let _applying = self.applier.lock().await;
         let mut buffer = self
             .buffer
             .lock()

@@ -213,7 +213,11 @@ pub async fn binlog_retention(conn: &mut Conn) -> Result<Option<Duration>, DbErr
 /// on the server (a statement fully sent runs even after its client died).
 /// Waits until none does, then passes a table-lock barrier, so nothing of the
 /// old run lands after the resumed run has cleaned up.
-pub async fn wait_out_killed_writers(conn: &mut Conn, schema: &str, shadow: &str) -> Result<(), DbError> {
+pub async fn wait_out_killed_writers(
+    conn: &mut Conn,
+    schema: &str,
+    shadow: &str,
+) -> Result<(), DbError> {
     let pattern = format!("%{shadow}%");
     for _ in 0..300 {
         let busy: Option<u64> = conn

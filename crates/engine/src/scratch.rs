@@ -127,9 +127,11 @@ impl ScratchServer {
     /// Starts a server and waits until it answers. Blocking.
     pub fn start(opts: ScratchOptions) -> Result<ScratchServer, ScratchError> {
         let server = find_binary(&["mariadbd", "mysqld"]).ok_or(ScratchError::NoServerBinary)?;
+        remove_stale_datadirs();
         let dir = tempfile::Builder::new()
             .prefix("wraith-scratch-")
             .tempdir()?;
+        register_for_exit_cleanup(dir.path());
         let datadir = dir.path().join("data");
         install_datadir(&server, &datadir)?;
 
@@ -160,7 +162,7 @@ impl ScratchServer {
                 .arg("--local-infile=1")
                 .arg("--secure-file-priv=")
                 .arg(format!("--innodb-buffer-pool-size={}", opts.buffer_pool))
-                .arg("--innodb-log-file-size=256M")
+                .arg("--innodb-log-file-size=64M")
                 .arg("--innodb-flush-log-at-trx-commit=2")
                 .arg("--max-connections=500")
                 .arg("--skip-name-resolve");
@@ -303,6 +305,71 @@ fn wait_ready(
             });
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Datadirs of scratch servers whose process is gone (a test binary keeps its
+/// server in a static, which is never dropped; a killed process drops
+/// nothing). Removed before a new server starts, so they never pile up.
+fn remove_stale_datadirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_scratch = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("wraith-scratch-"));
+        if !is_scratch {
+            continue;
+        }
+        let alive = std::fs::read_to_string(path.join("server.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(120));
+        // A dir without a pid file may be a server still starting: leave young ones.
+        if !alive && !young {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Datadirs to delete when the process exits normally.
+static EXIT_CLEANUP: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn cleanup_at_exit() {
+    if let Ok(dirs) = EXIT_CLEANUP.lock() {
+        for dir in dirs.iter() {
+            if let Ok(pid) = std::fs::read_to_string(dir.join("server.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: signalling the scratch server this process started.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn register_for_exit_cleanup(dir: &Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(cleanup_at_exit);
+        }
+    });
+    if let Ok(mut dirs) = EXIT_CLEANUP.lock() {
+        dirs.push(dir.to_path_buf());
     }
 }
 
