@@ -329,3 +329,48 @@ impl WraithChild {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
+
+/// Creates a sysbench-like `sbtest` with `rows` rows and an identical `mirror`:
+/// a load that writes both in the same transactions makes `mirror` the oracle
+/// of what `sbtest` must contain after a rebuild.
+pub async fn sysbench_with_mirror(s: &Schema, rows: u64) {
+    let mut c = s.conn().await;
+    wraith_engine::workload::create_sysbench_table(&mut c, &s.name, "sbtest", rows)
+        .await
+        .expect("create sbtest");
+    c.query_drop("CREATE TABLE mirror LIKE sbtest; INSERT INTO mirror SELECT * FROM sbtest")
+        .await
+        .expect("create mirror");
+}
+
+/// `sbtest` (rebuilt, with `note` added) equals `mirror` on the old columns.
+pub async fn assert_matches_mirror(s: &Schema) {
+    assert_table_matches_mirror(s, "sbtest").await
+}
+
+pub async fn assert_table_matches_mirror(s: &Schema, table: &str) {
+    let mut c = s.conn().await;
+    let diff: Vec<(u64, String)> = c
+        .query(
+            format!("SELECT m.id, 'missing or different in {table}' FROM mirror m LEFT JOIN {table} t ON t.id = m.id \
+               WHERE t.id IS NULL OR NOT (t.k <=> m.k AND BINARY t.c <=> BINARY m.c AND BINARY t.pad <=> BINARY m.pad) \
+             UNION ALL \
+             SELECT t.id, 'only in {table}' FROM {table} t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
+             LIMIT 20"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        diff.is_empty(),
+        "rebuilt table differs from the mirror: {diff:?}"
+    );
+    let counts: Option<(u64, u64)> = c
+        .query_first(format!(
+            "SELECT (SELECT COUNT(*) FROM {table}), (SELECT COUNT(*) FROM mirror)"
+        ))
+        .await
+        .unwrap();
+    let (a, b) = counts.unwrap();
+    assert_eq!(a, b);
+    assert!(a > 0);
+}

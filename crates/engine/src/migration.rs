@@ -107,6 +107,34 @@ pub struct TableReport {
     pub total_secs: f64,
 }
 
+impl TableReport {
+    /// The report of a table a resumed run found already finished.
+    fn already_done(table: &str, backend: BackendKind, cut_over: bool) -> TableReport {
+        TableReport {
+            table: table.to_string(),
+            shadow: shadow::shadow_name(table),
+            backend,
+            rows_copied: 0,
+            chunks: 0,
+            engines: 0,
+            copy_secs: 0.0,
+            copy_rows_per_sec: 0.0,
+            index_restore_secs: 0.0,
+            checksum_rows: 0,
+            checksum_secs: 0.0,
+            changes_received: 0,
+            changes_applied: 0,
+            apply_changes_per_sec: 0.0,
+            change_buffer_spills: 0,
+            checksum_lock_ms: 0.0,
+            cut_over,
+            cutover_blocked_ms: None,
+            cutover_attempts: None,
+            total_secs: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub tables: Vec<TableReport>,
@@ -252,28 +280,7 @@ async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableR
         Ok(Some(
             reports
                 .into_iter()
-                .map(|table| TableReport {
-                    shadow: shadow::shadow_name(&table),
-                    table,
-                    backend: config.copy.backend,
-                    rows_copied: 0,
-                    chunks: 0,
-                    engines: 0,
-                    copy_secs: 0.0,
-                    copy_rows_per_sec: 0.0,
-                    index_restore_secs: 0.0,
-                    checksum_rows: 0,
-                    checksum_secs: 0.0,
-                    changes_received: 0,
-                    changes_applied: 0,
-                    apply_changes_per_sec: 0.0,
-                    change_buffer_spills: 0,
-                    checksum_lock_ms: 0.0,
-                    cut_over: true,
-                    cutover_blocked_ms: None,
-                    cutover_attempts: None,
-                    total_secs: 0.0,
-                })
+                .map(|table| TableReport::already_done(&table, config.copy.backend, true))
                 .collect(),
         ))
     }
@@ -703,28 +710,11 @@ impl TableRun<'_> {
     }
 
     fn finished_report(&self, _old: &TableInfo, stage: TableStage) -> TableReport {
-        TableReport {
-            table: self.table.name.clone(),
-            shadow: shadow::shadow_name(&self.table.name),
-            backend: self.plan.backend,
-            rows_copied: 0,
-            chunks: 0,
-            engines: 0,
-            copy_secs: 0.0,
-            copy_rows_per_sec: 0.0,
-            index_restore_secs: 0.0,
-            checksum_rows: 0,
-            checksum_secs: 0.0,
-            changes_received: 0,
-            changes_applied: 0,
-            apply_changes_per_sec: 0.0,
-            change_buffer_spills: 0,
-            checksum_lock_ms: 0.0,
-            cut_over: stage >= TableStage::CuttingOver,
-            cutover_blocked_ms: None,
-            cutover_attempts: None,
-            total_secs: 0.0,
-        }
+        TableReport::already_done(
+            &self.table.name,
+            self.plan.backend,
+            stage >= TableStage::CuttingOver,
+        )
     }
 
     async fn start_following(

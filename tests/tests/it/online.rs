@@ -6,20 +6,12 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use wraith_engine::workload::{create_sysbench_table, Load, LoadConfig};
-use wraith_tests::{Schema, WraithChild};
+use wraith_engine::workload::{Load, LoadConfig};
+use wraith_tests::{
+    assert_matches_mirror, assert_table_matches_mirror, sysbench_with_mirror, Schema, WraithChild,
+};
 
 const SEEDS: [u64; 2] = [7, 1234];
-
-async fn sysbench_with_mirror(s: &Schema, rows: u64) {
-    let mut c = s.conn().await;
-    create_sysbench_table(&mut c, &s.name, "sbtest", rows)
-        .await
-        .unwrap();
-    c.query_drop("CREATE TABLE mirror LIKE sbtest; INSERT INTO mirror SELECT * FROM sbtest")
-        .await
-        .unwrap();
-}
 
 fn load(s: &Schema, rows: u64, seed: u64, rate: u32) -> Load {
     Load::start(
@@ -49,38 +41,6 @@ fn online_config(s: &Schema, backend: &str, alter: &str, extra: &str) -> String 
             sort_dir.display().to_string()
         ),
     )
-}
-
-/// `sbtest` (rebuilt, with `note` added) equals `mirror` on the old columns.
-async fn assert_matches_mirror(s: &Schema) {
-    assert_table_matches_mirror(s, "sbtest").await
-}
-
-async fn assert_table_matches_mirror(s: &Schema, table: &str) {
-    let mut c = s.conn().await;
-    let diff: Vec<(u64, String)> = c
-        .query(
-            format!("SELECT m.id, 'missing or different in {table}' FROM mirror m LEFT JOIN {table} t ON t.id = m.id \
-               WHERE t.id IS NULL OR NOT (t.k <=> m.k AND BINARY t.c <=> BINARY m.c AND BINARY t.pad <=> BINARY m.pad) \
-             UNION ALL \
-             SELECT t.id, 'only in {table}' FROM {table} t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
-             LIMIT 20"),
-        )
-        .await
-        .unwrap();
-    assert!(
-        diff.is_empty(),
-        "rebuilt table differs from the mirror: {diff:?}"
-    );
-    let counts: Option<(u64, u64)> = c
-        .query_first(format!(
-            "SELECT (SELECT COUNT(*) FROM {table}), (SELECT COUNT(*) FROM mirror)"
-        ))
-        .await
-        .unwrap();
-    let (a, b) = counts.unwrap();
-    assert_eq!(a, b);
-    assert!(a > 0);
 }
 
 async fn note_column_exists(s: &Schema) -> bool {

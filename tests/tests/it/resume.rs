@@ -7,18 +7,10 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
-use wraith_engine::workload::{create_sysbench_table, Load, LoadConfig};
-use wraith_tests::{wraith_with_config, Schema, WraithChild};
-
-async fn sysbench_with_mirror(s: &Schema, rows: u64) {
-    let mut c = s.conn().await;
-    create_sysbench_table(&mut c, &s.name, "sbtest", rows)
-        .await
-        .unwrap();
-    c.query_drop("CREATE TABLE mirror LIKE sbtest; INSERT INTO mirror SELECT * FROM sbtest")
-        .await
-        .unwrap();
-}
+use wraith_engine::workload::{Load, LoadConfig};
+use wraith_tests::{
+    assert_matches_mirror, sysbench_with_mirror, wraith_with_config, Schema, WraithChild,
+};
 
 fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String {
     let sort_dir = std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name));
@@ -32,29 +24,6 @@ fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String
             sort_dir.display().to_string()
         ),
     )
-}
-
-async fn assert_matches_mirror(s: &Schema) {
-    let mut c = s.conn().await;
-    let diff: Vec<(u64, String)> = c
-        .query(
-            "SELECT m.id, 'missing or different' FROM mirror m LEFT JOIN sbtest t ON t.id = m.id \
-               WHERE t.id IS NULL OR NOT (t.k <=> m.k AND BINARY t.c <=> BINARY m.c AND BINARY t.pad <=> BINARY m.pad) \
-             UNION ALL SELECT t.id, 'only in sbtest' FROM sbtest t LEFT JOIN mirror m ON m.id = t.id WHERE m.id IS NULL \
-             LIMIT 20",
-        )
-        .await
-        .unwrap();
-    assert!(
-        diff.is_empty(),
-        "rebuilt table differs from the mirror: {diff:?}"
-    );
-    let n: Option<(u64, u64)> = c
-        .query_first("SELECT (SELECT COUNT(*) FROM sbtest), (SELECT COUNT(*) FROM mirror)")
-        .await
-        .unwrap();
-    let (a, b) = n.unwrap();
-    assert_eq!(a, b);
 }
 
 /// The state wraith was in when killed: the last `to=...` of its state log.
