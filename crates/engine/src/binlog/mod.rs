@@ -927,7 +927,8 @@ impl ChangeStream {
             &self.cfg.watched_table,
         ) {
             let position = self.boundary.clone();
-            tracing::warn!("DDL on {} at {position}: {sql}", self.table_label());
+            // The caller decides what this means (the cut-over's own RENAME is expected).
+            tracing::info!("DDL on {} at {position}: {sql}", self.table_label());
             let statement = sql.into_owned();
             self.queue.push_back(Item::Ddl {
                 statement: statement.clone(),
