@@ -374,3 +374,27 @@ pub async fn assert_table_matches_mirror(s: &Schema, table: &str) {
     assert_eq!(a, b);
     assert!(a > 0);
 }
+
+/// A file that holds a run before its cut-over while it exists, through
+/// `[cutover] postpone_flag_file`; dropping it lets the cut-over go.
+pub struct PostponeFlag(tempfile::NamedTempFile);
+
+impl PostponeFlag {
+    pub fn new() -> PostponeFlag {
+        PostponeFlag(tempfile::NamedTempFile::new().expect("flag file"))
+    }
+
+    /// The `[cutover]` line that names this flag file.
+    pub fn setting(&self) -> String {
+        format!(
+            "postpone_flag_file = {:?}",
+            self.0.path().display().to_string()
+        )
+    }
+}
+
+impl Default for PostponeFlag {
+    fn default() -> Self {
+        PostponeFlag::new()
+    }
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use wraith_engine::workload::{Load, LoadConfig};
 use wraith_tests::{
-    assert_matches_mirror, assert_table_matches_mirror, sysbench_with_mirror, Schema, WraithChild,
+    assert_matches_mirror, assert_table_matches_mirror, sysbench_with_mirror, PostponeFlag, Schema,
+    WraithChild,
 };
 
 const SEEDS: [u64; 2] = [7, 1234];
@@ -41,6 +42,23 @@ fn online_config(s: &Schema, backend: &str, alter: &str, extra: &str) -> String 
             sort_dir.display().to_string()
         ),
     )
+}
+
+/// Starts `wraith <args>` adding a column, held before its cut-over by a
+/// flag file; returns once it says so. Dropping the flag lets it cut over.
+async fn spawn_postponed(s: &Schema, backend: &str, args: &[&str]) -> (WraithChild, PostponeFlag) {
+    let flag = PostponeFlag::new();
+    let cfg = online_config(
+        s,
+        backend,
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+        &flag.setting(),
+    );
+    let mut child = WraithChild::spawn(args, &cfg);
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(120))
+        .await;
+    (child, flag)
 }
 
 async fn note_column_exists(s: &Schema) -> bool {
@@ -123,20 +141,7 @@ async fn hot_keys_are_deduplicated() {
             hot_keys: 5,
         },
     );
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let cfg = online_config(
-        &s,
-        "sql",
-        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
-        &format!(
-            "postpone_flag_file = {:?}",
-            flag.path().display().to_string()
-        ),
-    );
-    let mut child = WraithChild::spawn(&["run", "--json"], &cfg);
-    child
-        .wait_for("cut-over postponed", Duration::from_secs(120))
-        .await;
+    let (child, flag) = spawn_postponed(&s, "sql", &["run", "--json"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats = load.stop().await;
     drop(flag);
@@ -158,20 +163,7 @@ async fn hot_keys_are_deduplicated() {
 async fn postpone_flag_holds_the_cut_over() {
     let s = Schema::new("on_postpone").await;
     sysbench_with_mirror(&s, 5_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let cfg = online_config(
-        &s,
-        "sql",
-        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
-        &format!(
-            "postpone_flag_file = {:?}",
-            flag.path().display().to_string()
-        ),
-    );
-    let mut child = WraithChild::spawn(&["run"], &cfg);
-    child
-        .wait_for("cut-over postponed", Duration::from_secs(120))
-        .await;
+    let (child, flag) = spawn_postponed(&s, "sql", &["run"]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !note_column_exists(&s).await,
@@ -193,20 +185,7 @@ async fn postpone_flag_holds_the_cut_over() {
 async fn cut_over_waits_out_a_long_transaction_then_succeeds() {
     let s = Schema::new("on_longtx").await;
     sysbench_with_mirror(&s, 5_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let cfg = online_config(
-        &s,
-        "sql",
-        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
-        &format!(
-            "postpone_flag_file = {:?}",
-            flag.path().display().to_string()
-        ),
-    );
-    let mut child = WraithChild::spawn(&["run", "--json"], &cfg);
-    child
-        .wait_for("cut-over postponed", Duration::from_secs(120))
-        .await;
+    let (mut child, flag) = spawn_postponed(&s, "sql", &["run", "--json"]).await;
     // A transaction that holds a metadata lock on sbtest.
     let mut holder = s.conn().await;
     holder
@@ -236,20 +215,7 @@ async fn cut_over_waits_out_a_long_transaction_then_succeeds() {
 async fn ddl_on_the_source_stops_the_run() {
     let s = Schema::new("on_ddl").await;
     sysbench_with_mirror(&s, 5_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let cfg = online_config(
-        &s,
-        "sql",
-        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
-        &format!(
-            "postpone_flag_file = {:?}",
-            flag.path().display().to_string()
-        ),
-    );
-    let mut child = WraithChild::spawn(&["run"], &cfg);
-    child
-        .wait_for("cut-over postponed", Duration::from_secs(120))
-        .await;
+    let (child, _flag) = spawn_postponed(&s, "sql", &["run"]).await;
     let before = s.rows("sbtest").await;
     s.exec("ALTER TABLE sbtest ADD COLUMN other INT").await;
     let run = child.finish(Duration::from_secs(60)).await;
@@ -281,20 +247,7 @@ async fn killed_binlog_connection_is_reconnected_and_exact() {
     let rows = 20_000;
     sysbench_with_mirror(&s, rows).await;
     let load = load(&s, rows, 99, 300);
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let cfg = online_config(
-        &s,
-        "local",
-        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
-        &format!(
-            "postpone_flag_file = {:?}",
-            flag.path().display().to_string()
-        ),
-    );
-    let mut child = WraithChild::spawn(&["run"], &cfg);
-    child
-        .wait_for("cut-over postponed", Duration::from_secs(120))
-        .await;
+    let (child, flag) = spawn_postponed(&s, "local", &["run"]).await;
     let mut c = s.conn().await;
     let dumps: Vec<u64> = c
         .query("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")

@@ -9,7 +9,8 @@ use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
 use wraith_engine::workload::{Load, LoadConfig};
 use wraith_tests::{
-    assert_matches_mirror, sysbench_with_mirror, wraith_with_config, Schema, WraithChild,
+    assert_matches_mirror, sysbench_with_mirror, wraith_with_config, PostponeFlag, Schema,
+    WraithChild,
 };
 
 fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String {
@@ -236,11 +237,8 @@ async fn killed_run(s: &Schema, cfg: &str) {
 async fn invalid_checkpoints_are_refused_and_fresh_recovers() {
     let s = Schema::new("rs_invalid").await;
     sysbench_with_mirror(&s, 3_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let postpone = format!(
-        "postpone_flag_file = {:?}",
-        flag.path().display().to_string()
-    );
+    let flag = PostponeFlag::new();
+    let postpone = flag.setting();
     let alter = "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'";
     let cfg = config(&s, "sql", alter, &postpone);
     killed_run(&s, &cfg).await;
@@ -293,11 +291,8 @@ async fn invalid_checkpoints_are_refused_and_fresh_recovers() {
 async fn a_recreated_source_table_collides_with_the_checkpoint() {
     let s = Schema::new("rs_collide").await;
     sysbench_with_mirror(&s, 2_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let postpone = format!(
-        "postpone_flag_file = {:?}",
-        flag.path().display().to_string()
-    );
+    let flag = PostponeFlag::new();
+    let postpone = flag.setting();
     let cfg = config(
         &s,
         "sql",
@@ -331,11 +326,8 @@ async fn a_purged_binlog_position_is_refused() {
         .unwrap();
     let s = Schema::on(&server, "rs_purged").await;
     sysbench_with_mirror(&s, 2_000).await;
-    let flag = tempfile::NamedTempFile::new().unwrap();
-    let postpone = format!(
-        "postpone_flag_file = {:?}",
-        flag.path().display().to_string()
-    );
+    let flag = PostponeFlag::new();
+    let postpone = flag.setting();
     let cfg = config(
         &s,
         "sql",
