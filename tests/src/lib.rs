@@ -360,6 +360,11 @@ pub async fn assert_table_matches_mirror(s: &Schema, table: &str) {
         )
         .await
         .unwrap();
+    // For debugging a divergence: keep the scratch server (and its binlog) up.
+    if !diff.is_empty() && std::env::var_os("WRAITH_TEST_HOLD").is_some() {
+        eprintln!("HOLD: port {} schema {} diff {diff:?}", s.port, s.name);
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
     assert!(
         diff.is_empty(),
         "rebuilt table differs from the mirror: {diff:?}"

@@ -278,7 +278,11 @@ impl SourceIdentity {
         if known_differ(&self.gtid_domain, &other.gtid_domain) {
             out.push("gtid_domain");
         }
-        if known_differ(&self.create_time, &other.create_time) {
+        // The table id is never reused, so when both are known it alone
+        // decides; CREATE_TIME also moves when the table file is renamed (a
+        // RENAME that failed and was undone, as in an aborted cut-over).
+        let ids_known = self.table_id.is_some() && other.table_id.is_some();
+        if !ids_known && known_differ(&self.create_time, &other.create_time) {
             out.push("create_time");
         }
         if known_differ(&self.table_id, &other.table_id) {
@@ -809,8 +813,12 @@ mod tests {
         let mut b = SourceIdentity::named("db", "t");
         assert!(a.differences(&b).is_empty());
         b.create_time = Some("2025-01-01 00:00:00".into());
+        assert_eq!(a.differences(&b), vec!["create_time"]);
         b.table_id = Some(43);
-        assert_eq!(a.differences(&b), vec!["create_time", "table_id"]);
+        assert_eq!(a.differences(&b), vec!["table_id"]);
+        // Same table id: a moved CREATE_TIME is the same table.
+        b.table_id = Some(42);
+        assert!(a.differences(&b).is_empty());
         assert_eq!(
             a.to_string(),
             "db.t (server 3e11fa47-71ca-11e1-9e33-c80aa9429562, created 2024-01-02 03:04:05, table id 42)"

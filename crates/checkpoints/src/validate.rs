@@ -613,7 +613,7 @@ mod tests {
         let err = check(&cp, &current).unwrap_err();
         assert_eq!(err.kind(), "CheckpointCollision");
         let msg = err.to_string();
-        assert!(msg.contains("(create_time, table_id differ)"), "{msg}");
+        assert!(msg.contains("(table_id differs)"), "{msg}");
         assert!(msg.contains("dropped and"), "{msg}");
 
         // Another server.

@@ -397,6 +397,7 @@ async fn start_over(
             }
         }
         shadow::drop_shadow(conn, &config.target().database, &t.name).await?;
+        cutover::drop_markers(conn, &config.source.database, &t.name).await?;
         let _ = std::fs::remove_dir_all(changes_dir(config, t));
         let _ = std::fs::remove_dir_all(engines_dir(config, t));
         eprintln!(

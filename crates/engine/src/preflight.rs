@@ -129,6 +129,10 @@ pub fn render_plan(p: &TablePlan) -> String {
     out
 }
 
+/// Comment of the throwaway check table, so a leftover of a killed check is
+/// known to be wraith's.
+const CHECK_TABLE_MARK: &str = "wraith: throwaway preflight check table";
+
 /// Name of the throwaway table preflight applies the ALTER to.
 pub fn check_table_name(table: &str) -> String {
     format!("_{table}_chk")
@@ -495,6 +499,24 @@ async fn check_table(
         );
         return Ok(());
     }
+    // The names wraith gives its tables must fit the server's 64 characters.
+    let helper_names = [
+        crate::shadow::shadow_name(&table.name),
+        crate::shadow::old_name(&table.name),
+        crate::cutover::sentry_name(&table.name),
+        crate::cutover::swap_name(&table.name),
+    ];
+    if let Some(long) = helper_names.iter().find(|n| n.chars().count() > 64) {
+        report.fail(
+            &name,
+            format!(
+                "the name {long} that wraith needs for {} is longer than 64 characters",
+                table.name
+            ),
+            "rename the table to a shorter name first (at most 49 characters)",
+        );
+        return Ok(());
+    }
     let old = inspect_table(conn, schema, &table.name).await?;
     report.ok(
         &name,
@@ -627,9 +649,15 @@ pub async fn apply_alter_to_copy(
     let qs = quote_ident(&old.schema);
     let qcheck = format!("{qs}.{}", quote_ident(&check));
     if table_exists(conn, &old.schema, &check).await? {
-        return Ok(Err(format!(
-            "a table {check} already exists (left by an interrupted check?); drop it with DROP TABLE {qcheck}"
-        )));
+        if !leftover_check_table(conn, old, &check).await? {
+            return Ok(Err(format!(
+                "a table {check} already exists and is not an empty leftover of wraith's check; rename or drop it (DROP TABLE {qcheck})"
+            )));
+        }
+        tracing::info!(table = %check, "dropping the empty check table an interrupted run left");
+        conn.query_drop(format!("DROP TABLE IF EXISTS {qcheck}"))
+            .await
+            .context(|| format!("dropping the leftover {check}"))?;
     }
     conn.query_drop(format!(
         "CREATE TABLE {qcheck} LIKE {qs}.{}",
@@ -637,6 +665,12 @@ pub async fn apply_alter_to_copy(
     ))
     .await
     .context(|| format!("creating the throwaway copy {check}"))?;
+    // The mark lets a later check know a leftover is wraith's to drop.
+    conn.query_drop(format!(
+        "ALTER TABLE {qcheck} COMMENT = '{CHECK_TABLE_MARK}'"
+    ))
+    .await
+    .context(|| format!("marking the throwaway copy {check}"))?;
     let altered = conn
         .query_drop(format!("ALTER TABLE {qcheck} {alter}"))
         .await;
@@ -664,6 +698,58 @@ pub async fn apply_alter_to_copy(
         }
         Err(msg) => Ok(Err(msg)),
     }
+}
+
+/// Whether an existing `check` table is what a killed check leaves: empty,
+/// and either marked as wraith's or still a bare copy of the source's
+/// definition (killed between `CREATE … LIKE` and the mark). Dropping such a
+/// table loses nothing, whoever made it.
+async fn leftover_check_table(
+    conn: &mut Conn,
+    old: &TableInfo,
+    check: &str,
+) -> Result<bool, DbError> {
+    let qs = quote_ident(&old.schema);
+    let qcheck = format!("{qs}.{}", quote_ident(check));
+    let has_rows: Option<u8> = conn
+        .query_first(format!("SELECT 1 FROM {qcheck} LIMIT 1"))
+        .await
+        .context(|| format!("reading {check}"))?;
+    if has_rows.is_some() {
+        return Ok(false);
+    }
+    let comment: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (&old.schema, check),
+        )
+        .await
+        .context(|| format!("reading the comment of {check}"))?;
+    if comment.as_deref() == Some(CHECK_TABLE_MARK) {
+        return Ok(true);
+    }
+    let definition = |name: &str| format!("SHOW CREATE TABLE {qs}.{}", quote_ident(name));
+    let leftover: Option<(String, String)> = conn
+        .query_first(definition(check))
+        .await
+        .context(|| format!("reading the definition of {check}"))?;
+    let source: Option<(String, String)> = conn
+        .query_first(definition(&old.name))
+        .await
+        .context(|| format!("reading the definition of {}", old.name))?;
+    // The definition after the name, without the AUTO_INCREMENT counter
+    // (a copy made by LIKE starts it afresh).
+    let body = |d: Option<(String, String)>| {
+        d.and_then(|(_, sql)| {
+            sql.split_once('(').map(|(_, rest)| {
+                rest.split(' ')
+                    .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+    };
+    Ok(matches!((body(leftover), body(source)), (Some(a), Some(b)) if a == b))
 }
 
 #[cfg(test)]

@@ -209,6 +209,9 @@ async fn cut_over_waits_out_a_long_transaction_then_succeeds() {
     assert!(report["tables"][0]["cutover_attempts"].as_u64().unwrap() >= 2);
     assert!(note_column_exists(&s).await);
     assert_matches_mirror(&s).await;
+    for marker in ["sbtest_wraith_sentry", "sbtest_wraith_swap"] {
+        assert!(!s.table_exists(marker).await, "{marker} left behind");
+    }
 }
 
 #[tokio::test]

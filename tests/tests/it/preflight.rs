@@ -1,5 +1,6 @@
 //! `wraith check`: refusals against real server states, and the plan.
 
+use mysql_async::prelude::Queryable;
 use wraith_tests::{misconfigured_server, wraith_with_config, Schema};
 
 const SBTEST: &str = "CREATE TABLE sbtest (id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
@@ -311,4 +312,31 @@ async fn rename_without_alter_support_is_refused() {
         &["c is renamed to c_new, but the new table has no column c_new"],
     )
     .await;
+}
+
+/// A check killed mid-way leaves `_t_chk`: an empty copy of the source's
+/// definition is dropped by the next check; one holding rows is someone's
+/// data and is refused, untouched.
+#[tokio::test]
+async fn leftover_check_table_is_dropped_only_when_empty_and_wraiths() {
+    let s = Schema::new("pf_leftover").await;
+    s.exec(SBTEST).await;
+    s.exec("CREATE TABLE _sbtest_chk LIKE sbtest").await;
+    let cfg = s.config("sbtest", "ADD COLUMN note INT", "");
+    let run = wraith_with_config(&["check"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!s.table_exists("_sbtest_chk").await);
+
+    s.exec("CREATE TABLE _sbtest_chk LIKE sbtest; INSERT INTO _sbtest_chk (k) VALUES (7)")
+        .await;
+    let run = wraith_with_config(&["check"], &cfg).await;
+    assert_eq!(run.code, 3, "{}", run.output());
+    assert!(
+        run.stderr.contains("_sbtest_chk already exists") && run.stderr.contains("fix:"),
+        "{}",
+        run.output()
+    );
+    let mut c = s.conn().await;
+    let kept: Vec<i32> = c.query("SELECT k FROM _sbtest_chk").await.unwrap();
+    assert_eq!(kept, vec![7], "the leftover with rows was changed");
 }

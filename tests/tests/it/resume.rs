@@ -79,14 +79,19 @@ fn run_done() -> wraith_tests::Run {
     }
 }
 
-/// States a kill may be aimed at: it lands right after wraith enters one.
-/// Only the copy for now: resuming after a kill in a later state (index
-/// restore, checksum, cut-over) still fails its checksum now and then, which
-/// is an open bug (wraith stops safely there; the run does not finish).
-const KILL_STATES: [&str; 1] = ["CopyRows"];
+/// States a kill may be aimed at: it lands right after wraith enters one
+/// (the local backend imports engines during CopyRows).
+const KILL_STATES: [&str; 6] = [
+    "CopyRows",
+    "RestoreSecondaryIndexes",
+    "AnalyzeTable",
+    "Checksum",
+    "PostChecksum",
+    "CutOver",
+];
 
 #[tokio::test]
-async fn kill_nine_during_the_copy_then_resume_exact() {
+async fn kill_nine_in_every_state_then_resume_exact() {
     let seed: u64 = std::env::var("WRAITH_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -202,6 +207,12 @@ async fn kill_nine_during_the_copy_then_resume_exact() {
                 "{backend}: no cut-over"
             );
             assert!(!s.table_exists("_sbtest_new").await);
+            for marker in ["sbtest_wraith_sentry", "sbtest_wraith_swap", "_sbtest_chk"] {
+                assert!(
+                    !s.table_exists(marker).await,
+                    "{backend}: {marker} left behind"
+                );
+            }
             let mut c = s.conn().await;
             let left: Option<u64> = c
                 .query_first("SELECT COUNT(*) FROM _wraith_checkpoint")
