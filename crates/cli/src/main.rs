@@ -79,6 +79,8 @@ pub enum Outcome {
 pub enum Failure {
     Config(String),
     Runtime(anyhow::Error),
+    /// A runtime failure whose message was printed already.
+    Reported,
 }
 
 impl From<anyhow::Error> for Failure {
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+        Err(Failure::Reported) => ExitCode::from(1),
     }
 }
 
@@ -280,6 +283,19 @@ async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome
             eprintln!("error: {}: {e}", e.kind());
             Ok(Outcome::Refused)
         }
-        Err(e) => Err(Failure::Runtime(anyhow::Error::new(e))),
+        Err(e) => {
+            // Run errors carry their causes in their messages.
+            eprintln!("error: {e}");
+            if matches!(e, RunError::Interrupted { .. }) {
+            } else if e.is_resumable() {
+                eprintln!(
+                    "the source table is untouched; the shadow table and the checkpoint are kept: \
+                     fix the cause, then run `wraith run CONFIG` again to resume (`wraith status CONFIG` shows where)"
+                );
+            } else {
+                eprintln!("the source table is untouched; this run cannot be resumed");
+            }
+            Err(Failure::Reported)
+        }
     }
 }

@@ -1270,12 +1270,19 @@ impl TableRun<'_> {
 
 /// Whether a rerun can continue from the checkpoint after `e` (else the
 /// shadow table and checkpoint are dropped, since nothing good can come of them).
+impl RunError {
+    /// Whether a rerun with the same config resumes from the checkpoint (the
+    /// shadow table, engines and change store were kept).
+    pub fn is_resumable(&self) -> bool {
+        is_resumable(self)
+    }
+}
+
 fn is_resumable(e: &RunError) -> bool {
     match e {
         RunError::Refused(_)
         | RunError::Unsupported(_)
-        | RunError::Shadow(_)
-        | RunError::Checksum(_)
+        | RunError::Shadow(ShadowError::Exists { .. })
         | RunError::Layout { .. }
         | RunError::InvalidCheckpoint(_) => false,
         RunError::Copy { source, .. } => {
@@ -1284,6 +1291,9 @@ fn is_resumable(e: &RunError) -> bool {
                 CopyError::Backend(b) if b.is_duplicate()
             ) && !matches!(source.as_ref(), CopyError::Value { .. })
         }
+        // A lost connection during the checksum is worth resuming; a
+        // mismatch is not: the shadow is wrong, so it is rebuilt from scratch.
+        RunError::Checksum(c) => matches!(c, ChecksumError::Db(_)),
         RunError::Changes { message, .. } => {
             !message.contains("a statement changed the source table")
         }

@@ -72,6 +72,7 @@ pub struct ScratchServer {
     dir: tempfile::TempDir,
     child: Child,
     flavor_binary: PathBuf,
+    opts: ScratchOptions,
 }
 
 fn find_binary(names: &[&str]) -> Option<PathBuf> {
@@ -132,6 +133,9 @@ impl ScratchServer {
             .prefix("wraith-scratch-")
             .tempdir()?;
         register_for_exit_cleanup(dir.path());
+        // The owner's pid keeps the datadir from looking stale while the
+        // server is down for a restart.
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())?;
         let datadir = dir.path().join("data");
         install_datadir(&server, &datadir)?;
 
@@ -141,41 +145,7 @@ impl ScratchServer {
             let port = free_port()?;
             let log = dir.path().join("server.err");
             let _ = std::fs::remove_file(&log);
-            let mut cmd = Command::new(&server);
-            cmd.arg("--no-defaults")
-                .arg(format!("--datadir={}", datadir.display()))
-                .arg(format!("--port={port}"))
-                .arg(format!(
-                    "--socket={}",
-                    dir.path().join("mysql.sock").display()
-                ))
-                .arg("--bind-address=127.0.0.1")
-                .arg(format!(
-                    "--pid-file={}",
-                    dir.path().join("server.pid").display()
-                ))
-                .arg(format!("--log-error={}", log.display()))
-                .arg("--log-bin=binlog")
-                .arg(format!("--binlog-format={}", opts.binlog_format))
-                .arg(format!("--binlog-row-image={}", opts.binlog_row_image))
-                .arg("--server-id=1")
-                .arg("--local-infile=1")
-                .arg("--secure-file-priv=")
-                .arg(format!("--innodb-buffer-pool-size={}", opts.buffer_pool))
-                .arg("--innodb-log-file-size=64M")
-                .arg("--innodb-flush-log-at-trx-commit=2")
-                .arg("--max-connections=500")
-                .arg("--skip-name-resolve");
-            if is_mariadb(&server) {
-                cmd.arg("--binlog-row-metadata=FULL");
-            }
-            if running_as_root() {
-                cmd.arg("--user=root");
-            }
-            cmd.args(&opts.extra_args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            let cmd = server_command(&server, dir.path(), port, &opts);
             let mut child = spawn_tied_to_process(cmd)?;
             let socket = dir.path().join("mysql.sock");
             match wait_ready(&mut child, port, &socket, opts.start_timeout, &log) {
@@ -185,6 +155,7 @@ impl ScratchServer {
                         dir,
                         child,
                         flavor_binary: server.clone(),
+                        opts,
                     };
                     scratch.bootstrap_users()?;
                     tracing::info!(port, datadir = %datadir.display(), "scratch server started");
@@ -225,6 +196,31 @@ impl ScratchServer {
                 output: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
+        Ok(())
+    }
+
+    /// Stops the server cleanly (SIGTERM, as a service manager would), keeps
+    /// it down for `down`, then starts it again on the same datadir and port.
+    /// Blocking. For tests of what clients do when their server goes away.
+    pub fn restart(&mut self, down: Duration) -> Result<(), ScratchError> {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait()?;
+        std::thread::sleep(down);
+        let log = self.dir.path().join("server.err");
+        let cmd = server_command(&self.flavor_binary, self.dir.path(), self.port, &self.opts);
+        self.child = spawn_tied_to_process(cmd)?;
+        let socket = self.socket();
+        wait_ready(
+            &mut self.child,
+            self.port,
+            &socket,
+            self.opts.start_timeout,
+            &log,
+        )?;
+        tracing::info!(port = self.port, "scratch server restarted");
         Ok(())
     }
 
@@ -277,6 +273,42 @@ impl Drop for ScratchServer {
     }
 }
 
+/// The server's command line: its own datadir, socket, pid file and port.
+fn server_command(server: &Path, dir: &Path, port: u16, opts: &ScratchOptions) -> Command {
+    let datadir = dir.join("data");
+    let log = dir.join("server.err");
+    let mut cmd = Command::new(server);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", dir.join("mysql.sock").display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--pid-file={}", dir.join("server.pid").display()))
+        .arg(format!("--log-error={}", log.display()))
+        .arg("--log-bin=binlog")
+        .arg(format!("--binlog-format={}", opts.binlog_format))
+        .arg(format!("--binlog-row-image={}", opts.binlog_row_image))
+        .arg("--server-id=1")
+        .arg("--local-infile=1")
+        .arg("--secure-file-priv=")
+        .arg(format!("--innodb-buffer-pool-size={}", opts.buffer_pool))
+        .arg("--innodb-log-file-size=64M")
+        .arg("--innodb-flush-log-at-trx-commit=2")
+        .arg("--max-connections=500")
+        .arg("--skip-name-resolve");
+    if is_mariadb(server) {
+        cmd.arg("--binlog-row-metadata=FULL");
+    }
+    if running_as_root() {
+        cmd.arg("--user=root");
+    }
+    cmd.args(&opts.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 fn wait_ready(
     child: &mut Child,
     port: u16,
@@ -323,11 +355,14 @@ fn remove_stale_datadirs() {
         if !is_scratch {
             continue;
         }
-        let alive = std::fs::read_to_string(path.join("server.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        let process_alive = |file: &str| {
+            std::fs::read_to_string(path.join(file))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                // SAFETY: kill with signal 0 only checks that the process exists.
+                .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+        };
+        let alive = process_alive("server.pid") || process_alive("owner.pid");
         let young = entry
             .metadata()
             .and_then(|m| m.modified())

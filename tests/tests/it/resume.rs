@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
+use wraith_engine::scratch::{ScratchOptions, ScratchServer};
 use wraith_engine::workload::{Load, LoadConfig};
 use wraith_tests::{
     assert_matches_mirror, sysbench_with_mirror, wraith_with_config, PostponeFlag, Schema,
@@ -403,4 +404,81 @@ async fn a_failing_checkpoint_write_stops_the_run() {
     );
     assert_eq!(before, s.rows("sbtest").await, "the source changed");
     assert!(!s.table_exists("_sbtest_old").await);
+}
+
+/// The server is stopped cleanly and started again on the same datadir while
+/// `wraith run` copies under a write load. wraith either rides it out or
+/// stops with an error that says the source is untouched and how to resume;
+/// reruns then finish, and the content is exact. Both backends.
+#[tokio::test]
+async fn a_server_restart_mid_run_then_rerun_is_exact() {
+    let mut server = tokio::task::spawn_blocking(|| {
+        ScratchServer::start(ScratchOptions {
+            buffer_pool: "128M".into(),
+            ..ScratchOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+    .expect("a server of its own to restart");
+    for backend in ["sql", "local"] {
+        let s = Schema::on(&server, &format!("rs_restart_{backend}")).await;
+        let rows = 60_000;
+        sysbench_with_mirror(&s, rows).await;
+        let load = Load::start(
+            s.pool.clone(),
+            LoadConfig {
+                schema: s.name.clone(),
+                table: "sbtest".into(),
+                rate: 100,
+                connections: 2,
+                seed: 7,
+                max_id: rows,
+                change_keys: true,
+                mirror: Some("mirror".into()),
+                hot_keys: 0,
+            },
+        );
+        let cfg = config(
+            &s,
+            backend,
+            "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+            "",
+        )
+        .replace("threads = 2", "threads = 1")
+        .replace("chunk_target = \"20ms\"", "chunk_target = \"1ms\"")
+        .replace("initial_chunk_rows = 100", "initial_chunk_rows = 50");
+        let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+        child.wait_for("to=CopyRows", Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server = tokio::task::spawn_blocking(move || {
+            server
+                .restart(Duration::from_secs(2))
+                .expect("restart the scratch server");
+            server
+        })
+        .await
+        .unwrap();
+        let mut run = child.finish(Duration::from_secs(300)).await;
+        let mut reruns = 0;
+        while run.code != 0 {
+            assert_eq!(run.code, 1, "{backend}: {}", run.output());
+            assert!(
+                run.stderr.contains("untouched") || run.stderr.contains("resume"),
+                "{backend}: the error does not say the source is safe or how to go on:\n{}",
+                run.output()
+            );
+            reruns += 1;
+            assert!(reruns <= 3, "{backend}: no end after {reruns} reruns");
+            run = wraith_with_config(&["run"], &cfg).await;
+        }
+        eprintln!("{backend}: finished after {reruns} reruns");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        load.stop().await;
+        assert_matches_mirror(&s).await;
+        assert!(
+            s.table_exists("_sbtest_old").await,
+            "{backend}: no cut-over"
+        );
+    }
 }
