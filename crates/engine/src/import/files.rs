@@ -75,6 +75,11 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     pi == p.len()
 }
 
+/// How a file is compressed, from its name.
+pub fn compression_of(name: &str) -> FileCompression {
+    split_compression(name).1
+}
+
 fn split_compression(name: &str) -> (&str, FileCompression) {
     if let Some(b) = name.strip_suffix(".gz") {
         (b, FileCompression::Gzip)

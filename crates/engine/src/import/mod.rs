@@ -466,7 +466,15 @@ async fn create_tables(
         if table_exists(c, db, table).await? {
             continue;
         }
-        let text = std::fs::read(path).map_err(|e| ImportError::io("reading", path, e))?;
+        let name = path.display().to_string();
+        let text = region::read_small_file(&DataFile {
+            compression: files::compression_of(&name),
+            name,
+            path: path.clone(),
+            table: table.clone(),
+            format: ImportFormat::Sql,
+            size: 0,
+        })?;
         let text = String::from_utf8(text).map_err(|_| {
             ImportError::Plan(format!(
                 "schema file {} is not UTF-8 text; create table {table} yourself and set create_tables = false",

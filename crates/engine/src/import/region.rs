@@ -191,6 +191,15 @@ pub fn plan_regions(reader: &FileReader, region_size: u64) -> Result<Vec<(u64, u
     Ok(regions)
 }
 
+/// The whole (decompressed) content of a small file, e.g. a schema file.
+pub fn read_small_file(file: &DataFile) -> Result<Vec<u8>, ImportError> {
+    let mut out = Vec::new();
+    open_stream(file)?
+        .read_to_end(&mut out)
+        .map_err(|e| ImportError::io("reading", &file.path, e))?;
+    Ok(out)
+}
+
 /// The first row of a CSV file: its header's column names.
 pub fn read_header(file: &DataFile, dialect: &CsvDialect) -> Result<Vec<String>, ImportError> {
     let mut head = Vec::new();
