@@ -14,8 +14,7 @@ use wraith_engine::import::{run_import, ImportError, ImportProgress, PROGRESS_IN
 use crate::{Failure, Outcome};
 
 pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> {
-    let config =
-        ImportJobConfig::load(config_path).map_err(|e| Failure::Config(e.to_string()))?;
+    let config = ImportJobConfig::load(config_path).map_err(|e| Failure::Config(e.to_string()))?;
     let progress = Arc::new(ImportProgress::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -38,7 +37,11 @@ pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> 
             );
             bar
         });
-        let interval = if tty { Duration::from_millis(200) } else { PROGRESS_INTERVAL };
+        let interval = if tty {
+            Duration::from_millis(200)
+        } else {
+            PROGRESS_INTERVAL
+        };
         loop {
             tokio::select! {
                 _ = &mut done_rx => break,
@@ -101,7 +104,8 @@ pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> 
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| Failure::Runtime(e.into()))?
                 );
             }
             Ok(Outcome::Done)

@@ -96,7 +96,11 @@ fn mariadb_dump(db: &str, table: &str, dir: &Path) {
             .args(["--user", "root", flag, db, table])
             .output()
             .expect("mariadb-dump");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(dir.join(format!("{db}.{table}{suffix}")), out.stdout).expect("write dump");
     }
 }
@@ -145,17 +149,34 @@ async fn compressed_and_chunked_mydumper_output() {
         .expect("sbtest");
     drop(c);
     let dir = tempfile::tempdir().expect("tempdir");
-    mydumper(&src.name, "sbtest", dir.path(), &["--rows=7000", "--compress"]);
+    mydumper(
+        &src.name,
+        "sbtest",
+        dir.path(),
+        &["--rows=7000", "--compress"],
+    );
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().filter(|n| n.ends_with(".sql.gz")).count() > 2, "{names:?}");
+    assert!(
+        names.iter().filter(|n| n.ends_with(".sql.gz")).count() > 2,
+        "{names:?}"
+    );
     let dst = Schema::new("imp_mydumper_chunks_dst").await;
     let report = import_ok(&import_config(&dst, dir.path(), "backend = \"local\"", "")).await;
-    assert!(report["tables"][0]["files"].as_u64().unwrap() > 2, "{report}");
-    assert_eq!(hex_rows(&src, "sbtest").await, hex_rows(&dst, "sbtest").await);
+    assert!(
+        report["tables"][0]["files"].as_u64().unwrap() > 2,
+        "{report}"
+    );
+    assert_eq!(
+        hex_rows(&src, "sbtest").await,
+        hex_rows(&dst, "sbtest").await
+    );
 }
+
+/// id, hex of a, hex of b (None for NULL).
+type ExpectedRow<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
@@ -172,7 +193,7 @@ async fn csv_edge_cases_with_both_backends() {
         4,\"\",\"\\N\"\r\n\
         5,\xF0\x9F\x98\x80 ok,\"\xF0\x9D\x84\x9E\"\r\n\
         6,tab\\there,\"cr\rinside\"";
-    let want: Vec<(i64, Option<&[u8]>, Option<&[u8]>)> = vec![
+    let want: Vec<ExpectedRow<'_>> = vec![
         (1, Some(b"x,y"), Some(b"line1\nline2")),
         (2, Some(b"say \"hi\""), Some(b"back\"slash\\")),
         (3, None, Some(b"")),
@@ -208,7 +229,9 @@ async fn csv_edge_cases_with_both_backends() {
         for table in ["edge", "edge2"] {
             let mut c = s.conn().await;
             let rows: Vec<(i64, Option<String>, Option<String>)> = c
-                .query(format!("SELECT id, HEX(a), HEX(b) FROM {table} ORDER BY id"))
+                .query(format!(
+                    "SELECT id, HEX(a), HEX(b) FROM {table} ORDER BY id"
+                ))
                 .await
                 .unwrap();
             let expected: Vec<(i64, Option<String>, Option<String>)> = want
@@ -264,13 +287,18 @@ fn write_big_csv(path: &Path, rows: u64) {
     f.flush().unwrap();
 }
 
-const BIG_TABLE: &str = "CREATE TABLE big (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, k INT NOT NULL, \
+const BIG_TABLE: &str =
+    "CREATE TABLE big (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, k INT NOT NULL, \
     c VARCHAR(200) NOT NULL, pad CHAR(60) NOT NULL, KEY k_1 (k))";
 
 async fn check_big(s: &Schema, rows: u64) {
     let mut c = s.conn().await;
     let (n, bad): (u64, u64) = c.query_first(BIG_CHECK).await.unwrap().unwrap();
-    assert_eq!((n, bad), (rows, 0), "rows in big, rows that differ from the generator");
+    assert_eq!(
+        (n, bad),
+        (rows, 0),
+        "rows in big, rows that differ from the generator"
+    );
 }
 
 #[tokio::test]
@@ -314,7 +342,8 @@ async fn duplicates_across_files_follow_on_duplicate() {
     ];
     for (mode, backend, want) in cases {
         let s = Schema::new(&format!("imp_dup_{mode}_{backend}")).await;
-        s.exec("CREATE TABLE dup (id INT PRIMARY KEY, v VARCHAR(5))").await;
+        s.exec("CREATE TABLE dup (id INT PRIMARY KEY, v VARCHAR(5))")
+            .await;
         let cfg = import_config(
             &s,
             dir.path(),
@@ -369,7 +398,10 @@ async fn kill_nine_during_an_import_then_rerun_is_exact() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         child.signal(libc::SIGKILL);
         let killed = child.finish(Duration::from_secs(30)).await;
-        assert_ne!(killed.code, 0, "{backend}: the import finished before the kill");
+        assert_ne!(
+            killed.code, 0,
+            "{backend}: the import finished before the kill"
+        );
         let report = import_ok(&cfg).await;
         assert_eq!(report["resumed"], true, "{report}");
         assert!(
@@ -384,9 +416,24 @@ async fn kill_nine_during_an_import_then_rerun_is_exact() {
 #[tokio::test]
 async fn malformed_input_names_file_offset_and_line() {
     let cases: [(&str, &str, &[u8], &str); 4] = [
-        ("bad_quote", "t.csv", b"id,v\n1,a\n2,\"open\n3,c\n", "t.csv: byte offset 11, line 3"),
-        ("columns", "t.csv", b"id,v\n1,a\n2,b,extra\n", "t.csv: byte offset 9, line 3"),
-        ("number", "t.csv", b"id,v\n1,a\n2x,b\n", "t.csv: byte offset 9, line 3"),
+        (
+            "bad_quote",
+            "t.csv",
+            b"id,v\n1,a\n2,\"open\n3,c\n",
+            "t.csv: byte offset 11, line 3",
+        ),
+        (
+            "columns",
+            "t.csv",
+            b"id,v\n1,a\n2,b,extra\n",
+            "t.csv: byte offset 9, line 3",
+        ),
+        (
+            "number",
+            "t.csv",
+            b"id,v\n1,a\n2x,b\n",
+            "t.csv: byte offset 9, line 3",
+        ),
         (
             "sql",
             "db.t.sql",
@@ -398,9 +445,14 @@ async fn malformed_input_names_file_offset_and_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(file), body).unwrap();
         let s = Schema::new(&format!("imp_bad_{name}")).await;
-        s.exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))").await;
+        s.exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))")
+            .await;
         let run = wraith_with_config(&["import"], &import_config(&s, dir.path(), "", "")).await;
         assert_eq!(run.code, 1, "{name}: {}", run.output());
-        assert!(run.stderr.contains(want), "{name}: want {want:?} in\n{}", run.output());
+        assert!(
+            run.stderr.contains(want),
+            "{name}: want {want:?} in\n{}",
+            run.output()
+        );
     }
 }

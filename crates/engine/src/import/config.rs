@@ -295,7 +295,9 @@ impl ImportJobConfig {
         }
         if let Some(cols) = &c.columns {
             if cols.is_empty() {
-                return Err("[import.csv] columns is empty; list the columns or leave it out".into());
+                return Err(
+                    "[import.csv] columns is empty; list the columns or leave it out".into(),
+                );
             }
             for col in cols {
                 check_identifier("[import.csv] columns entry", col)?;
@@ -321,7 +323,8 @@ impl ImportJobConfig {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "[target]\nuser = \"root\"\ndatabase = \"app\"\n\n[import]\ndir = \"/tmp/dump\"\n";
+    const GOOD: &str =
+        "[target]\nuser = \"root\"\ndatabase = \"app\"\n\n[import]\ndir = \"/tmp/dump\"\n";
 
     #[test]
     fn defaults_fill_in() {

@@ -318,7 +318,11 @@ mod tests {
         let r = rows("1,a\r\n2,\"b\"\r\n3,c", &d).unwrap();
         assert_eq!(
             r,
-            vec![vec![t("1"), t("a")], vec![t("2"), t("b")], vec![t("3"), t("c")]]
+            vec![
+                vec![t("1"), t("a")],
+                vec![t("2"), t("b")],
+                vec![t("3"), t("c")]
+            ]
         );
         assert_eq!(rows("", &d).unwrap().len(), 0);
         assert_eq!(rows("1,\n", &d).unwrap(), vec![vec![t("1"), t("")]]);

@@ -107,7 +107,11 @@ fn format_of_extension(base: &str) -> Option<(ImportFormat, &str)> {
 /// The table of a file named the mydumper way, from its stem (no extension).
 fn table_of_stem(stem: &str) -> Option<String> {
     let mut parts: Vec<&str> = stem.split('.').collect();
-    if parts.len() > 1 && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit())) {
+    if parts.len() > 1
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+    {
         parts.pop();
     }
     let table = match parts.len() {
@@ -266,7 +270,10 @@ mod tests {
         );
         assert_eq!(l.data[1].compression, FileCompression::Zstd);
         assert!(l.schemas.contains_key("t"));
-        assert_eq!(l.skipped, vec!["README", "db-schema-create.sql", "metadata"]);
+        assert_eq!(
+            l.skipped,
+            vec!["README", "db-schema-create.sql", "metadata"]
+        );
         cfg.mappings.clear();
         assert_eq!(discover(&cfg).unwrap().skipped.len(), 4);
     }

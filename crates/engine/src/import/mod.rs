@@ -415,7 +415,17 @@ async fn run_inner(
         if *stop.borrow() {
             return Err(ImportError::Interrupted);
         }
-        let report = finish_table(cfg, db, pool, t, backend.clone(), &checkpointer, &progress, resumed_regions.get(&t.name).copied().unwrap_or(0)).await?;
+        let report = finish_table(
+            cfg,
+            db,
+            pool,
+            t,
+            backend.clone(),
+            &checkpointer,
+            &progress,
+            resumed_regions.get(&t.name).copied().unwrap_or(0),
+        )
+        .await?;
         reports.push(report);
     }
     if let Some(b) = &backend {
@@ -426,7 +436,11 @@ async fn run_inner(
     if backend_kind == BackendKind::Sql {
         let mut c = conn(pool).await?;
         c.exec_drop(
-            format!("DELETE FROM {}.{} WHERE job = ?", quote_ident(db), quote_ident(REGIONS_TABLE)),
+            format!(
+                "DELETE FROM {}.{} WHERE job = ?",
+                quote_ident(db),
+                quote_ident(REGIONS_TABLE)
+            ),
             (job_key(cfg),),
         )
         .await
@@ -445,7 +459,11 @@ async fn run_inner(
         max_concurrent_regions: max_concurrent,
         rows,
         elapsed_secs: elapsed,
-        rows_per_sec: if elapsed > 0.0 { rows as f64 / elapsed } else { 0.0 },
+        rows_per_sec: if elapsed > 0.0 {
+            rows as f64 / elapsed
+        } else {
+            0.0
+        },
         resumed,
     })
 }
@@ -590,9 +608,9 @@ async fn plan_tables(
                 None
             };
             if let Some(cols) = &csv_columns {
-                shape.specs_of(cols).map_err(|m| {
-                    ImportError::Plan(format!("{}: {m}", f.name))
-                })?;
+                shape
+                    .specs_of(cols)
+                    .map_err(|m| ImportError::Plan(format!("{}: {m}", f.name)))?;
             }
             readers.push(Arc::new(FileReader {
                 file: f,
@@ -628,7 +646,11 @@ fn resolve_backend(cfg: &ImportJobConfig, tables: &[TablePlan], total_bytes: u64
     }
 }
 
-fn import_fingerprint(cfg: &ImportJobConfig, listing: &DumpListing, backend: BackendKind) -> String {
+fn import_fingerprint(
+    cfg: &ImportJobConfig,
+    listing: &DumpListing,
+    backend: BackendKind,
+) -> String {
     let files: Vec<String> = listing
         .data
         .iter()
@@ -680,20 +702,30 @@ async fn new_task(
         use rayon::prelude::*;
         readers
             .par_iter()
-            .map(|r| region::plan_regions(r, region_size).map(|regions| (r.file.name.clone(), regions)))
+            .map(|r| {
+                region::plan_regions(r, region_size).map(|regions| (r.file.name.clone(), regions))
+            })
             .collect::<Result<Vec<_>, ImportError>>()
     })
     .await
     .map_err(|e| ImportError::Worker(e.to_string()))??;
     let regions_of: HashMap<String, Vec<(u64, u64)>> = planned.into_iter().collect();
-    let mut task = TaskCheckpoint::new(env!("CARGO_PKG_VERSION"), fingerprint, std::time::SystemTime::now());
+    let mut task = TaskCheckpoint::new(
+        env!("CARGO_PKG_VERSION"),
+        fingerprint,
+        std::time::SystemTime::now(),
+    );
     let mut next_id = 0u64;
     for t in tables.iter() {
         let mut tc = TableCheckpoint::new(SourceIdentity::named(db, &t.name), "import", "IMPORT");
         let uuid = engine_uuid(&engine_table_name(db, &t.name), 0);
         let mut engine = EngineCheckpoint::new(uuid, 0);
         for r in &t.readers {
-            for &(s, e) in regions_of.get(&r.file.name).map(Vec::as_slice).unwrap_or(&[]) {
+            for &(s, e) in regions_of
+                .get(&r.file.name)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
                 let mut ch = ChunkCheckpoint::new(next_id, None, None);
                 ch.file = Some(r.file.name.clone());
                 ch.offset_range = Some((s, e));
@@ -734,7 +766,10 @@ async fn adopt_committed_regions(
     let mut c = conn(pool).await?;
     let rows: Vec<(u64, u64)> = c
         .exec(
-            format!("SELECT chunk, rows_written FROM {} WHERE job = ?", quote_ident(REGIONS_TABLE)),
+            format!(
+                "SELECT chunk, rows_written FROM {} WHERE job = ?",
+                quote_ident(REGIONS_TABLE)
+            ),
             (job.as_bytes(),),
         )
         .await
@@ -774,7 +809,9 @@ async fn defer_indexes(
     let mut c = conn(pool).await?;
     for t in tables {
         let snapshot = checkpointer.snapshot().await;
-        let Some(tc) = snapshot.table(db, &t.name) else { continue };
+        let Some(tc) = snapshot.table(db, &t.name) else {
+            continue;
+        };
         if tc.stage() >= TableStage::Copying {
             continue;
         }
@@ -784,7 +821,9 @@ async fn defer_indexes(
                 .info
                 .indexes
                 .iter()
-                .filter(|i| !i.primary && !i.unique && i.kind == "BTREE" && !i.definition.is_empty())
+                .filter(|i| {
+                    !i.primary && !i.unique && i.kind == "BTREE" && !i.definition.is_empty()
+                })
                 .map(|i| i.definition.clone())
                 .collect();
             if !defs.is_empty() {
@@ -891,9 +930,16 @@ async fn load_regions(
                 let (Some(file), Some((start, end))) = (&ch.file, ch.offset_range) else {
                     continue;
                 };
-                let reader = t.readers.iter().find(|r| &r.file.name == file).cloned().ok_or_else(|| {
-                    ImportError::Refused(format!("the checkpoint names file {file}, which is gone"))
-                })?;
+                let reader = t
+                    .readers
+                    .iter()
+                    .find(|r| &r.file.name == file)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ImportError::Refused(format!(
+                            "the checkpoint names file {file}, which is gone"
+                        ))
+                    })?;
                 queue.push_back(Work {
                     table: ti,
                     chunk_id: ch.id,
@@ -906,7 +952,8 @@ async fn load_regions(
                 pending = true;
             }
         }
-        let needs_engine = engine_cp.is_some_and(|e| e.status() < EngineStatus::Closed) && tc.stage() < TableStage::CopyDone;
+        let needs_engine = engine_cp.is_some_and(|e| e.status() < EngineStatus::Closed)
+            && tc.stage() < TableStage::CopyDone;
         engines.push(match (&manager, needs_engine || pending) {
             (Some(m), true) => Some(Arc::new(
                 m.open_engine(&engine_config(t), &engine_table_name(db, &t.name), 0)
@@ -989,7 +1036,9 @@ async fn load_regions(
     }
     let mut first_error = None;
     while let Some(joined) = workers.join_next().await {
-        let r = joined.map_err(|e| ImportError::Worker(e.to_string())).and_then(|r| r);
+        let r = joined
+            .map_err(|e| ImportError::Worker(e.to_string()))
+            .and_then(|r| r);
         if let Err(e) = r {
             if first_error.is_none() {
                 workers.abort_all();
@@ -1076,7 +1125,11 @@ async fn load_one(
                     }
                     Some(Parsed::Done(n)) => break n,
                     Some(Parsed::Failed(e)) => return Err(e),
-                    None => return Err(ImportError::Worker("a parser stopped without a result".into())),
+                    None => {
+                        return Err(ImportError::Worker(
+                            "a parser stopped without a result".into(),
+                        ))
+                    }
                 }
             };
             w.close().await?;
@@ -1084,7 +1137,8 @@ async fn load_one(
             rows
         }
         None => {
-            let mut w = writer::RegionWriter::begin(pool, target, shape.clone(), mode, &file).await?;
+            let mut w =
+                writer::RegionWriter::begin(pool, target, shape.clone(), mode, &file).await?;
             let rows = loop {
                 match rx.recv().await {
                     Some(Parsed::Batch(b)) => {
@@ -1099,10 +1153,15 @@ async fn load_one(
                         w.abort().await;
                         return Err(e);
                     }
-                    None => return Err(ImportError::Worker("a parser stopped without a result".into())),
+                    None => {
+                        return Err(ImportError::Worker(
+                            "a parser stopped without a result".into(),
+                        ))
+                    }
                 }
             };
-            w.commit(job, work.chunk_id, work.start, work.end, rows).await?;
+            w.commit(job, work.chunk_id, work.start, work.end, rows)
+                .await?;
             rows
         }
     };
@@ -1139,12 +1198,18 @@ async fn finish_table(
                 // An import was under way when the run stopped: some ranges
                 // may be in the table. It was empty before; start it over.
                 let mut c = conn(pool).await?;
-                c.query_drop(format!("TRUNCATE TABLE {}.{}", quote_ident(db), quote_ident(&t.name)))
-                    .await
-                    .context(|| format!("emptying {} to redo its interrupted engine import", t.name))?;
+                c.query_drop(format!(
+                    "TRUNCATE TABLE {}.{}",
+                    quote_ident(db),
+                    quote_ident(&t.name)
+                ))
+                .await
+                .context(|| format!("emptying {} to redo its interrupted engine import", t.name))?;
                 tracing::warn!(table = %t.name, "redoing an interrupted engine import");
             }
-            let closed = manager.unsafe_close_engine(&engine_config(t), &tag, 0).await?;
+            let closed = manager
+                .unsafe_close_engine(&engine_config(t), &tag, 0)
+                .await?;
             checkpointer
                 .update(|task| {
                     if let Some(e) = task.table_mut(db, &name).and_then(|tc| tc.engine_mut(0)) {
@@ -1152,15 +1217,20 @@ async fn finish_table(
                     }
                 })
                 .await?;
-            let stats = closed.import(96 << 20, 1 << 20).await.map_err(|e| match e {
-                BackendError::DuplicateDetected { table, key, index } => ImportError::Duplicate {
-                    table,
-                    key,
-                    index,
-                    file: "the sorted engine of all its files".into(),
-                },
-                other => ImportError::Backend(other),
-            })?;
+            let stats = closed
+                .import(96 << 20, 1 << 20)
+                .await
+                .map_err(|e| match e {
+                    BackendError::DuplicateDetected { table, key, index } => {
+                        ImportError::Duplicate {
+                            table,
+                            key,
+                            index,
+                            file: "the sorted engine of all its files".into(),
+                        }
+                    }
+                    other => ImportError::Backend(other),
+                })?;
             tracing::info!(table = %t.name, rows = stats.rows, ranges = stats.ranges, "engine imported");
             checkpointer
                 .update(|task| {
@@ -1229,7 +1299,11 @@ async fn finish_table(
             .unwrap_or(0),
     );
     let in_table: Option<u64> = c
-        .query_first(format!("SELECT COUNT(*) FROM {}.{}", quote_ident(db), quote_ident(&t.name)))
+        .query_first(format!(
+            "SELECT COUNT(*) FROM {}.{}",
+            quote_ident(db),
+            quote_ident(&t.name)
+        ))
         .await
         .context(|| format!("counting the rows of {}", t.name))?;
     let in_table = in_table.unwrap_or(0);

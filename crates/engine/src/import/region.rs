@@ -96,10 +96,17 @@ pub struct Batch {
     pub bytes: u64,
 }
 
-fn syntax(file: &DataFile, data_before: &[u8], lines_before: u64, e: SyntaxError, base: u64) -> ImportError {
+fn syntax(
+    file: &DataFile,
+    data_before: &[u8],
+    lines_before: u64,
+    e: SyntaxError,
+    base: u64,
+) -> ImportError {
     let offset = base + e.offset as u64;
     let upto = e.offset.min(data_before.len());
-    let line = lines_before + 1 + data_before[..upto].iter().filter(|&&b| b == b'\n').count() as u64;
+    let line =
+        lines_before + 1 + data_before[..upto].iter().filter(|&&b| b == b'\n').count() as u64;
     ImportError::Parse {
         file: file.name.clone(),
         offset,
@@ -109,7 +116,8 @@ fn syntax(file: &DataFile, data_before: &[u8], lines_before: u64, e: SyntaxError
 }
 
 fn open_stream(file: &DataFile) -> Result<Box<dyn Read + Send>, ImportError> {
-    let f = std::fs::File::open(&file.path).map_err(|e| ImportError::io("opening", &file.path, e))?;
+    let f =
+        std::fs::File::open(&file.path).map_err(|e| ImportError::io("opening", &file.path, e))?;
     let r = std::io::BufReader::new(f);
     Ok(match file.compression {
         FileCompression::None => Box::new(r),
@@ -122,7 +130,8 @@ fn open_stream(file: &DataFile) -> Result<Box<dyn Read + Send>, ImportError> {
 }
 
 fn map_file(file: &DataFile) -> Result<Option<memmap2::Mmap>, ImportError> {
-    let f = std::fs::File::open(&file.path).map_err(|e| ImportError::io("opening", &file.path, e))?;
+    let f =
+        std::fs::File::open(&file.path).map_err(|e| ImportError::io("opening", &file.path, e))?;
     let len = f
         .metadata()
         .map_err(|e| ImportError::io("reading the size of", &file.path, e))?
@@ -132,8 +141,8 @@ fn map_file(file: &DataFile) -> Result<Option<memmap2::Mmap>, ImportError> {
     }
     // SAFETY: the dump files are not modified while wraith reads them; the
     // checkpoint's fingerprint of names and sizes notices a rewritten dump.
-    let map = unsafe { memmap2::Mmap::map(&f) }
-        .map_err(|e| ImportError::io("mapping", &file.path, e))?;
+    let map =
+        unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ImportError::io("mapping", &file.path, e))?;
     Ok(Some(map))
 }
 
@@ -209,12 +218,16 @@ pub fn read_header(file: &DataFile, dialect: &CsvDialect) -> Result<Vec<String>,
         .map_err(|e| ImportError::io("reading the header of", &file.path, e))?;
     let mut p = CsvParser::new(&head, dialect);
     let mut row = Vec::new();
-    if !p.read_row(Some(&mut row)).map_err(|e| syntax(file, &head, 0, e, 0))? {
+    if !p
+        .read_row(Some(&mut row))
+        .map_err(|e| syntax(file, &head, 0, e, 0))?
+    {
         return Err(ImportError::Parse {
             file: file.name.clone(),
             offset: 0,
             line: 1,
-            message: "the file is empty but [import.csv] header = true expects a header line".into(),
+            message: "the file is empty but [import.csv] header = true expects a header line"
+                .into(),
         });
     }
     row.into_iter()
@@ -275,7 +288,10 @@ pub fn to_value(raw: RawValue, spec: &ColumnSpec) -> Result<Value, String> {
             ColumnKind::Bit => from_text(b),
             ColumnKind::Int => {
                 if b.len() > 8 {
-                    return Err(format!("column `{}`: hex literal wider than 64 bits", spec.name));
+                    return Err(format!(
+                        "column `{}`: hex literal wider than 64 bits",
+                        spec.name
+                    ));
                 }
                 let u = b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x));
                 if spec.unsigned {
@@ -435,7 +451,10 @@ fn parse_slice(
 }
 
 fn skip_space_at(data: &[u8], mut at: usize) -> usize {
-    while data.get(at).is_some_and(|b| b.is_ascii_whitespace() || *b == b',') {
+    while data
+        .get(at)
+        .is_some_and(|b| b.is_ascii_whitespace() || *b == b',')
+    {
         at += 1;
     }
     at
@@ -467,12 +486,16 @@ pub fn read_region(
         )));
     }
     let data = &all[s..e];
-    let err = |se: SyntaxError| syntax(file, all, 0, SyntaxError::new(s + se.offset, se.message), 0);
+    let err =
+        |se: SyntaxError| syntax(file, all, 0, SyntaxError::new(s + se.offset, se.message), 0);
     let (rows, _) = parse_slice(reader, data, s == 0, &err, emit, true)?;
     Ok(rows)
 }
 
-fn read_stream(reader: &FileReader, emit: &mut dyn FnMut(Batch) -> bool) -> Result<u64, ImportError> {
+fn read_stream(
+    reader: &FileReader,
+    emit: &mut dyn FnMut(Batch) -> bool,
+) -> Result<u64, ImportError> {
     let file = &reader.file;
     let mut input = open_stream(file)?;
     let mut buf: Vec<u8> = Vec::with_capacity(STREAM_BLOCK * 2);
@@ -543,11 +566,19 @@ mod tests {
         })
     }
 
-    fn reader(dir: &std::path::Path, name: &str, body: &[u8], format: ImportFormat, compression: FileCompression) -> FileReader {
+    fn reader(
+        dir: &std::path::Path,
+        name: &str,
+        body: &[u8],
+        format: ImportFormat,
+        compression: FileCompression,
+    ) -> FileReader {
         let path = dir.join(name);
         match compression {
             FileCompression::None => std::fs::write(&path, body).unwrap(),
-            FileCompression::Zstd => std::fs::write(&path, zstd::encode_all(body, 1).unwrap()).unwrap(),
+            FileCompression::Zstd => {
+                std::fs::write(&path, zstd::encode_all(body, 1).unwrap()).unwrap()
+            }
             FileCompression::Gzip => {
                 let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(body).unwrap();
@@ -588,9 +619,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut body = b"id,v,b\n".to_vec();
         for i in 0..3000 {
-            body.extend_from_slice(format!("{i},\"line\nbreak {i}, \"\"q\"\"\",{}\r\n", i % 2).as_bytes());
+            body.extend_from_slice(
+                format!("{i},\"line\nbreak {i}, \"\"q\"\"\",{}\r\n", i % 2).as_bytes(),
+            );
         }
-        let mut r = reader(dir.path(), "t.csv", &body, ImportFormat::Csv, FileCompression::None);
+        let mut r = reader(
+            dir.path(),
+            "t.csv",
+            &body,
+            ImportFormat::Csv,
+            FileCompression::None,
+        );
         r.csv_columns = Some(read_header(&r.file, &r.dialect).unwrap());
         let regions = plan_regions(&r, 4096).unwrap();
         assert!(regions.len() > 10, "{}", regions.len());
@@ -599,7 +638,10 @@ mod tests {
         assert_eq!(rows.len(), 3000);
         for (i, row) in rows.iter().enumerate() {
             assert_eq!(row[0], Value::Int(i as i64));
-            assert_eq!(row[1], Value::Bytes(format!("line\nbreak {i}, \"q\"").into_bytes()));
+            assert_eq!(
+                row[1],
+                Value::Bytes(format!("line\nbreak {i}, \"q\"").into_bytes())
+            );
         }
         // The same through both kinds of streams.
         for c in [FileCompression::Zstd, FileCompression::Gzip] {
@@ -626,7 +668,13 @@ mod tests {
             }
             body.extend_from_slice(b";\n");
         }
-        let r = reader(dir.path(), "db.t.sql", &body, ImportFormat::Sql, FileCompression::None);
+        let r = reader(
+            dir.path(),
+            "db.t.sql",
+            &body,
+            ImportFormat::Sql,
+            FileCompression::None,
+        );
         assert_eq!(sql_names(&r.file).unwrap().as_deref(), Some("binary"));
         let regions = plan_regions(&r, 8192).unwrap();
         assert!(regions.len() > 5);
@@ -634,7 +682,13 @@ mod tests {
         assert_eq!(rows.len(), 4000);
         assert_eq!(rows[7][1], Value::Bytes(b"a;'b\n7".to_vec()));
         assert_eq!(rows[7][2], Value::Bit(1));
-        let z = reader(dir.path(), "db.t.sql.zst", &body, ImportFormat::Sql, FileCompression::Zstd);
+        let z = reader(
+            dir.path(),
+            "db.t.sql.zst",
+            &body,
+            ImportFormat::Sql,
+            FileCompression::Zstd,
+        );
         assert_eq!(all_rows(&z, &[(0, z.file.size)]), rows);
     }
 
@@ -642,23 +696,53 @@ mod tests {
     fn errors_name_file_offset_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let body = b"id,v,b\n1,a,1\n2,b\n";
-        let mut r = reader(dir.path(), "t.csv", body, ImportFormat::Csv, FileCompression::None);
+        let mut r = reader(
+            dir.path(),
+            "t.csv",
+            body,
+            ImportFormat::Csv,
+            FileCompression::None,
+        );
         r.csv_columns = Some(read_header(&r.file, &r.dialect).unwrap());
         let e = read_region(&r, 0, body.len() as u64, &mut |_| true).unwrap_err();
         match e {
-            ImportError::Parse { file, offset, line, message } => {
+            ImportError::Parse {
+                file,
+                offset,
+                line,
+                message,
+            } => {
                 assert_eq!((file.as_str(), offset, line), ("t.csv", 13, 3));
                 assert!(message.contains("2 values but 3 columns"), "{message}");
             }
             other => panic!("{other}"),
         }
         let body = b"id,v,b\n1,a,1\nx2,b,0\n";
-        let r2 = reader(dir.path(), "u.csv", body, ImportFormat::Csv, FileCompression::None);
-        let e = read_region(&r2, 0, body.len() as u64, &mut |_| true).unwrap_err().to_string();
-        assert!(e.contains("u.csv") && e.contains("offset 13") && e.contains("line 3"), "{e}");
+        let r2 = reader(
+            dir.path(),
+            "u.csv",
+            body,
+            ImportFormat::Csv,
+            FileCompression::None,
+        );
+        let e = read_region(&r2, 0, body.len() as u64, &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("u.csv") && e.contains("offset 13") && e.contains("line 3"),
+            "{e}"
+        );
         assert!(e.contains("not an integer"), "{e}");
-        let z = reader(dir.path(), "u.csv.zst", body, ImportFormat::Csv, FileCompression::Zstd);
-        let e = read_region(&z, 0, 1, &mut |_| true).unwrap_err().to_string();
+        let z = reader(
+            dir.path(),
+            "u.csv.zst",
+            body,
+            ImportFormat::Csv,
+            FileCompression::Zstd,
+        );
+        let e = read_region(&z, 0, 1, &mut |_| true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offset 13") && e.contains("line 3"), "{e}");
     }
 }

@@ -89,9 +89,7 @@ impl<'a> SqlParser<'a> {
                 Some(b'#') => self.skip_line(),
                 Some(b'-')
                     if self.peek_at(1) == Some(b'-')
-                        && self
-                            .peek_at(2)
-                            .is_none_or(|c| c.is_ascii_whitespace()) =>
+                        && self.peek_at(2).is_none_or(|c| c.is_ascii_whitespace()) =>
                 {
                     self.skip_line()
                 }
@@ -203,10 +201,7 @@ impl<'a> SqlParser<'a> {
                         }
                         None => self.state = State::Between,
                         Some(_) => {
-                            return self.err(
-                                self.pos,
-                                "expected `,` or `;` after a row of VALUES",
-                            )
+                            return self.err(self.pos, "expected `,` or `;` after a row of VALUES")
                         }
                     }
                     return Ok(true);
@@ -386,12 +381,15 @@ impl<'a> SqlParser<'a> {
             b'b' | b'B' if self.peek_at(1) == Some(b'\'') => {
                 self.pos += 1;
                 let body = self.string(true)?;
-                if body.is_empty() || body.len() > 64 || !body.iter().all(|c| *c == b'0' || *c == b'1')
+                if body.is_empty()
+                    || body.len() > 64
+                    || !body.iter().all(|c| *c == b'0' || *c == b'1')
                 {
                     return self.err(at, "bad bit literal");
                 }
                 Ok(RawValue::Bits(
-                    body.iter().fold(0u64, |a, c| (a << 1) | u64::from(c - b'0')),
+                    body.iter()
+                        .fold(0u64, |a, c| (a << 1) | u64::from(c - b'0')),
                 ))
             }
             b'N' | b'n' if self.peek_at(1) == Some(b'\'') => {
@@ -536,7 +534,10 @@ fn strip_digits(b: &[u8]) -> &[u8] {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())

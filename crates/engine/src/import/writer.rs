@@ -65,7 +65,12 @@ impl RegionWriter {
             _ => "INSERT INTO ",
         };
         let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        format!("{verb}{} ({}) VALUES ", self.target.quoted_name(), cols.join(",")).into_bytes()
+        format!(
+            "{verb}{} ({}) VALUES ",
+            self.target.quoted_name(),
+            cols.join(",")
+        )
+        .into_bytes()
     }
 
     fn tail(&self, columns: &[String]) -> String {
@@ -81,10 +86,13 @@ impl RegionWriter {
     async fn send(&mut self, tail: &str) -> Result<(), ImportError> {
         self.stmt.extend_from_slice(tail.as_bytes());
         // ASCII outside X'..' literals, which are hex: valid UTF-8.
-        let text = String::from_utf8(std::mem::take(&mut self.stmt))
-            .map_err(|_| ImportError::Worker("internal: an INSERT statement is not UTF-8".into()))?;
+        let text = String::from_utf8(std::mem::take(&mut self.stmt)).map_err(|_| {
+            ImportError::Worker("internal: an INSERT statement is not UTF-8".into())
+        })?;
         let Some(c) = self.conn.as_mut() else {
-            return Err(ImportError::Worker("the region's connection is gone".into()));
+            return Err(ImportError::Worker(
+                "the region's connection is gone".into(),
+            ));
         };
         let r = c.query_drop(&text).await;
         self.stmt = text.into_bytes();
@@ -107,7 +115,11 @@ impl RegionWriter {
         }
         db_err(
             e,
-            &format!("writing rows of {} into {}", self.file, self.target.display_name()),
+            &format!(
+                "writing rows of {} into {}",
+                self.file,
+                self.target.display_name()
+            ),
         )
     }
 
@@ -164,7 +176,9 @@ impl RegionWriter {
         rows: u64,
     ) -> Result<(), ImportError> {
         let Some(mut c) = self.conn.take() else {
-            return Err(ImportError::Worker("the region's connection is gone".into()));
+            return Err(ImportError::Worker(
+                "the region's connection is gone".into(),
+            ));
         };
         c.exec_drop(
             format!(
