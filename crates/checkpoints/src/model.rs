@@ -330,6 +330,11 @@ pub struct TableCheckpoint {
     pub rows_copied: u64,
     /// The estimate of the source's rows when the copy began (for progress).
     pub rows_total: u64,
+    /// Definitions of secondary indexes dropped before the rows were loaded
+    /// and added back after (dump imports), e.g. ``KEY `k` (`k`)``: a
+    /// resumed run must restore them even though the table no longer has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred_indexes: Vec<String>,
 }
 
 impl TableCheckpoint {
@@ -348,6 +353,7 @@ impl TableCheckpoint {
             change_stream: ChangeStreamCheckpoint::default(),
             rows_copied: 0,
             rows_total: 0,
+            deferred_indexes: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
 
 mod demo;
+mod import_cmd;
 mod progress_display;
 
 use std::path::PathBuf;
@@ -36,6 +37,17 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Shows the checkpoint of CONFIG's job: state, progress, position, age.
     Status(StatusArgs),
+    /// Loads dump files (mydumper, mysqldump, CSV, TSV) described by CONFIG's [import].
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The import job's TOML config ([target], [import]).
+    config: PathBuf,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -126,7 +138,7 @@ fn main() -> ExitCode {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
@@ -172,6 +184,7 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             status(&config, args.json).await
         }
         Command::Demo(args) => demo::demo(args).await,
+        Command::Import(args) => import_cmd::import(&args.config, args.json).await,
     }
 }
 

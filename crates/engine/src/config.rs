@@ -571,7 +571,7 @@ impl Config {
     }
 }
 
-fn validate_connection(section: &str, c: &ConnectionConfig) -> Result<(), String> {
+pub(crate) fn validate_connection(section: &str, c: &ConnectionConfig) -> Result<(), String> {
     let given = [
         c.password.is_some().then_some("password"),
         c.password_env.is_some().then_some("password_env"),
@@ -594,7 +594,7 @@ fn validate_connection(section: &str, c: &ConnectionConfig) -> Result<(), String
     Ok(())
 }
 
-fn check_identifier(what: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_identifier(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{what} is empty"));
     }
@@ -609,7 +609,7 @@ fn check_identifier(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before

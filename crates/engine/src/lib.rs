@@ -19,6 +19,7 @@
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters;
 //!   [`resume`]: its checkpoints and resuming from them.
+//! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same engines and checkpoints.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
 //!
@@ -33,6 +34,7 @@ pub mod config;
 pub mod copy;
 pub mod cutover;
 pub mod db;
+pub mod import;
 pub mod inspect;
 pub mod migration;
 pub mod online;

@@ -1,6 +1,7 @@
 //! Every example in config/ parses: the documentation stays true.
 
 use wraith_engine::config::Config;
+use wraith_engine::import::config::ImportJobConfig;
 
 #[test]
 fn every_example_config_parses() {
@@ -9,12 +10,18 @@ fn every_example_config_parses() {
     for entry in std::fs::read_dir(&dir).expect("config dir") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // An import job is the file with an [import] section.
+            let text = std::fs::read_to_string(&path).expect("read example");
+            if text.lines().any(|l| l.trim() == "[import]") {
+                ImportJobConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            } else {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            }
             seen += 1;
         }
     }
     assert!(
-        seen >= 4,
+        seen >= 5,
         "expected the example configs in {}",
         dir.display()
     );

@@ -2,6 +2,7 @@
 //! server (see `wraith_tests::server`); each test works in its own schema.
 
 mod copy;
+mod import;
 mod online;
 mod preflight;
 mod resume;

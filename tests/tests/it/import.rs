@@ -1,0 +1,458 @@
+//! `wraith import`: dumps written by the real tools (mydumper, mariadb-dump)
+//! and generated CSV, loaded with both backends into a real scratch server,
+//! compared by queries of the tests' own.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use wraith_tests::{server, wraith_with_config, Schema, WraithChild};
+
+fn import_config(s: &Schema, dir: &Path, import_extra: &str, sections: &str) -> String {
+    let sort_dir = std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name));
+    format!(
+        "[target]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"{}\"\n\n\
+         [import]\ndir = {:?}\n{import_extra}\n\n{sections}\n\n[local]\nsort_dir = {:?}\n",
+        s.port,
+        s.name,
+        dir.display().to_string(),
+        sort_dir.display().to_string()
+    )
+}
+
+async fn import_ok(config: &str) -> serde_json::Value {
+    let run = wraith_with_config(&["import", "--json"], config).await;
+    assert_eq!(run.code, 0, "wraith import failed:\n{}", run.output());
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.output()))
+}
+
+/// Every value of a table as hex, ordered by the first column.
+async fn hex_rows(s: &Schema, table: &str) -> Vec<String> {
+    s.rows(table).await
+}
+
+const TYPES: &str = "CREATE TABLE types (
+  id INT NOT NULL PRIMARY KEY,
+  ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, i INT, iu INT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
+  f FLOAT, d DOUBLE, dec1 DECIMAL(65,30), dec2 DECIMAL(10,2),
+  c CHAR(10), vc VARCHAR(200), t TEXT, lc VARCHAR(20) CHARACTER SET latin1,
+  b BINARY(4), vb VARBINARY(20), bl BLOB,
+  dt DATE, tm TIME(6), dtt DATETIME(6), ts TIMESTAMP(6) NULL DEFAULT NULL, y YEAR,
+  e ENUM('a','b','ö'), s SET('x','y','z'), bt BIT(64), bt1 BIT(1), j JSON,
+  KEY k_i (i), KEY k_vc (vc(10))
+) DEFAULT CHARSET=utf8mb4";
+
+const TYPES_ROWS: &str = "INSERT INTO types VALUES
+ (1, -128, 0, -32768, -2147483648, 0, -9223372036854775808, 0, -1.5, -1.7976931348623157e308,
+  '-99999999999999999999999999999999999.999999999999999999999999999999', -99999999.99,
+  '', '', '', '', x'00000000', x'', x'', '1000-01-01', '-838:59:59.000000',
+  '1000-01-01 00:00:00.000000', '1970-01-01 00:00:01.000000', 1901, 'a', '', b'0', b'0', '{}'),
+ (2, 127, 255, 32767, 2147483647, 4294967295, 9223372036854775807, 18446744073709551615,
+  0.25, 5e-324, '99999999999999999999999999999999999.999999999999999999999999999999', 99999999.99,
+  'abc', 'quote '' dq \" bs \\\\ nl \\n cr \\r tab \\t nul \\0 z \\Z pct \\\\% us \\\\_ end', 'emoji 😀 and ü 𝄞', 'ÿé',
+  x'00FF0A27', x'005C2722', x'000102030405060708090A0B0C0D0E0F1A1B1C1D1E1F20272225305C5F7F80FF',
+  '9999-12-31', '838:59:59.999999', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', 2155,
+  'ö', 'x,y,z', b'1111111111111111111111111111111111111111111111111111111111111111', b'1',
+  '{\"k\": \"ünïcødé 😀\", \"n\": [1, 2.5, null]}'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, 0, 1, 0, 0, 1, 0, 1, -0.0, 1e300, '0.000000000000000000000000000001', 0.01,
+  ' lead', ' ', 'x', 'Ä', x'61', x'61', x'61', '0000-00-00', '-00:00:00.000001',
+  '0000-00-00 00:00:00.000000', '2016-12-31 23:59:59.999999', 0, 'b', 'y', b'1000', b'0', '[]')";
+
+async fn types_source(name: &str) -> Schema {
+    let s = Schema::new(name).await;
+    s.exec(&format!("{TYPES}; {TYPES_ROWS}")).await;
+    s
+}
+
+fn run_tool(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mydumper(db: &str, table: &str, dir: &Path, extra: &[&str]) {
+    run_tool(
+        std::process::Command::new("mydumper")
+            .arg(format!("--socket={}", server().socket().display()))
+            .args(["--user", "root", "--database", db])
+            // mydumper 0.10 takes bare table names with --database.
+            .arg(format!("--tables-list={table}"))
+            .arg(format!("--outputdir={}", dir.display()))
+            .args(extra),
+    );
+}
+
+fn mariadb_dump(db: &str, table: &str, dir: &Path) {
+    for (suffix, flag) in [(".sql", "--no-create-info"), ("-schema.sql", "--no-data")] {
+        let out = std::process::Command::new("mariadb-dump")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", server().socket().display()))
+            .args(["--user", "root", flag, db, table])
+            .output()
+            .expect("mariadb-dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.join(format!("{db}.{table}{suffix}")), out.stdout).expect("write dump");
+    }
+}
+
+#[tokio::test]
+async fn dumps_of_every_type_by_mydumper_and_mariadb_dump_round_trip() {
+    let src = types_source("imp_types_src").await;
+    let want = hex_rows(&src, "types").await;
+    assert_eq!(want.len(), 4);
+    for tool in ["mydumper", "mariadb_dump"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match tool {
+            "mydumper" => mydumper(&src.name, "types", dir.path(), &[]),
+            _ => mariadb_dump(&src.name, "types", dir.path()),
+        }
+        for backend in ["sql", "local"] {
+            let dst = Schema::new(&format!("imp_types_{tool}_{backend}")).await;
+            let report = import_ok(&import_config(
+                &dst,
+                dir.path(),
+                &format!("backend = \"{backend}\""),
+                "",
+            ))
+            .await;
+            assert_eq!(report["backend"], backend);
+            assert_eq!(report["tables"][0]["created"], true, "{report}");
+            assert_eq!(report["tables"][0]["rows_in_table"], 4);
+            assert_eq!(
+                want,
+                hex_rows(&dst, "types").await,
+                "{tool} dump imported with the {backend} backend differs from the source"
+            );
+            // The deferred secondary indexes are back (local), the definition is the source's.
+            let sc = src.snapshot("types").await.create;
+            assert_eq!(sc, dst.snapshot("types").await.create, "{tool}/{backend}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn compressed_and_chunked_mydumper_output() {
+    let src = Schema::new("imp_mydumper_chunks_src").await;
+    let mut c = src.conn().await;
+    wraith_engine::workload::create_sysbench_table(&mut c, &src.name, "sbtest", 30_000)
+        .await
+        .expect("sbtest");
+    drop(c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    mydumper(
+        &src.name,
+        "sbtest",
+        dir.path(),
+        &["--rows=7000", "--compress"],
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().filter(|n| n.ends_with(".sql.gz")).count() > 2,
+        "{names:?}"
+    );
+    let dst = Schema::new("imp_mydumper_chunks_dst").await;
+    let report = import_ok(&import_config(&dst, dir.path(), "backend = \"local\"", "")).await;
+    assert!(
+        report["tables"][0]["files"].as_u64().unwrap() > 2,
+        "{report}"
+    );
+    assert_eq!(
+        hex_rows(&src, "sbtest").await,
+        hex_rows(&dst, "sbtest").await
+    );
+}
+
+/// id, hex of a, hex of b (None for NULL).
+type ExpectedRow<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+#[tokio::test]
+async fn csv_edge_cases_with_both_backends() {
+    // id, a, b: quoted separators and newlines, doubled and escaped quotes,
+    // \N versus empty, 4-byte UTF-8, CRLF, no final newline.
+    let csv: &[u8] = b"id,a,b\r\n\
+        1,\"x,y\",\"line1\nline2\"\r\n\
+        2,\"say \"\"hi\"\"\",\"back\\\"slash\\\\\"\r\n\
+        3,\\N,\r\n\
+        4,\"\",\"\\N\"\r\n\
+        5,\xF0\x9F\x98\x80 ok,\"\xF0\x9D\x84\x9E\"\r\n\
+        6,tab\\there,\"cr\rinside\"";
+    let want: Vec<ExpectedRow<'_>> = vec![
+        (1, Some(b"x,y"), Some(b"line1\nline2")),
+        (2, Some(b"say \"hi\""), Some(b"back\"slash\\")),
+        (3, None, Some(b"")),
+        (4, Some(b""), Some(b"N")),
+        (5, Some("😀 ok".as_bytes()), Some("𝄞".as_bytes())),
+        (6, Some(b"tab\there"), Some(b"cr\rinside")),
+    ];
+    let tsv: &[u8] = b"1\tplain\t\\N\n2\twith \\t tab\tq\"uote\n";
+    // No header line: the columns come from [import.csv] columns.
+    let body = &csv[8..];
+    for backend in ["sql", "local"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("edge.csv"), body).unwrap();
+        let mut z = zstd_file(&dir.path().join("edge2.csv.zst"));
+        z.write_all(body).unwrap();
+        z.finish().unwrap();
+        std::fs::write(dir.path().join("tabs.tsv"), tsv).unwrap();
+        let s = Schema::new(&format!("imp_csv_{backend}")).await;
+        s.exec(
+            "CREATE TABLE edge (id INT PRIMARY KEY, a VARCHAR(50) NULL, b TEXT NULL) DEFAULT CHARSET=utf8mb4; \
+             CREATE TABLE edge2 LIKE edge; \
+             CREATE TABLE tabs (id INT PRIMARY KEY, a VARCHAR(50), b VARCHAR(50) NULL)",
+        )
+        .await;
+        let cfg = import_config(
+            &s,
+            dir.path(),
+            &format!("backend = \"{backend}\""),
+            "[import.csv]\nheader = false\ncolumns = [\"id\", \"a\", \"b\"]\n",
+        );
+        let report = import_ok(&cfg).await;
+        assert_eq!(report["tables"].as_array().unwrap().len(), 3, "{report}");
+        for table in ["edge", "edge2"] {
+            let mut c = s.conn().await;
+            let rows: Vec<(i64, Option<String>, Option<String>)> = c
+                .query(format!(
+                    "SELECT id, HEX(a), HEX(b) FROM {table} ORDER BY id"
+                ))
+                .await
+                .unwrap();
+            let expected: Vec<(i64, Option<String>, Option<String>)> = want
+                .iter()
+                .map(|(id, a, b)| (*id, a.map(hex), b.map(hex)))
+                .collect();
+            assert_eq!(rows, expected, "{backend}: {table}");
+        }
+        let mut c = s.conn().await;
+        let rows: Vec<(i64, String, Option<String>)> = c
+            .query("SELECT id, a, b FROM tabs ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "plain".into(), None),
+                (2, "with \t tab".into(), Some("q\"uote".into()))
+            ]
+        );
+    }
+}
+
+fn zstd_file(path: &Path) -> zstd::stream::write::Encoder<'static, std::fs::File> {
+    zstd::stream::write::Encoder::new(std::fs::File::create(path).unwrap(), 1).unwrap()
+}
+
+/// The generated table: every value is a function of `id` that SQL can
+/// compute too, so the check is exact without reading the file back.
+fn big_row(id: u64, out: &mut Vec<u8>) {
+    let c = if id % 997 == 0 {
+        format!("\"{id}, \"\"multi\nline\"\"\"")
+    } else {
+        format!("{id}-{}", "abcdefghij".repeat(10 + (id % 5) as usize))
+    };
+    let pad = ((b'a' + (id % 26) as u8) as char).to_string().repeat(60);
+    writeln!(out, "{id},{},{c},{pad}", id * 7 % 1000).unwrap();
+}
+
+const BIG_CHECK: &str = "SELECT COUNT(*), COALESCE(SUM(NOT (k <=> id * 7 % 1000 \
+    AND c <=> IF(id % 997 = 0, CONCAT(id, ', \"multi\\nline\"'), CONCAT(id, '-', REPEAT('abcdefghij', 10 + id % 5))) \
+    AND pad <=> REPEAT(CHAR(97 + id % 26), 60))), 0) FROM big";
+
+fn write_big_csv(path: &Path, rows: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(b"id,k,c,pad\n").unwrap();
+    let mut buf = Vec::with_capacity(256);
+    for id in 1..=rows {
+        buf.clear();
+        big_row(id, &mut buf);
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+const BIG_TABLE: &str =
+    "CREATE TABLE big (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, k INT NOT NULL, \
+    c VARCHAR(200) NOT NULL, pad CHAR(60) NOT NULL, KEY k_1 (k))";
+
+async fn check_big(s: &Schema, rows: u64) {
+    let mut c = s.conn().await;
+    let (n, bad): (u64, u64) = c.query_first(BIG_CHECK).await.unwrap().unwrap();
+    assert_eq!(
+        (n, bad),
+        (rows, 0),
+        "rows in big, rows that differ from the generator"
+    );
+}
+
+#[tokio::test]
+async fn a_large_csv_is_split_into_regions_parsed_in_parallel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = 300_000;
+    write_big_csv(&dir.path().join("big.csv"), rows);
+    let size = std::fs::metadata(dir.path().join("big.csv")).unwrap().len();
+    assert!(size > 50 << 20, "{size}");
+    let s = Schema::new("imp_big").await;
+    s.exec(BIG_TABLE).await;
+    let report = import_ok(&import_config(
+        &s,
+        dir.path(),
+        "backend = \"local\"\nregion_size = \"4MiB\"\nthreads = 4",
+        "",
+    ))
+    .await;
+    assert!(report["regions"].as_u64().unwrap() >= 10, "{report}");
+    assert!(
+        report["max_concurrent_regions"].as_u64().unwrap() > 1,
+        "regions were not parsed concurrently: {report}"
+    );
+    assert_eq!(report["rows"], rows);
+    assert_eq!(report["tables"][0]["deferred_indexes"], 1);
+    check_big(&s, rows).await;
+    assert!(s.snapshot("big").await.create.contains("KEY `k_1`"));
+}
+
+#[tokio::test]
+async fn duplicates_across_files_follow_on_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("dup.00001.csv"), "id,v\n1,a\n2,b\n").unwrap();
+    std::fs::write(dir.path().join("dup.00002.csv"), "id,v\n2,B\n3,c\n").unwrap();
+    let cases = [
+        ("error", "sql", None),
+        ("error", "local", None),
+        ("replace", "sql", Some(vec!["1a", "2B", "3c"])),
+        ("ignore", "sql", Some(vec!["1a", "2b", "3c"])),
+        ("replace", "auto", Some(vec!["1a", "2B", "3c"])),
+    ];
+    for (mode, backend, want) in cases {
+        let s = Schema::new(&format!("imp_dup_{mode}_{backend}")).await;
+        s.exec("CREATE TABLE dup (id INT PRIMARY KEY, v VARCHAR(5))")
+            .await;
+        let cfg = import_config(
+            &s,
+            dir.path(),
+            &format!("backend = \"{backend}\"\non_duplicate = \"{mode}\"\nthreads = 2"),
+            "",
+        );
+        let run = wraith_with_config(&["import", "--json"], &cfg).await;
+        match want {
+            None => {
+                assert_eq!(run.code, 1, "{mode}/{backend}: {}", run.output());
+                assert!(
+                    run.stderr.contains("duplicate key")
+                        && (run.stderr.contains("'2'") || run.stderr.contains("(2)"))
+                        && (run.stderr.contains("PRIMARY") || run.stderr.contains("key (id)")),
+                    "{mode}/{backend}: {}",
+                    run.output()
+                );
+            }
+            Some(want) => {
+                assert_eq!(run.code, 0, "{mode}/{backend}: {}", run.output());
+                let mut c = s.conn().await;
+                let got: Vec<String> = c
+                    .query("SELECT CONCAT(id, v) FROM dup ORDER BY id")
+                    .await
+                    .unwrap();
+                assert_eq!(got, want, "{mode}/{backend}");
+                let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+                assert_eq!(report["tables"][0]["duplicates_resolved"], 1, "{report}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_nine_during_an_import_then_rerun_is_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = 150_000;
+    write_big_csv(&dir.path().join("big.csv"), rows);
+    for backend in ["sql", "local"] {
+        let s = Schema::new(&format!("imp_kill_{backend}")).await;
+        s.exec(BIG_TABLE).await;
+        let cfg = import_config(
+            &s,
+            dir.path(),
+            &format!("backend = \"{backend}\"\nregion_size = \"1MiB\"\nthreads = 2"),
+            "",
+        );
+        let mut child = WraithChild::spawn(&["import", "-vv"], &cfg);
+        child
+            .wait_for("region loaded", Duration::from_secs(120))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        child.signal(libc::SIGKILL);
+        let killed = child.finish(Duration::from_secs(30)).await;
+        assert_ne!(
+            killed.code, 0,
+            "{backend}: the import finished before the kill"
+        );
+        let report = import_ok(&cfg).await;
+        assert_eq!(report["resumed"], true, "{report}");
+        assert!(
+            report["tables"][0]["regions_resumed"].as_u64().unwrap() > 0,
+            "{backend}: {report}"
+        );
+        check_big(&s, rows).await;
+        assert!(s.snapshot("big").await.create.contains("KEY `k_1`"));
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_names_file_offset_and_line() {
+    let cases: [(&str, &str, &[u8], &str); 4] = [
+        (
+            "bad_quote",
+            "t.csv",
+            b"id,v\n1,a\n2,\"open\n3,c\n",
+            "t.csv: byte offset 11, line 3",
+        ),
+        (
+            "columns",
+            "t.csv",
+            b"id,v\n1,a\n2,b,extra\n",
+            "t.csv: byte offset 9, line 3",
+        ),
+        (
+            "number",
+            "t.csv",
+            b"id,v\n1,a\n2x,b\n",
+            "t.csv: byte offset 9, line 3",
+        ),
+        (
+            "sql",
+            "db.t.sql",
+            b"INSERT INTO `t` VALUES (1,'a'),\n(2,'b'),\n(3x,'c');\n",
+            "db.t.sql: byte offset 42, line 3",
+        ),
+    ];
+    for (name, file, body, want) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(file), body).unwrap();
+        let s = Schema::new(&format!("imp_bad_{name}")).await;
+        s.exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(5))")
+            .await;
+        let run = wraith_with_config(&["import"], &import_config(&s, dir.path(), "", "")).await;
+        assert_eq!(run.code, 1, "{name}: {}", run.output());
+        assert!(
+            run.stderr.contains(want),
+            "{name}: want {want:?} in\n{}",
+            run.output()
+        );
+    }
+}
