@@ -79,6 +79,21 @@ pub struct CopyJob {
     pub online: Option<Arc<OnlineState>>,
     /// A resumed copy starts after this key (every key up to it is copied).
     pub start_after: Option<Vec<Value>>,
+    /// Told of every engine that is closed with all its chunks written, so
+    /// the checkpoint can record it and a resumed run import it instead of
+    /// copying its rows again.
+    pub closed_engines: Option<tokio::sync::mpsc::UnboundedSender<ClosedEngineRecord>>,
+}
+
+/// An engine closed with every chunk dispatched to it written: its rows are
+/// exactly the source's keys in `(lower, upper]` (encoded keys; `None` is the
+/// start or the end of the table) as read by the copy.
+#[derive(Debug, Clone)]
+pub struct ClosedEngineRecord {
+    pub engine_id: i32,
+    pub uuid: uuid::Uuid,
+    pub lower: Option<Vec<u8>>,
+    pub upper: Option<Vec<u8>>,
 }
 
 /// Opens connections for reading the source, with the exact-value session.
@@ -93,13 +108,49 @@ pub async fn read_conn(pool: &Pool) -> Result<Conn, DbError> {
     Ok(conn)
 }
 
+/// The engine chunks are dispatched to now. Chunks are given their engine
+/// when the chunker hands them out, so an engine holds a contiguous run of
+/// chunks: a key range.
 struct EngineSlot {
     /// `None` once the copy is finished.
-    engine: Option<Arc<OpenedEngine>>,
+    current: Option<CurrentEngine>,
     id: i32,
     rows_assigned: u64,
-    /// Chunks written to this engine: durable once it is imported.
-    chunk_ids: Vec<u64>,
+}
+
+struct CurrentEngine {
+    engine: Arc<OpenedEngine>,
+    id: i32,
+    /// Chunks dispatched to this engine, in order.
+    dispatched: Vec<u64>,
+    /// Chunks whose rows are written: durable once the engine is imported.
+    written: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// Encoded lower bound of the first chunk (`None`: the table's start).
+    lower: Option<Vec<u8>>,
+    /// Encoded upper bound of the last chunk (`None`: the table's end).
+    upper: Option<Vec<u8>>,
+}
+
+impl CurrentEngine {
+    fn new(engine: OpenedEngine, id: i32) -> CurrentEngine {
+        CurrentEngine {
+            engine: Arc::new(engine),
+            id,
+            dispatched: Vec::new(),
+            written: Arc::new(std::sync::Mutex::new(Vec::new())),
+            lower: None,
+            upper: None,
+        }
+    }
+}
+
+fn encoded(key: Option<&Vec<Value>>) -> Option<Vec<u8>> {
+    key.map(|k| {
+        let values: Vec<&Value> = k.iter().collect();
+        let mut out = Vec::new();
+        wraith_backend::encode_key(&values, &mut out);
+        out
+    })
 }
 
 struct Shared {
@@ -145,10 +196,9 @@ pub async fn copy_table(
         job,
         chunker: Mutex::new(chunker),
         slot: Mutex::new(EngineSlot {
-            engine: Some(Arc::new(first)),
+            current: Some(CurrentEngine::new(first, 0)),
             id: 0,
             rows_assigned: 0,
-            chunk_ids: Vec::new(),
         }),
         manager,
         engine_cfg,
@@ -182,12 +232,9 @@ pub async fn copy_table(
     }
 
     // Close and import the last engine, then wait for every import.
-    let (last, chunk_ids) = {
-        let mut slot = shared.slot.lock().await;
-        (slot.engine.take(), std::mem::take(&mut slot.chunk_ids))
-    };
+    let last = shared.slot.lock().await.current.take();
     if let Some(last) = last {
-        spawn_closer(&shared, last, chunk_ids).await;
+        spawn_closer(&shared, last).await;
     }
     let mut imported = ImportStats::default();
     let mut closers = std::mem::take(&mut *shared.closers.lock().await);
@@ -208,11 +255,19 @@ pub async fn copy_table(
 }
 
 /// Waits until no writer holds `engine`, then closes, imports and cleans it up.
-async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>, chunk_ids: Vec<u64>) {
+async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
     let online = shared.job.online.clone();
+    let closed_engines = shared.job.closed_engines.clone();
     let mut closers = shared.closers.lock().await;
     closers.spawn(async move {
-        let mut engine = engine;
+        let CurrentEngine {
+            mut engine,
+            id,
+            dispatched,
+            written,
+            lower,
+            upper,
+        } = current;
         let opened = loop {
             match Arc::try_unwrap(engine) {
                 Ok(e) => break e,
@@ -224,12 +279,26 @@ async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>, chunk_ids
         };
         let uuid = opened.uuid();
         let closed = opened.close().await?;
+        // Only chunks whose rows were written count: a writer that failed
+        // left its chunk out, and it must be copied again.
+        let written: Vec<u64> = written.lock().map(|w| w.clone()).unwrap_or_default();
+        let complete = written.len() == dispatched.len();
+        if complete && !dispatched.is_empty() {
+            if let Some(tx) = &closed_engines {
+                let _ = tx.send(ClosedEngineRecord {
+                    engine_id: id,
+                    uuid,
+                    lower,
+                    upper,
+                });
+            }
+        }
         let stats = closed.import(96 << 20, 1 << 20).await?;
         tracing::info!(engine = %uuid, rows = stats.rows, ranges = stats.ranges, "engine imported");
         closed.cleanup().await?;
         if let Some(online) = online {
             if let Ok(mut marks) = online.marks.lock() {
-                for id in chunk_ids {
+                for id in written {
                     marks.durable(id);
                 }
             }
@@ -285,21 +354,22 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             match chunker.next(&mut conn).await? {
                 Some(c) => {
                     if let Some(online) = &shared.job.online {
-                        let upper = c.upper.as_ref().map(|u| {
-                            let values: Vec<&Value> = u.iter().collect();
-                            let mut out = Vec::new();
-                            wraith_backend::encode_key(&values, &mut out);
-                            out
-                        });
                         if let Ok(mut marks) = online.marks.lock() {
-                            marks.dispatched(c.id, upper);
+                            marks.dispatched(c.id, encoded(c.upper.as_ref()));
                         }
                     }
-                    c
+                    // Under the chunker's lock, so engines get chunks in order.
+                    let engine = if shared.job.server_side {
+                        None
+                    } else {
+                        Some(engine_for(&shared, &c).await?)
+                    };
+                    (c, engine)
                 }
                 None => return Ok(()),
             }
         };
+        let (chunk, engine) = chunk;
         let started = Instant::now();
         if shared.job.server_side {
             let sql = format!("{insert_select}{}", keysql.range(&chunk));
@@ -325,10 +395,9 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
         )
         .await?;
         let n = rows.len() as u64;
-        if n == 0 {
-            mark_durable(&shared, chunk.id);
-        } else {
-            let engine = engine_for(&shared, n, chunk.id).await?;
+        let (engine, written) =
+            engine.ok_or_else(|| CopyError::Worker("a chunk without an engine".into()))?;
+        if n > 0 {
             let mut writer = engine
                 .local_writer(&LocalWriterConfig {
                     is_kv_sorted: false,
@@ -339,6 +408,11 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                 .append_rows(&shared.job.layout.target_columns, rows)
                 .await?;
             let _status = writer.close().await?;
+            shared.slot.lock().await.rows_assigned += n;
+        }
+        drop(engine);
+        if let Ok(mut w) = written.lock() {
+            w.push(chunk.id);
         }
         shared.progress.add_rows(n);
         shared.chunks.fetch_add(1, Ordering::Relaxed);
@@ -388,12 +462,12 @@ fn mark_durable(shared: &Shared, chunk_id: u64) {
     }
 }
 
-/// The engine the next `rows` rows go to; rotates full engines out.
+/// The engine `chunk` goes to, and the list its written chunks go on;
+/// rotates a full engine out first.
 async fn engine_for(
     shared: &Arc<Shared>,
-    rows: u64,
-    chunk_id: u64,
-) -> Result<Arc<OpenedEngine>, CopyError> {
+    chunk: &Chunk,
+) -> Result<(Arc<OpenedEngine>, Arc<std::sync::Mutex<Vec<u64>>>), CopyError> {
     let mut slot = shared.slot.lock().await;
     if slot.rows_assigned >= shared.job.engine_rows {
         let next_id = slot.id + 1;
@@ -401,20 +475,24 @@ async fn engine_for(
             .manager
             .open_engine(&shared.engine_cfg, &shared.job.table, next_id)
             .await?;
-        let full = slot.engine.replace(Arc::new(fresh));
-        let full_chunks = std::mem::take(&mut slot.chunk_ids);
+        let full = slot.current.replace(CurrentEngine::new(fresh, next_id));
         slot.id = next_id;
         slot.rows_assigned = 0;
         shared.engines.fetch_add(1, Ordering::Relaxed);
         if let Some(full) = full {
-            spawn_closer(shared, full, full_chunks).await;
+            spawn_closer(shared, full).await;
         }
     }
-    slot.rows_assigned += rows;
-    slot.chunk_ids.push(chunk_id);
-    slot.engine
-        .clone()
-        .ok_or_else(|| CopyError::Worker("the copy is already finished".into()))
+    let current = slot
+        .current
+        .as_mut()
+        .ok_or_else(|| CopyError::Worker("the copy is already finished".into()))?;
+    if current.dispatched.is_empty() {
+        current.lower = encoded(chunk.lower.as_ref());
+    }
+    current.upper = encoded(chunk.upper.as_ref());
+    current.dispatched.push(chunk.id);
+    Ok((current.engine.clone(), current.written.clone()))
 }
 
 async fn read_chunk(conn: &mut Conn, shared: &Shared, sql: &str) -> Result<Vec<Row>, CopyError> {

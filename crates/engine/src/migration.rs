@@ -25,7 +25,7 @@ use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
 use crate::changes::{key_orders_by_bytes, ChangeBuffer};
 use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
-use crate::copy::{copy_table, read_conn, CopyError, CopyJob, CopyStats};
+use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
 use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::inspect::{inspect_table, TableInfo};
@@ -36,7 +36,9 @@ use crate::progress::{ProgressHandle, State};
 use crate::resume::{self, Checkpointer};
 use crate::shadow::{self, CopyLayout, ShadowError};
 use std::time::SystemTime;
-use wraith_checkpoints::{validate, TableCheckpoint, TableStage, TaskCheckpoint};
+use wraith_checkpoints::{
+    validate, EngineCheckpoint, EngineStatus, KeyRange, TableCheckpoint, TableStage, TaskCheckpoint,
+};
 
 /// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
 pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
@@ -666,6 +668,121 @@ impl TableRun<'_> {
             .map_err(|e| self.changes_error(format!("checkpoint: {e}")))
     }
 
+    /// Records an engine closed with all its chunks: a resumed run imports
+    /// it rather than copying its rows again.
+    async fn record_closed_engine(&self, closed: ClosedEngineRecord) -> Result<(), RunError> {
+        let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
+        self.checkpoint
+            .update(|task| {
+                let Some(t) = task.table_mut(&schema, &table) else {
+                    return Ok(());
+                };
+                let mut engine = EngineCheckpoint::new(closed.uuid, closed.engine_id);
+                engine.key_range = KeyRange {
+                    lower: closed.lower,
+                    upper: closed.upper,
+                };
+                engine.advance(EngineStatus::AllWritten)?;
+                engine.advance(EngineStatus::Closed)?;
+                t.engines.retain(|e| e.engine_id != closed.engine_id);
+                t.engines.push(engine);
+                Ok(())
+            })
+            .await
+            .map_err(RunError::Checkpoint)?
+            .map_err(|e: wraith_checkpoints::TransitionError| {
+                self.changes_error(format!("checkpoint: {e}"))
+            })?;
+        tracing::info!(table = %self.table.name, engine = closed.engine_id, "engine closed; recorded for resume");
+        Ok(())
+    }
+
+    /// Resume of the local backend: imports the engines the killed run had
+    /// closed (reopened by UUID with `unsafe_close_engine`) that continue the
+    /// durable prefix, and returns the new low watermark. An engine that
+    /// cannot be reopened is left: its rows are copied again.
+    async fn import_closed_engines(
+        &self,
+        saved: Option<&TableCheckpoint>,
+        mut low: Option<Vec<u8>>,
+        layout: &CopyLayout,
+    ) -> Result<Option<Vec<u8>>, RunError> {
+        let mut engines: Vec<EngineCheckpoint> = saved
+            .map(|t| {
+                t.engines
+                    .iter()
+                    .filter(|e| e.status() == EngineStatus::Closed)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.plan.backend != BackendKind::Local || engines.is_empty() {
+            return Ok(low);
+        }
+        engines.sort_by_key(|e| e.engine_id);
+        let backend = make_backend(self.config, self.table, self.plan.backend, self.target_pool)?;
+        let manager = wraith_backend::EngineManager::new(backend.clone());
+        let cfg = wraith_backend::EngineConfig {
+            target: layout.target.clone(),
+            local: wraith_backend::LocalEngineConfig::default(),
+        };
+        let mut imported = 0;
+        let mut rows = 0;
+        // Engine 0 of a run that started with nothing copied begins at the
+        // table's start, whatever its first chunk's lower bound says.
+        let continues = |e: &EngineCheckpoint, low: &Option<Vec<u8>>| {
+            e.key_range.lower == *low || (low.is_none() && e.engine_id == 0)
+        };
+        while let Some(next) = engines.iter().find(|e| continues(e, &low)) {
+            let closed = match manager
+                .unsafe_close_engine(&cfg, &self.table.name, next.engine_id)
+                .await
+            {
+                Ok(c) if c.uuid() == next.uuid => c,
+                Ok(_) | Err(_) => {
+                    tracing::info!(
+                        engine = next.engine_id,
+                        "a closed engine could not be reopened; its rows are copied again"
+                    );
+                    break;
+                }
+            };
+            let stats = closed
+                .import(96 << 20, 1 << 20)
+                .await
+                .map_err(|e| self.changes_error(format!("importing a reopened engine: {e}")))?;
+            let _ = closed.cleanup().await;
+            imported += 1;
+            rows += stats.rows;
+            // The engine reached the table's end: everything is copied.
+            low = Some(next.key_range.upper.clone().unwrap_or_else(|| vec![0xFF]));
+            if next.key_range.upper.is_none() {
+                break;
+            }
+        }
+        backend.close().await;
+        let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
+        let saved_low = low.clone();
+        self.checkpoint
+            .update(|task| {
+                if let Some(t) = task.table_mut(&schema, &table) {
+                    t.engines.clear();
+                    if imported > 0 {
+                        t.change_stream.low_watermark = saved_low;
+                    }
+                }
+            })
+            .await
+            .map_err(RunError::Checkpoint)?;
+        if imported > 0 {
+            eprintln!(
+                "{}: imported {imported} engine(s) ({rows} rows) the killed run had closed, by UUID",
+                self.table.name
+            );
+        }
+        Ok(low)
+    }
+
     /// Saves the copy's frontier. The binlog position saved is where the
     /// change stream started: a resumed run replays every change since then.
     /// Replaying from the start is idempotent (the last image of a key wins)
@@ -869,7 +986,7 @@ impl TableRun<'_> {
         // Where the copy starts: after the saved low watermark of a resumed run.
         let all_copied =
             saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
-        let copy_needed = stage < TableStage::CopyDone && !all_copied;
+        let mut copy_needed = stage < TableStage::CopyDone && !all_copied;
         let mut start_after = None;
         if copy_needed {
             let low = saved
@@ -885,19 +1002,33 @@ impl TableRun<'_> {
                     low.as_deref(),
                 )
                 .await?;
+                let low = self.import_closed_engines(saved, low, &layout).await?;
                 let _ = std::fs::remove_dir_all(engines_dir(config, table));
                 eprintln!(
                     "{}: resuming the copy after its durable prefix; {deleted} rows above it are copied again",
                     table.name
                 );
-                if let Some(low) = &low {
-                    start_after =
-                        Some(wraith_backend::decode_key(low).map_err(|e| {
-                            self.changes_error(format!("saved low watermark: {e}"))
-                        })?);
+                let everything = low.as_deref() == Some(&[0xFF][..]);
+                match &low {
+                    // The reopened engines reached the table's end.
+                    Some(_) if everything => copy_needed = false,
+                    Some(low) => {
+                        start_after =
+                            Some(wraith_backend::decode_key(low).map_err(|e| {
+                                self.changes_error(format!("saved low watermark: {e}"))
+                            })?)
+                    }
+                    None => {}
                 }
                 if let Ok(mut marks) = following.state.marks.lock() {
-                    *marks = crate::changes::Watermarks::resumed(low.clone());
+                    *marks = if everything {
+                        crate::changes::Watermarks::resumed(None)
+                    } else {
+                        crate::changes::Watermarks::resumed(low.clone())
+                    };
+                    if everything {
+                        marks.copy_done();
+                    }
                 }
             }
             self.save_progress(&following, 0).await?;
@@ -908,6 +1039,7 @@ impl TableRun<'_> {
         let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
         let handle = self.progress.add_table(&table.name, old.estimated_rows);
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
         self.progress.set_state(State::CopyRows);
         let copy = self.copy_or_skip(
             copy_needed,
@@ -925,6 +1057,7 @@ impl TableRun<'_> {
                         && same_server(config),
                     online: Some(following.state.clone()),
                     start_after,
+                    closed_engines: Some(closed_tx),
                 },
                 self.source_pool,
                 backend.clone(),
@@ -937,6 +1070,7 @@ impl TableRun<'_> {
             tokio::select! {
                 r = &mut copy => break r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
                 _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error("stopped".into()))),
+                Some(closed) = closed_rx.recv() => self.record_closed_engine(closed).await?,
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
                         self.save_progress(&following, handle.rows_copied()).await?;

@@ -47,6 +47,16 @@ fn recopied(stderr: &str) -> u64 {
         .sum()
 }
 
+/// Engines a resumed run imported by UUID instead of copying their rows again.
+fn reopened_engines(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.split(": imported ").nth(1))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 /// Keeps every run's log of a job in the temp dir, for replaying a failure.
 fn log_run(s: &Schema, attempt: u32, how: &str, stderr: &str) {
     use std::io::Write as _;
@@ -107,6 +117,7 @@ async fn kill_nine_in_every_state_then_resume_exact() {
     let mut states: BTreeMap<String, u32> = BTreeMap::new();
     let mut total_kills = 0;
     let mut total_recopied = 0;
+    let mut total_reopened = 0;
     let per_backend = 11;
     for backend in ["sql", "local"] {
         let mut kills = 0;
@@ -185,6 +196,7 @@ async fn kill_nine_in_every_state_then_resume_exact() {
                 log_run(&s, attempts, "killed", &run.stderr);
                 *states.entry(last_state(&run.stderr)).or_default() += 1;
                 total_recopied += recopied(&run.stderr);
+                total_reopened += reopened_engines(&run.stderr);
                 kills += 1;
                 // Killed after the job had finished and removed its checkpoint:
                 // there is nothing left to resume.
@@ -202,6 +214,7 @@ async fn kill_nine_in_every_state_then_resume_exact() {
                 finished.output()
             );
             total_recopied += recopied(&finished.stderr);
+            total_reopened += reopened_engines(&finished.stderr);
             assert_matches_mirror(&s).await;
             assert!(
                 s.table_exists("_sbtest_old").await,
@@ -228,7 +241,7 @@ async fn kill_nine_in_every_state_then_resume_exact() {
         total_kills += kills;
     }
     eprintln!(
-        "kill -9 harness (seed {seed}): {total_kills} kills, states at kill: {states:?}, rows copied again after resumes: {total_recopied} ({:.0} per kill)",
+        "kill -9 harness (seed {seed}): {total_kills} kills, states at kill: {states:?}, rows copied again after resumes: {total_recopied} ({:.0} per kill), closed engines imported by UUID on resume: {total_reopened}",
         total_recopied as f64 / total_kills.max(1) as f64
     );
     assert!(total_kills >= 20, "only {total_kills} kills");
@@ -481,4 +494,58 @@ async fn a_server_restart_mid_run_then_rerun_is_exact() {
             "{backend}: no cut-over"
         );
     }
+}
+
+/// A local-backend run killed while a closed engine waits for its import:
+/// the rerun reopens that engine by UUID (`unsafe_close_engine`) and imports
+/// it instead of copying its rows again, and the content is exact.
+#[tokio::test]
+async fn a_closed_engine_is_reopened_and_imported_on_resume() {
+    let mut reopened = 0;
+    for job in 1..=4 {
+        let s = Schema::new(&format!("rs_reopen_{job}")).await;
+        let rows = 120_000;
+        sysbench_with_mirror(&s, rows).await;
+        let load = Load::start(
+            s.pool.clone(),
+            LoadConfig {
+                schema: s.name.clone(),
+                table: "sbtest".into(),
+                rate: 100,
+                connections: 1,
+                seed: job,
+                max_id: rows,
+                change_keys: true,
+                mirror: Some("mirror".into()),
+                hot_keys: 0,
+            },
+        );
+        let cfg = config(
+            &s,
+            "local",
+            "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+            "",
+        );
+        let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+        child
+            .wait_for(
+                "engine closed; recorded for resume",
+                Duration::from_secs(120),
+            )
+            .await;
+        child.signal(libc::SIGKILL);
+        let killed = child.finish(Duration::from_secs(10)).await;
+        assert_ne!(killed.code, 0, "the run ended before the kill");
+        let run = wraith_with_config(&["run", "-v"], &cfg).await;
+        assert_eq!(run.code, 0, "{}", run.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        load.stop().await;
+        assert_matches_mirror(&s).await;
+        reopened += reopened_engines(&run.stderr);
+        if reopened > 0 {
+            break;
+        }
+        // The engine's import finished before the kill landed: try again.
+    }
+    assert!(reopened > 0, "no resumed run imported a closed engine");
 }
