@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
 
+mod bench;
 mod demo;
 mod progress_display;
 
@@ -36,6 +37,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Shows the checkpoint of CONFIG's job: state, progress, position, age.
     Status(StatusArgs),
+    /// Benchmarks wraith's backends against native ALTER TABLE and pt-online-schema-change.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -169,6 +172,7 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             status(&config, args.json).await
         }
         Command::Demo(args) => demo::demo(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }
 
