@@ -503,7 +503,7 @@ impl Bench {
             Condition::Load => {
                 let load = WriteLoad::start(self.pool.clone(), load_config.clone());
                 tokio::time::sleep(Duration::from_secs_f64(self.args.baseline_secs.max(0.5))).await;
-                run.load_before = Some(load.take_window());
+                run.load_before = Some(load.end_window().await);
                 Some(load)
             }
         };
@@ -517,7 +517,7 @@ impl Bench {
         }
         let log = match load {
             Some(load) => {
-                run.load_during = Some(load.take_window());
+                run.load_during = Some(load.end_window().await);
                 Some(load.stop().await)
             }
             None => None,

@@ -14,11 +14,14 @@
 //! from when it could start: a writer stuck behind a locked table keeps its
 //! schedule, and every transaction it is late for counts the wait (open loop,
 //! no coordinated omission). Histograms are read in windows
-//! ([`WriteLoad::take_window`]): one before a method (its baseline) and one
-//! while it runs.
+//! ([`WriteLoad::end_window`]): one before a method (its baseline) and one
+//! while it runs. A transaction belongs to the window it was due in, and a
+//! window is closed only once every transaction due in it has finished, so a
+//! writer blocked until the method's end counts its whole wait in the method's
+//! window.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,9 +75,9 @@ struct WindowState {
 }
 
 impl WindowState {
-    fn new() -> WindowState {
+    fn new(started: Instant) -> WindowState {
         WindowState {
-            started: Instant::now(),
+            started,
             // 1 µs to 1 hour at 3 significant digits; values above are clamped.
             latencies_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("constant histogram bounds are valid"),
@@ -83,8 +86,8 @@ impl WindowState {
         }
     }
 
-    fn into_window(self) -> LoadWindow {
-        let secs = self.started.elapsed().as_secs_f64();
+    fn into_window(self, ended: Instant) -> LoadWindow {
+        let secs = ended.saturating_duration_since(self.started).as_secs_f64();
         let ms = |q: f64| {
             if self.latencies_us.is_empty() {
                 0.0
@@ -109,10 +112,52 @@ impl WindowState {
     }
 }
 
+/// The open window, and the next one once a boundary is set.
+struct Windows {
+    current: WindowState,
+    /// Transactions due at or after the boundary go to the next window.
+    next: Option<(Instant, WindowState)>,
+}
+
+impl Windows {
+    fn for_due(&mut self, due: Instant) -> &mut WindowState {
+        match &mut self.next {
+            Some((boundary, next)) if due >= *boundary => next,
+            _ => &mut self.current,
+        }
+    }
+}
+
+/// What the writers and the load share.
+struct Shared {
+    windows: Mutex<Windows>,
+    /// The load's start: the origin of `pending_due_ns`.
+    epoch: Instant,
+    /// Per writer, when its oldest unfinished transaction was due (ns after
+    /// `epoch`); `u64::MAX` once it has stopped.
+    pending_due_ns: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn set_pending(&self, writer: usize, due: Instant) {
+        if let Some(p) = self.pending_due_ns.get(writer) {
+            let ns = due.saturating_duration_since(self.epoch).as_nanos() as u64;
+            p.store(ns, Ordering::Release);
+        }
+    }
+
+    fn all_done_before(&self, at: Instant) -> bool {
+        let at_ns = at.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.pending_due_ns
+            .iter()
+            .all(|p| p.load(Ordering::Acquire) >= at_ns)
+    }
+}
+
 /// A running load. [`WriteLoad::stop`] ends it.
 pub struct WriteLoad {
     stop: Arc<AtomicBool>,
-    window: Arc<Mutex<WindowState>>,
+    shared: Arc<Shared>,
     writers: Vec<tokio::task::JoinHandle<WriterLog>>,
 }
 
@@ -135,8 +180,16 @@ impl WriteLoad {
     /// Starts the writers on `pool` (one connection each).
     pub fn start(pool: Pool, config: WriteLoadConfig) -> WriteLoad {
         let stop = Arc::new(AtomicBool::new(false));
-        let window = Arc::new(Mutex::new(WindowState::new()));
         let connections = config.connections.max(1);
+        let epoch = Instant::now();
+        let shared = Arc::new(Shared {
+            windows: Mutex::new(Windows {
+                current: WindowState::new(epoch),
+                next: None,
+            }),
+            epoch,
+            pending_due_ns: (0..connections).map(|_| AtomicU64::new(0)).collect(),
+        });
         let writers = (0..connections)
             .map(|index| {
                 let writer = Writer {
@@ -145,24 +198,39 @@ impl WriteLoad {
                     index: index as u64,
                     connections: connections as u64,
                     stop: stop.clone(),
-                    window: window.clone(),
+                    shared: shared.clone(),
                 };
                 tokio::spawn(writer.run())
             })
             .collect();
         WriteLoad {
             stop,
-            window,
+            shared,
             writers,
         }
     }
 
-    /// The figures since the last call (or the start), and a new window begins.
-    pub fn take_window(&self) -> LoadWindow {
-        match self.window.lock() {
-            Ok(mut w) => std::mem::replace(&mut *w, WindowState::new()).into_window(),
-            Err(_) => LoadWindow::default(),
+    /// Ends the current window now and returns its figures once every
+    /// transaction due in it has finished (at most `WINDOW_GRACE` later); the
+    /// next window starts now.
+    pub async fn end_window(&self) -> LoadWindow {
+        const WINDOW_GRACE: Duration = Duration::from_secs(600);
+        let at = Instant::now();
+        if let Ok(mut w) = self.shared.windows.lock() {
+            w.next = Some((at, WindowState::new(at)));
         }
+        while !self.shared.all_done_before(at) && at.elapsed() < WINDOW_GRACE {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Ok(mut w) = self.shared.windows.lock() else {
+            return LoadWindow::default();
+        };
+        let next = w
+            .next
+            .take()
+            .map(|(_, next)| next)
+            .unwrap_or_else(|| WindowState::new(at));
+        std::mem::replace(&mut w.current, next).into_window(at)
     }
 
     /// Stops the writers (each finishes its transaction) and returns the log.
@@ -181,7 +249,7 @@ impl WriteLoad {
             }
         }
         LoadLog {
-            last_window: self.take_window(),
+            last_window: self.end_window().await,
             committed,
             uncertain,
         }
@@ -238,7 +306,7 @@ struct Writer {
     index: u64,
     connections: u64,
     stop: Arc<AtomicBool>,
-    window: Arc<Mutex<WindowState>>,
+    shared: Arc<Shared>,
 }
 
 enum Outcome {
@@ -260,7 +328,9 @@ impl Writer {
         // Writers start spread over one interval, not all at once.
         let mut due = Instant::now() + interval.mul_f64(self.index as f64 / self.connections as f64);
         let mut conn: Option<Conn> = None;
+        let writer = self.index as usize;
         while !self.stop.load(Ordering::Relaxed) {
+            self.shared.set_pending(writer, due);
             let now = Instant::now();
             if due > now {
                 tokio::time::sleep(due - now).await;
@@ -268,10 +338,11 @@ impl Writer {
             let statements = self.transaction(&mut rng);
             let outcome = self.execute(&mut conn, &statements).await;
             let latency_us = due.elapsed().as_micros() as u64;
-            due += interval;
-            let Ok(mut w) = self.window.lock() else {
+            let Ok(mut windows) = self.shared.windows.lock() else {
                 break;
             };
+            let w = windows.for_due(due);
+            due += interval;
             match outcome {
                 Outcome::Committed => {
                     w.transactions += 1;
@@ -284,6 +355,11 @@ impl Writer {
                     log.uncertain += 1;
                 }
             }
+            drop(windows);
+            self.shared.set_pending(writer, due);
+        }
+        if let Some(p) = self.shared.pending_due_ns.get(writer) {
+            p.store(u64::MAX, Ordering::Release);
         }
         log
     }
@@ -378,12 +454,14 @@ mod tests {
 
     #[test]
     fn windows_report_quantiles() {
-        let mut w = WindowState::new();
+        let start = Instant::now();
+        let mut w = WindowState::new(start);
         for us in 1..=1000u64 {
             w.latencies_us.saturating_record(us * 1000);
             w.transactions += 1;
         }
-        let window = w.into_window();
+        let window = w.into_window(start + Duration::from_secs(10));
+        assert!((window.transactions_per_sec - 100.0).abs() < 0.01);
         assert_eq!(window.transactions, 1000);
         assert!((window.p95_ms - 950.0).abs() < 5.0, "{}", window.p95_ms);
         assert!((window.max_ms - 1000.0).abs() < 5.0);
