@@ -361,6 +361,7 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperMiddle)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()?;
