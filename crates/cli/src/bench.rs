@@ -29,8 +29,8 @@ use clap::Args;
 use serde::Serialize;
 use wraith_engine::bench::load::{LoadWindow, WriteLoad, WriteLoadConfig};
 use wraith_engine::bench::pristine::{self, Comparison, Pristine};
-use wraith_engine::bench::tables::TableKind;
 use wraith_engine::bench::process_cpu_secs;
+use wraith_engine::bench::tables::TableKind;
 use wraith_engine::config::{Config, ConnectionConfig};
 use wraith_engine::mysql_async::prelude::Queryable;
 use wraith_engine::mysql_async::{Conn, Opts, OptsBuilder, Pool};
@@ -222,10 +222,16 @@ impl BenchServer {
         let mut toml = String::from("[source]\n");
         match self {
             BenchServer::Scratch(s) => {
-                toml += &format!("host = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n", s.port());
+                toml += &format!(
+                    "host = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n",
+                    s.port()
+                );
             }
             BenchServer::External(c) => {
-                toml += &format!("host = {:?}\nport = {}\nuser = {:?}\n", c.host, c.port, c.user);
+                toml += &format!(
+                    "host = {:?}\nport = {}\nuser = {:?}\n",
+                    c.host, c.port, c.user
+                );
                 if let Some(socket) = &c.socket {
                     toml += &format!("socket = {:?}\n", socket.display().to_string());
                 }
@@ -272,7 +278,10 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
     let kinds = args
         .tables
         .iter()
-        .map(|t| t.parse::<TableKind>().map_err(|e| Failure::Config(e.to_string())))
+        .map(|t| {
+            t.parse::<TableKind>()
+                .map_err(|e| Failure::Config(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut methods = args
         .methods
@@ -319,7 +328,10 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
             BenchServer::External(Box::new(config.source))
         }
         None => {
-            eprintln!("starting a scratch MariaDB (buffer pool {}) ...", args.buffer_pool);
+            eprintln!(
+                "starting a scratch MariaDB (buffer pool {}) ...",
+                args.buffer_pool
+            );
             let options = ScratchOptions {
                 buffer_pool: args.buffer_pool.clone(),
                 // The peers were measured with a 512M redo log; a small one
@@ -337,10 +349,15 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
     };
     let pool = Pool::new(server.opts()?);
     let mut conn = pool.get_conn().await.context("connecting to the server")?;
-    let version: Option<String> = conn.query_first("SELECT VERSION()").await.context("SELECT VERSION()")?;
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .context("SELECT VERSION()")?;
     let server_pid = server_pid(&mut conn).await;
     if server_pid.is_none() {
-        eprintln!("note: the server's process is not on this machine; its CPU time is not reported");
+        eprintln!(
+            "note: the server's process is not on this machine; its CPU time is not reported"
+        );
     }
     let work_dir = tempfile::Builder::new()
         .prefix("wraith-bench-")
@@ -359,7 +376,10 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
     let mut runs = Vec::new();
     for kind in kinds {
         let rows = bench.args.rows.unwrap_or(kind.default_rows());
-        eprintln!("\ngenerating {kind} table {} with {rows} rows ...", kind.table_name());
+        eprintln!(
+            "\ngenerating {kind} table {} with {rows} rows ...",
+            kind.table_name()
+        );
         let started = Instant::now();
         let files = bench.work_dir.path().join("pristine").join(kind.as_str());
         let pristine = Pristine::create(&mut conn, PRISTINE_SCHEMA, kind, rows, &files)
@@ -385,7 +405,9 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
             for &condition in &conditions {
                 let mut round_runs = Vec::new();
                 for &method in &methods {
-                    let run = bench.run_method(&mut conn, &pristine, method, condition, round).await;
+                    let run = bench
+                        .run_method(&mut conn, &pristine, method, condition, round)
+                        .await;
                     eprintln!("{}", report::run_line(&run));
                     round_runs.push(run);
                 }
@@ -395,12 +417,18 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
         }
         let qp = wraith_engine::db::quote_ident(PRISTINE_SCHEMA);
         let _ = conn
-            .query_drop(format!("DROP TABLE IF EXISTS {qp}.{}", wraith_engine::db::quote_ident(&pristine.table)))
+            .query_drop(format!(
+                "DROP TABLE IF EXISTS {qp}.{}",
+                wraith_engine::db::quote_ident(&pristine.table)
+            ))
             .await;
     }
     for schema in [BENCH_SCHEMA, PRISTINE_SCHEMA, EXPECTED_SCHEMA] {
         let _ = conn
-            .query_drop(format!("DROP DATABASE IF EXISTS {}", wraith_engine::db::quote_ident(schema)))
+            .query_drop(format!(
+                "DROP DATABASE IF EXISTS {}",
+                wraith_engine::db::quote_ident(schema)
+            ))
             .await;
     }
     drop(conn);
@@ -487,14 +515,21 @@ impl Bench {
         run
     }
 
-    async fn measure(&self, conn: &mut Conn, pristine: &Pristine, run: &mut MethodRun) -> anyhow::Result<()> {
+    async fn measure(
+        &self,
+        conn: &mut Conn,
+        pristine: &Pristine,
+        run: &mut MethodRun,
+    ) -> anyhow::Result<()> {
         pristine
             .restore(conn, BENCH_SCHEMA)
             .await
             .context("restoring the table")?;
         if self.server.owned() {
             // Earlier runs' binlogs are of no use; the scratch server is ours.
-            conn.query_drop("RESET MASTER").await.context("RESET MASTER")?;
+            conn.query_drop("RESET MASTER")
+                .await
+                .context("RESET MASTER")?;
         }
         pristine::flush_dirty_pages(conn, Duration::from_secs(120)).await;
         let load_config = self.load_config(pristine);
@@ -560,7 +595,12 @@ impl Bench {
     }
 
     /// Runs the method itself: what is timed.
-    async fn execute(&self, conn: &mut Conn, pristine: &Pristine, run: &mut MethodRun) -> anyhow::Result<()> {
+    async fn execute(
+        &self,
+        conn: &mut Conn,
+        pristine: &Pristine,
+        run: &mut MethodRun,
+    ) -> anyhow::Result<()> {
         let qt = format!(
             "{}.{}",
             wraith_engine::db::quote_ident(BENCH_SCHEMA),
@@ -568,7 +608,9 @@ impl Bench {
         );
         match run.method {
             Method::NativeInplace => conn
-                .query_drop(format!("ALTER TABLE {qt} FORCE, ALGORITHM=INPLACE, LOCK=NONE"))
+                .query_drop(format!(
+                    "ALTER TABLE {qt} FORCE, ALGORITHM=INPLACE, LOCK=NONE"
+                ))
                 .await
                 .context("ALTER TABLE ... ALGORITHM=INPLACE"),
             Method::NativeCopy => conn
@@ -581,9 +623,19 @@ impl Bench {
     }
 
     async fn run_wraith(&self, pristine: &Pristine, run: &mut MethodRun) -> anyhow::Result<()> {
-        let backend = if run.method == Method::WraithLocal { "local" } else { "sql" };
+        let backend = if run.method == Method::WraithLocal {
+            "local"
+        } else {
+            "sql"
+        };
         let dir = self.work_dir.path();
-        let name = format!("{}-{}-{}-{}", pristine.kind, run.method.name(), run.condition.name(), run.round);
+        let name = format!(
+            "{}-{}-{}-{}",
+            pristine.kind,
+            run.method.name(),
+            run.condition.name(),
+            run.round
+        );
         let toml = format!(
             "{source}\n[[table]]\nname = {table:?}\nalter = \"FORCE\"\n\n[copy]\nbackend = {backend:?}\n\n\
              [local]\nsort_dir = {sort:?}\n\n[cutover]\ndrop_old_table = true\n\n\
@@ -601,7 +653,11 @@ impl Bench {
         let child = run_child(cmd, dir, &name).await?;
         run.peak_rss_mib = child.peak_rss_mib;
         if !child.success {
-            anyhow::bail!("wraith run failed ({}): {}", child.status, child.stderr_tail);
+            anyhow::bail!(
+                "wraith run failed ({}): {}",
+                child.status,
+                child.stderr_tail
+            );
         }
         let report: serde_json::Value =
             serde_json::from_str(&child.stdout).context("reading wraith run's JSON report")?;
@@ -610,19 +666,35 @@ impl Bench {
     }
 
     async fn run_ptosc(&self, pristine: &Pristine, run: &mut MethodRun) -> anyhow::Result<()> {
-        let tool = self.ptosc.as_ref().ok_or_else(|| anyhow!("pt-online-schema-change is not installed"))?;
-        let name = format!("{}-pt-osc-{}-{}", pristine.kind, run.condition.name(), run.round);
+        let tool = self
+            .ptosc
+            .as_ref()
+            .ok_or_else(|| anyhow!("pt-online-schema-change is not installed"))?;
+        let name = format!(
+            "{}-pt-osc-{}-{}",
+            pristine.kind,
+            run.condition.name(),
+            run.round
+        );
         let mut cmd = Command::new(tool);
         cmd.arg("--alter")
             .arg("ENGINE=InnoDB")
-            .arg(self.server.ptosc_dsn(&pristine.table).map_err(failure_to_anyhow)?)
+            .arg(
+                self.server
+                    .ptosc_dsn(&pristine.table)
+                    .map_err(failure_to_anyhow)?,
+            )
             .arg("--recursion-method=none")
             .arg("--no-check-replication-filters")
             .arg("--execute");
         let child = run_child(cmd, self.work_dir.path(), &name).await?;
         run.peak_rss_mib = child.peak_rss_mib;
         if !child.success {
-            anyhow::bail!("pt-online-schema-change failed ({}): {}", child.status, child.stderr_tail);
+            anyhow::bail!(
+                "pt-online-schema-change failed ({}): {}",
+                child.status,
+                child.stderr_tail
+            );
         }
         Ok(())
     }
@@ -653,7 +725,9 @@ async fn run_child(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<C
     cmd.stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).context("creating the child's output file")?)
         .stderr(std::fs::File::create(&err_path).context("creating the child's error file")?);
-    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let pid = child.id() as libc::pid_t;
     let (status, usage) = tokio::task::spawn_blocking(move || wait_with_usage(pid))
         .await
@@ -674,7 +748,9 @@ async fn run_child(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<C
     Ok(ChildRun {
         success,
         status: status_text,
-        stderr_tail: format!("{}\n{}", tail(&stderr), tail(&stdout)).trim().to_string(),
+        stderr_tail: format!("{}\n{}", tail(&stderr), tail(&stdout))
+            .trim()
+            .to_string(),
         stdout,
         // Linux reports ru_maxrss in KiB.
         peak_rss_mib: (usage.ru_maxrss > 0).then(|| usage.ru_maxrss as f64 / 1024.0),

@@ -13,13 +13,21 @@ async fn bench_runs_every_method_and_checks_each_result() {
     let json_path = dir.path().join("bench.json");
     let plot_path = dir.path().join("bench.svg");
     let mut cmd = tokio::process::Command::new(wraith_bin());
-    cmd.args(["bench", "--rows", "20000", "--repeat", "1", "--baseline-secs", "1"])
-        .args(["--buffer-pool", "256M", "--load-rate", "100"])
-        .arg("--json")
-        .arg(&json_path)
-        .arg("--plot")
-        .arg(&plot_path)
-        .kill_on_drop(true);
+    cmd.args([
+        "bench",
+        "--rows",
+        "20000",
+        "--repeat",
+        "1",
+        "--baseline-secs",
+        "1",
+    ])
+    .args(["--buffer-pool", "256M", "--load-rate", "100"])
+    .arg("--json")
+    .arg(&json_path)
+    .arg("--plot")
+    .arg(&plot_path)
+    .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
         .await
         .expect("wraith bench did not finish within 600s")
@@ -35,7 +43,13 @@ async fn bench_runs_every_method_and_checks_each_result() {
 
     let summary = results["summary"].as_array().expect("a summary");
     let skipped = results["skipped"].as_array().expect("a skipped list");
-    for method in ["wraith-sql", "wraith-local", "native-inplace", "native-copy", "pt-osc"] {
+    for method in [
+        "wraith-sql",
+        "wraith-local",
+        "native-inplace",
+        "native-copy",
+        "pt-osc",
+    ] {
         if method == "pt-osc" && skipped.iter().any(|s| s["method"] == method) {
             continue;
         }
@@ -61,9 +75,15 @@ async fn bench_runs_every_method_and_checks_each_result() {
         for field in ["rows_match", "checksum_match", "definition_match"] {
             assert_eq!(comparison[field], true, "{field}: {run}");
         }
-        if run["method"].as_str().is_some_and(|m| m.starts_with("wraith")) {
+        if run["method"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("wraith"))
+        {
             assert!(run["cutover_blocked_ms"].as_f64().is_some(), "{run}");
-            assert!(run["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{run}");
+            assert!(
+                run["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0),
+                "{run}"
+            );
         }
         if run["condition"] == "load" {
             assert!(

@@ -74,7 +74,9 @@ impl BenchResults {
                 for method in Method::ALL {
                     let group: Vec<&MethodRun> = runs
                         .iter()
-                        .filter(|r| r.table == table.kind && r.condition == condition && r.method == method)
+                        .filter(|r| {
+                            r.table == table.kind && r.condition == condition && r.method == method
+                        })
                         .collect();
                     if !group.is_empty() {
                         summary.push(summarise(table, &group));
@@ -192,9 +194,8 @@ fn summarise(table: &TableInfo, group: &[&MethodRun]) -> MethodSummary {
     };
     let before = collect(&|r| r.load_before.as_ref().map(|w| w.p95_ms));
     let during = collect(&|r| r.load_during.as_ref().map(|w| w.p95_ms));
-    let changes = collect(&|r| {
-        Some(r.load_during.as_ref()?.p95_ms - r.load_before.as_ref()?.p95_ms)
-    });
+    let changes =
+        collect(&|r| Some(r.load_during.as_ref()?.p95_ms - r.load_before.as_ref()?.p95_ms));
     let errors: Vec<u64> = group
         .iter()
         .filter_map(|r| r.load_during.as_ref().map(|w| w.error_count()))
@@ -208,7 +209,11 @@ fn summarise(table: &TableInfo, group: &[&MethodRun]) -> MethodSummary {
         wall_secs_median: wall,
         wall_secs_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         wall_secs_max: walls.iter().copied().fold(0.0, f64::max),
-        rows_per_sec: if wall > 0.0 { table.rows as f64 / wall } else { 0.0 },
+        rows_per_sec: if wall > 0.0 {
+            table.rows as f64 / wall
+        } else {
+            0.0
+        },
         mb_per_sec: if wall > 0.0 {
             table.table_bytes as f64 / 1048576.0 / wall
         } else {
@@ -217,10 +222,7 @@ fn summarise(table: &TableInfo, group: &[&MethodRun]) -> MethodSummary {
         ratio_to_native_inplace: collect(&|r| r.ratio_to_native_inplace),
         cutover_blocked_ms: collect(&|r| r.cutover_blocked_ms),
         server_cpu_secs: collect(&|r| r.server_cpu_secs),
-        peak_rss_mib: group
-            .iter()
-            .filter_map(|r| r.peak_rss_mib)
-            .reduce(f64::max),
+        peak_rss_mib: group.iter().filter_map(|r| r.peak_rss_mib).reduce(f64::max),
         load_p95_before_ms: before,
         load_p95_during_ms: during,
         load_p95_change_ms: changes,
@@ -294,7 +296,12 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
     for (area, table) in areas.iter().zip(&results.tables) {
         let methods: Vec<Method> = Method::ALL
             .into_iter()
-            .filter(|m| results.summary.iter().any(|s| s.table == table.kind && s.method == *m))
+            .filter(|m| {
+                results
+                    .summary
+                    .iter()
+                    .any(|s| s.table == table.kind && s.method == *m)
+            })
             .collect();
         let top = results
             .summary
@@ -321,7 +328,10 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
             .x_label_formatter(&|x| {
                 let i = x.round();
                 if (x - i).abs() < 0.01 && i >= 0.0 {
-                    names.get(i as usize).map(|n| n.to_string()).unwrap_or_default()
+                    names
+                        .get(i as usize)
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 }
@@ -339,7 +349,9 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
                     results
                         .summary
                         .iter()
-                        .find(|s| s.table == table.kind && s.method == *m && s.condition == condition)
+                        .find(|s| {
+                            s.table == table.kind && s.method == *m && s.condition == condition
+                        })
                         .map(|s| (i as f64 + offset, s))
                 })
                 .collect();
@@ -348,15 +360,27 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
             }
             chart
                 .draw_series(bars.iter().map(|(x, s)| {
-                    Rectangle::new([(x - 0.18, 0.0), (x + 0.18, s.wall_secs_median)], color.filled())
+                    Rectangle::new(
+                        [(x - 0.18, 0.0), (x + 0.18, s.wall_secs_median)],
+                        color.filled(),
+                    )
                 }))?
                 .label(condition.name())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
             chart.draw_series(bars.iter().map(|(x, s)| {
-                PathElement::new(vec![(*x, s.wall_secs_min), (*x, s.wall_secs_max)], BLACK.stroke_width(1))
+                PathElement::new(
+                    vec![(*x, s.wall_secs_min), (*x, s.wall_secs_max)],
+                    BLACK.stroke_width(1),
+                )
             }))?;
             chart.draw_series(bars.iter().filter(|(_, s)| !s.all_correct).map(|(x, s)| {
-                Text::new("WRONG", (*x - 0.15, s.wall_secs_median), ("sans-serif", 12).into_font().color(&RED))
+                Text::new(
+                    "WRONG",
+                    (*x - 0.15, s.wall_secs_median),
+                    ("sans-serif", 12).into_font().color(&RED),
+                )
             }))?;
         }
         chart

@@ -324,9 +324,11 @@ impl Writer {
                 .wrapping_mul(1_000_003)
                 .wrapping_add(self.index),
         );
-        let interval = Duration::from_secs_f64(self.connections as f64 / self.config.rate.max(1) as f64);
+        let interval =
+            Duration::from_secs_f64(self.connections as f64 / self.config.rate.max(1) as f64);
         // Writers start spread over one interval, not all at once.
-        let mut due = Instant::now() + interval.mul_f64(self.index as f64 / self.connections as f64);
+        let mut due =
+            Instant::now() + interval.mul_f64(self.index as f64 / self.connections as f64);
         let mut conn: Option<Conn> = None;
         let writer = self.index as usize;
         while !self.stop.load(Ordering::Relaxed) {
@@ -373,13 +375,21 @@ impl Writer {
         let qt = qualified(&self.config.schema, kind);
         let by = kind.row_number_column();
         let plain = kind.plain_column();
-        let (a, b, c) = (self.row_number(rng), self.row_number(rng), self.row_number(rng));
+        let (a, b, c) = (
+            self.row_number(rng),
+            self.row_number(rng),
+            self.row_number(rng),
+        );
         let text = tables::sysbench_string(rng.random(), 10);
         vec![
             format!("UPDATE {qt} SET k = k + 1 WHERE {by} = {a}"),
             format!(
                 "UPDATE {qt} SET {plain} = '{}' WHERE {by} = {b}",
-                if kind == TableKind::Wide { &text[..95] } else { &text }
+                if kind == TableKind::Wide {
+                    &text[..95]
+                } else {
+                    &text
+                }
             ),
             format!("DELETE FROM {qt} WHERE {by} = {c}"),
             tables::insert_row_sql(kind, &qt, c, rng.random()),

@@ -102,12 +102,9 @@ impl Pristine {
     ) -> Result<Pristine, BenchError> {
         let table = kind.table_name().to_string();
         let qs = quote_ident(pristine_schema);
-        conn.query_drop(format!(
-            "DROP TABLE IF EXISTS {qs}.{}",
-            quote_ident(&table)
-        ))
-        .await
-        .ok();
+        conn.query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(&table)))
+            .await
+            .ok();
         tables::create_table(conn, pristine_schema, kind, rows).await?;
         let fingerprint = fingerprint(conn, pristine_schema, &table).await?;
         let table_bytes: Option<(u64,)> = conn
@@ -399,6 +396,9 @@ mod tests {
     fn definitions_ignore_auto_increment_and_index_order() {
         let a = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  KEY `a` (`id`),\n  KEY `b` (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=latin1";
         let b = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  KEY `b` (`id`),\n  KEY `a` (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=9 DEFAULT CHARSET=latin1";
-        assert_eq!(super::normalise_definition(a), super::normalise_definition(b));
+        assert_eq!(
+            super::normalise_definition(a),
+            super::normalise_definition(b)
+        );
     }
 }

@@ -109,9 +109,12 @@ pub async fn create_table(
     ))
     .await
     .context(|| format!("creating database {schema}"))?;
-    conn.query_drop(format!("CREATE TABLE {qt} ({}) ENGINE=InnoDB", definition(kind)))
-        .await
-        .context(|| format!("creating {schema}.{table}"))?;
+    conn.query_drop(format!(
+        "CREATE TABLE {qt} ({}) ENGINE=InnoDB",
+        definition(kind)
+    ))
+    .await
+    .context(|| format!("creating {schema}.{table}"))?;
     const BATCH: u64 = 50_000;
     let mut done = 0;
     while done < rows {
@@ -141,7 +144,12 @@ pub async fn create_table(
 /// One new row for `kind`'s table, as an `INSERT`: row number `row_number`, and
 /// every other value derived from `seed`. The load's delete+insert uses it, so a
 /// replay of the load's log inserts exactly the same row.
-pub fn insert_row_sql(kind: TableKind, qualified_table: &str, row_number: u64, seed: u64) -> String {
+pub fn insert_row_sql(
+    kind: TableKind,
+    qualified_table: &str,
+    row_number: u64,
+    seed: u64,
+) -> String {
     match kind {
         TableKind::Sysbench => format!(
             "INSERT INTO {qualified_table} (id, k, c, pad) VALUES ({row_number}, {}, '{}', '{}')",
