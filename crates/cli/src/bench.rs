@@ -636,13 +636,15 @@ impl Bench {
             run.condition.name(),
             run.round
         );
+        // A sort directory of its own: a failed run's engines are never found by the next.
+        let sort_dir = dir.join(format!("sort-{name}"));
         let toml = format!(
             "{source}\n[[table]]\nname = {table:?}\nalter = \"FORCE\"\n\n[copy]\nbackend = {backend:?}\n\n\
              [local]\nsort_dir = {sort:?}\n\n[cutover]\ndrop_old_table = true\n\n\
              [checkpoint]\nstore = \"file\"\npath = {checkpoint:?}\n",
             source = self.server.source_toml().map_err(failure_to_anyhow)?,
             table = pristine.table,
-            sort = dir.join("sort").display().to_string(),
+            sort = sort_dir.display().to_string(),
             checkpoint = dir.join(format!("{name}.checkpoint")).display().to_string(),
         );
         let config_path = dir.join(format!("{name}.toml"));
@@ -650,7 +652,9 @@ impl Bench {
         let exe = std::env::current_exe().context("finding the wraith binary")?;
         let mut cmd = Command::new(exe);
         cmd.arg("run").arg("--json").arg(&config_path);
-        let child = run_child(cmd, dir, &name).await?;
+        let child = run_child(cmd, dir, &name).await;
+        let _ = std::fs::remove_dir_all(&sort_dir);
+        let child = child?;
         run.peak_rss_mib = child.peak_rss_mib;
         if !child.success {
             anyhow::bail!(

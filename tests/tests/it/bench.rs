@@ -96,3 +96,94 @@ async fn bench_runs_every_method_and_checks_each_result() {
     let svg = std::fs::read_to_string(&plot_path).expect("the plot");
     assert!(svg.contains("<svg") && svg.contains("wraith-sql"), "{svg}");
 }
+
+/// The checks behind the benchmark's correctness flag: a restore matches the
+/// pristine table, one changed value does not, and the load's log replayed
+/// onto a restored copy gives exactly what the loaded table holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_catch_a_changed_value_and_replays_reproduce_the_load() {
+    use mysql_async::prelude::Queryable;
+    use wraith_engine::bench::load::{WriteLoad, WriteLoadConfig};
+    use wraith_engine::bench::pristine::{fingerprint, Pristine};
+    use wraith_engine::bench::tables::TableKind;
+
+    let pristine_schema = wraith_tests::Schema::new("bench_pristine").await;
+    let loaded = wraith_tests::Schema::new("bench_loaded").await;
+    let replayed = wraith_tests::Schema::new("bench_replayed").await;
+    let files = tempfile::tempdir().expect("temp dir");
+    let mut conn = pristine_schema.conn().await;
+    for kind in [TableKind::Sysbench, TableKind::Wide, TableKind::Uuid] {
+        let pristine = Pristine::create(&mut conn, &pristine_schema.name, kind, 3000, files.path())
+            .await
+            .expect("pristine table");
+        assert_eq!(pristine.rows, 3000);
+        pristine
+            .restore(&mut conn, &loaded.name)
+            .await
+            .expect("restore");
+        let table = kind.table_name();
+        let restored = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        assert!(
+            restored.compare(&pristine.fingerprint).all_match(),
+            "{kind}"
+        );
+
+        conn.query_drop(format!(
+            "UPDATE `{}`.`{table}` SET k = k + 1 WHERE {} = 17",
+            loaded.name,
+            kind.row_number_column()
+        ))
+        .await
+        .expect("change one value");
+        let changed = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        let comparison = changed.compare(&pristine.fingerprint);
+        assert!(
+            comparison.rows_match && !comparison.checksum_match,
+            "{kind}: {comparison:?}"
+        );
+
+        pristine
+            .restore(&mut conn, &loaded.name)
+            .await
+            .expect("restore");
+        let config = WriteLoadConfig {
+            schema: loaded.name.clone(),
+            kind,
+            rows: pristine.rows,
+            rate: 400,
+            connections: 3,
+            seed: 9,
+        };
+        let load = WriteLoad::start(loaded.pool.clone(), config.clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let window = load.end_window().await;
+        let log = load.stop().await;
+        assert!(window.transactions > 0, "{kind}: {window:?}");
+        assert_eq!(log.uncertain, 0);
+        pristine
+            .restore(&mut conn, &replayed.name)
+            .await
+            .expect("restore");
+        log.replay(&mut conn, &config, &replayed.name)
+            .await
+            .expect("replay");
+        let expected = fingerprint(&mut conn, &replayed.name, table)
+            .await
+            .expect("fingerprint");
+        let actual = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        assert!(
+            actual.compare(&expected).all_match(),
+            "{kind}: {actual:?} vs {expected:?}"
+        );
+        assert_ne!(
+            actual.checksum, pristine.fingerprint.checksum,
+            "{kind}: the load changed nothing"
+        );
+    }
+}
