@@ -290,10 +290,18 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
     let panels = results.tables.len().max(1);
-    let root = SVGBackend::new(path, (560 * panels as u32, 420)).into_drawing_area();
+    let with_load = results
+        .summary
+        .iter()
+        .any(|s| s.condition == Condition::Load && s.load_p95_during_ms.is_some());
+    let rows = if with_load { 2 } else { 1 };
+    let root = SVGBackend::new(path, (560 * panels as u32, 420 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let areas = root.split_evenly((1, panels));
-    for (area, table) in areas.iter().zip(&results.tables) {
+    let areas = root.split_evenly((rows, panels));
+    for (i, table) in results.tables.iter().enumerate() {
+        let Some(area) = areas.get(i) else {
+            continue;
+        };
         let methods: Vec<Method> = Method::ALL
             .into_iter()
             .filter(|m| {
@@ -389,8 +397,101 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()?;
+        if let Some(area) = areas.get(panels + i).filter(|_| with_load) {
+            plot_latency(area, results, table, &methods)?;
+        }
     }
     root.present()?;
+    Ok(())
+}
+
+/// The writers' p95 during each method (bars, log scale) and right before it
+/// (black ticks), medians over the rounds.
+fn plot_latency(
+    area: &plotters::drawing::DrawingArea<
+        plotters::prelude::SVGBackend<'_>,
+        plotters::coord::Shift,
+    >,
+    results: &BenchResults,
+    table: &TableInfo,
+    methods: &[Method],
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let load: Vec<(f64, &MethodSummary)> = methods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            results
+                .summary
+                .iter()
+                .find(|s| s.table == table.kind && s.method == *m && s.condition == Condition::Load)
+                .map(|s| (i as f64, s))
+        })
+        .collect();
+    let top = load
+        .iter()
+        .flat_map(|(_, s)| [s.load_p95_during_ms, s.load_p95_before_ms])
+        .flatten()
+        .fold(1.0, f64::max)
+        * 3.0;
+    let floor = 0.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "{}: writers' p95 under {} tx/s (bar: during, tick: before)",
+                table.table, results.settings.load_rate
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(
+            -0.5f64..(methods.len() as f64 - 0.5),
+            (floor..top).log_scale(),
+        )?;
+    let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(methods.len().max(1))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                names
+                    .get(i as usize)
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("ms (log scale)")
+        .draw()?;
+    let color = RGBColor(220, 120, 50);
+    chart.draw_series(load.iter().filter_map(|(x, s)| {
+        let during = s.load_p95_during_ms?.max(floor);
+        Some(Rectangle::new(
+            [(x - 0.25, floor), (x + 0.25, during)],
+            color.filled(),
+        ))
+    }))?;
+    chart.draw_series(load.iter().filter_map(|(x, s)| {
+        let before = s.load_p95_before_ms?.max(floor);
+        Some(PathElement::new(
+            vec![(x - 0.35, before), (x + 0.35, before)],
+            BLACK.stroke_width(2),
+        ))
+    }))?;
+    chart.draw_series(load.iter().filter_map(|(x, s)| {
+        let during = s.load_p95_during_ms?;
+        Some(Text::new(
+            format!("{during:.1}"),
+            (x - 0.2, (during * 1.3).max(floor)),
+            ("sans-serif", 12).into_font(),
+        ))
+    }))?;
     Ok(())
 }
 
