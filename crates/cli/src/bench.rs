@@ -171,6 +171,8 @@ pub struct MethodRun {
     pub server_cpu_secs: Option<f64>,
     /// Peak resident memory of the tool's process (wraith, pt-osc).
     pub peak_rss_mib: Option<f64>,
+    /// wraith's own report of the table (phases: copy, indexes, checksum, cut-over).
+    pub wraith_report: Option<serde_json::Value>,
     /// The load right before the method (its baseline) and during it.
     pub load_before: Option<LoadWindow>,
     pub load_during: Option<LoadWindow>,
@@ -504,6 +506,7 @@ impl Bench {
             cutover_blocked_ms: None,
             server_cpu_secs: None,
             peak_rss_mib: None,
+            wraith_report: None,
             load_before: None,
             load_during: None,
             ratio_to_native_inplace: None,
@@ -666,6 +669,7 @@ impl Bench {
         let report: serde_json::Value =
             serde_json::from_str(&child.stdout).context("reading wraith run's JSON report")?;
         run.cutover_blocked_ms = report["tables"][0]["cutover_blocked_ms"].as_f64();
+        run.wraith_report = Some(report["tables"][0].clone());
         Ok(())
     }
 

@@ -261,6 +261,15 @@ pub fn run_line(r: &MethodRun) -> String {
     if let Some(ms) = r.cutover_blocked_ms {
         line += &format!("  cut-over {ms:.1} ms");
     }
+    if let Some(report) = &r.wraith_report {
+        let secs = |key: &str| report[key].as_f64().unwrap_or(0.0);
+        line += &format!(
+            " (copy {:.2}s, indexes {:.2}s, checksum {:.2}s)",
+            secs("copy_secs"),
+            secs("index_restore_secs"),
+            secs("checksum_secs")
+        );
+    }
     if let Some(cpu) = r.server_cpu_secs {
         line += &format!("  server CPU {cpu:.1}s");
     }
