@@ -34,7 +34,7 @@ use wraith_engine::bench::tables::TableKind;
 use wraith_engine::config::{Config, ConnectionConfig};
 use wraith_engine::mysql_async::prelude::Queryable;
 use wraith_engine::mysql_async::{Conn, Opts, OptsBuilder, Pool};
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::scratch::{ScratchError, ScratchOptions, ScratchServer};
 
 use crate::{Failure, Outcome};
 
@@ -341,7 +341,7 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
                 extra_args: vec!["--innodb-log-file-size=512M".into()],
                 ..ScratchOptions::default()
             };
-            let server = tokio::task::spawn_blocking(move || ScratchServer::start(options))
+            let server = tokio::task::spawn_blocking(move || start_scratch(options))
                 .await
                 .context("scratch server thread")?
                 .context("starting the scratch server")?;
@@ -778,6 +778,23 @@ fn wait_with_usage(pid: libc::pid_t) -> anyhow::Result<(libc::c_int, libc::rusag
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
             return Err(anyhow!("wait4 for pid {pid}: {err}"));
+        }
+    }
+}
+
+/// Starts a scratch server, retrying a failed datadir installation: it
+/// sometimes fails when other scratch servers are being installed at the same
+/// moment (a shared machine, tests running beside the benchmark).
+fn start_scratch(options: ScratchOptions) -> Result<ScratchServer, ScratchError> {
+    let mut attempt = 1;
+    loop {
+        match ScratchServer::start(options.clone()) {
+            Err(ScratchError::InstallDb { tool, output }) if attempt < 3 => {
+                tracing::warn!(%tool, attempt, output = %output.lines().last().unwrap_or(""), "installing the scratch datadir failed; retrying");
+                std::thread::sleep(Duration::from_millis(500 * attempt));
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }
