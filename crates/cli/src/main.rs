@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
 
+mod bench;
 mod demo;
 mod import_cmd;
 mod progress_display;
@@ -39,6 +40,8 @@ enum Command {
     Status(StatusArgs),
     /// Loads dump files (mydumper, mysqldump, CSV, TSV) described by CONFIG's [import].
     Import(ImportArgs),
+    /// Benchmarks wraith's backends against native ALTER TABLE and pt-online-schema-change.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -185,6 +188,7 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
         }
         Command::Demo(args) => demo::demo(args).await,
         Command::Import(args) => import_cmd::import(&args.config, args.json).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }
 

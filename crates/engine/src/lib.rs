@@ -22,10 +22,12 @@
 //! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same engines and checkpoints.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
+//! - [`bench`]: `wraith bench`'s tables, pristine copies, fingerprints and write load.
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
 pub mod applier;
+pub mod bench;
 pub mod binlog;
 pub mod changes;
 pub mod checksum;

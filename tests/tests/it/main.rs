@@ -1,6 +1,7 @@
 //! wraith's integration tests. One binary, so the whole run shares one scratch
 //! server (see `wraith_tests::server`); each test works in its own schema.
 
+mod bench;
 mod copy;
 mod import;
 mod online;

@@ -1,0 +1,189 @@
+//! `wraith bench` end to end: the binary starts its own scratch server, runs
+//! every method idle and under the write load, and checks each result. This
+//! test looks at the shape of the JSON and the correctness flags, never at
+//! timings (speed is the benchmark's business, not a test's).
+
+use std::time::Duration;
+
+use wraith_tests::wraith_bin;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_every_method_and_checks_each_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("bench.json");
+    let plot_path = dir.path().join("bench.svg");
+    let mut cmd = tokio::process::Command::new(wraith_bin());
+    cmd.args([
+        "bench",
+        "--rows",
+        "20000",
+        "--repeat",
+        "1",
+        "--baseline-secs",
+        "1",
+    ])
+    .args(["--buffer-pool", "256M", "--load-rate", "100"])
+    .arg("--json")
+    .arg(&json_path)
+    .arg("--plot")
+    .arg(&plot_path)
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .expect("wraith bench did not finish within 600s")
+        .expect("run wraith bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wraith bench failed:\n{stderr}\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&json_path).expect("the JSON results");
+    let results: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+
+    let summary = results["summary"].as_array().expect("a summary");
+    let skipped = results["skipped"].as_array().expect("a skipped list");
+    for method in [
+        "wraith-sql",
+        "wraith-local",
+        "native-inplace",
+        "native-copy",
+        "pt-osc",
+    ] {
+        if method == "pt-osc" && skipped.iter().any(|s| s["method"] == method) {
+            continue;
+        }
+        for condition in ["idle", "load"] {
+            let s = summary
+                .iter()
+                .find(|s| s["method"] == method && s["condition"] == condition)
+                .unwrap_or_else(|| panic!("no summary for {method} {condition}:\n{text}"));
+            assert_eq!(s["all_correct"], true, "{method} {condition}: {s}");
+            assert!(
+                s["wall_secs_median"].as_f64().is_some_and(|t| t > 0.0),
+                "{method} {condition}: {s}"
+            );
+            assert!(s["rows_per_sec"].as_f64().is_some_and(|r| r > 0.0));
+        }
+    }
+    let runs = results["runs"].as_array().expect("runs");
+    assert!(!runs.is_empty());
+    for run in runs {
+        assert_eq!(run["correct"], true, "{run}");
+        assert!(run["wall_secs"].as_f64().is_some_and(|t| t > 0.0), "{run}");
+        let comparison = &run["comparison"];
+        for field in ["rows_match", "checksum_match", "definition_match"] {
+            assert_eq!(comparison[field], true, "{field}: {run}");
+        }
+        if run["method"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("wraith"))
+        {
+            assert!(run["cutover_blocked_ms"].as_f64().is_some(), "{run}");
+            assert!(
+                run["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0),
+                "{run}"
+            );
+        }
+        if run["condition"] == "load" {
+            assert!(
+                run["load_during"]["transactions"].as_u64().is_some(),
+                "{run}"
+            );
+        }
+    }
+    assert_eq!(results["tables"][0]["rows"], 20000);
+    let svg = std::fs::read_to_string(&plot_path).expect("the plot");
+    assert!(svg.contains("<svg") && svg.contains("wraith-sql"), "{svg}");
+}
+
+/// The checks behind the benchmark's correctness flag: a restore matches the
+/// pristine table, one changed value does not, and the load's log replayed
+/// onto a restored copy gives exactly what the loaded table holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_catch_a_changed_value_and_replays_reproduce_the_load() {
+    use mysql_async::prelude::Queryable;
+    use wraith_engine::bench::load::{WriteLoad, WriteLoadConfig};
+    use wraith_engine::bench::pristine::{fingerprint, Pristine};
+    use wraith_engine::bench::tables::TableKind;
+
+    let pristine_schema = wraith_tests::Schema::new("bench_pristine").await;
+    let loaded = wraith_tests::Schema::new("bench_loaded").await;
+    let replayed = wraith_tests::Schema::new("bench_replayed").await;
+    let files = tempfile::tempdir().expect("temp dir");
+    let mut conn = pristine_schema.conn().await;
+    for kind in [TableKind::Sysbench, TableKind::Wide, TableKind::Uuid] {
+        let pristine = Pristine::create(&mut conn, &pristine_schema.name, kind, 3000, files.path())
+            .await
+            .expect("pristine table");
+        assert_eq!(pristine.rows, 3000);
+        pristine
+            .restore(&mut conn, &loaded.name)
+            .await
+            .expect("restore");
+        let table = kind.table_name();
+        let restored = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        assert!(
+            restored.compare(&pristine.fingerprint).all_match(),
+            "{kind}"
+        );
+
+        conn.query_drop(format!(
+            "UPDATE `{}`.`{table}` SET k = k + 1 WHERE {} = 17",
+            loaded.name,
+            kind.row_number_column()
+        ))
+        .await
+        .expect("change one value");
+        let changed = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        let comparison = changed.compare(&pristine.fingerprint);
+        assert!(
+            comparison.rows_match && !comparison.checksum_match,
+            "{kind}: {comparison:?}"
+        );
+
+        pristine
+            .restore(&mut conn, &loaded.name)
+            .await
+            .expect("restore");
+        let config = WriteLoadConfig {
+            schema: loaded.name.clone(),
+            kind,
+            rows: pristine.rows,
+            rate: 400,
+            connections: 3,
+            seed: 9,
+        };
+        let load = WriteLoad::start(loaded.pool.clone(), config.clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let window = load.end_window().await;
+        let log = load.stop().await;
+        assert!(window.transactions > 0, "{kind}: {window:?}");
+        assert_eq!(log.uncertain, 0);
+        pristine
+            .restore(&mut conn, &replayed.name)
+            .await
+            .expect("restore");
+        log.replay(&mut conn, &config, &replayed.name)
+            .await
+            .expect("replay");
+        let expected = fingerprint(&mut conn, &replayed.name, table)
+            .await
+            .expect("fingerprint");
+        let actual = fingerprint(&mut conn, &loaded.name, table)
+            .await
+            .expect("fingerprint");
+        assert!(
+            actual.compare(&expected).all_match(),
+            "{kind}: {actual:?} vs {expected:?}"
+        );
+        assert_ne!(
+            actual.checksum, pristine.fingerprint.checksum,
+            "{kind}: the load changed nothing"
+        );
+    }
+}
