@@ -712,6 +712,7 @@ fn failure_to_anyhow(f: Failure) -> anyhow::Error {
     match f {
         Failure::Config(msg) => anyhow!(msg),
         Failure::Runtime(e) => e,
+        Failure::Reported => anyhow!("the run failed (its error is printed above)"),
     }
 }
 
