@@ -28,9 +28,36 @@ pub struct TargetTable {
     /// key), in key order. The local backend sorts and detects duplicates by
     /// these.
     pub key_columns: Vec<usize>,
+    /// Unique secondary indexes on which a duplicate during an online copy is
+    /// transient, not an error: the source has the same unique index, so the
+    /// clash is a row that moved while the copy read (the change stream
+    /// delivers its final state, and the checksum verifies). Rows that clash
+    /// on them are skipped, and counted. Duplicates on the key, or on any
+    /// other unique index, stay errors.
+    #[serde(default)]
+    pub transient_unique_indexes: Vec<String>,
 }
 
 impl TargetTable {
+    /// Whether a duplicate named by the server on `index` is transient here.
+    pub fn is_transient_duplicate(&self, index: &str) -> bool {
+        self.transient_unique_indexes
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(index))
+    }
+
+    /// The clause that makes an INSERT skip a row clashing on a unique key
+    /// (a no-op update of the row already there), strict mode intact.
+    pub fn skip_duplicates_clause(&self) -> String {
+        let key = self
+            .key_columns
+            .first()
+            .and_then(|&i| self.columns.get(i))
+            .map(|c| format!("{}.{}", self.quoted_name(), quote_ident(&c.name)))
+            .unwrap_or_default();
+        format!(" ON DUPLICATE KEY UPDATE {key} = {key}")
+    }
+
     /// `` `schema`.`table` `` quoted for SQL.
     pub fn quoted_name(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))

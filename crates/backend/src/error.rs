@@ -141,6 +141,13 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A deadlock (1213) or lock wait timeout (1205): what failed was rolled
+    /// back and may be tried again.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self, BackendError::Sql { source: mysql_async::Error::Server(se), .. }
+            if se.code == 1213 || se.code == 1205)
+    }
+
     pub(crate) fn sql(context: impl Into<String>, table: &str, source: mysql_async::Error) -> Self {
         BackendError::Sql {
             context: context.into(),

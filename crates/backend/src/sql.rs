@@ -254,10 +254,37 @@ impl SqlWriter {
         let text = std::str::from_utf8(stmt).map_err(|_| BackendError::InvalidInput {
             message: "internal: INSERT statement is not UTF-8".into(),
         })?;
-        self.conn
-            .query_drop(text)
-            .await
-            .map_err(|e| map_insert_error(e, "inserting rows", &self.target))
+        let mut attempt = 0u64;
+        let first = loop {
+            attempt += 1;
+            match self.conn.query_drop(text).await {
+                // A deadlock with the change applier: the statement was rolled back.
+                Err(mysql_async::Error::Server(se))
+                    if (se.code == 1213 || se.code == 1205) && attempt < 20 =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        match first {
+            Ok(()) => Ok(()),
+            Err(e) => match map_insert_error(e, "inserting rows", &self.target) {
+                // A row that moved while the copy read it: the statement was
+                // rolled back; send it again skipping such clashes.
+                BackendError::DuplicateDetected { index, .. }
+                    if self.target.is_transient_duplicate(&index) =>
+                {
+                    tracing::debug!(table = %self.target.display_name(), %index, "a batch met a moved row; sent again skipping the clash");
+                    let again = format!("{text}{}", self.target.skip_duplicates_clause());
+                    self.conn
+                        .query_drop(again)
+                        .await
+                        .map_err(|e| map_insert_error(e, "inserting rows", &self.target))
+                }
+                other => Err(other),
+            },
+        }
     }
 }
 

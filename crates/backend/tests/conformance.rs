@@ -166,6 +166,7 @@ async fn every_type_round_trips_exactly() {
                 table: "dst".into(),
                 columns: src_specs.clone(),
                 key_columns: vec![0],
+                transient_unique_indexes: Vec::new(),
             };
             let names: Vec<String> = src_specs.iter().map(|s| s.name.clone()).collect();
             let dir = tempfile::tempdir().unwrap();
@@ -214,6 +215,7 @@ async fn columns_in_another_order_and_defaults() {
             table: "dst".into(),
             columns: dst_specs,
             key_columns: vec![1],
+            transient_unique_indexes: Vec::new(),
         };
         let names = vec!["id".to_string(), "a".into(), "b".into()];
         let dir = tempfile::tempdir().unwrap();
@@ -267,6 +269,7 @@ async fn duplicates_are_refused_with_the_key_named() {
                 table: "dst".into(),
                 columns: src_specs.clone(),
                 key_columns,
+                transient_unique_indexes: Vec::new(),
             };
             let names = vec!["id".to_string(), "v".into()];
             let dir = tempfile::tempdir().unwrap();
@@ -317,6 +320,7 @@ async fn redone_chunk_is_not_a_duplicate_locally() {
         table: "dst".into(),
         columns: src_specs,
         key_columns: vec![0],
+        transient_unique_indexes: Vec::new(),
     };
     let names = vec!["id".to_string(), "v".into()];
     let dir = tempfile::tempdir().unwrap();
@@ -362,6 +366,7 @@ async fn many_rows_composite_sparse_key() {
             table: "dst".into(),
             columns: src_specs.clone(),
             key_columns: vec![1, 0],
+            transient_unique_indexes: Vec::new(),
         };
         let names: Vec<String> = src_specs.iter().map(|s| s.name.clone()).collect();
         let chunks: Vec<Vec<Row>> = rows.chunks(3000).map(|c| c.to_vec()).collect();
@@ -426,6 +431,7 @@ async fn case_insensitive_key_duplicates() {
             table: "dst".into(),
             columns: src_specs.clone(),
             key_columns: vec![1],
+            transient_unique_indexes: Vec::new(),
         };
         let names: Vec<String> = src_specs.iter().map(|s| s.name.clone()).collect();
         let dir = tempfile::tempdir().unwrap();

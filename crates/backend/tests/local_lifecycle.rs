@@ -64,6 +64,7 @@ async fn make_target(pool: &Pool, db: &str) -> TargetTable {
         table: "dst".into(),
         columns: s,
         key_columns: vec![1],
+        transient_unique_indexes: Vec::new(),
     }
 }
 

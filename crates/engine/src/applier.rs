@@ -25,6 +25,15 @@ use crate::db::{quote_ident, Context, DbError};
 /// Largest statement the applier sends.
 const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
+/// Times a shard is tried when it meets a deadlock or lock wait timeout.
+const LOCK_CONFLICT_RETRIES: u32 = 20;
+
+/// A deadlock (1213) or lock wait timeout (1205): the transaction can be
+/// rolled back and tried again.
+fn is_lock_conflict(e: &DbError) -> bool {
+    matches!(&e.error, mysql_async::Error::Server(se) if se.code == 1213 || se.code == 1205)
+}
+
 /// Applies changes to one shadow table.
 pub struct Applier {
     pool: Pool,
@@ -67,12 +76,8 @@ impl Applier {
         conn.query_drop(wraith_backend::sql::SESSION_SETUP)
             .await
             .context(|| "setting up the locked session for applying".into())?;
-        apply_shard(
-            conn,
-            &self.target,
-            batch.into_iter().map(|(_, c)| c).collect(),
-        )
-        .await?;
+        let changes: Vec<Pending> = batch.into_iter().map(|(_, c)| c).collect();
+        apply_shard(conn, &self.target, &changes).await?;
         self.applied += n;
         self.busy += started.elapsed();
         Ok(())
@@ -115,10 +120,30 @@ impl Applier {
         let target = &self.target;
         let result = try_join_all(shards.into_iter().zip(self.conns.iter_mut()).map(
             |(shard, conn)| async move {
-                apply_shard(conn, target, shard).await?;
-                conn.query_drop("COMMIT")
-                    .await
-                    .context(|| format!("committing changes to {}", target.display_name()))
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let applied = async {
+                        apply_shard(conn, target, &shard).await?;
+                        conn.query_drop("COMMIT").await.context(|| {
+                            format!("committing changes to {}", target.display_name())
+                        })
+                    }
+                    .await;
+                    match applied {
+                        // Shards touch disjoint keys but may meet on unique
+                        // secondary indexes and their gaps: a deadlock or lock
+                        // wait is a reason to try the shard again, not to stop.
+                        Err(e) if is_lock_conflict(&e) && attempt < LOCK_CONFLICT_RETRIES => {
+                            tracing::debug!(attempt, error = %e, "retrying a shard after a lock conflict");
+                            conn.query_drop("ROLLBACK").await.context(|| {
+                                format!("rolling back changes to {}", target.display_name())
+                            })?;
+                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                        }
+                        other => return other,
+                    }
+                }
             },
         ))
         .await;
@@ -136,7 +161,7 @@ impl Applier {
 async fn apply_shard(
     conn: &mut mysql_async::Conn,
     target: &TargetTable,
-    changes: Vec<Pending>,
+    changes: &[Pending],
 ) -> Result<(), DbError> {
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();

@@ -373,9 +373,25 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
         let started = Instant::now();
         if shared.job.server_side {
             let sql = format!("{insert_select}{}", keysql.range(&chunk));
-            conn.query_drop(sql)
+            match query_retrying_lock_conflicts(&mut conn, &sql)
                 .await
-                .map_err(|e| server_side_error(&shared, e))?;
+                .map_err(|e| server_side_error(&shared, e))
+            {
+                Ok(()) => {}
+                // A row that moved while the copy read: the statement was
+                // rolled back; copy the chunk again skipping such clashes.
+                Err(CopyError::Backend(BackendError::DuplicateDetected { index, .. }))
+                    if shared.job.layout.target.is_transient_duplicate(&index) =>
+                {
+                    tracing::debug!(chunk = chunk.id, %index, "a chunk met a moved row; copied again skipping the clash");
+                    let again =
+                        format!("{sql}{}", shared.job.layout.target.skip_duplicates_clause());
+                    query_retrying_lock_conflicts(&mut conn, &again)
+                        .await
+                        .map_err(|e| server_side_error(&shared, e))?;
+                }
+                Err(e) => return Err(e),
+            }
             let n = conn.affected_rows();
             mark_durable(&shared, chunk.id);
             shared.progress.add_rows(n);
@@ -422,6 +438,32 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .await
             .feedback(n, started.elapsed(), int_span(&chunk));
         log_chunk(&chunk, n, started.elapsed());
+    }
+}
+
+/// Runs one autocommit statement, again after a deadlock or lock wait
+/// timeout (the change applier writes the same shadow table, and unique
+/// secondary indexes make their locks meet); the statement was rolled back.
+async fn query_retrying_lock_conflicts(
+    conn: &mut Conn,
+    sql: &str,
+) -> Result<(), mysql_async::Error> {
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        match conn.query_drop(sql).await {
+            Err(mysql_async::Error::Server(se))
+                if (se.code == 1213 || se.code == 1205) && attempt < 20 =>
+            {
+                tracing::debug!(
+                    attempt,
+                    code = se.code,
+                    "retrying a chunk after a lock conflict"
+                );
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -123,6 +123,10 @@ pub struct TablePlan {
     pub backend_reason: String,
     pub estimated_rows: u64,
     pub estimated_bytes: u64,
+    /// Unique secondary indexes of the new table that the source has too (on
+    /// the same columns): a clash on them during the copy is a row that
+    /// moved, not a duplicate (see `TargetTable::transient_unique_indexes`).
+    pub transient_unique_indexes: Vec<String>,
 }
 
 impl TablePlan {
@@ -475,7 +479,37 @@ pub fn plan_table(
         &new_key_index.columns,
         &renames,
     );
+    let to_old: BTreeMap<String, String> = columns
+        .iter()
+        .filter_map(ColumnChange::copied)
+        .map(|(o, n)| (n.to_ascii_lowercase(), o.to_ascii_lowercase()))
+        .collect();
+    let transient_unique_indexes = new
+        .indexes
+        .iter()
+        .filter(|i| i.unique && !i.primary)
+        .filter(|i| {
+            let mapped: Option<Vec<String>> = i
+                .columns
+                .iter()
+                .map(|c| to_old.get(&c.to_ascii_lowercase()).cloned())
+                .collect();
+            mapped.is_some_and(|mapped| {
+                old.indexes.iter().any(|o| {
+                    o.unique
+                        && o.has_prefix == i.has_prefix
+                        && o.columns.len() == mapped.len()
+                        && o.columns
+                            .iter()
+                            .zip(&mapped)
+                            .all(|(a, b)| a.eq_ignore_ascii_case(b))
+                })
+            })
+        })
+        .map(|i| i.name.clone())
+        .collect();
     Ok(TablePlan {
+        transient_unique_indexes,
         table: old.name.clone(),
         chunk_key: chunk.columns.clone(),
         chunk_key_name: chunk.name.clone(),

@@ -99,6 +99,7 @@ pub fn layout(
             table: shadow_name(&old.name),
             columns: read_specs.clone(),
             key_columns,
+            transient_unique_indexes: plan.transient_unique_indexes.clone(),
         },
         read_specs,
         chunk_key,

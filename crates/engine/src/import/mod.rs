@@ -588,6 +588,7 @@ async fn plan_tables(
             table: name.clone(),
             columns,
             key_columns,
+            transient_unique_indexes: Vec::new(),
         };
         let mut readers = Vec::new();
         for f in files {
