@@ -139,6 +139,10 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     #[serde(default)]
     pub changes: ChangesConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
 }
 
 /// The buffer of binlog changes waiting to be applied.
@@ -409,15 +413,143 @@ impl Default for CheckpointConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// When the copy pauses (see [`crate::throttle`]). Reloaded on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Pause the copy while replicas lag more than this.
-    pub max_lag: Option<HumanDuration>,
-    /// Pause the copy while the server's `Threads_running` is above this.
+    /// Pause the copy while any of these files exists (one path or a list).
+    #[serde(default)]
+    pub flag_file: PathList,
+    /// Pause the copy while a global status variable is above its threshold,
+    /// e.g. `{ Threads_running = 50 }`.
+    #[serde(default)]
+    pub max_load: BTreeMap<String, u64>,
+    /// Stop the run (resumable) when a global status variable is above its threshold.
+    #[serde(default)]
+    pub critical_load: BTreeMap<String, u64>,
+    /// Shorthand for `max_load = { Threads_running = N }`.
     pub max_threads_running: Option<u64>,
-    /// Pause the copy while this file exists.
-    pub flag_file: Option<PathBuf>,
+    /// Pause the copy while replicas lag more than this (not implemented yet:
+    /// refused by validation so that it is never silently ignored).
+    pub max_lag: Option<HumanDuration>,
+    /// How often the throttler looks at its sources.
+    #[serde(default = "default_throttle_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_throttle_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            flag_file: PathList::default(),
+            max_load: BTreeMap::new(),
+            critical_load: BTreeMap::new(),
+            max_threads_running: None,
+            max_lag: None,
+            interval: default_throttle_interval(),
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// `max_load` with `max_threads_running` folded in.
+    pub fn load_limits(&self) -> BTreeMap<String, u64> {
+        let mut limits = self.max_load.clone();
+        if let Some(n) = self.max_threads_running {
+            limits.entry("Threads_running".into()).or_insert(n);
+        }
+        limits
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_lag.is_some() {
+            return Err(
+                "[throttle] max_lag: throttling on replica lag is not implemented yet; remove \
+                 max_lag (use flag_file, max_load or the control socket's `throttle` instead)"
+                    .into(),
+            );
+        }
+        for (section, limits) in [
+            ("max_load", &self.max_load),
+            ("critical_load", &self.critical_load),
+        ] {
+            for name in limits.keys() {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "[throttle] {section}: {name:?} is not a global status variable name \
+                         (letters, digits and _ only), e.g. Threads_running"
+                    ));
+                }
+            }
+        }
+        if self.interval.0 < Duration::from_millis(100) {
+            return Err("[throttle] interval must be at least 100ms, e.g. \"1s\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// One path or a list of paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathList(pub Vec<PathBuf>);
+
+impl<'de> Deserialize<'de> for PathList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(PathBuf),
+            Many(Vec<PathBuf>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a path or a list of paths"))?
+        {
+            Raw::One(p) => Ok(PathList(vec![p])),
+            Raw::Many(v) => Ok(PathList(v)),
+        }
+    }
+}
+
+/// The control socket of a run (see [`crate::control`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the unix socket; default `<sort_dir>/wraith-<schema>-<table>.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+/// Hook executables run at points of a run (see [`crate::hooks`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// The directory holding `on-startup`, `on-success`, ...; absent = no hooks.
+    pub dir: Option<PathBuf>,
+    /// A hook still running after this long is killed and counts as failed.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: HumanDuration,
+    /// How often `on-status` runs.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: HumanDuration,
+}
+
+fn default_hook_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_status_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            dir: None,
+            timeout: default_hook_timeout(),
+            status_interval: default_status_interval(),
+        }
+    }
 }
 
 impl ConnectionConfig {
@@ -561,6 +693,12 @@ impl Config {
         }
         if self.checkpoint.interval.0.is_zero() {
             return Err("[checkpoint] interval must be above zero, e.g. \"10s\"".into());
+        }
+        self.throttle.validate()?;
+        if self.hooks.timeout.0.is_zero() || self.hooks.status_interval.0.is_zero() {
+            return Err(
+                "[hooks] timeout and status_interval must be above zero, e.g. \"60s\"".into(),
+            );
         }
         Ok(())
     }

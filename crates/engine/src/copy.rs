@@ -16,7 +16,7 @@
 //! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
 //! every value travels as the exact bytes the server stored.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use wraith_backend::{
 };
 
 use crate::chunker::{int_span, Chunk, Chunker, KeySql};
+use crate::control::Operations;
 use crate::db::{quote_ident, Context, DbError};
 use crate::online::OnlineState;
 use crate::progress::TableHandle;
@@ -79,6 +80,9 @@ pub struct CopyJob {
     pub online: Option<Arc<OnlineState>>,
     /// A resumed copy starts after this key (every key up to it is copied).
     pub start_after: Option<Vec<Value>>,
+    /// Live settings (throttle, chunk size, threads): workers wait their turn
+    /// between chunks. `None`: `threads` workers, never paused.
+    pub ops: Option<Arc<Operations>>,
 }
 
 /// Opens connections for reading the source, with the exact-value session.
@@ -112,6 +116,8 @@ struct Shared {
     closers: Mutex<JoinSet<Result<ImportStats, BackendError>>>,
     chunks: AtomicU64,
     engines: AtomicU64,
+    /// The chunker is exhausted: idle workers need not wait their turn.
+    finished: AtomicBool,
 }
 
 /// Copies every row of the source into the shadow table through `backend`.
@@ -140,7 +146,10 @@ pub async fn copy_table(
         local: LocalEngineConfig::default(),
     };
     let first = manager.open_engine(&engine_cfg, &job.table, 0).await?;
-    let threads = job.threads.max(1);
+    let threads = match &job.ops {
+        Some(ops) => ops.max_threads(),
+        None => job.threads.max(1),
+    };
     let shared = Arc::new(Shared {
         job,
         chunker: Mutex::new(chunker),
@@ -156,13 +165,14 @@ pub async fn copy_table(
         closers: Mutex::new(JoinSet::new()),
         chunks: AtomicU64::new(0),
         engines: AtomicU64::new(1),
+        finished: AtomicBool::new(false),
     });
 
     let mut workers = JoinSet::new();
-    for _ in 0..threads {
+    for index in 0..threads {
         let shared = shared.clone();
         let pool = source.clone();
-        workers.spawn(async move { worker(shared, pool).await });
+        workers.spawn(async move { worker(shared, pool, index).await });
     }
     let mut first_error: Option<CopyError> = None;
     while let Some(joined) = workers.join_next().await {
@@ -238,7 +248,11 @@ async fn spawn_closer(shared: &Arc<Shared>, engine: Arc<OpenedEngine>, chunk_ids
     });
 }
 
-async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
+async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), CopyError> {
+    wait_turn(&shared, index).await;
+    if shared.finished.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let mut conn = read_conn(&pool).await?;
     let keysql_key = shared.job.layout.chunk_key.clone();
     let keysql = KeySql { key: &keysql_key };
@@ -280,8 +294,12 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .context(|| "setting up a copy session".into())?;
     }
     loop {
+        wait_turn(&shared, index).await;
         let chunk = {
             let mut chunker = shared.chunker.lock().await;
+            if let Some(ops) = &shared.job.ops {
+                ops.tune(&mut chunker);
+            }
             match chunker.next(&mut conn).await? {
                 Some(c) => {
                     if let Some(online) = &shared.job.online {
@@ -297,7 +315,10 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                     }
                     c
                 }
-                None => return Ok(()),
+                None => {
+                    shared.finished.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
             }
         };
         let started = Instant::now();
@@ -315,7 +336,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                 .lock()
                 .await
                 .feedback(n, started.elapsed(), int_span(&chunk));
-            log_chunk(&chunk, n, started.elapsed());
+            log_chunk(&shared, index, &chunk, n, started.elapsed());
             continue;
         }
         let rows = read_chunk(
@@ -347,7 +368,14 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .lock()
             .await
             .feedback(n, started.elapsed(), int_span(&chunk));
-        log_chunk(&chunk, n, started.elapsed());
+        log_chunk(&shared, index, &chunk, n, started.elapsed());
+    }
+}
+
+/// Waits while the copy is throttled or `index` is beyond the live thread count.
+async fn wait_turn(shared: &Shared, index: usize) {
+    if let Some(ops) = &shared.job.ops {
+        ops.wait_turn(index, &shared.finished).await;
     }
 }
 
@@ -371,7 +399,10 @@ fn server_side_error(shared: &Shared, e: mysql_async::Error) -> CopyError {
     })
 }
 
-fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {
+fn log_chunk(shared: &Shared, index: usize, chunk: &Chunk, rows: u64, elapsed: Duration) {
+    if let Some(ops) = &shared.job.ops {
+        ops.chunk_done(index, rows);
+    }
     tracing::debug!(
         chunk = chunk.id,
         rows,

@@ -4,5 +4,6 @@
 mod copy;
 mod import;
 mod online;
+mod ops;
 mod preflight;
 mod resume;
