@@ -429,9 +429,14 @@ pub struct ThrottleConfig {
     pub critical_load: BTreeMap<String, u64>,
     /// Shorthand for `max_load = { Threads_running = N }`.
     pub max_threads_running: Option<u64>,
-    /// Pause the copy while replicas lag more than this (not implemented yet:
-    /// refused by validation so that it is never silently ignored).
+    /// Pause the copy while a replica lags more than this (needs `[[throttle.replica]]`).
     pub max_lag: Option<HumanDuration>,
+    /// The replicas whose lag is measured, through a heartbeat table.
+    #[serde(default, rename = "replica")]
+    pub replicas: Vec<ReplicaConfig>,
+    /// How often the heartbeat is written on the source (with replicas).
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
     /// How often the throttler looks at its sources.
     #[serde(default = "default_throttle_interval")]
     pub interval: HumanDuration,
@@ -439,6 +444,40 @@ pub struct ThrottleConfig {
 
 fn default_throttle_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
+}
+fn default_heartbeat_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+
+/// A replica of the source; its lag throttles the copy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub socket: Option<PathBuf>,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl ReplicaConfig {
+    /// How to reach the replica's copy of `database`.
+    pub fn connection(&self, database: &str) -> ConnectionConfig {
+        ConnectionConfig {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            database: database.to_string(),
+            socket: self.socket.clone(),
+        }
+    }
 }
 
 impl Default for ThrottleConfig {
@@ -449,6 +488,8 @@ impl Default for ThrottleConfig {
             critical_load: BTreeMap::new(),
             max_threads_running: None,
             max_lag: None,
+            replicas: Vec::new(),
+            heartbeat_interval: default_heartbeat_interval(),
             interval: default_throttle_interval(),
         }
     }
@@ -465,11 +506,28 @@ impl ThrottleConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.max_lag.is_some() {
+        match (&self.max_lag, self.replicas.is_empty()) {
+            (Some(_), true) => {
+                return Err("[throttle] max_lag needs the replicas to watch: add a \
+                            [[throttle.replica]] with host, port and user for each"
+                    .into())
+            }
+            (None, false) => {
+                return Err("[[throttle.replica]] is given without [throttle] max_lag; \
+                            add max_lag = \"2s\" (or remove the replicas)"
+                    .into())
+            }
+            (Some(lag), false) if lag.0.is_zero() => {
+                return Err("[throttle] max_lag must be above zero, e.g. \"2s\"".into())
+            }
+            _ => {}
+        }
+        for replica in &self.replicas {
+            validate_connection("[throttle.replica]", &replica.connection("replica"))?;
+        }
+        if self.heartbeat_interval.0 < Duration::from_millis(10) {
             return Err(
-                "[throttle] max_lag: throttling on replica lag is not implemented yet; remove \
-                 max_lag (use flag_file, max_load or the control socket's `throttle` instead)"
-                    .into(),
+                "[throttle] heartbeat_interval must be at least 10ms, e.g. \"500ms\"".into(),
             );
         }
         for (section, limits) in [
@@ -798,6 +856,49 @@ alter = "ADD COLUMN note TEXT"
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(e.starts_with("t.toml:4:1:"), "{e}");
         assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn throttle_sources_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[throttle]\nflag_file = \"/tmp/a\"\nmax_load = {{ Threads_running = 50 }}\n\
+             max_threads_running = 9\ncritical_load = {{ Threads_connected = 400 }}\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.throttle.flag_file.0, vec![PathBuf::from("/tmp/a")]);
+        assert_eq!(c.throttle.load_limits()["Threads_running"], 50);
+        assert_eq!(c.throttle.critical_load["Threads_connected"], 400);
+        let list = format!("{GOOD}\n[throttle]\nflag_file = [\"/a\", \"/b\"]\n");
+        assert_eq!(
+            Config::parse(&list, "t")
+                .unwrap()
+                .throttle
+                .flag_file
+                .0
+                .len(),
+            2
+        );
+        let lag = format!(
+            "{GOOD}\n[throttle]\nmax_lag = \"2s\"\n[[throttle.replica]]\nport = 3307\nuser = \"r\"\n"
+        );
+        let c = Config::parse(&lag, "t").unwrap();
+        assert_eq!(c.throttle.replicas[0].connection("app").port, 3307);
+        for (bad, says) in [
+            ("[throttle]\nmax_lag = \"2s\"\n", "needs the replicas"),
+            (
+                "[throttle]\nmax_load = { \"Threads running\" = 1 }\n",
+                "not a global status",
+            ),
+            ("[throttle]\ninterval = \"1ms\"\n", "at least 100ms"),
+            ("[throttle]\nflag_file = 3\n", "a path or a list"),
+            ("[control]\nsockett = \"/x\"\n", "sockett"),
+            ("[hooks]\ntimeout = \"0s\"\n", "above zero"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n{bad}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -281,10 +281,12 @@ async fn run_inner(
     let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
     let source_pool = db::pool(source_opts.clone(), pool_size);
     let target_pool = db::pool(target_opts, pool_size);
-    let throttle_checker = ops.throttler.spawn_checker(source_pool.clone(), {
-        let ops = ops.clone();
-        move |reason| ops.abort(reason)
-    });
+    let throttle_checker =
+        ops.throttler
+            .spawn_checker(source_pool.clone(), config.source.database.clone(), {
+                let ops = ops.clone();
+                move |reason| ops.abort(reason)
+            });
     let result = run_job(
         config,
         &report,
@@ -299,6 +301,9 @@ async fn run_inner(
     )
     .await;
     throttle_checker.abort();
+    if !config.throttle.replicas.is_empty() {
+        crate::throttle::drop_heartbeat(&source_pool, &config.source.database).await;
+    }
     let _ = source_pool.disconnect().await;
     let _ = target_pool.disconnect().await;
     let tables = result?;

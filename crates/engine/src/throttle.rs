@@ -7,7 +7,14 @@
 //! - `flag-file`: one of `[throttle] flag_file` exists (gh-ost's
 //!   `--throttle-flag-file`);
 //! - `Threads_running=57 > 50`: a global status variable of `[throttle]
-//!   max_load` is above its threshold (gh-ost's `--max-load`).
+//!   max_load` is above its threshold (gh-ost's `--max-load`);
+//! - `replica 10.0.0.2:3306 lag=3.1s > 2s`: a `[[throttle.replica]]` lags more
+//!   than `max_lag`. Lag is measured as gh-ost does, with a heartbeat: every
+//!   `heartbeat_interval` the source's `_wraith_heartbeat` row is set to the
+//!   source's `NOW(6)`; a replica's lag is its own `NOW(6)` minus the row it
+//!   has applied (so it assumes clocks in sync, and measures what was applied,
+//!   not what was received). A replica that cannot be read, or has no
+//!   heartbeat yet, throttles too: not knowing is not a reason to go on.
 //!
 //! The first source that holds, in that order, is the reason. `critical_load`
 //! is not a throttle: a variable above it stops the run cleanly with a
@@ -17,7 +24,7 @@
 //! reason stands ([`Throttler::wait_until_clear`]); a chunk already running
 //! finishes. The change applier never waits: the shadow table stays in step
 //! while the copy pauses, so a pause never grows the backlog the cut-over must
-//! drain. Replica lag is not a source yet (`max_lag` is refused by config).
+//! drain. The heartbeat table is dropped at the end of the run.
 //!
 //! **Visibility.** Every start, change and end of throttling is printed
 //! (`throttled: flag-file`, `throttling ended`), logged, and kept in the
@@ -28,9 +35,10 @@
 //! **Errors.** A failed status query is logged and the last load verdict kept:
 //! the throttler never stops a run because it could not look.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
@@ -38,6 +46,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ThrottleConfig;
+use crate::db::{self, quote_ident, Context, DbError};
+
+/// The heartbeat table, next to the source table, while replicas are watched.
+pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";
 use crate::progress::ProgressHandle;
 
 /// Shared throttle state; cheap to clone.
@@ -160,41 +172,168 @@ impl Throttler {
         self.inner.progress.set_throttled(reason);
     }
 
-    /// Checks every `[throttle] interval` until the returned task is aborted.
-    /// `on_critical` is called once when a `critical_load` threshold is passed.
+    /// Checks every `[throttle] interval` (and writes the heartbeat into
+    /// `database` every `heartbeat_interval` while replicas are watched) until
+    /// the returned task is aborted. `on_critical` is called when a
+    /// `critical_load` threshold is passed.
     pub fn spawn_checker(
         &self,
         pool: Pool,
+        database: String,
         on_critical: impl Fn(String) + Send + Sync + 'static,
     ) -> JoinHandle<()> {
         let throttler = self.clone();
         tokio::spawn(async move {
+            let mut replicas = HashMap::new();
+            let mut next_check = Instant::now();
+            let mut next_beat = Instant::now();
+            let mut heartbeat_ready = false;
             loop {
                 let settings = throttler.settings();
-                let limits = settings.load_limits();
-                if !limits.is_empty() || !settings.critical_load.is_empty() {
-                    match read_status(&pool, &limits, &settings.critical_load).await {
-                        Ok(values) => {
-                            if let Some(critical) = over(&values, &settings.critical_load) {
-                                on_critical(format!("critical load: {critical}"));
-                            }
-                            let verdict = over(&values, &limits);
-                            if let Ok(mut l) = throttler.inner.load_reason.lock() {
-                                *l = verdict;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "throttler: cannot read the server's status; keeping the last verdict")
-                        }
+                let watching = !settings.replicas.is_empty();
+                if watching && Instant::now() >= next_beat {
+                    if let Err(e) = heartbeat(&pool, &database, &mut heartbeat_ready).await {
+                        tracing::warn!(error = %e, "throttler: cannot write the heartbeat");
                     }
-                } else if let Ok(mut l) = throttler.inner.load_reason.lock() {
-                    *l = None;
+                    next_beat = Instant::now() + settings.heartbeat_interval.0;
                 }
-                throttler.refresh();
-                tokio::time::sleep(settings.interval.0).await;
+                if Instant::now() >= next_check {
+                    let load = throttler.check_load(&pool, &settings, &on_critical).await;
+                    let verdict = match load {
+                        Some(reason) => Some(reason),
+                        None => replica_lag(&settings, &database, &mut replicas).await,
+                    };
+                    if let Ok(mut l) = throttler.inner.load_reason.lock() {
+                        *l = verdict;
+                    }
+                    throttler.refresh();
+                    next_check = Instant::now() + settings.interval.0;
+                }
+                let wake = if watching {
+                    next_check.min(next_beat)
+                } else {
+                    next_check
+                };
+                tokio::time::sleep_until(wake.into()).await;
             }
         })
     }
+
+    /// The load verdict (`None`: under every limit, or not known).
+    async fn check_load(
+        &self,
+        pool: &Pool,
+        settings: &ThrottleConfig,
+        on_critical: &(impl Fn(String) + Send + Sync),
+    ) -> Option<String> {
+        let limits = settings.load_limits();
+        if limits.is_empty() && settings.critical_load.is_empty() {
+            return None;
+        }
+        match read_status(pool, &limits, &settings.critical_load).await {
+            Ok(values) => {
+                if let Some(critical) = over(&values, &settings.critical_load) {
+                    on_critical(format!("critical load: {critical}"));
+                }
+                over(&values, &limits)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "throttler: cannot read the server's status; keeping the last verdict");
+                self.inner.load_reason.lock().ok().and_then(|l| l.clone())
+            }
+        }
+    }
+}
+
+/// Sets the heartbeat row to the source's clock (creating the table once).
+async fn heartbeat(pool: &Pool, database: &str, ready: &mut bool) -> Result<(), DbError> {
+    let table = format!("{}.{}", quote_ident(database), quote_ident(HEARTBEAT_TABLE));
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context(|| "connecting to write the heartbeat".into())?;
+    if !*ready {
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (id TINYINT UNSIGNED NOT NULL PRIMARY KEY, \
+             beat TIMESTAMP(6) NOT NULL) COMMENT 'wraith: heartbeat for measuring replica lag'"
+        ))
+        .await
+        .context(|| format!("creating {database}.{HEARTBEAT_TABLE}"))?;
+        *ready = true;
+    }
+    conn.query_drop(format!(
+        "REPLACE INTO {table} (id, beat) VALUES (1, NOW(6))"
+    ))
+    .await
+    .context(|| "writing the heartbeat".into())
+}
+
+/// Drops the heartbeat table (the end of a run that watched replicas).
+pub async fn drop_heartbeat(pool: &Pool, database: &str) {
+    let sql = format!(
+        "DROP TABLE IF EXISTS {}.{}",
+        quote_ident(database),
+        quote_ident(HEARTBEAT_TABLE)
+    );
+    let result = match pool.get_conn().await {
+        Ok(mut conn) => conn.query_drop(sql).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not drop {HEARTBEAT_TABLE}; drop it by hand");
+    }
+}
+
+/// The first replica lagging over `max_lag` (or unreadable), as a reason.
+async fn replica_lag(
+    settings: &ThrottleConfig,
+    database: &str,
+    pools: &mut HashMap<String, Pool>,
+) -> Option<String> {
+    let max_lag = settings.max_lag?.0;
+    for replica in &settings.replicas {
+        let connection = replica.connection(database);
+        let name = match &replica.socket {
+            Some(s) => s.display().to_string(),
+            None => format!("{}:{}", replica.host, replica.port),
+        };
+        let pool = match pools.get(&name) {
+            Some(p) => p.clone(),
+            None => match db::connection_opts(&connection) {
+                Ok(opts) => {
+                    let p = db::pool(opts, 1);
+                    pools.insert(name.clone(), p.clone());
+                    p
+                }
+                Err(e) => return Some(format!("replica {name}: {e}")),
+            },
+        };
+        let lag: Result<Option<Option<i64>>, mysql_async::Error> = async {
+            let mut conn = pool.get_conn().await?;
+            conn.query_first(format!(
+                "SELECT TIMESTAMPDIFF(MICROSECOND, beat, NOW(6)) FROM {}.{} WHERE id = 1",
+                quote_ident(database),
+                quote_ident(HEARTBEAT_TABLE)
+            ))
+            .await
+        }
+        .await;
+        match lag {
+            Ok(Some(Some(us))) => {
+                let lag = Duration::from_micros(us.max(0) as u64);
+                if lag > max_lag {
+                    return Some(format!(
+                        "replica {name} lag={:.1}s > {}",
+                        lag.as_secs_f64(),
+                        humantime::format_duration(max_lag)
+                    ));
+                }
+            }
+            Ok(_) => return Some(format!("replica {name}: no heartbeat yet")),
+            Err(e) => return Some(format!("replica {name}: cannot read its lag ({e})")),
+        }
+    }
+    None
 }
 
 /// The first variable above its limit, as `Name=value > limit`.

@@ -625,3 +625,96 @@ async fn a_failing_before_cut_over_hook_blocks_the_cut_over() {
     assert!(note_column_exists(&s).await);
     assert_matches_mirror(&s).await;
 }
+
+/// A replica of the shared server that applies only `schema`'s heartbeat
+/// table, from the source's current position on.
+async fn heartbeat_replica(s: &Schema) -> wraith_engine::scratch::ScratchServer {
+    use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+    let replica = ScratchServer::start(ScratchOptions {
+        buffer_pool: "64M".into(),
+        extra_args: vec![
+            "--server-id=2".into(),
+            format!("--replicate-wild-do-table={}._wraith_heartbeat", s.name),
+        ],
+        ..ScratchOptions::default()
+    })
+    .expect("start the replica");
+    let mut source = s.conn().await;
+    let gtid: Option<String> = source
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap();
+    let pool = mysql_async::Pool::new(replica.opts(None));
+    let mut c = pool.get_conn().await.expect("connect to the replica");
+    c.query_drop(format!(
+        "CREATE DATABASE `{}`; SET GLOBAL gtid_slave_pos = '{}'; \
+         CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+         MASTER_USE_GTID = slave_pos; START SLAVE",
+        s.name,
+        gtid.unwrap_or_default(),
+        s.port
+    ))
+    .await
+    .expect("start replicating");
+    drop(c);
+    pool.disconnect().await.ok();
+    replica
+}
+
+async fn on_replica(replica: &wraith_engine::scratch::ScratchServer, sql: &str) {
+    let pool = mysql_async::Pool::new(replica.opts(None));
+    let mut c = pool.get_conn().await.expect("connect to the replica");
+    c.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(c);
+    pool.disconnect().await.ok();
+}
+
+#[tokio::test]
+async fn replica_lag_throttles_the_copy() {
+    let (s, dir) = table_of(60_000, "ops_lag").await;
+    let replica = heartbeat_replica(&s).await;
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!(
+            "[throttle]\nmax_lag = \"1s\"\nheartbeat_interval = \"100ms\"\ninterval = \"200ms\"\n\n\
+             [[throttle.replica]]\nport = {}\nuser = \"root\"\n",
+            replica.port()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    assert!(ctl.send("pause").await.starts_with("ok"));
+    assert!(ctl.send("chunk-size=5").await.starts_with("ok"));
+    ctl.wait_until("copying", Duration::from_secs(60), |st| {
+        st["state"] == "CopyRows"
+    })
+    .await;
+    // The replica keeps up: the copy runs.
+    assert!(ctl.send("resume").await.starts_with("ok"));
+    ctl.wait_progress().await;
+    // It stops applying: the lag grows past max_lag and the copy pauses.
+    on_replica(&replica, "STOP SLAVE SQL_THREAD").await;
+    let st = ctl
+        .wait_until("throttled by lag", Duration::from_secs(10), |st| {
+            st["throttled"].as_str().is_some_and(|r| {
+                r.starts_with(&format!("replica 127.0.0.1:{} lag=", replica.port()))
+                    && r.ends_with(" > 1s")
+            })
+        })
+        .await;
+    assert!(st["state"] == "CopyRows", "{st}");
+    child
+        .wait_for("throttled: replica 127.0.0.1:", Duration::from_secs(5))
+        .await;
+    ctl.assert_paused(&s).await;
+    on_replica(&replica, "START SLAVE SQL_THREAD").await;
+    ctl.wait_progress().await;
+    assert!(ctl.send("chunk-size=auto").await.starts_with("ok"));
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!s.table_exists("_wraith_heartbeat").await);
+    assert_matches_mirror(&s).await;
+}
