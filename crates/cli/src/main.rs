@@ -335,6 +335,8 @@ async fn run_reloadable(
             Ok(Outcome::Refused)
         }
         Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
+        // The control socket could not be opened: nothing was started.
+        Err(RunError::Control(e)) => Err(Failure::Config(e.to_string())),
         Err(RunError::InvalidCheckpoint(e)) => {
             eprintln!("error: {}: {e}", e.kind());
             Ok(Outcome::Refused)
