@@ -12,6 +12,11 @@
 //! import of engine N overlaps the copy into engine N+1 (as Lightning does).
 //! With the `sql` backend import is a no-op and one engine suffices.
 //!
+//! Operating (`CopyJob::ops`): before each chunk a worker waits its turn
+//! ([`crate::control::Operations::wait_turn`]) while the copy is throttled or
+//! while its index is beyond the live `threads=N`, and the chunker is handed
+//! the operator's chunk size or target.
+//!
 //! Reads use the same session settings as the writers
 //! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
 //! every value travels as the exact bytes the server stored.

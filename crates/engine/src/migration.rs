@@ -10,6 +10,13 @@
 //! A failure before the cut-over cleans up (ErrCleanup): the change stream
 //! stops, the shadow table is dropped, the source was never written.
 //! Resuming from checkpoints comes with the checkpoints issue.
+//!
+//! Operating a run: [`run_with`] opens the control socket ([`crate::control`]),
+//! starts the throttler ([`crate::throttle`]) and runs the hooks
+//! ([`crate::hooks`]) around the state machine. `panic` on the socket and a
+//! `critical_load` stop the run like Ctrl-C does, as [`RunError::Aborted`]; a
+//! failing `on-before-cut-over` hook stops it before the cut-over as
+//! [`RunError::Hook`]. Both leave a checkpoint a rerun resumes from.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

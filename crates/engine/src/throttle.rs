@@ -21,8 +21,8 @@
 //! resumable error (the caller's `on_critical`).
 //!
 //! **What it leaves to others.** The copier waits between chunks while a
-//! reason stands ([`Throttler::wait_until_clear`]); a chunk already running
-//! finishes. The change applier never waits: the shadow table stays in step
+//! reason stands (through [`crate::control::Operations::wait_turn`]); a chunk
+//! already running finishes. The change applier never waits: the shadow table stays in step
 //! while the copy pauses, so a pause never grows the backlog the cut-over must
 //! drain. The heartbeat table is dropped at the end of the run.
 //!
@@ -121,12 +121,6 @@ impl Throttler {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
-    }
-
-    /// Waits until no reason stands.
-    pub async fn wait_until_clear(&self) {
-        let mut rx = self.inner.reason.subscribe();
-        let _ = rx.wait_for(|r| r.is_none()).await;
     }
 
     /// Recomputes the reason from the commanded flag, the flag files and the
@@ -402,8 +396,8 @@ mod tests {
         assert_eq!(over(&values, &limits), None);
     }
 
-    #[tokio::test]
-    async fn commanded_and_flag_file_reasons() {
+    #[test]
+    fn commanded_and_flag_file_reasons() {
         let dir = tempfile::tempdir().unwrap();
         let flag = dir.path().join("flag");
         let settings = ThrottleConfig {
@@ -422,6 +416,5 @@ mod tests {
         std::fs::remove_file(&flag).unwrap();
         t.refresh();
         assert_eq!(t.reason(), None);
-        t.wait_until_clear().await;
     }
 }

@@ -365,6 +365,13 @@ async fn socket_commands_steer_a_running_copy() {
         .send("chunk-target=20ms")
         .await
         .starts_with("ok: chunk-target=20ms"));
+    // The gh-ost spellings of pause and resume.
+    assert_eq!(
+        ctl.send("throttle").await,
+        "ok: throttled: commanded by user"
+    );
+    assert_eq!(ctl.status().await["throttled"], "commanded by user");
+    assert_eq!(ctl.send("no-throttle").await, "ok: not throttled");
 
     // The copy ends; the cut-over waits for `unpostpone`.
     ctl.wait_until("postponed", Duration::from_secs(120), |st| {
