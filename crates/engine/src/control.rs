@@ -471,7 +471,14 @@ impl ControlSocket {
             }
             std::fs::remove_file(path).map_err(io)?;
         }
-        let listener = UnixListener::bind(path).map_err(io)?;
+        // Created 0600 from the start (no moment in which others may connect);
+        // the run has started nothing else yet that creates files.
+        // SAFETY: umask(2) only swaps the process's file mode mask.
+        let old_mask = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old_mask) };
+        let listener = bound.map_err(io)?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
