@@ -257,6 +257,26 @@ async fn server_load_throttles_and_critical_load_aborts_resumably() {
     }
     ctl.wait_progress().await;
     assert!(ctl.send("pause").await.starts_with("ok"));
+    // While the copy is paused, changes to copied rows still reach the shadow.
+    s.exec("UPDATE sbtest SET k = 4242 WHERE id = 1; UPDATE mirror SET k = 4242 WHERE id = 1")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = s.conn().await;
+        let k: Option<i64> = c
+            .query_first("SELECT k FROM _sbtest_new WHERE id = 1")
+            .await
+            .unwrap();
+        if k == Some(4242) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change was not applied while throttled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ctl.status().await["throttled"], "commanded by user");
     // Over critical_load: the run stops, resumably, with the source untouched.
     let _busy = sleepers(&s, 70, 4).await;
     let run = child.finish(Duration::from_secs(60)).await;
