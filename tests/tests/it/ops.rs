@@ -745,3 +745,58 @@ async fn replica_lag_throttles_the_copy() {
     assert!(!s.table_exists("_wraith_heartbeat").await);
     assert_matches_mirror(&s).await;
 }
+
+#[tokio::test]
+async fn default_socket_is_named_after_the_table_and_a_second_run_is_refused() {
+    let (s, dir) = table_of(5_000, "ops_default_socket").await;
+    let flag = dir.path().join("postpone.flag");
+    std::fs::write(&flag, "").unwrap();
+    let sort_dir = dir.path().join("sort");
+    let cfg = s.config(
+        "sbtest",
+        ALTER,
+        &format!(
+            "[copy]\nbackend = \"sql\"\nthreads = 1\n\n[local]\nsort_dir = {:?}\n\n\
+             [cutover]\npostpone_flag_file = {:?}\n",
+            sort_dir.display().to_string(),
+            flag.display().to_string()
+        ),
+    );
+    let socket = sort_dir.join("wraith-ops_default_socket-sbtest.sock");
+    let mut first = WraithChild::spawn(&["run"], &cfg);
+    first
+        .wait_for(
+            &format!("control socket: {}", socket.display()),
+            Duration::from_secs(60),
+        )
+        .await;
+    first
+        .wait_for("cut-over postponed", Duration::from_secs(60))
+        .await;
+    let second = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(60))
+        .await;
+    assert_eq!(second.code, 2, "{}", second.output());
+    assert!(
+        second
+            .stderr
+            .contains("another wraith run is listening on it"),
+        "{}",
+        second.output()
+    );
+    // The first run is unharmed and answers on its socket.
+    let stream = UnixStream::connect(&socket).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"status\n").await.unwrap();
+    let line = BufReader::new(read).lines().next_line().await.unwrap();
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("state=WaitingOnSentinelTable")),
+        "{line:?}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let run = first.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!socket.exists());
+    assert_matches_mirror(&s).await;
+}
