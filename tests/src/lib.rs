@@ -262,6 +262,11 @@ impl WraithChild {
         }
     }
 
+    /// The config file it runs with (rewrite it and send SIGHUP to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("wraith.toml")
+    }
+
     /// Everything printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.lines.lock().expect("lines").join("\n")

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use wraith_engine::config::Config;
+use wraith_engine::control::Operations;
 use wraith_engine::migration::{self, RunError, RunOptions};
 use wraith_engine::preflight;
 use wraith_engine::progress::ProgressHandle;
@@ -180,7 +181,13 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
         }
         Command::Run(args) => {
             let config = load_config(&args.config)?;
-            run(&config, args.json, RunOptions { fresh: args.fresh }).await
+            run_reloadable(
+                &config,
+                Some(&args.config),
+                args.json,
+                RunOptions { fresh: args.fresh },
+            )
+            .await
         }
         Command::Status(args) => {
             let config = load_config(&args.config)?;
@@ -231,8 +238,44 @@ async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
     Ok(Outcome::Done)
 }
 
+/// Reloads `[throttle]` from the config file on every SIGHUP.
+fn reload_throttle_on_hangup(path: PathBuf, ops: std::sync::Arc<Operations>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        eprintln!("warning: cannot listen for SIGHUP; [throttle] cannot be reloaded");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => {
+                    ops.throttler.reload(config.throttle);
+                    eprintln!("SIGHUP: reloaded [throttle] from {}", path.display());
+                }
+                Err(e) => eprintln!(
+                    "SIGHUP: kept the current [throttle] settings; the config does not load: {e}"
+                ),
+            }
+        }
+    });
+}
+
 async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome, Failure> {
+    run_reloadable(config, None, json, options).await
+}
+
+/// A run; with `config_path`, SIGHUP reloads `[throttle]` from that file.
+async fn run_reloadable(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    json: bool,
+    options: RunOptions,
+) -> Result<Outcome, Failure> {
     let progress = ProgressHandle::new();
+    let ops = Operations::new(config, progress.clone());
+    if let Some(path) = config_path {
+        reload_throttle_on_hangup(path.to_path_buf(), ops.clone());
+    }
     let display = progress_display::spawn(progress.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -241,7 +284,7 @@ async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome
         let _ = stop_tx.send(true);
     });
     let control = migration::RunControl { shutdown: stop_rx };
-    let result = migration::run(config, &progress, &control, options).await;
+    let result = migration::run_with(config, &progress, &control, options, ops).await;
     display.finish().await;
     match result {
         Ok(report) => {
@@ -296,6 +339,8 @@ async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome
             Ok(Outcome::Refused)
         }
         Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
+        // The control socket could not be opened: nothing was started.
+        Err(RunError::Control(e)) => Err(Failure::Config(e.to_string())),
         Err(RunError::InvalidCheckpoint(e)) => {
             eprintln!("error: {}: {e}", e.kind());
             Ok(Outcome::Refused)
@@ -303,7 +348,7 @@ async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome
         Err(e) => {
             // Run errors carry their causes in their messages.
             eprintln!("error: {e}");
-            if matches!(e, RunError::Interrupted { .. }) {
+            if matches!(e, RunError::Interrupted { .. } | RunError::Aborted { .. }) {
             } else if e.is_resumable() {
                 eprintln!(
                     "the source table is untouched; the shadow table and the checkpoint are kept: \

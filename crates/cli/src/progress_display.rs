@@ -54,10 +54,19 @@ pub fn spawn(progress: ProgressHandle) -> Display {
                     bar.set_length(total.max(copied));
                     bar.set_position(copied);
                     bar.set_prefix(p.current_state.to_string());
+                    bar.set_message(
+                        p.throttled
+                            .as_ref()
+                            .map(|r| format!("throttled: {r}"))
+                            .unwrap_or_default(),
+                    );
                 }
                 None => eprintln!(
-                    "state={} copied={copied}/{total} rows_per_sec={:.0} elapsed={:.0}s",
-                    p.current_state, p.rows_per_sec, p.elapsed_secs
+                    "state={} copied={copied}/{total} rows_per_sec={:.0} elapsed={:.0}s throttled={}",
+                    p.current_state,
+                    p.rows_per_sec,
+                    p.elapsed_secs,
+                    p.throttled.as_deref().unwrap_or("no")
                 ),
             }
         }

@@ -139,6 +139,8 @@ pub struct Chunker {
     rate: Option<f64>,
     /// Rows per key unit (integer path, EWMA).
     density: Option<f64>,
+    /// Rows per chunk set by the operator; sizing does not adapt while set.
+    fixed_rows: Option<u64>,
 }
 
 const MAX_CHUNK_ROWS: u64 = 1_000_000;
@@ -209,6 +211,7 @@ impl Chunker {
             target_rows: initial_rows.max(1),
             rate: None,
             density: None,
+            fixed_rows: None,
         })
     }
 
@@ -339,7 +342,9 @@ impl Chunker {
                 self.density = self.density.map(|d| d / 2.0);
             }
         }
-        if let Some(rate) = self.rate {
+        if let Some(fixed) = self.fixed_rows {
+            self.target_rows = fixed;
+        } else if let Some(rate) = self.rate {
             let wanted = (rate * self.target.as_secs_f64()).max(1.0) as u64;
             // Grow at most 2x, shrink at once.
             self.target_rows = wanted
@@ -351,6 +356,16 @@ impl Chunker {
     /// Rows per chunk wanted now.
     pub fn target_rows(&self) -> u64 {
         self.target_rows
+    }
+
+    /// Fixes the rows per chunk (`None`: adapt to the target again), e.g.
+    /// from the control socket. On the integer path the key span still grows
+    /// by at most 2x per chunk towards it.
+    pub fn set_fixed_rows(&mut self, rows: Option<u64>) {
+        if let Some(n) = rows {
+            self.target_rows = n.clamp(1, MAX_CHUNK_ROWS);
+        }
+        self.fixed_rows = rows.map(|n| n.clamp(1, MAX_CHUNK_ROWS));
     }
 
     /// Sets the target duration (e.g. from the control socket).

@@ -139,6 +139,10 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     #[serde(default)]
     pub changes: ChangesConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
 }
 
 /// The buffer of binlog changes waiting to be applied.
@@ -409,15 +413,201 @@ impl Default for CheckpointConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// When the copy pauses (see [`crate::throttle`]). Reloaded on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Pause the copy while replicas lag more than this.
-    pub max_lag: Option<HumanDuration>,
-    /// Pause the copy while the server's `Threads_running` is above this.
+    /// Pause the copy while any of these files exists (one path or a list).
+    #[serde(default)]
+    pub flag_file: PathList,
+    /// Pause the copy while a global status variable is above its threshold,
+    /// e.g. `{ Threads_running = 50 }`.
+    #[serde(default)]
+    pub max_load: BTreeMap<String, u64>,
+    /// Stop the run (resumable) when a global status variable is above its threshold.
+    #[serde(default)]
+    pub critical_load: BTreeMap<String, u64>,
+    /// Shorthand for `max_load = { Threads_running = N }`.
     pub max_threads_running: Option<u64>,
-    /// Pause the copy while this file exists.
-    pub flag_file: Option<PathBuf>,
+    /// Pause the copy while a replica lags more than this (needs `[[throttle.replica]]`).
+    pub max_lag: Option<HumanDuration>,
+    /// The replicas whose lag is measured, through a heartbeat table.
+    #[serde(default, rename = "replica")]
+    pub replicas: Vec<ReplicaConfig>,
+    /// How often the heartbeat is written on the source (with replicas).
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
+    /// How often the throttler looks at its sources.
+    #[serde(default = "default_throttle_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_throttle_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_heartbeat_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+
+/// A replica of the source; its lag throttles the copy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub socket: Option<PathBuf>,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl ReplicaConfig {
+    /// How to reach the replica's copy of `database`.
+    pub fn connection(&self, database: &str) -> ConnectionConfig {
+        ConnectionConfig {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            database: database.to_string(),
+            socket: self.socket.clone(),
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            flag_file: PathList::default(),
+            max_load: BTreeMap::new(),
+            critical_load: BTreeMap::new(),
+            max_threads_running: None,
+            max_lag: None,
+            replicas: Vec::new(),
+            heartbeat_interval: default_heartbeat_interval(),
+            interval: default_throttle_interval(),
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// `max_load` with `max_threads_running` folded in.
+    pub fn load_limits(&self) -> BTreeMap<String, u64> {
+        let mut limits = self.max_load.clone();
+        if let Some(n) = self.max_threads_running {
+            limits.entry("Threads_running".into()).or_insert(n);
+        }
+        limits
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match (&self.max_lag, self.replicas.is_empty()) {
+            (Some(_), true) => {
+                return Err("[throttle] max_lag needs the replicas to watch: add a \
+                            [[throttle.replica]] with host, port and user for each"
+                    .into())
+            }
+            (None, false) => {
+                return Err("[[throttle.replica]] is given without [throttle] max_lag; \
+                            add max_lag = \"2s\" (or remove the replicas)"
+                    .into())
+            }
+            (Some(lag), false) if lag.0.is_zero() => {
+                return Err("[throttle] max_lag must be above zero, e.g. \"2s\"".into())
+            }
+            _ => {}
+        }
+        for replica in &self.replicas {
+            validate_connection("[throttle.replica]", &replica.connection("replica"))?;
+        }
+        if self.heartbeat_interval.0 < Duration::from_millis(10) {
+            return Err(
+                "[throttle] heartbeat_interval must be at least 10ms, e.g. \"500ms\"".into(),
+            );
+        }
+        for (section, limits) in [
+            ("max_load", &self.max_load),
+            ("critical_load", &self.critical_load),
+        ] {
+            for name in limits.keys() {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "[throttle] {section}: {name:?} is not a global status variable name \
+                         (letters, digits and _ only), e.g. Threads_running"
+                    ));
+                }
+            }
+        }
+        if self.interval.0 < Duration::from_millis(100) {
+            return Err("[throttle] interval must be at least 100ms, e.g. \"1s\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// One path or a list of paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathList(pub Vec<PathBuf>);
+
+impl<'de> Deserialize<'de> for PathList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(PathBuf),
+            Many(Vec<PathBuf>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a path or a list of paths"))?
+        {
+            Raw::One(p) => Ok(PathList(vec![p])),
+            Raw::Many(v) => Ok(PathList(v)),
+        }
+    }
+}
+
+/// The control socket of a run (see [`crate::control`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the unix socket; default `<sort_dir>/wraith-<schema>-<table>.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+/// Hook executables run at points of a run (see [`crate::hooks`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// The directory holding `on-startup`, `on-success`, ...; absent = no hooks.
+    pub dir: Option<PathBuf>,
+    /// A hook still running after this long is killed and counts as failed.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: HumanDuration,
+    /// How often `on-status` runs.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: HumanDuration,
+}
+
+fn default_hook_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_status_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            dir: None,
+            timeout: default_hook_timeout(),
+            status_interval: default_status_interval(),
+        }
+    }
 }
 
 impl ConnectionConfig {
@@ -562,6 +752,12 @@ impl Config {
         if self.checkpoint.interval.0.is_zero() {
             return Err("[checkpoint] interval must be above zero, e.g. \"10s\"".into());
         }
+        self.throttle.validate()?;
+        if self.hooks.timeout.0.is_zero() || self.hooks.status_interval.0.is_zero() {
+            return Err(
+                "[hooks] timeout and status_interval must be above zero, e.g. \"60s\"".into(),
+            );
+        }
         Ok(())
     }
 
@@ -660,6 +856,49 @@ alter = "ADD COLUMN note TEXT"
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(e.starts_with("t.toml:4:1:"), "{e}");
         assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn throttle_sources_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[throttle]\nflag_file = \"/tmp/a\"\nmax_load = {{ Threads_running = 50 }}\n\
+             max_threads_running = 9\ncritical_load = {{ Threads_connected = 400 }}\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.throttle.flag_file.0, vec![PathBuf::from("/tmp/a")]);
+        assert_eq!(c.throttle.load_limits()["Threads_running"], 50);
+        assert_eq!(c.throttle.critical_load["Threads_connected"], 400);
+        let list = format!("{GOOD}\n[throttle]\nflag_file = [\"/a\", \"/b\"]\n");
+        assert_eq!(
+            Config::parse(&list, "t")
+                .unwrap()
+                .throttle
+                .flag_file
+                .0
+                .len(),
+            2
+        );
+        let lag = format!(
+            "{GOOD}\n[throttle]\nmax_lag = \"2s\"\n[[throttle.replica]]\nport = 3307\nuser = \"r\"\n"
+        );
+        let c = Config::parse(&lag, "t").unwrap();
+        assert_eq!(c.throttle.replicas[0].connection("app").port, 3307);
+        for (bad, says) in [
+            ("[throttle]\nmax_lag = \"2s\"\n", "needs the replicas"),
+            (
+                "[throttle]\nmax_load = { \"Threads running\" = 1 }\n",
+                "not a global status",
+            ),
+            ("[throttle]\ninterval = \"1ms\"\n", "at least 100ms"),
+            ("[throttle]\nflag_file = 3\n", "a path or a list"),
+            ("[control]\nsockett = \"/x\"\n", "sockett"),
+            ("[hooks]\ntimeout = \"0s\"\n", "above zero"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n{bad}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -12,11 +12,16 @@
 //! import of engine N overlaps the copy into engine N+1 (as Lightning does).
 //! With the `sql` backend import is a no-op and one engine suffices.
 //!
+//! Operating (`CopyJob::ops`): before each chunk a worker waits its turn
+//! ([`crate::control::Operations::wait_turn`]) while the copy is throttled or
+//! while its index is beyond the live `threads=N`, and the chunker is handed
+//! the operator's chunk size or target.
+//!
 //! Reads use the same session settings as the writers
 //! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
 //! every value travels as the exact bytes the server stored.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,7 @@ use wraith_backend::{
 };
 
 use crate::chunker::{int_span, Chunk, Chunker, KeySql};
+use crate::control::Operations;
 use crate::db::{quote_ident, Context, DbError};
 use crate::online::OnlineState;
 use crate::progress::TableHandle;
@@ -83,6 +89,9 @@ pub struct CopyJob {
     /// the checkpoint can record it and a resumed run import it instead of
     /// copying its rows again.
     pub closed_engines: Option<tokio::sync::mpsc::UnboundedSender<ClosedEngineRecord>>,
+    /// Live settings (throttle, chunk size, threads): workers wait their turn
+    /// between chunks. `None`: `threads` workers, never paused.
+    pub ops: Option<Arc<Operations>>,
 }
 
 /// An engine closed with every chunk dispatched to it written: its rows are
@@ -163,6 +172,8 @@ struct Shared {
     closers: Mutex<JoinSet<Result<ImportStats, BackendError>>>,
     chunks: AtomicU64,
     engines: AtomicU64,
+    /// The chunker is exhausted: idle workers need not wait their turn.
+    finished: AtomicBool,
 }
 
 /// Copies every row of the source into the shadow table through `backend`.
@@ -191,7 +202,10 @@ pub async fn copy_table(
         local: LocalEngineConfig::default(),
     };
     let first = manager.open_engine(&engine_cfg, &job.table, 0).await?;
-    let threads = job.threads.max(1);
+    let threads = match &job.ops {
+        Some(ops) => ops.max_threads(),
+        None => job.threads.max(1),
+    };
     let shared = Arc::new(Shared {
         job,
         chunker: Mutex::new(chunker),
@@ -206,13 +220,14 @@ pub async fn copy_table(
         closers: Mutex::new(JoinSet::new()),
         chunks: AtomicU64::new(0),
         engines: AtomicU64::new(1),
+        finished: AtomicBool::new(false),
     });
 
     let mut workers = JoinSet::new();
-    for _ in 0..threads {
+    for index in 0..threads {
         let shared = shared.clone();
         let pool = source.clone();
-        workers.spawn(async move { worker(shared, pool).await });
+        workers.spawn(async move { worker(shared, pool, index).await });
     }
     let mut first_error: Option<CopyError> = None;
     while let Some(joined) = workers.join_next().await {
@@ -307,7 +322,11 @@ async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
     });
 }
 
-async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
+async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), CopyError> {
+    wait_turn(&shared, index).await;
+    if shared.finished.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let mut conn = read_conn(&pool).await?;
     let keysql_key = shared.job.layout.chunk_key.clone();
     let keysql = KeySql { key: &keysql_key };
@@ -349,8 +368,12 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .context(|| "setting up a copy session".into())?;
     }
     loop {
+        wait_turn(&shared, index).await;
         let chunk = {
             let mut chunker = shared.chunker.lock().await;
+            if let Some(ops) = &shared.job.ops {
+                ops.tune(&mut chunker);
+            }
             match chunker.next(&mut conn).await? {
                 Some(c) => {
                     if let Some(online) = &shared.job.online {
@@ -366,7 +389,10 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                     };
                     (c, engine)
                 }
-                None => return Ok(()),
+                None => {
+                    shared.finished.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
             }
         };
         let (chunk, engine) = chunk;
@@ -401,7 +427,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
                 .lock()
                 .await
                 .feedback(n, started.elapsed(), int_span(&chunk));
-            log_chunk(&chunk, n, started.elapsed());
+            log_chunk(&shared, index, &chunk, n, started.elapsed());
             continue;
         }
         let rows = read_chunk(
@@ -437,7 +463,14 @@ async fn worker(shared: Arc<Shared>, pool: Pool) -> Result<(), CopyError> {
             .lock()
             .await
             .feedback(n, started.elapsed(), int_span(&chunk));
-        log_chunk(&chunk, n, started.elapsed());
+        log_chunk(&shared, index, &chunk, n, started.elapsed());
+    }
+}
+
+/// Waits while the copy is throttled or `index` is beyond the live thread count.
+async fn wait_turn(shared: &Shared, index: usize) {
+    if let Some(ops) = &shared.job.ops {
+        ops.wait_turn(index, &shared.finished).await;
     }
 }
 
@@ -487,7 +520,10 @@ fn server_side_error(shared: &Shared, e: mysql_async::Error) -> CopyError {
     })
 }
 
-fn log_chunk(chunk: &Chunk, rows: u64, elapsed: Duration) {
+fn log_chunk(shared: &Shared, index: usize, chunk: &Chunk, rows: u64, elapsed: Duration) {
+    if let Some(ops) = &shared.job.ops {
+        ops.chunk_done(index, rows);
+    }
     tracing::debug!(
         chunk = chunk.id,
         rows,

@@ -19,6 +19,9 @@
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters;
 //!   [`resume`]: its checkpoints and resuming from them.
+//! - [`throttle`]: when the copy pauses and why; [`control`]: the control
+//!   socket and the live settings it changes; [`hooks`]: operator executables
+//!   run at points of a run.
 //! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same engines and checkpoints.
 //! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
 //! - [`workload`]: generated tables and write loads.
@@ -33,9 +36,11 @@ pub mod changes;
 pub mod checksum;
 pub mod chunker;
 pub mod config;
+pub mod control;
 pub mod copy;
 pub mod cutover;
 pub mod db;
+pub mod hooks;
 pub mod import;
 pub mod inspect;
 pub mod migration;
@@ -46,6 +51,7 @@ pub mod progress;
 pub mod resume;
 pub mod scratch;
 pub mod shadow;
+pub mod throttle;
 pub mod workload;
 
 /// The driver, re-exported so callers use the same version.

@@ -10,6 +10,13 @@
 //! A failure before the cut-over cleans up (ErrCleanup): the change stream
 //! stops, the shadow table is dropped, the source was never written.
 //! Resuming from checkpoints comes with the checkpoints issue.
+//!
+//! Operating a run: [`run_with`] opens the control socket ([`crate::control`]),
+//! starts the throttler ([`crate::throttle`]) and runs the hooks
+//! ([`crate::hooks`]) around the state machine. `panic` on the socket and a
+//! `critical_load` stop the run like Ctrl-C does, as [`RunError::Aborted`]; a
+//! failing `on-before-cut-over` hook stops it before the cut-over as
+//! [`RunError::Hook`]. Both leave a checkpoint a rerun resumes from.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +32,11 @@ use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
 use crate::changes::{key_orders_by_bytes, ChangeBuffer};
 use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
+use crate::control::{ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
 use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
+use crate::hooks::{HookError, HookEvent};
 use crate::inspect::{inspect_table, TableInfo};
 use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
@@ -74,6 +83,16 @@ pub enum RunError {
     Changes { table: String, message: String },
     #[error("interrupted; the source {table} is untouched, and `wraith run` with the same config resumes")]
     Interrupted { table: String },
+    #[error("{table}: aborted ({reason}); the source is untouched, and `wraith run` with the same config resumes")]
+    Aborted { table: String, reason: String },
+    #[error("{table}: the cut-over was not attempted because a hook failed: {source}; the source is untouched, and `wraith run` with the same config resumes and runs the hook again")]
+    Hook {
+        table: String,
+        #[source]
+        source: HookError,
+    },
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     Checkpoint(wraith_checkpoints::CheckpointError),
     #[error(transparent)]
@@ -177,6 +196,74 @@ pub async fn run(
     control: &RunControl,
     options: RunOptions,
 ) -> Result<RunReport, RunError> {
+    let ops = Operations::new(config, progress.clone());
+    run_with(config, progress, control, options, ops).await
+}
+
+/// [`run`] with the caller's live [`Operations`] (to reload its throttle
+/// settings on SIGHUP, say): opens the control socket, runs the hooks.
+pub async fn run_with(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+    ops: Arc<Operations>,
+) -> Result<RunReport, RunError> {
+    let socket_path = config
+        .control
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::control::default_socket_path(config));
+    let socket = ControlSocket::bind(&socket_path, ops.clone())?;
+    eprintln!(
+        "control socket: {} (`help` lists the commands)",
+        socket.path().display()
+    );
+    // Ctrl-C, SIGTERM, `panic` and critical load all stop the run the same way.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forwarder = {
+        let outer = control.shutdown.clone();
+        let abort = ops.subscribe_abort();
+        tokio::spawn(async move {
+            while !*outer.borrow() && abort.borrow().is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
+    let status_hooks = {
+        let ops = ops.clone();
+        let every = config.hooks.status_interval.0;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ops.hook_logged(HookEvent::OnStatus, None).await;
+            }
+        })
+    };
+    ops.hook_logged(HookEvent::OnStartup, None).await;
+    let control = RunControl { shutdown: stop_rx };
+    let result = run_inner(config, progress, &control, options, &ops).await;
+    status_hooks.abort();
+    forwarder.abort();
+    match &result {
+        Ok(_) => ops.hook_logged(HookEvent::OnSuccess, None).await,
+        Err(e) => {
+            ops.hook_logged(HookEvent::OnFailure, Some(&e.to_string()))
+                .await
+        }
+    }
+    drop(socket);
+    result
+}
+
+async fn run_inner(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+    ops: &Arc<Operations>,
+) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
     if !options.fresh {
         if let Some(tables) = finish_interrupted_cutover(config).await? {
@@ -200,9 +287,15 @@ pub async fn run(
     }
     let source_opts = db::connection_opts(&config.source).map_err(RunError::Connection)?;
     let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
-    let pool_size = config.copy.threads * 3 + 8;
+    let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
     let source_pool = db::pool(source_opts.clone(), pool_size);
     let target_pool = db::pool(target_opts, pool_size);
+    let throttle_checker =
+        ops.throttler
+            .spawn_checker(source_pool.clone(), config.source.database.clone(), {
+                let ops = ops.clone();
+                move |reason| ops.abort(reason)
+            });
     let result = run_job(
         config,
         &report,
@@ -213,8 +306,13 @@ pub async fn run(
         progress,
         control,
         options,
+        ops,
     )
     .await;
+    throttle_checker.abort();
+    if !config.throttle.replicas.is_empty() {
+        crate::throttle::drop_heartbeat(&source_pool, &config.source.database).await;
+    }
     let _ = source_pool.disconnect().await;
     let _ = target_pool.disconnect().await;
     let tables = result?;
@@ -302,6 +400,7 @@ async fn run_job(
     progress: &ProgressHandle,
     control: &RunControl,
     options: RunOptions,
+    ops: &Arc<Operations>,
 ) -> Result<Vec<TableReport>, RunError> {
     let store = resume::open_store(config, target_pool);
     let key = resume::job_key(config);
@@ -358,6 +457,8 @@ async fn run_job(
         ),
     };
     drop(sconn);
+    ops.set_migration_id(&task.migration_id.to_string());
+    ops.hook_logged(HookEvent::OnValidated, None).await;
     let checkpointer = Checkpointer::new(store, key, task);
     let mut tables = Vec::new();
     for (table, plan) in config.tables.iter().zip(&report.plans) {
@@ -372,6 +473,7 @@ async fn run_job(
             progress,
             control,
             checkpoint: &checkpointer,
+            ops,
         };
         tables.push(ctx.run().await?);
     }
@@ -479,6 +581,7 @@ struct TableRun<'a> {
     progress: &'a ProgressHandle,
     control: &'a RunControl,
     checkpoint: &'a Checkpointer,
+    ops: &'a Arc<Operations>,
 }
 
 /// The online machinery of one table, stopped on drop.
@@ -521,6 +624,7 @@ impl TableRun<'_> {
 
     async fn run(&self) -> Result<TableReport, RunError> {
         let started = Instant::now();
+        self.ops.set_table(&self.table.name);
         let mut sconn = self
             .source_pool
             .get_conn()
@@ -950,6 +1054,12 @@ impl TableRun<'_> {
 
     fn interrupted(&self) -> Result<(), RunError> {
         if self.control.stopping() {
+            if let Some(reason) = self.ops.abort_reason() {
+                return Err(RunError::Aborted {
+                    table: self.table.name.clone(),
+                    reason,
+                });
+            }
             return Err(RunError::Interrupted {
                 table: self.table.name.clone(),
             });
@@ -1041,6 +1151,9 @@ impl TableRun<'_> {
         let handle = self.progress.add_table(&table.name, old.estimated_rows);
         let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
         self.progress.set_state(State::CopyRows);
+        self.ops
+            .hook_logged(HookEvent::OnRowcountComplete, None)
+            .await;
         let copy = self.copy_or_skip(
             copy_needed,
             copy_table(
@@ -1058,6 +1171,7 @@ impl TableRun<'_> {
                     online: Some(following.state.clone()),
                     start_after,
                     closed_engines: Some(closed_tx),
+                    ops: Some(self.ops.clone()),
                 },
                 self.source_pool,
                 backend.clone(),
@@ -1088,6 +1202,9 @@ impl TableRun<'_> {
             marks.copy_done();
         }
         handle.set_total(stats.rows);
+        self.ops
+            .hook_logged(HookEvent::OnRowCopyComplete, None)
+            .await;
         tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
             secs = stats.elapsed.as_secs_f64(), "copy done");
         self.save_progress(&following, stats.rows).await?;
@@ -1177,6 +1294,13 @@ impl TableRun<'_> {
 
         self.wait_for_catch_up(&following).await?;
         self.wait_while_postponed(&following).await?;
+        self.ops
+            .hook(HookEvent::OnBeforeCutOver)
+            .await
+            .map_err(|source| RunError::Hook {
+                table: table.name.clone(),
+                source,
+            })?;
         self.progress.set_state(State::CutOver);
         self.save_progress(&following, stats.rows).await?;
         self.advance(TableStage::CuttingOver).await?;
@@ -1379,7 +1503,8 @@ impl TableRun<'_> {
                 crate::inspect::table_exists(&mut conn, self.source_schema(), SENTINEL_TABLE)
                     .await?;
             drop(conn);
-            if flag.is_none() && !sentinel {
+            let commanded = self.ops.cutover_postponed();
+            if flag.is_none() && !sentinel && !commanded {
                 if announced {
                     tracing::info!("cut-over no longer postponed");
                 }
@@ -1389,6 +1514,9 @@ impl TableRun<'_> {
                 self.progress.set_state(State::WaitingOnSentinelTable);
                 let why = match flag {
                     Some(f) => format!("the postpone flag file {} exists", f.display()),
+                    None if commanded => {
+                        "commanded (`unpostpone` on the control socket releases it)".to_string()
+                    }
                     None => format!("the sentinel table {SENTINEL_TABLE} exists"),
                 };
                 eprintln!(
@@ -1396,6 +1524,9 @@ impl TableRun<'_> {
                     self.table.name
                 );
                 announced = true;
+                self.ops
+                    .hook_logged(HookEvent::OnBeginPostponed, None)
+                    .await;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

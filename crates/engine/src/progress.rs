@@ -51,6 +51,8 @@ pub struct Progress {
     pub tables: Vec<TableProgress>,
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
+    /// Why the copy is paused (see [`crate::throttle`]), or `None`.
+    pub throttled: Option<String>,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,7 @@ struct Inner {
     started: Instant,
     state: Mutex<State>,
     tables: Mutex<Vec<Arc<TableCounters>>>,
+    throttled: Mutex<Option<String>>,
 }
 
 /// Counters of one table, handed to its workers.
@@ -108,6 +111,7 @@ impl ProgressHandle {
                 started: Instant::now(),
                 state: Mutex::new(State::Initial),
                 tables: Mutex::new(Vec::new()),
+                throttled: Mutex::new(None),
             }),
         }
     }
@@ -127,6 +131,13 @@ impl ProgressHandle {
             .lock()
             .map(|s| *s)
             .unwrap_or(State::ErrCleanup)
+    }
+
+    /// Records why the copy is paused (`None`: it is not).
+    pub fn set_throttled(&self, reason: Option<String>) {
+        if let Ok(mut t) = self.inner.throttled.lock() {
+            *t = reason;
+        }
     }
 
     pub fn add_table(&self, name: &str, rows_total: u64) -> TableHandle {
@@ -167,9 +178,14 @@ impl ProgressHandle {
         } else {
             0.0
         };
+        let throttled = self.inner.throttled.lock().ok().and_then(|t| t.clone());
+        let mut summary = format!("{copied}/{total} rows {pct:.1}% {state}");
+        if let Some(reason) = &throttled {
+            summary.push_str(&format!(" throttled: {reason}"));
+        }
         Progress {
             current_state: state,
-            summary: format!("{copied}/{total} rows {pct:.1}% {state}"),
+            summary,
             tables,
             elapsed_secs: elapsed,
             rows_per_sec: if elapsed > 0.0 {
@@ -177,6 +193,7 @@ impl ProgressHandle {
             } else {
                 0.0
             },
+            throttled,
         }
     }
 }

@@ -5,5 +5,6 @@ mod bench;
 mod copy;
 mod import;
 mod online;
+mod ops;
 mod preflight;
 mod resume;

@@ -1,0 +1,420 @@
+//! The throttler: decides when the copy pauses, and says why.
+//!
+//! **What it is for.** A rebuild must never become the reason production is
+//! slow. The throttler looks at its sources every `[throttle] interval`
+//! (default 1s) and publishes one reason, or none:
+//! - `commanded by user`: the control socket's `throttle` / `pause`;
+//! - `flag-file`: one of `[throttle] flag_file` exists (gh-ost's
+//!   `--throttle-flag-file`);
+//! - `Threads_running=57 > 50`: a global status variable of `[throttle]
+//!   max_load` is above its threshold (gh-ost's `--max-load`);
+//! - `replica 10.0.0.2:3306 lag=3.1s > 2s`: a `[[throttle.replica]]` lags more
+//!   than `max_lag`. Lag is measured as gh-ost does, with a heartbeat: every
+//!   `heartbeat_interval` the source's `_wraith_heartbeat` row is set to the
+//!   source's `NOW(6)`; a replica's lag is its own `NOW(6)` minus the row it
+//!   has applied (so it assumes clocks in sync, and measures what was applied,
+//!   not what was received). A replica that cannot be read, or has no
+//!   heartbeat yet, throttles too: not knowing is not a reason to go on.
+//!
+//! The first source that holds, in that order, is the reason. `critical_load`
+//! is not a throttle: a variable above it stops the run cleanly with a
+//! resumable error (the caller's `on_critical`).
+//!
+//! **What it leaves to others.** The copier waits between chunks while a
+//! reason stands (through [`crate::control::Operations::wait_turn`]); a chunk
+//! already running finishes. The change applier never waits: the shadow table stays in step
+//! while the copy pauses, so a pause never grows the backlog the cut-over must
+//! drain. The heartbeat table is dropped at the end of the run.
+//!
+//! **Visibility.** Every start, change and end of throttling is printed
+//! (`throttled: flag-file`, `throttling ended`), logged, and kept in the
+//! progress snapshot (status line, `status` on the socket).
+//!
+//! **Reload.** [`Throttler::reload`] swaps the settings (SIGHUP).
+//!
+//! **Errors.** A failed status query is logged and the last load verdict kept:
+//! the throttler never stops a run because it could not look.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Pool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ThrottleConfig;
+use crate::db::{self, quote_ident, Context, DbError};
+
+/// The heartbeat table, next to the source table, while replicas are watched.
+pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";
+use crate::progress::ProgressHandle;
+
+/// Shared throttle state; cheap to clone.
+#[derive(Clone)]
+pub struct Throttler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Mutex<ThrottleConfig>,
+    commanded: AtomicBool,
+    /// The verdict of the last status query.
+    load_reason: Mutex<Option<String>>,
+    reason: watch::Sender<Option<String>>,
+    progress: ProgressHandle,
+    /// Printed before each message (the table, once known).
+    label: Mutex<String>,
+}
+
+impl Throttler {
+    pub fn new(settings: ThrottleConfig, progress: ProgressHandle) -> Throttler {
+        Throttler {
+            inner: Arc::new(Inner {
+                settings: Mutex::new(settings),
+                commanded: AtomicBool::new(false),
+                load_reason: Mutex::new(None),
+                reason: watch::Sender::new(None),
+                progress,
+                label: Mutex::new(String::new()),
+            }),
+        }
+    }
+
+    /// Why the copy is paused now, or `None`.
+    pub fn reason(&self) -> Option<String> {
+        self.inner.reason.borrow().clone()
+    }
+
+    /// Prefixes messages with `label: ` (the table being copied).
+    pub fn set_label(&self, label: &str) {
+        if let Ok(mut l) = self.inner.label.lock() {
+            *l = label.to_string();
+        }
+    }
+
+    /// The operator's `throttle` (`true`) or `no-throttle` (`false`).
+    pub fn set_commanded(&self, on: bool) {
+        self.inner.commanded.store(on, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    /// Replaces the settings (SIGHUP); takes effect at once for flag files,
+    /// at the next check for load.
+    pub fn reload(&self, settings: ThrottleConfig) {
+        if settings.load_limits().is_empty() {
+            if let Ok(mut l) = self.inner.load_reason.lock() {
+                *l = None;
+            }
+        }
+        if let Ok(mut s) = self.inner.settings.lock() {
+            *s = settings;
+        }
+        self.refresh();
+    }
+
+    fn settings(&self) -> ThrottleConfig {
+        self.inner
+            .settings
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Recomputes the reason from the commanded flag, the flag files and the
+    /// last load verdict, and publishes a change.
+    fn refresh(&self) {
+        let settings = self.settings();
+        let reason = if self.inner.commanded.load(Ordering::Relaxed) {
+            Some("commanded by user".to_string())
+        } else if settings.flag_file.0.iter().any(|f| f.exists()) {
+            Some("flag-file".to_string())
+        } else {
+            self.inner.load_reason.lock().ok().and_then(|l| l.clone())
+        };
+        let label = self
+            .inner
+            .label
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        let prefix = if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label}: ")
+        };
+        self.inner.reason.send_if_modified(|current| {
+            if *current == reason {
+                return false;
+            }
+            match (&*current, &reason) {
+                (_, Some(now)) => {
+                    tracing::info!(reason = %now, "throttled");
+                    eprintln!("{prefix}throttled: {now}");
+                }
+                (Some(was), None) => {
+                    tracing::info!(was = %was, "throttling ended");
+                    eprintln!("{prefix}throttling ended (was: {was})");
+                }
+                (None, None) => {}
+            }
+            *current = reason.clone();
+            true
+        });
+        self.inner.progress.set_throttled(reason);
+    }
+
+    /// Checks every `[throttle] interval` (and writes the heartbeat into
+    /// `database` every `heartbeat_interval` while replicas are watched) until
+    /// the returned task is aborted. `on_critical` is called when a
+    /// `critical_load` threshold is passed.
+    pub fn spawn_checker(
+        &self,
+        pool: Pool,
+        database: String,
+        on_critical: impl Fn(String) + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
+        let throttler = self.clone();
+        tokio::spawn(async move {
+            let mut replicas = HashMap::new();
+            let mut next_check = Instant::now();
+            let mut next_beat = Instant::now();
+            let mut heartbeat_ready = false;
+            loop {
+                let settings = throttler.settings();
+                let watching = !settings.replicas.is_empty();
+                if watching && Instant::now() >= next_beat {
+                    if let Err(e) = heartbeat(&pool, &database, &mut heartbeat_ready).await {
+                        tracing::warn!(error = %e, "throttler: cannot write the heartbeat");
+                    }
+                    next_beat = Instant::now() + settings.heartbeat_interval.0;
+                }
+                if Instant::now() >= next_check {
+                    let load = throttler.check_load(&pool, &settings, &on_critical).await;
+                    let verdict = match load {
+                        Some(reason) => Some(reason),
+                        None => replica_lag(&settings, &database, &mut replicas).await,
+                    };
+                    if let Ok(mut l) = throttler.inner.load_reason.lock() {
+                        *l = verdict;
+                    }
+                    throttler.refresh();
+                    next_check = Instant::now() + settings.interval.0;
+                }
+                let wake = if watching {
+                    next_check.min(next_beat)
+                } else {
+                    next_check
+                };
+                tokio::time::sleep_until(wake.into()).await;
+            }
+        })
+    }
+
+    /// The load verdict (`None`: under every limit, or not known).
+    async fn check_load(
+        &self,
+        pool: &Pool,
+        settings: &ThrottleConfig,
+        on_critical: &(impl Fn(String) + Send + Sync),
+    ) -> Option<String> {
+        let limits = settings.load_limits();
+        if limits.is_empty() && settings.critical_load.is_empty() {
+            return None;
+        }
+        match read_status(pool, &limits, &settings.critical_load).await {
+            Ok(values) => {
+                if let Some(critical) = over(&values, &settings.critical_load) {
+                    on_critical(format!("critical load: {critical}"));
+                }
+                over(&values, &limits)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "throttler: cannot read the server's status; keeping the last verdict");
+                self.inner.load_reason.lock().ok().and_then(|l| l.clone())
+            }
+        }
+    }
+}
+
+/// Sets the heartbeat row to the source's clock (creating the table once).
+async fn heartbeat(pool: &Pool, database: &str, ready: &mut bool) -> Result<(), DbError> {
+    let table = format!("{}.{}", quote_ident(database), quote_ident(HEARTBEAT_TABLE));
+    let mut conn = pool
+        .get_conn()
+        .await
+        .context(|| "connecting to write the heartbeat".into())?;
+    if !*ready {
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (id TINYINT UNSIGNED NOT NULL PRIMARY KEY, \
+             beat TIMESTAMP(6) NOT NULL) COMMENT 'wraith: heartbeat for measuring replica lag'"
+        ))
+        .await
+        .context(|| format!("creating {database}.{HEARTBEAT_TABLE}"))?;
+        *ready = true;
+    }
+    conn.query_drop(format!(
+        "REPLACE INTO {table} (id, beat) VALUES (1, NOW(6))"
+    ))
+    .await
+    .context(|| "writing the heartbeat".into())
+}
+
+/// Drops the heartbeat table (the end of a run that watched replicas).
+pub async fn drop_heartbeat(pool: &Pool, database: &str) {
+    let sql = format!(
+        "DROP TABLE IF EXISTS {}.{}",
+        quote_ident(database),
+        quote_ident(HEARTBEAT_TABLE)
+    );
+    let result = match pool.get_conn().await {
+        Ok(mut conn) => conn.query_drop(sql).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not drop {HEARTBEAT_TABLE}; drop it by hand");
+    }
+}
+
+/// The first replica lagging over `max_lag` (or unreadable), as a reason.
+async fn replica_lag(
+    settings: &ThrottleConfig,
+    database: &str,
+    pools: &mut HashMap<String, Pool>,
+) -> Option<String> {
+    let max_lag = settings.max_lag?.0;
+    for replica in &settings.replicas {
+        let connection = replica.connection(database);
+        let name = match &replica.socket {
+            Some(s) => s.display().to_string(),
+            None => format!("{}:{}", replica.host, replica.port),
+        };
+        let pool = match pools.get(&name) {
+            Some(p) => p.clone(),
+            None => match db::connection_opts(&connection) {
+                Ok(opts) => {
+                    let p = db::pool(opts, 1);
+                    pools.insert(name.clone(), p.clone());
+                    p
+                }
+                Err(e) => return Some(format!("replica {name}: {e}")),
+            },
+        };
+        let lag: Result<Option<Option<i64>>, mysql_async::Error> = async {
+            let mut conn = pool.get_conn().await?;
+            conn.query_first(format!(
+                "SELECT TIMESTAMPDIFF(MICROSECOND, beat, NOW(6)) FROM {}.{} WHERE id = 1",
+                quote_ident(database),
+                quote_ident(HEARTBEAT_TABLE)
+            ))
+            .await
+        }
+        .await;
+        match lag {
+            Ok(Some(Some(us))) => {
+                let lag = Duration::from_micros(us.max(0) as u64);
+                if lag > max_lag {
+                    return Some(format!(
+                        "replica {name} lag={:.1}s > {}",
+                        lag.as_secs_f64(),
+                        humantime::format_duration(max_lag)
+                    ));
+                }
+            }
+            Ok(_) => return Some(format!("replica {name}: no heartbeat yet")),
+            Err(e) => return Some(format!("replica {name}: cannot read its lag ({e})")),
+        }
+    }
+    None
+}
+
+/// The first variable above its limit, as `Name=value > limit`.
+fn over(values: &BTreeMap<String, u64>, limits: &BTreeMap<String, u64>) -> Option<String> {
+    limits.iter().find_map(|(name, &limit)| {
+        let value = values.get(&name.to_ascii_lowercase())?;
+        (*value > limit).then(|| format!("{name}={value} > {limit}"))
+    })
+}
+
+/// The global status values of the named variables, keyed by lowercase name.
+async fn read_status(
+    pool: &Pool,
+    limits: &BTreeMap<String, u64>,
+    critical: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, mysql_async::Error> {
+    // Names are checked by config (letters, digits, _), so they quote safely.
+    let names: Vec<String> = limits
+        .keys()
+        .chain(critical.keys())
+        .map(|n| format!("'{n}'"))
+        .collect();
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(String, String)> = conn
+        .query(format!(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ({})",
+            names.join(", ")
+        ))
+        .await?;
+    let mut values = BTreeMap::new();
+    for (name, value) in rows {
+        match value.trim().parse::<f64>() {
+            Ok(v) => {
+                values.insert(name.to_ascii_lowercase(), v.max(0.0) as u64);
+            }
+            Err(_) => tracing::warn!(variable = %name, value = %value, "throttler: not a number"),
+        }
+    }
+    for name in limits.keys().chain(critical.keys()) {
+        if !values.contains_key(&name.to_ascii_lowercase()) {
+            tracing::warn!(variable = %name, "throttler: no such global status variable");
+        }
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_names_the_first_variable_above_its_limit() {
+        let values = BTreeMap::from([
+            ("threads_running".to_string(), 57),
+            ("threads_connected".to_string(), 3),
+        ]);
+        let limits = BTreeMap::from([
+            ("Threads_connected".to_string(), 10),
+            ("Threads_running".to_string(), 50),
+        ]);
+        assert_eq!(
+            over(&values, &limits).as_deref(),
+            Some("Threads_running=57 > 50")
+        );
+        let limits = BTreeMap::from([("Threads_running".to_string(), 57)]);
+        assert_eq!(over(&values, &limits), None);
+    }
+
+    #[test]
+    fn commanded_and_flag_file_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("flag");
+        let settings = ThrottleConfig {
+            flag_file: crate::config::PathList(vec![flag.clone()]),
+            ..ThrottleConfig::default()
+        };
+        let t = Throttler::new(settings, ProgressHandle::new());
+        t.refresh();
+        assert_eq!(t.reason(), None);
+        std::fs::write(&flag, "").unwrap();
+        t.refresh();
+        assert_eq!(t.reason().as_deref(), Some("flag-file"));
+        t.set_commanded(true);
+        assert_eq!(t.reason().as_deref(), Some("commanded by user"));
+        t.set_commanded(false);
+        std::fs::remove_file(&flag).unwrap();
+        t.refresh();
+        assert_eq!(t.reason(), None);
+    }
+}

@@ -1,0 +1,802 @@
+//! Operating a run: throttling (flag file, server load, commanded, SIGHUP
+//! reload), the control socket, hooks. Every test drives a real `wraith run`
+//! against the scratch server and watches it through its control socket and
+//! its stderr. Copies are made slow (small chunks, one thread) so that pauses
+//! can be seen: while throttled, the rows copied must stop increasing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use wraith_tests::{assert_matches_mirror, sysbench_with_mirror, Schema, WraithChild};
+
+const ALTER: &str = "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'";
+
+/// A slow copy: one thread, tiny chunks.
+fn slow_config(s: &Schema, dir: &Path, extra: &str) -> String {
+    s.config(
+        "sbtest",
+        ALTER,
+        &format!(
+            "[copy]\nbackend = \"sql\"\nthreads = 1\ninitial_chunk_rows = 50\nchunk_target = \"1ms\"\n\n\
+             [local]\nsort_dir = {:?}\n\n[cutover]\nlock_wait_timeout = \"1s\"\n\n\
+             [control]\nsocket = {:?}\n\n{extra}\n",
+            dir.join("sort").display().to_string(),
+            socket_path(dir).display().to_string(),
+        ),
+    )
+}
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("ctl.sock")
+}
+
+/// A line-protocol client of a run's control socket.
+struct Control {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Control {
+    /// Connects once the run has opened its socket.
+    async fn connect(dir: &Path) -> Control {
+        let path = socket_path(dir);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stream) = UnixStream::connect(&path).await {
+                let (read, write) = stream.into_split();
+                return Control {
+                    lines: BufReader::new(read).lines(),
+                    write,
+                };
+            }
+            assert!(Instant::now() < deadline, "no control socket at {path:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends one command and reads `n` reply lines.
+    async fn send_lines(&mut self, command: &str, n: usize) -> String {
+        self.write
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("write to the control socket");
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no reply to {command:?}"))
+                .expect("read the control socket")
+                .unwrap_or_else(|| panic!("socket closed while replying to {command:?}"));
+            out.push(line);
+        }
+        out.join("\n")
+    }
+
+    async fn send(&mut self, command: &str) -> String {
+        self.send_lines(command, 1).await
+    }
+
+    async fn status(&mut self) -> serde_json::Value {
+        let line = self.send("status-json").await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("status-json {line:?}: {e}"))
+    }
+
+    async fn rows_copied(&mut self) -> u64 {
+        self.status().await["rows_copied"]
+            .as_u64()
+            .expect("rows_copied")
+    }
+
+    /// Polls `status-json` until `check` holds; panics after `timeout`.
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status().await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; last status {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts the copy makes no progress for a while (it is paused).
+    async fn assert_paused(&mut self, s: &Schema) {
+        // A chunk that was running when the pause began still finishes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = self.rows_copied().await;
+        let shadow_before = count(s, "_sbtest_new").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let status = self.status().await;
+        assert_eq!(
+            status["rows_copied"].as_u64(),
+            Some(before),
+            "rows copied while throttled: {status}"
+        );
+        assert_eq!(count(s, "_sbtest_new").await, shadow_before);
+        assert_eq!(
+            status["state"], "CopyRows",
+            "the copy finished before it could be paused: {status}"
+        );
+    }
+
+    /// Waits until the copy moves again.
+    async fn wait_progress(&mut self) {
+        let from = self.rows_copied().await;
+        self.wait_until("the copy resumes", Duration::from_secs(10), |st| {
+            st["rows_copied"].as_u64().unwrap_or(0) > from && st["throttled"].is_null()
+        })
+        .await;
+    }
+}
+
+async fn count(s: &Schema, table: &str) -> u64 {
+    let mut c = s.conn().await;
+    let n: Option<u64> = c
+        .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
+        .await
+        .unwrap_or(None);
+    n.unwrap_or(0)
+}
+
+async fn note_column_exists(s: &Schema) -> bool {
+    let mut c = s.conn().await;
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sbtest' AND COLUMN_NAME = 'note'")
+        .await
+        .unwrap();
+    n == Some(1)
+}
+
+async fn table_of(rows: u64, name: &str) -> (Schema, tempfile::TempDir) {
+    let s = Schema::new(name).await;
+    sysbench_with_mirror(&s, rows).await;
+    (s, tempfile::tempdir().expect("tempdir"))
+}
+
+#[tokio::test]
+async fn flag_file_throttles_the_copy_until_removed() {
+    let (s, dir) = table_of(60_000, "ops_flag").await;
+    let flag = dir.path().join("throttle.flag");
+    std::fs::write(&flag, "").unwrap();
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!(
+            "[throttle]\nflag_file = [{:?}, \"/nonexistent/other.flag\"]\n",
+            flag.display().to_string()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    ctl.wait_until(
+        "throttled by the flag file",
+        Duration::from_secs(60),
+        |st| st["throttled"] == "flag-file" && st["state"] == "CopyRows",
+    )
+    .await;
+    child
+        .wait_for("sbtest: throttled: flag-file", Duration::from_secs(5))
+        .await;
+    ctl.assert_paused(&s).await;
+    assert!(ctl.send("status").await.contains("throttled=flag-file"));
+    std::fs::remove_file(&flag).unwrap();
+    ctl.wait_progress().await;
+    child
+        .wait_for("throttling ended (was: flag-file)", Duration::from_secs(5))
+        .await;
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+}
+
+/// Connections that keep `Threads_running` up while they sleep.
+async fn sleepers(s: &Schema, n: usize, secs: u64) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut c = s.conn().await;
+        out.push(tokio::spawn(async move {
+            let _: Option<u64> = c
+                .query_first(format!("SELECT SLEEP({secs})"))
+                .await
+                .unwrap_or(None);
+        }));
+    }
+    out
+}
+
+#[tokio::test]
+async fn server_load_throttles_and_critical_load_aborts_resumably() {
+    let (s, dir) = table_of(60_000, "ops_load").await;
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        "[throttle]\nmax_load = { Threads_running = 30 }\ncritical_load = { Threads_running = 60 }\n",
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    // Held by the operator until the load is up, so the copy cannot end first.
+    assert!(ctl.send("pause").await.starts_with("ok"));
+    ctl.wait_until("copying", Duration::from_secs(60), |st| {
+        st["state"] == "CopyRows"
+    })
+    .await;
+    // Over max_load, under critical_load: a pause, with the reason.
+    let busy = sleepers(&s, 40, 6).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(ctl.send("resume").await.starts_with("ok"));
+    let st = ctl
+        .wait_until("throttled by load", Duration::from_secs(5), |st| {
+            st["throttled"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Threads_running=") && r.ends_with(" > 30"))
+        })
+        .await;
+    child
+        .wait_for("throttled: Threads_running=", Duration::from_secs(5))
+        .await;
+    assert!(st["summary"]
+        .as_str()
+        .unwrap()
+        .contains("throttled: Threads_running="));
+    ctl.assert_paused(&s).await;
+    for b in busy {
+        b.await.unwrap();
+    }
+    ctl.wait_progress().await;
+    assert!(ctl.send("pause").await.starts_with("ok"));
+    // While the copy is paused, changes to copied rows still reach the shadow.
+    s.exec("UPDATE sbtest SET k = 4242 WHERE id = 1; UPDATE mirror SET k = 4242 WHERE id = 1")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = s.conn().await;
+        let k: Option<i64> = c
+            .query_first("SELECT k FROM _sbtest_new WHERE id = 1")
+            .await
+            .unwrap();
+        if k == Some(4242) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change was not applied while throttled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ctl.status().await["throttled"], "commanded by user");
+    // Over critical_load: the run stops, resumably, with the source untouched.
+    let _busy = sleepers(&s, 70, 4).await;
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("aborted (critical load: Threads_running="),
+        "{}",
+        run.output()
+    );
+    assert!(!note_column_exists(&s).await);
+    assert!(s.table_exists("_sbtest_new").await);
+    assert_eq!(s.rows("sbtest").await, s.rows("mirror").await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rerun = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(180))
+        .await;
+    assert_eq!(rerun.code, 0, "{}", rerun.output());
+    assert!(rerun.stderr.contains("resuming"), "{}", rerun.output());
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn socket_commands_steer_a_running_copy() {
+    let (s, dir) = table_of(100_000, "ops_socket").await;
+    let cfg = slow_config(&s, dir.path(), "");
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    child
+        .wait_for(
+            &format!("control socket: {}", socket_path(dir.path()).display()),
+            Duration::from_secs(5),
+        )
+        .await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(socket_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Hold the cut-over and the copy first, so each step can be watched.
+    assert!(ctl.send("postpone-cutover").await.starts_with("ok"));
+    assert_eq!(ctl.send("pause").await, "ok: throttled: commanded by user");
+    let help = ctl.send_lines("help", 12).await;
+    for command in [
+        "status-json",
+        "chunk-size=N",
+        "threads=N",
+        "panic",
+        "unpostpone",
+    ] {
+        assert!(help.contains(command), "{help}");
+    }
+    for bad in [
+        "bogus",
+        "threads=0",
+        "threads=x",
+        "chunk-size=",
+        "chunk-target=soon",
+        "pause=1",
+    ] {
+        let reply = ctl.send(bad).await;
+        assert!(reply.starts_with("error: "), "{bad}: {reply}");
+    }
+    assert!(ctl.send("bogus").await.contains("unknown command"));
+    ctl.wait_until("state CopyRows", Duration::from_secs(60), |st| {
+        st["state"] == "CopyRows" && st["throttled"] == "commanded by user"
+    })
+    .await;
+    child
+        .wait_for("throttled: commanded by user", Duration::from_secs(5))
+        .await;
+    ctl.assert_paused(&s).await;
+    assert!(ctl
+        .send("status")
+        .await
+        .contains("throttled=commanded by user"));
+
+    // threads=3: three workers copy; threads=1: one does.
+    assert_eq!(ctl.send("chunk-size=2").await, "ok: chunk-size=2");
+    assert_eq!(ctl.send("threads=3").await, "ok: threads=3");
+    assert_eq!(ctl.send("resume").await, "ok: not throttled");
+    ctl.wait_until("three workers copy", Duration::from_secs(10), |st| {
+        st["active_workers"] == 3
+    })
+    .await;
+    assert_eq!(ctl.send("threads=1").await, "ok: threads=1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..5 {
+        let st = ctl.status().await;
+        assert_eq!(st["active_workers"], 1, "{st}");
+        assert_eq!(st["state"], "CopyRows", "the copy ended too soon: {st}");
+        assert_eq!(st["last_chunk_rows"], 2, "{st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // chunk-size=N: chunks of N rows (the key is dense).
+    assert_eq!(ctl.send("chunk-size=1500").await, "ok: chunk-size=1500");
+    ctl.wait_until("chunks of 1500 rows", Duration::from_secs(10), |st| {
+        st["last_chunk_rows"] == 1500 && st["chunk_size"] == 1500
+    })
+    .await;
+    assert!(ctl
+        .send("chunk-target=20ms")
+        .await
+        .starts_with("ok: chunk-target=20ms"));
+    // The gh-ost spellings of pause and resume.
+    assert_eq!(
+        ctl.send("throttle").await,
+        "ok: throttled: commanded by user"
+    );
+    assert_eq!(ctl.status().await["throttled"], "commanded by user");
+    assert_eq!(ctl.send("no-throttle").await, "ok: not throttled");
+
+    // The copy ends; the cut-over waits for `unpostpone`.
+    ctl.wait_until("postponed", Duration::from_secs(120), |st| {
+        st["state"] == "WaitingOnSentinelTable" && st["cutover_postponed"] == true
+    })
+    .await;
+    child
+        .wait_for("cut-over postponed while commanded", Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!note_column_exists(&s).await, "cut over while postponed");
+    assert!(ctl.send("unpostpone").await.starts_with("ok"));
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(note_column_exists(&s).await);
+    assert!(!socket_path(dir.path()).exists(), "socket left behind");
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn panic_stops_with_the_source_untouched_and_a_rerun_resumes() {
+    let (s, dir) = table_of(60_000, "ops_panic").await;
+    let cfg = slow_config(&s, dir.path(), "");
+    let before = s.snapshot("sbtest").await;
+    let child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    ctl.wait_until("copying", Duration::from_secs(60), |st| {
+        st["rows_copied"].as_u64().unwrap_or(0) > 500
+    })
+    .await;
+    assert!(ctl.send("panic").await.starts_with("ok: aborting"));
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("aborted (`panic` on the control socket); the source is untouched"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(s.snapshot("sbtest").await, before, "the source changed");
+    assert!(s.table_exists("_sbtest_new").await);
+    let copied = count(&s, "_sbtest_new").await;
+    assert!(copied > 0 && copied < 60_000, "{copied} rows in the shadow");
+
+    let rerun = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(180))
+        .await;
+    assert_eq!(rerun.code, 0, "{}", rerun.output());
+    assert!(
+        rerun
+            .stderr
+            .contains("resuming the copy after its durable prefix"),
+        "{}",
+        rerun.output()
+    );
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_throttle_settings() {
+    let (s, dir) = table_of(60_000, "ops_sighup").await;
+    let flag = dir.path().join("throttle.flag");
+    std::fs::write(&flag, "").unwrap();
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!("[throttle]\nflag_file = {:?}\n", flag.display().to_string()),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    ctl.wait_until("throttled", Duration::from_secs(60), |st| {
+        st["throttled"] == "flag-file" && st["state"] == "CopyRows"
+    })
+    .await;
+    ctl.assert_paused(&s).await;
+    // A config that does not load keeps the settings.
+    std::fs::write(child.config_path(), "[source]\nnope = 1\n").unwrap();
+    child.signal(libc::SIGHUP);
+    child
+        .wait_for(
+            "SIGHUP: kept the current [throttle] settings",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(ctl.status().await["throttled"], "flag-file");
+    // The same config without the flag file: the copy goes on, the flag still there.
+    let without = slow_config(&s, dir.path(), "");
+    std::fs::write(child.config_path(), without).unwrap();
+    child.signal(libc::SIGHUP);
+    child
+        .wait_for("SIGHUP: reloaded [throttle]", Duration::from_secs(5))
+        .await;
+    ctl.wait_progress().await;
+    assert!(flag.exists());
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_matches_mirror(&s).await;
+}
+
+const HOOKS: [&str; 9] = [
+    "on-startup",
+    "on-validated",
+    "on-rowcount-complete",
+    "on-row-copy-complete",
+    "on-begin-postponed",
+    "on-before-cut-over",
+    "on-success",
+    "on-failure",
+    "on-status",
+];
+
+/// Writes every hook into `dir/hooks`; each appends its WRAITH_ variables to
+/// `dir/out/<hook>`. `on-before-cut-over` exits with `before_cutover_exit`.
+fn write_hooks(dir: &Path, before_cutover_exit: i32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = dir.join("hooks");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    for hook in HOOKS {
+        let exit = if hook == "on-before-cut-over" {
+            before_cutover_exit
+        } else {
+            0
+        };
+        let path = hooks.join(hook);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nenv | grep '^WRAITH_' | sort > {out}/{hook}.tmp\nmv {out}/{hook}.tmp {out}/{hook}\nexit {exit}\n",
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    hooks
+}
+
+/// The variables one hook saw, or `None` if it did not run.
+fn hook_env(dir: &Path, hook: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("out").join(hook)).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn hooks_run_with_their_environment() {
+    let (s, dir) = table_of(5_000, "ops_hooks").await;
+    let hooks = write_hooks(dir.path(), 0);
+    let flag = dir.path().join("postpone.flag");
+    std::fs::write(&flag, "").unwrap();
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!(
+            "[hooks]\ndir = {:?}\nstatus_interval = \"1s\"\n",
+            hooks.display().to_string()
+        ),
+    )
+    .replace(
+        "[cutover]\n",
+        &format!(
+            "[cutover]\npostpone_flag_file = {:?}\n",
+            flag.display().to_string()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::remove_file(&flag).unwrap();
+    let run = child.finish(Duration::from_secs(120)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    for hook in HOOKS {
+        if hook == "on-failure" {
+            assert!(hook_env(dir.path(), hook).is_none(), "on-failure ran");
+            continue;
+        }
+        let env = hook_env(dir.path(), hook).unwrap_or_else(|| panic!("{hook} did not run"));
+        assert_eq!(env["WRAITH_DATABASE"], s.name, "{hook}: {env:?}");
+        assert_eq!(env["WRAITH_TABLE"], "sbtest", "{hook}: {env:?}");
+        assert_eq!(env["WRAITH_EVENT"], hook, "{hook}: {env:?}");
+        for var in [
+            "WRAITH_STATE",
+            "WRAITH_ROWS_COPIED",
+            "WRAITH_ELAPSED_SECONDS",
+        ] {
+            assert!(env.contains_key(var), "{hook} lacks {var}: {env:?}");
+        }
+        assert!(!env.contains_key("WRAITH_ERROR"), "{hook}: {env:?}");
+        if hook != "on-startup" {
+            assert_eq!(env["WRAITH_MIGRATION_UUID"].len(), 36, "{hook}: {env:?}");
+        }
+    }
+    let copied = hook_env(dir.path(), "on-row-copy-complete").unwrap();
+    assert_eq!(copied["WRAITH_ROWS_COPIED"], "5000", "{copied:?}");
+    let before = hook_env(dir.path(), "on-before-cut-over").unwrap();
+    assert_eq!(
+        before["WRAITH_STATE"], "WaitingOnSentinelTable",
+        "{before:?}"
+    );
+    assert_eq!(
+        before["WRAITH_MIGRATION_UUID"],
+        hook_env(dir.path(), "on-success").unwrap()["WRAITH_MIGRATION_UUID"]
+    );
+    assert_eq!(
+        hook_env(dir.path(), "on-success").unwrap()["WRAITH_STATE"],
+        "Close"
+    );
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn a_failing_before_cut_over_hook_blocks_the_cut_over() {
+    let (s, dir) = table_of(5_000, "ops_hook_fail").await;
+    let hooks = write_hooks(dir.path(), 7);
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!("[hooks]\ndir = {:?}\n", hooks.display().to_string()),
+    );
+    let run = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(120))
+        .await;
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("the cut-over was not attempted because a hook failed"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.stderr.contains("on-before-cut-over"),
+        "{}",
+        run.output()
+    );
+    assert!(!note_column_exists(&s).await, "cut over despite the hook");
+    assert!(!s.table_exists("_sbtest_old").await);
+    assert!(hook_env(dir.path(), "on-success").is_none());
+    let failure = hook_env(dir.path(), "on-failure").expect("on-failure ran");
+    assert!(
+        failure["WRAITH_ERROR"].contains("on-before-cut-over"),
+        "{failure:?}"
+    );
+    // Once the hook agrees, a rerun resumes and cuts over.
+    write_hooks(dir.path(), 0);
+    let rerun = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(120))
+        .await;
+    assert_eq!(rerun.code, 0, "{}", rerun.output());
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+}
+
+/// A replica of the shared server that applies only `schema`'s heartbeat
+/// table, from the source's current position on.
+async fn heartbeat_replica(s: &Schema) -> wraith_engine::scratch::ScratchServer {
+    use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+    let replica = ScratchServer::start(ScratchOptions {
+        buffer_pool: "64M".into(),
+        extra_args: vec![
+            "--server-id=2".into(),
+            format!("--replicate-wild-do-table={}._wraith_heartbeat", s.name),
+        ],
+        ..ScratchOptions::default()
+    })
+    .expect("start the replica");
+    let mut source = s.conn().await;
+    let gtid: Option<String> = source
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap();
+    let pool = mysql_async::Pool::new(replica.opts(None));
+    let mut c = pool.get_conn().await.expect("connect to the replica");
+    c.query_drop(format!(
+        "CREATE DATABASE `{}`; SET GLOBAL gtid_slave_pos = '{}'; \
+         CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+         MASTER_USE_GTID = slave_pos; START SLAVE",
+        s.name,
+        gtid.unwrap_or_default(),
+        s.port
+    ))
+    .await
+    .expect("start replicating");
+    drop(c);
+    pool.disconnect().await.ok();
+    replica
+}
+
+async fn on_replica(replica: &wraith_engine::scratch::ScratchServer, sql: &str) {
+    let pool = mysql_async::Pool::new(replica.opts(None));
+    let mut c = pool.get_conn().await.expect("connect to the replica");
+    c.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(c);
+    pool.disconnect().await.ok();
+}
+
+#[tokio::test]
+async fn replica_lag_throttles_the_copy() {
+    let (s, dir) = table_of(60_000, "ops_lag").await;
+    let replica = heartbeat_replica(&s).await;
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        &format!(
+            "[throttle]\nmax_lag = \"1s\"\nheartbeat_interval = \"100ms\"\ninterval = \"200ms\"\n\n\
+             [[throttle.replica]]\nport = {}\nuser = \"root\"\n",
+            replica.port()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    assert!(ctl.send("pause").await.starts_with("ok"));
+    assert!(ctl.send("chunk-size=5").await.starts_with("ok"));
+    ctl.wait_until("copying", Duration::from_secs(60), |st| {
+        st["state"] == "CopyRows"
+    })
+    .await;
+    // The replica keeps up: the copy runs.
+    assert!(ctl.send("resume").await.starts_with("ok"));
+    ctl.wait_progress().await;
+    // It stops applying: the lag grows past max_lag and the copy pauses.
+    on_replica(&replica, "STOP SLAVE SQL_THREAD").await;
+    let st = ctl
+        .wait_until("throttled by lag", Duration::from_secs(10), |st| {
+            st["throttled"].as_str().is_some_and(|r| {
+                r.starts_with(&format!("replica 127.0.0.1:{} lag=", replica.port()))
+                    && r.ends_with(" > 1s")
+            })
+        })
+        .await;
+    assert!(st["state"] == "CopyRows", "{st}");
+    child
+        .wait_for("throttled: replica 127.0.0.1:", Duration::from_secs(5))
+        .await;
+    ctl.assert_paused(&s).await;
+    on_replica(&replica, "START SLAVE SQL_THREAD").await;
+    ctl.wait_progress().await;
+    assert!(ctl.send("chunk-size=auto").await.starts_with("ok"));
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!s.table_exists("_wraith_heartbeat").await);
+    assert_matches_mirror(&s).await;
+}
+
+#[tokio::test]
+async fn default_socket_is_named_after_the_table_and_a_second_run_is_refused() {
+    let (s, dir) = table_of(5_000, "ops_default_socket").await;
+    let flag = dir.path().join("postpone.flag");
+    std::fs::write(&flag, "").unwrap();
+    let sort_dir = dir.path().join("sort");
+    let cfg = s.config(
+        "sbtest",
+        ALTER,
+        &format!(
+            "[copy]\nbackend = \"sql\"\nthreads = 1\n\n[local]\nsort_dir = {:?}\n\n\
+             [cutover]\npostpone_flag_file = {:?}\n",
+            sort_dir.display().to_string(),
+            flag.display().to_string()
+        ),
+    );
+    let socket = sort_dir.join("wraith-ops_default_socket-sbtest.sock");
+    let mut first = WraithChild::spawn(&["run"], &cfg);
+    first
+        .wait_for(
+            &format!("control socket: {}", socket.display()),
+            Duration::from_secs(60),
+        )
+        .await;
+    first
+        .wait_for("cut-over postponed", Duration::from_secs(60))
+        .await;
+    let second = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(60))
+        .await;
+    assert_eq!(second.code, 2, "{}", second.output());
+    assert!(
+        second
+            .stderr
+            .contains("another wraith run is listening on it"),
+        "{}",
+        second.output()
+    );
+    // The first run is unharmed and answers on its socket.
+    let stream = UnixStream::connect(&socket).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"status\n").await.unwrap();
+    let line = BufReader::new(read).lines().next_line().await.unwrap();
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("state=WaitingOnSentinelTable")),
+        "{line:?}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let run = first.finish(Duration::from_secs(60)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(!socket.exists());
+    assert_matches_mirror(&s).await;
+}
