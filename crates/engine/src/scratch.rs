@@ -277,8 +277,14 @@ impl Drop for ScratchServer {
 fn server_command(server: &Path, dir: &Path, port: u16, opts: &ScratchOptions) -> Command {
     let datadir = dir.join("data");
     let log = dir.join("server.err");
+    // A tmpdir of its own: a server starting removes `#sql*` files in its
+    // tmpdir, which would pull internal temp tables from under other
+    // scratch servers sharing /tmp.
+    let tmpdir = dir.join("tmp");
+    let _ = std::fs::create_dir_all(&tmpdir);
     let mut cmd = Command::new(server);
     cmd.arg("--no-defaults")
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .arg(format!("--datadir={}", datadir.display()))
         .arg(format!("--port={port}"))
         .arg(format!("--socket={}", dir.join("mysql.sock").display()))
