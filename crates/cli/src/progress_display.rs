@@ -36,17 +36,33 @@ pub fn spawn(progress: ProgressHandle) -> Display {
             );
             bar
         });
-        let interval = if tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(10)
-        };
+        let started = std::time::Instant::now();
+        let mut last_line: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             let p = progress.snapshot();
+            if !tty {
+                // gh-ost's cadence for logs: every second for the first
+                // minute, every 5 s to the third, then every 30 s; every 5 s
+                // again once the copy is nearly done.
+                let elapsed = started.elapsed().as_secs();
+                let copied: u64 = p.tables.iter().map(|t| t.rows_copied).sum();
+                let total: u64 = p.tables.iter().map(|t| t.rows_total).sum();
+                let near_end = total > 0 && copied * 100 >= total * 95;
+                let every = match elapsed {
+                    0..=60 => 1,
+                    _ if near_end => 5,
+                    61..=180 => 5,
+                    _ => 30,
+                };
+                if last_line.is_some_and(|t| t.elapsed() < Duration::from_secs(every)) {
+                    continue;
+                }
+                last_line = Some(std::time::Instant::now());
+            }
             let copied: u64 = p.tables.iter().map(|t| t.rows_copied).sum();
             let total: u64 = p.tables.iter().map(|t| t.rows_total).sum();
             match &bar {
@@ -54,17 +70,24 @@ pub fn spawn(progress: ProgressHandle) -> Display {
                     bar.set_length(total.max(copied));
                     bar.set_position(copied);
                     bar.set_prefix(p.current_state.to_string());
-                    bar.set_message(
-                        p.throttled
-                            .as_ref()
-                            .map(|r| format!("throttled: {r}"))
-                            .unwrap_or_default(),
-                    );
+                    let mut msg = p
+                        .stream
+                        .as_ref()
+                        .map(|s| format!("applied {} backlog {}", s.changes_applied, s.changes_backlog))
+                        .unwrap_or_default();
+                    if let Some(r) = &p.throttled {
+                        msg.push_str(&format!(" throttled: {r}"));
+                    }
+                    bar.set_message(msg);
                 }
                 None => eprintln!(
-                    "state={} copied={copied}/{total} rows_per_sec={:.0} elapsed={:.0}s throttled={}",
+                    "state={} copied={copied}/{total} rows_per_sec={:.0} eta={} applied={} backlog={} binlog={} elapsed={:.0}s throttled={}",
                     p.current_state,
                     p.rows_per_sec,
+                    p.eta.as_deref().unwrap_or("-"),
+                    p.stream.as_ref().map_or(0, |s| s.changes_applied),
+                    p.stream.as_ref().map_or(0, |s| s.changes_backlog),
+                    p.stream.as_ref().and_then(|s| s.binlog_position.as_deref()).unwrap_or("-"),
                     p.elapsed_secs,
                     p.throttled.as_deref().unwrap_or("no")
                 ),

@@ -1086,6 +1086,7 @@ impl TableRun<'_> {
                 message,
             })?;
         let following = self.start_following(old, &layout, sconn, saved).await?;
+        self.progress.attach_stream(following.state.clone());
         let mut tconn = self
             .target_pool
             .get_conn()

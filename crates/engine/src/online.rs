@@ -86,11 +86,32 @@ pub struct OnlineState {
     /// Set while the cut-over runs: wraith's own RENAME then ends the stream.
     cutting_over: AtomicBool,
     token_seq: AtomicU64,
+    /// Changes applied so far, for progress (readable without the applier's lock).
+    pub applied_total: AtomicU64,
     pool: Pool,
     changelog_schema: String,
     run_id: String,
     /// Row events read from the binlog for the source table.
     pub events: AtomicU64,
+}
+
+impl std::fmt::Debug for OnlineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineState")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::progress::StreamFigures for OnlineState {
+    fn figures(&self) -> crate::progress::StreamProgress {
+        crate::progress::StreamProgress {
+            changes_received: self.received(),
+            changes_applied: self.applied_total.load(Ordering::Relaxed),
+            changes_backlog: self.backlog() as u64,
+            binlog_position: self.position().map(|p| p.to_string()),
+        }
+    }
 }
 
 impl OnlineState {
@@ -116,6 +137,7 @@ impl OnlineState {
             stop: AtomicBool::new(false),
             cutting_over: AtomicBool::new(false),
             token_seq: AtomicU64::new(0),
+            applied_total: AtomicU64::new(0),
             pool,
             changelog_schema: changelog_schema.to_string(),
             run_id: run_id.to_string(),
@@ -237,6 +259,7 @@ impl OnlineState {
                 .map_err(|e| e.to_string())?
         };
         let n = batch.len();
+        self.applied_total.fetch_add(n as u64, Ordering::Relaxed);
         let done: Vec<(Vec<u8>, u64)> = batch.iter().map(|(k, seq, _)| (k.clone(), *seq)).collect();
         let batch: Vec<(Vec<u8>, Pending)> = batch.into_iter().map(|(k, _, c)| (k, c)).collect();
         match on {

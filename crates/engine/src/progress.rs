@@ -53,6 +53,11 @@ pub struct Progress {
     pub rows_per_sec: f64,
     /// Why the copy is paused (see [`crate::throttle`]), or `None`.
     pub throttled: Option<String>,
+    /// The change stream of the table being rebuilt, once it runs.
+    pub stream: Option<StreamProgress>,
+    /// Time left for the copy, from its rate once 1% is copied; `due` when
+    /// the copy is done and the run is past it; `None` before that.
+    pub eta: Option<String>,
 }
 
 #[derive(Debug)]
@@ -61,6 +66,22 @@ struct TableCounters {
     rows_total: AtomicU64,
     rows_copied: AtomicU64,
     complete: std::sync::atomic::AtomicBool,
+}
+
+/// Figures of the change stream, for progress lines and `status-json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamProgress {
+    pub changes_received: u64,
+    pub changes_applied: u64,
+    /// Changes waiting to be applied (after deduplication).
+    pub changes_backlog: u64,
+    /// The binlog position the stream has read up to.
+    pub binlog_position: Option<String>,
+}
+
+/// What can report [`StreamProgress`] (the online state).
+pub trait StreamFigures: Send + Sync + std::fmt::Debug {
+    fn figures(&self) -> StreamProgress;
 }
 
 /// The live counters. Cheap to clone; updated by workers with atomics.
@@ -75,6 +96,9 @@ struct Inner {
     state: Mutex<State>,
     tables: Mutex<Vec<Arc<TableCounters>>>,
     throttled: Mutex<Option<String>>,
+    stream: Mutex<Option<Arc<dyn StreamFigures>>>,
+    /// When the copy moved its first rows, for the ETA.
+    copy_started: Mutex<Option<Instant>>,
 }
 
 /// Counters of one table, handed to its workers.
@@ -112,6 +136,8 @@ impl ProgressHandle {
                 state: Mutex::new(State::Initial),
                 tables: Mutex::new(Vec::new()),
                 throttled: Mutex::new(None),
+                stream: Mutex::new(None),
+                copy_started: Mutex::new(None),
             }),
         }
     }
@@ -131,6 +157,13 @@ impl ProgressHandle {
             .lock()
             .map(|s| *s)
             .unwrap_or(State::ErrCleanup)
+    }
+
+    /// Shows the figures of `stream` from now on.
+    pub fn attach_stream(&self, stream: Arc<dyn StreamFigures>) {
+        if let Ok(mut s) = self.inner.stream.lock() {
+            *s = Some(stream);
+        }
     }
 
     /// Records why the copy is paused (`None`: it is not).
@@ -179,7 +212,42 @@ impl ProgressHandle {
             0.0
         };
         let throttled = self.inner.throttled.lock().ok().and_then(|t| t.clone());
+        let stream = self
+            .inner
+            .stream
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.figures()));
+        let copy_started = self.inner.copy_started.lock().ok().and_then(|mut c| {
+            if c.is_none() && copied > 0 {
+                *c = Some(Instant::now());
+            }
+            *c
+        });
+        let copy_done = !tables.is_empty() && tables.iter().all(|t| t.is_complete)
+            || matches!(
+                state,
+                State::RestoreSecondaryIndexes
+                    | State::AnalyzeTable
+                    | State::Checksum
+                    | State::PostChecksum
+                    | State::WaitingOnSentinelTable
+                    | State::CutOver
+                    | State::Close
+            );
+        let eta = eta(copied, total, copy_started, copy_done);
         let mut summary = format!("{copied}/{total} rows {pct:.1}% {state}");
+        if let Some(eta) = &eta {
+            summary.push_str(&format!(" eta {eta}"));
+        }
+        if let Some(s) = &stream {
+            summary.push_str(&format!(
+                " applied {} backlog {} binlog {}",
+                s.changes_applied,
+                s.changes_backlog,
+                s.binlog_position.as_deref().unwrap_or("-")
+            ));
+        }
         if let Some(reason) = &throttled {
             summary.push_str(&format!(" throttled: {reason}"));
         }
@@ -194,6 +262,69 @@ impl ProgressHandle {
                 0.0
             },
             throttled,
+            stream,
+            eta,
         }
+    }
+}
+
+/// gh-ost's rule: no estimate before 1% is copied, `due` once the copy is done.
+fn eta(copied: u64, total: u64, copy_started: Option<Instant>, copy_done: bool) -> Option<String> {
+    if copy_done {
+        return Some("due".into());
+    }
+    let started = copy_started?;
+    if total == 0 || copied * 100 < total {
+        return None;
+    }
+    let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-3);
+    let left = total.saturating_sub(copied) as f64 / rate.max(1e-9);
+    Some(humantime::format_duration(std::time::Duration::from_secs(left.ceil() as u64)).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_follows_gh_osts_rules() {
+        let started = Instant::now() - std::time::Duration::from_secs(10);
+        // Nothing before the copy moved, nor before 1% is copied.
+        assert_eq!(eta(0, 1_000, None, false), None);
+        assert_eq!(eta(5, 1_000, Some(started), false), None);
+        // Half done in 10 s: about 10 s left.
+        let left = eta(500, 1_000, Some(started), false).unwrap();
+        assert!(left == "10s" || left == "11s", "{left}");
+        assert_eq!(
+            eta(1_000, 1_000, Some(started), true).as_deref(),
+            Some("due")
+        );
+    }
+
+    #[test]
+    fn the_summary_shows_the_stream() {
+        #[derive(Debug)]
+        struct Fixed;
+        impl StreamFigures for Fixed {
+            fn figures(&self) -> StreamProgress {
+                StreamProgress {
+                    changes_received: 9,
+                    changes_applied: 7,
+                    changes_backlog: 2,
+                    binlog_position: Some("binlog.000001:42".into()),
+                }
+            }
+        }
+        let p = ProgressHandle::new();
+        p.add_table("t", 100).add_rows(10);
+        p.attach_stream(Arc::new(Fixed));
+        let s = p.snapshot();
+        assert!(
+            s.summary
+                .contains("applied 7 backlog 2 binlog binlog.000001:42"),
+            "{}",
+            s.summary
+        );
+        assert_eq!(s.stream.map(|f| f.changes_received), Some(9));
     }
 }
