@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod import_cmd;
+mod metrics;
 mod progress_display;
 
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ struct RunArgs {
     /// earlier run of this job, and start over.
     #[arg(long)]
     fresh: bool,
+    /// Serve Prometheus text metrics of the run on ADDR (e.g. 127.0.0.1:9100), at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How a command ended, mapped to the process exit code.
@@ -186,6 +190,7 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
                 Some(&args.config),
                 args.json,
                 RunOptions { fresh: args.fresh },
+                args.metrics_addr,
             )
             .await
         }
@@ -261,7 +266,7 @@ fn reload_throttle_on_hangup(path: PathBuf, ops: std::sync::Arc<Operations>) {
 }
 
 async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome, Failure> {
-    run_reloadable(config, None, json, options).await
+    run_reloadable(config, None, json, options, None).await
 }
 
 /// A run; with `config_path`, SIGHUP reloads `[throttle]` from that file.
@@ -270,8 +275,15 @@ async fn run_reloadable(
     config_path: Option<&std::path::Path>,
     json: bool,
     options: RunOptions,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<Outcome, Failure> {
     let progress = ProgressHandle::new();
+    if let Some(addr) = metrics_addr {
+        let bound = metrics::serve(addr, progress.clone())
+            .await
+            .map_err(|e| Failure::Config(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
+        eprintln!("metrics: http://{bound}/metrics");
+    }
     let ops = Operations::new(config, progress.clone());
     if let Some(path) = config_path {
         reload_throttle_on_hangup(path.to_path_buf(), ops.clone());

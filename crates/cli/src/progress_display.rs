@@ -81,13 +81,14 @@ pub fn spawn(progress: ProgressHandle) -> Display {
                     bar.set_message(msg);
                 }
                 None => eprintln!(
-                    "state={} copied={copied}/{total} rows_per_sec={:.0} eta={} applied={} backlog={} binlog={} elapsed={:.0}s throttled={}",
+                    "state={} copied={copied}/{total} rows_per_sec={:.0} eta={} applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s throttled={}",
                     p.current_state,
                     p.rows_per_sec,
                     p.eta.as_deref().unwrap_or("-"),
                     p.stream.as_ref().map_or(0, |s| s.changes_applied),
                     p.stream.as_ref().map_or(0, |s| s.changes_backlog),
                     p.stream.as_ref().and_then(|s| s.binlog_position.as_deref()).unwrap_or("-"),
+                    p.stream.as_ref().map_or(0.0, |s| s.lag_secs),
                     p.elapsed_secs,
                     p.throttled.as_deref().unwrap_or("no")
                 ),

@@ -427,6 +427,11 @@ pub struct ThrottleConfig {
     /// Stop the run (resumable) when a global status variable is above its threshold.
     #[serde(default)]
     pub critical_load: BTreeMap<String, u64>,
+    /// When `critical_load` is passed, look again after this long and stop
+    /// only if it still is (gh-ost's `--critical-load-interval-millis`); `0s`
+    /// stops at the first reading.
+    #[serde(default = "default_critical_load_interval")]
+    pub critical_load_interval: HumanDuration,
     /// Shorthand for `max_load = { Threads_running = N }`.
     pub max_threads_running: Option<u64>,
     /// Pause the copy while a replica lags more than this (needs `[[throttle.replica]]`).
@@ -444,6 +449,9 @@ pub struct ThrottleConfig {
 
 fn default_throttle_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
+}
+fn default_critical_load_interval() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
 }
 fn default_heartbeat_interval() -> HumanDuration {
     HumanDuration(Duration::from_millis(500))
@@ -486,6 +494,7 @@ impl Default for ThrottleConfig {
             flag_file: PathList::default(),
             max_load: BTreeMap::new(),
             critical_load: BTreeMap::new(),
+            critical_load_interval: default_critical_load_interval(),
             max_threads_running: None,
             max_lag: None,
             replicas: Vec::new(),

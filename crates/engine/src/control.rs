@@ -280,7 +280,12 @@ impl Operations {
             "table": self.table(),
             "migration_uuid": self.migration_id.lock().map(|m| m.clone()).unwrap_or_default(),
             "state": p.current_state,
+            // Spirit's `Progress` shape: current_state, summary, tables.
+            "current_state": p.current_state,
             "summary": p.summary,
+            "tables": p.tables,
+            "eta": p.eta,
+            "stream": p.stream,
             "rows_copied": copied,
             "rows_total": total,
             "rows_per_sec": p.rows_per_sec,
@@ -306,12 +311,21 @@ impl Operations {
             n => n.to_string(),
         };
         format!(
-            "table={}.{} state={} copied={copied}/{total} rows_per_sec={:.0} elapsed={:.0}s \
+            "table={}.{} state={} copied={copied}/{total} rows_per_sec={:.0} eta={} \
+             applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s \
              throttled={} chunk_size={chunk} threads={} active_workers={} cutover_postponed={}",
             self.database,
             self.table(),
             p.current_state,
             p.rows_per_sec,
+            p.eta.as_deref().unwrap_or("-"),
+            p.stream.as_ref().map_or(0, |s| s.changes_applied),
+            p.stream.as_ref().map_or(0, |s| s.changes_backlog),
+            p.stream
+                .as_ref()
+                .and_then(|s| s.binlog_position.as_deref())
+                .unwrap_or("-"),
+            p.stream.as_ref().map_or(0.0, |s| s.lag_secs),
             p.elapsed_secs,
             p.throttled.as_deref().unwrap_or("no"),
             self.threads.load(Ordering::Relaxed),

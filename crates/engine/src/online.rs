@@ -88,6 +88,8 @@ pub struct OnlineState {
     token_seq: AtomicU64,
     /// Changes applied so far, for progress (readable without the applier's lock).
     pub applied_total: AtomicU64,
+    /// How far behind the server the stream reads, in ms (server clock).
+    pub lag_ms: AtomicU64,
     pool: Pool,
     changelog_schema: String,
     run_id: String,
@@ -110,6 +112,7 @@ impl crate::progress::StreamFigures for OnlineState {
             changes_applied: self.applied_total.load(Ordering::Relaxed),
             changes_backlog: self.backlog() as u64,
             binlog_position: self.position().map(|p| p.to_string()),
+            lag_secs: self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         }
     }
 }
@@ -138,6 +141,7 @@ impl OnlineState {
             cutting_over: AtomicBool::new(false),
             token_seq: AtomicU64::new(0),
             applied_total: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
             pool,
             changelog_schema: changelog_schema.to_string(),
             run_id: run_id.to_string(),
@@ -375,6 +379,9 @@ pub fn spawn(
                     if let Ok(mut p) = state.position.lock() {
                         *p = Some(position);
                     }
+                    state
+                        .lag_ms
+                        .store(stream.lag().as_millis() as u64, Ordering::Relaxed);
                 }
                 Ok(StreamEvent::Token(token)) => {
                     if let Ok(mut t) = state.last_token.lock() {

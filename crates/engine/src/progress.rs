@@ -77,6 +77,8 @@ pub struct StreamProgress {
     pub changes_backlog: u64,
     /// The binlog position the stream has read up to.
     pub binlog_position: Option<String>,
+    /// How far behind the server the stream reads (seconds, server clock).
+    pub lag_secs: f64,
 }
 
 /// What can report [`StreamProgress`] (the online state).
@@ -96,7 +98,8 @@ struct Inner {
     state: Mutex<State>,
     tables: Mutex<Vec<Arc<TableCounters>>>,
     throttled: Mutex<Option<String>>,
-    stream: Mutex<Option<Arc<dyn StreamFigures>>>,
+    /// Weak: the online state owns connections that must close with the run.
+    stream: Mutex<Option<std::sync::Weak<dyn StreamFigures>>>,
     /// When the copy moved its first rows, for the ETA.
     copy_started: Mutex<Option<Instant>>,
 }
@@ -162,7 +165,7 @@ impl ProgressHandle {
     /// Shows the figures of `stream` from now on.
     pub fn attach_stream(&self, stream: Arc<dyn StreamFigures>) {
         if let Ok(mut s) = self.inner.stream.lock() {
-            *s = Some(stream);
+            *s = Some(Arc::downgrade(&stream));
         }
     }
 
@@ -217,7 +220,8 @@ impl ProgressHandle {
             .stream
             .lock()
             .ok()
-            .and_then(|s| s.as_ref().map(|s| s.figures()));
+            .and_then(|s| s.as_ref().and_then(|s| s.upgrade()))
+            .map(|s| s.figures());
         let copy_started = self.inner.copy_started.lock().ok().and_then(|mut c| {
             if c.is_none() && copied > 0 {
                 *c = Some(Instant::now());
@@ -242,10 +246,11 @@ impl ProgressHandle {
         }
         if let Some(s) = &stream {
             summary.push_str(&format!(
-                " applied {} backlog {} binlog {}",
+                " applied {} backlog {} binlog {} lag {:.0}s",
                 s.changes_applied,
                 s.changes_backlog,
-                s.binlog_position.as_deref().unwrap_or("-")
+                s.binlog_position.as_deref().unwrap_or("-"),
+                s.lag_secs
             ));
         }
         if let Some(reason) = &throttled {
@@ -312,12 +317,14 @@ mod tests {
                     changes_applied: 7,
                     changes_backlog: 2,
                     binlog_position: Some("binlog.000001:42".into()),
+                    lag_secs: 0.0,
                 }
             }
         }
         let p = ProgressHandle::new();
         p.add_table("t", 100).add_rows(10);
-        p.attach_stream(Arc::new(Fixed));
+        let stream: Arc<dyn StreamFigures> = Arc::new(Fixed);
+        p.attach_stream(stream.clone());
         let s = p.snapshot();
         assert!(
             s.summary
@@ -326,5 +333,8 @@ mod tests {
             s.summary
         );
         assert_eq!(s.stream.map(|f| f.changes_received), Some(9));
+        // The progress does not keep the stream (and its connections) alive.
+        drop(stream);
+        assert!(p.snapshot().stream.is_none());
     }
 }

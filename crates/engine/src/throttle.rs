@@ -227,7 +227,21 @@ impl Throttler {
         match read_status(pool, &limits, &settings.critical_load).await {
             Ok(values) => {
                 if let Some(critical) = over(&values, &settings.critical_load) {
-                    on_critical(format!("critical load: {critical}"));
+                    let interval = settings.critical_load_interval.0;
+                    let confirmed = if interval.is_zero() {
+                        Some(critical)
+                    } else {
+                        // A spike is not a reason to stop: look again.
+                        tracing::warn!(%critical, ?interval, "critical load; looking again before stopping");
+                        tokio::time::sleep(interval).await;
+                        match read_status(pool, &limits, &settings.critical_load).await {
+                            Ok(again) => over(&again, &settings.critical_load),
+                            Err(_) => Some(critical),
+                        }
+                    };
+                    if let Some(critical) = confirmed {
+                        on_critical(format!("critical load: {critical}"));
+                    }
                 }
                 over(&values, &limits)
             }

@@ -800,3 +800,108 @@ async fn default_socket_is_named_after_the_table_and_a_second_run_is_refused() {
     assert!(!socket.exists());
     assert_matches_mirror(&s).await;
 }
+
+/// Reads `GET /metrics` from a run's `--metrics-addr`.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: wraith\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// Status for programs: `status-json` has Spirit's `Progress` shape plus the
+/// change stream's figures and the ETA (`due` once the copy is done), and
+/// `--metrics-addr` serves the same as Prometheus text.
+#[tokio::test]
+async fn status_json_and_metrics_show_progress_stream_and_eta() {
+    let (s, dir) = table_of(60_000, "ops_status").await;
+    let load = wraith_engine::workload::Load::start(
+        s.pool.clone(),
+        wraith_engine::workload::LoadConfig {
+            schema: s.name.clone(),
+            table: "sbtest".into(),
+            rate: 100,
+            connections: 1,
+            seed: 3,
+            max_id: 60_000,
+            change_keys: false,
+            mirror: Some("mirror".into()),
+            hot_keys: 0,
+        },
+    );
+    let cfg = slow_config(&s, dir.path(), "");
+    let mut child = WraithChild::spawn(&["run", "--metrics-addr", "127.0.0.1:0"], &cfg);
+    child
+        .wait_for("metrics: http://", Duration::from_secs(30))
+        .await;
+    let addr = child
+        .stderr()
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics: http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .expect("the metrics address")
+        .to_string();
+    let mut ctl = Control::connect(dir.path()).await;
+    assert!(ctl.send("postpone-cutover").await.starts_with("ok"));
+    let copying = ctl
+        .wait_until(
+            "the copy and the stream show",
+            Duration::from_secs(60),
+            |st| {
+                st["current_state"] == "CopyRows"
+                    && st["tables"][0]["rows_copied"].as_u64().unwrap_or(0) > 0
+                    && st["stream"]["binlog_position"].is_string()
+            },
+        )
+        .await;
+    assert_eq!(copying["tables"][0]["table_name"], "sbtest", "{copying}");
+    assert!(
+        copying["tables"][0]["rows_total"].as_u64().unwrap_or(0) > 50_000,
+        "{copying}"
+    );
+    assert_eq!(copying["tables"][0]["is_complete"], false, "{copying}");
+    assert!(
+        copying["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("backlog"),
+        "{copying}"
+    );
+    let metrics = scrape(&addr).await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    for name in [
+        "wraith_rows_copied ",
+        "wraith_rows_total ",
+        "wraith_changes_applied ",
+        "wraith_changes_backlog ",
+        "wraith_binlog_lag_seconds ",
+        "wraith_state{state=\"CopyRows\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    // Held before the cut-over: the copy is done, the ETA says so, and the
+    // load's changes have been applied.
+    let held = ctl
+        .wait_until("the copy is done", Duration::from_secs(180), |st| {
+            st["cutover_postponed"] == true
+                && st["eta"] == "due"
+                && st["tables"][0]["is_complete"] == true
+        })
+        .await;
+    assert!(
+        held["stream"]["changes_applied"].as_u64().unwrap_or(0) > 0,
+        "{held}"
+    );
+    assert!(ctl.send("status").await.contains("eta=due"));
+    assert!(ctl.send("unpostpone").await.starts_with("ok"));
+    let run = child.finish(Duration::from_secs(120)).await;
+    load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_matches_mirror(&s).await;
+}
