@@ -586,6 +586,8 @@ impl<'de> Deserialize<'de> for PathList {
 pub struct ControlConfig {
     /// Path of the unix socket; default `<sort_dir>/wraith-<schema>-<table>.sock`.
     pub socket: Option<PathBuf>,
+    /// Also answer on this TCP port of 127.0.0.1 (`0`: any free port); off by default.
+    pub tcp_port: Option<u16>,
 }
 
 /// Hook executables run at points of a run (see [`crate::hooks`]).
@@ -871,9 +873,19 @@ alter = "ADD COLUMN note TEXT"
     fn throttle_sources_parse_and_are_checked() {
         let text = format!(
             "{GOOD}\n[throttle]\nflag_file = \"/tmp/a\"\nmax_load = {{ Threads_running = 50 }}\n\
-             max_threads_running = 9\ncritical_load = {{ Threads_connected = 400 }}\n"
+             max_threads_running = 9\ncritical_load = {{ Threads_connected = 400 }}\n\
+             critical_load_interval = \"2s\"\n"
         );
         let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.throttle.critical_load_interval.0, Duration::from_secs(2));
+        assert_eq!(
+            Config::parse(GOOD, "t.toml")
+                .unwrap()
+                .throttle
+                .critical_load_interval
+                .0,
+            Duration::ZERO
+        );
         assert_eq!(c.throttle.flag_file.0, vec![PathBuf::from("/tmp/a")]);
         assert_eq!(c.throttle.load_limits()["Threads_running"], 50);
         assert_eq!(c.throttle.critical_load["Threads_connected"], 400);

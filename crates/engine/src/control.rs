@@ -72,6 +72,8 @@ pub struct Operations {
     database: String,
     table: Mutex<String>,
     migration_id: Mutex<String>,
+    /// When the migration first started, UTC `YYYYMMDDhhmmss` (kept across resumes).
+    started_at: Mutex<String>,
     started: Instant,
     /// Fixed rows per chunk; 0 = adaptive.
     chunk_rows: AtomicU64,
@@ -108,6 +110,7 @@ impl Operations {
                     .unwrap_or_default(),
             ),
             migration_id: Mutex::new(String::new()),
+            started_at: Mutex::new(String::new()),
             started: Instant::now(),
             chunk_rows: AtomicU64::new(0),
             chunk_target_us: AtomicU64::new(0),
@@ -137,6 +140,20 @@ impl Operations {
         if let Ok(mut m) = self.migration_id.lock() {
             *m = id.to_string();
         }
+    }
+
+    /// The run identity's timestamp (the checkpoint's `started_at`).
+    pub fn set_started_at(&self, started_at: &str) {
+        if let Ok(mut m) = self.started_at.lock() {
+            *m = started_at.to_string();
+        }
+    }
+
+    fn started_at(&self) -> String {
+        self.started_at
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     fn table(&self) -> String {
@@ -237,6 +254,7 @@ impl Operations {
                     .map(|m| m.clone())
                     .unwrap_or_default(),
             ),
+            ("WRAITH_STARTED_AT", self.started_at()),
             ("WRAITH_STATE", p.current_state.to_string()),
             ("WRAITH_ROWS_COPIED", copied.to_string()),
             ("WRAITH_ROWS_TOTAL", total.to_string()),
@@ -279,6 +297,7 @@ impl Operations {
             "database": self.database,
             "table": self.table(),
             "migration_uuid": self.migration_id.lock().map(|m| m.clone()).unwrap_or_default(),
+            "started_at": self.started_at(),
             "state": p.current_state,
             // Spirit's `Progress` shape: current_state, summary, tables.
             "current_state": p.current_state,
@@ -528,8 +547,57 @@ impl Drop for ControlSocket {
     }
 }
 
+/// The optional TCP twin of the socket (`[control] tcp_port`), bound to
+/// 127.0.0.1 only: the same commands, for tools that cannot open a unix
+/// socket. Anyone on the host may connect; leave it off where that matters.
+pub struct ControlPort {
+    addr: std::net::SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ControlPort {
+    pub async fn bind(port: u16, ops: Arc<Operations>) -> Result<ControlPort, ControlError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|source| ControlError::Io {
+                path: PathBuf::from(format!("127.0.0.1:{port}")),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ControlError::Io {
+            path: PathBuf::from(format!("127.0.0.1:{port}")),
+            source,
+        })?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, write) = stream.into_split();
+                tokio::spawn(serve_lines(read, write, ops.clone()));
+            }
+        });
+        Ok(ControlPort { addr, task })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ControlPort {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn serve(stream: UnixStream, ops: Arc<Operations>) {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    serve_lines(read, write, ops).await
+}
+
+/// Answers one command per line until the client goes away.
+async fn serve_lines(
+    read: impl tokio::io::AsyncRead + Unpin,
+    mut write: impl tokio::io::AsyncWrite + Unpin,
+    ops: Arc<Operations>,
+) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.trim().is_empty() {

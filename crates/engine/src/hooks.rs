@@ -9,6 +9,7 @@
 //! | `WRAITH_DATABASE` | the source schema |
 //! | `WRAITH_TABLE` | the table being rebuilt (the first one before any starts) |
 //! | `WRAITH_MIGRATION_UUID` | the run's migration id (the checkpoint's; empty in `on-startup`, which runs before the checkpoint is read) |
+//! | `WRAITH_STARTED_AT` | when the migration first started, UTC `YYYYMMDDhhmmss` (kept across resumes; empty in `on-startup`) |
 //! | `WRAITH_STATE` | the run's state (`CopyRows`, `PostChecksum`, ...) |
 //! | `WRAITH_ROWS_COPIED` | rows copied so far |
 //! | `WRAITH_ROWS_TOTAL` | rows estimated (exact once the copy is done) |

@@ -32,7 +32,7 @@ use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
 use crate::changes::{key_orders_by_bytes, ChangeBuffer};
 use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
-use crate::control::{ControlSocket, Operations};
+use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
 use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
@@ -219,6 +219,14 @@ pub async fn run_with(
         "control socket: {} (`help` lists the commands)",
         socket.path().display()
     );
+    let port = match config.control.tcp_port {
+        Some(port) => {
+            let bound = ControlPort::bind(port, ops.clone()).await?;
+            eprintln!("control port: {}", bound.addr());
+            Some(bound)
+        }
+        None => None,
+    };
     // Ctrl-C, SIGTERM, `panic` and critical load all stop the run the same way.
     let (stop_tx, stop_rx) = watch::channel(false);
     let forwarder = {
@@ -254,6 +262,7 @@ pub async fn run_with(
         }
     }
     drop(socket);
+    drop(port);
     result
 }
 
@@ -458,6 +467,8 @@ async fn run_job(
     };
     drop(sconn);
     ops.set_migration_id(&task.migration_id.to_string());
+    ops.set_started_at(&task.started_at);
+    tracing::info!(migration = %task.migration_id, started_at = %task.started_at, "run identity");
     ops.hook_logged(HookEvent::OnValidated, None).await;
     let checkpointer = Checkpointer::new(store, key, task);
     let mut tables = Vec::new();

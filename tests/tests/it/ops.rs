@@ -591,6 +591,14 @@ async fn hooks_run_with_their_environment() {
         assert!(!env.contains_key("WRAITH_ERROR"), "{hook}: {env:?}");
         if hook != "on-startup" {
             assert_eq!(env["WRAITH_MIGRATION_UUID"].len(), 36, "{hook}: {env:?}");
+            // The run identity's timestamp, `YYYYMMDDhhmmss`.
+            let started = &env["WRAITH_STARTED_AT"];
+            assert!(
+                started.len() == 14
+                    && started.starts_with("20")
+                    && started.chars().all(|c| c.is_ascii_digit()),
+                "{hook}: {env:?}"
+            );
         }
     }
     let copied = hook_env(dir.path(), "on-row-copy-complete").unwrap();
@@ -835,7 +843,8 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
             hot_keys: 0,
         },
     );
-    let cfg = slow_config(&s, dir.path(), "");
+    // `tcp_port` lands in `[control]`, right after `socket`.
+    let cfg = slow_config(&s, dir.path(), "tcp_port = 0\n");
     let mut child = WraithChild::spawn(&["run", "--metrics-addr", "127.0.0.1:0"], &cfg);
     child
         .wait_for("metrics: http://", Duration::from_secs(30))
@@ -849,6 +858,43 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         .to_string();
     let mut ctl = Control::connect(dir.path()).await;
     assert!(ctl.send("postpone-cutover").await.starts_with("ok"));
+    // The same commands on the optional TCP port of 127.0.0.1.
+    child
+        .wait_for("control port: 127.0.0.1:", Duration::from_secs(10))
+        .await;
+    let port_addr = child
+        .stderr()
+        .lines()
+        .find_map(|l| l.strip_prefix("control port: "))
+        .expect("the control port")
+        .to_string();
+    {
+        let tcp = tokio::net::TcpStream::connect(&port_addr)
+            .await
+            .expect("control port");
+        let (read, mut write) = tcp.into_split();
+        write.write_all(b"status-json\nbogus\n").await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        let json: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(json["database"], "ops_status", "{json}");
+        assert_eq!(
+            json["migration_uuid"].as_str().map(str::len),
+            Some(36),
+            "{json}"
+        );
+        assert_eq!(
+            json["started_at"].as_str().map(str::len),
+            Some(14),
+            "{json}"
+        );
+        assert!(lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with("error: "));
+    }
     let copying = ctl
         .wait_until(
             "the copy and the stream show",
