@@ -163,6 +163,10 @@ pub struct TaskCheckpoint {
     /// When this checkpoint was last written, unix seconds: its age for
     /// [`crate::validate`]. Set with [`TaskCheckpoint::touch`] before saving.
     pub updated_at: u64,
+    /// The control socket of the run that last wrote this checkpoint, so
+    /// `wraith status` can ask a running process for its live status.
+    #[serde(default)]
+    pub control_socket: Option<String>,
     pub tables: Vec<TableCheckpoint>,
 }
 
@@ -181,6 +185,7 @@ impl TaskCheckpoint {
             migration_id: Uuid::new_v4(),
             started_at: compact_utc(secs),
             updated_at: secs,
+            control_socket: None,
             tables: Vec::new(),
         }
     }

@@ -74,6 +74,7 @@ pub struct Operations {
     migration_id: Mutex<String>,
     /// When the migration first started, UTC `YYYYMMDDhhmmss` (kept across resumes).
     started_at: Mutex<String>,
+    socket_path: Mutex<Option<String>>,
     started: Instant,
     /// Fixed rows per chunk; 0 = adaptive.
     chunk_rows: AtomicU64,
@@ -111,6 +112,7 @@ impl Operations {
             ),
             migration_id: Mutex::new(String::new()),
             started_at: Mutex::new(String::new()),
+            socket_path: Mutex::new(None),
             started: Instant::now(),
             chunk_rows: AtomicU64::new(0),
             chunk_target_us: AtomicU64::new(0),
@@ -140,6 +142,17 @@ impl Operations {
         if let Ok(mut m) = self.migration_id.lock() {
             *m = id.to_string();
         }
+    }
+
+    /// Where this run's control socket listens (recorded in the checkpoint).
+    pub fn set_socket_path(&self, path: &Path) {
+        if let Ok(mut p) = self.socket_path.lock() {
+            *p = Some(path.display().to_string());
+        }
+    }
+
+    pub fn socket_path(&self) -> Option<String> {
+        self.socket_path.lock().ok().and_then(|p| p.clone())
     }
 
     /// The run identity's timestamp (the checkpoint's `started_at`).
@@ -585,6 +598,19 @@ impl Drop for ControlPort {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Asks the run listening on `path` for `status-json`; `None` when nothing
+/// answers within `timeout` (no run, or a stale socket).
+pub async fn query_status(path: &Path, timeout: Duration) -> Option<serde_json::Value> {
+    let ask = async {
+        let stream = UnixStream::connect(path).await.ok()?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"status-json\n").await.ok()?;
+        let line = BufReader::new(read).lines().next_line().await.ok()??;
+        serde_json::from_str(&line).ok()
+    };
+    tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
 
 async fn serve(stream: UnixStream, ops: Arc<Operations>) {

@@ -215,6 +215,7 @@ pub async fn run_with(
         .clone()
         .unwrap_or_else(|| crate::control::default_socket_path(config));
     let socket = ControlSocket::bind(&socket_path, ops.clone())?;
+    ops.set_socket_path(socket.path());
     eprintln!(
         "control socket: {} (`help` lists the commands)",
         socket.path().display()
@@ -466,6 +467,8 @@ async fn run_job(
         ),
     };
     drop(sconn);
+    let mut task = task;
+    task.control_socket = ops.socket_path();
     ops.set_migration_id(&task.migration_id.to_string());
     ops.set_started_at(&task.started_at);
     tracing::info!(migration = %task.migration_id, started_at = %task.started_at, "run identity");

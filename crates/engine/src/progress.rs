@@ -35,7 +35,7 @@ impl std::fmt::Display for State {
 }
 
 /// Progress of one table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TableProgress {
     pub table_name: String,
     pub rows_copied: u64,

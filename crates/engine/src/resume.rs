@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use wraith_checkpoints::{
     config_fingerprint, BinlogCoverage, CheckpointError, CheckpointStore, CurrentState,
-    CurrentTable, FileStore, SourceIdentity, TableStore, TaskCheckpoint,
+    CurrentTable, FileStore, SourceIdentity, TableStage, TableStore, TaskCheckpoint,
 };
 
 use crate::config::{CheckpointStore as StoreKind, Config};
@@ -279,6 +279,13 @@ pub struct StatusReport {
     pub oldest_binlog: Option<String>,
     /// Per table: whether the saved position's binlog is still on the server.
     pub resumable: Vec<(String, bool)>,
+    /// Spirit's `Progress` shape: from the running process when one answers
+    /// on the control socket, else from the checkpoint.
+    pub current_state: String,
+    pub summary: String,
+    pub tables: Vec<crate::progress::TableProgress>,
+    /// The running process's `status-json`, when one answers.
+    pub live: Option<serde_json::Value>,
 }
 
 impl StatusReport {
@@ -295,6 +302,13 @@ impl StatusReport {
         );
         if let Some(age) = self.age_secs {
             out.push_str(&format!("  saved {age}s ago, tool {}\n", cp.tool_version));
+        }
+        match &self.live {
+            Some(_) => out.push_str(&format!(
+                "  running now ({}): {}\n",
+                self.current_state, self.summary
+            )),
+            None => out.push_str("  no wraith process answers on its control socket\n"),
         }
         for t in &cp.tables {
             out.push_str(&format!(
@@ -380,7 +394,48 @@ pub async fn status(config: &Config) -> Result<StatusReport, StatusError> {
         .collect();
     drop(conn);
     let _ = pool.disconnect().await;
+    let socket = checkpoint
+        .as_ref()
+        .and_then(|c| c.control_socket.clone())
+        .map(std::path::PathBuf::from)
+        .or_else(|| config.control.socket.clone())
+        .unwrap_or_else(|| crate::control::default_socket_path(config));
+    let live = crate::control::query_status(&socket, std::time::Duration::from_secs(2)).await;
+    let (current_state, summary, tables) = match (&live, &checkpoint) {
+        (Some(l), _) => (
+            l["current_state"].as_str().unwrap_or("").to_string(),
+            l["summary"].as_str().unwrap_or("").to_string(),
+            serde_json::from_value(l["tables"].clone()).unwrap_or_default(),
+        ),
+        (None, Some(cp)) => {
+            let tables: Vec<crate::progress::TableProgress> = cp
+                .tables
+                .iter()
+                .map(|t| crate::progress::TableProgress {
+                    table_name: t.source.table.clone(),
+                    rows_copied: t.rows_copied,
+                    rows_total: t.rows_total,
+                    is_complete: t.stage() >= TableStage::CopyDone,
+                })
+                .collect();
+            let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
+            let total: u64 = tables.iter().map(|t| t.rows_total).sum();
+            (
+                "Stopped".to_string(),
+                format!(
+                    "{copied}/{total} rows; stopped at {}; `wraith run` resumes",
+                    cp.summary_status()
+                ),
+                tables,
+            )
+        }
+        (None, None) => ("None".to_string(), "no checkpoint".to_string(), Vec::new()),
+    };
     Ok(StatusReport {
+        current_state,
+        summary,
+        tables,
+        live,
         job: key,
         store: store.describe(),
         age_secs: checkpoint

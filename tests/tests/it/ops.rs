@@ -858,6 +858,18 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         .to_string();
     let mut ctl = Control::connect(dir.path()).await;
     assert!(ctl.send("postpone-cutover").await.starts_with("ok"));
+    let copying = ctl
+        .wait_until(
+            "the copy and the stream show",
+            Duration::from_secs(60),
+            |st| {
+                st["current_state"] == "CopyRows"
+                    && st["tables"][0]["rows_copied"].as_u64().unwrap_or(0) > 0
+                    && st["stream"]["binlog_position"].is_string()
+            },
+        )
+        .await;
+    assert_eq!(copying["tables"][0]["table_name"], "sbtest", "{copying}");
     // The same commands on the optional TCP port of 127.0.0.1.
     child
         .wait_for("control port: 127.0.0.1:", Duration::from_secs(10))
@@ -895,18 +907,6 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
             .unwrap()
             .starts_with("error: "));
     }
-    let copying = ctl
-        .wait_until(
-            "the copy and the stream show",
-            Duration::from_secs(60),
-            |st| {
-                st["current_state"] == "CopyRows"
-                    && st["tables"][0]["rows_copied"].as_u64().unwrap_or(0) > 0
-                    && st["stream"]["binlog_position"].is_string()
-            },
-        )
-        .await;
-    assert_eq!(copying["tables"][0]["table_name"], "sbtest", "{copying}");
     assert!(
         copying["tables"][0]["rows_total"].as_u64().unwrap_or(0) > 50_000,
         "{copying}"
@@ -945,6 +945,28 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         "{held}"
     );
     assert!(ctl.send("status").await.contains("eta=due"));
+    // `wraith status` finds the running process through the checkpoint.
+    let status = wraith_tests::wraith_with_config(&["status", "--json"], &cfg).await;
+    assert_eq!(status.code, 0, "{}", status.output());
+    let report: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    assert_eq!(
+        report["current_state"], "WaitingOnSentinelTable",
+        "{report}"
+    );
+    assert_eq!(report["tables"][0]["table_name"], "sbtest", "{report}");
+    assert_eq!(report["tables"][0]["is_complete"], true, "{report}");
+    assert!(
+        report["live"]["stream"]["changes_applied"]
+            .as_u64()
+            .is_some(),
+        "{report}"
+    );
+    assert!(
+        report["checkpoint"]["control_socket"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("ctl.sock")),
+        "{report}"
+    );
     assert!(ctl.send("unpostpone").await.starts_with("ok"));
     let run = child.finish(Duration::from_secs(120)).await;
     load.stop().await;
