@@ -348,6 +348,35 @@ pub async fn sysbench_with_mirror(s: &Schema, rows: u64) {
         .expect("create mirror");
 }
 
+/// The write load most tests run on `sbtest` (made by [`sysbench_with_mirror`]):
+/// every statement also written to `mirror` in the same transaction, primary
+/// keys changed too, 200 tx/s on 2 connections over ids up to `rows`. Tests
+/// adjust fields with struct update syntax.
+pub fn mirrored_load(s: &Schema, rows: u64, seed: u64) -> wraith_engine::workload::LoadConfig {
+    wraith_engine::workload::LoadConfig {
+        schema: s.name.clone(),
+        table: "sbtest".into(),
+        rate: 200,
+        connections: 2,
+        seed,
+        max_id: rows,
+        change_keys: true,
+        mirror: Some("mirror".into()),
+        hot_keys: 0,
+    }
+}
+
+/// Whether `sbtest` has the `note` column the tests' ALTERs add (it is the
+/// rebuilt table, so the cut-over happened).
+pub async fn note_column_exists(s: &Schema) -> bool {
+    let mut c = s.conn().await;
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sbtest' AND COLUMN_NAME = 'note'")
+        .await
+        .unwrap();
+    n == Some(1)
+}
+
 /// `sbtest` (rebuilt, with `note` added) equals `mirror` on the old columns.
 pub async fn assert_matches_mirror(s: &Schema) {
     assert_table_matches_mirror(s, "sbtest").await

@@ -8,8 +8,8 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use wraith_engine::workload::{Load, LoadConfig};
 use wraith_tests::{
-    assert_matches_mirror, assert_table_matches_mirror, sysbench_with_mirror, wraith_with_config,
-    PostponeFlag, Schema, WraithChild,
+    assert_matches_mirror, assert_table_matches_mirror, mirrored_load, note_column_exists,
+    sysbench_with_mirror, wraith_with_config, PostponeFlag, Schema, WraithChild,
 };
 
 const SEEDS: [u64; 2] = [7, 1234];
@@ -18,15 +18,9 @@ fn load(s: &Schema, rows: u64, seed: u64, rate: u32) -> Load {
     Load::start(
         s.pool.clone(),
         LoadConfig {
-            schema: s.name.clone(),
-            table: "sbtest".into(),
             rate,
             connections: 4,
-            seed,
-            max_id: rows,
-            change_keys: true,
-            mirror: Some("mirror".into()),
-            hot_keys: 0,
+            ..mirrored_load(s, rows, seed)
         },
     )
 }
@@ -59,15 +53,6 @@ async fn spawn_postponed(s: &Schema, backend: &str, args: &[&str]) -> (WraithChi
         .wait_for("cut-over postponed", Duration::from_secs(120))
         .await;
     (child, flag)
-}
-
-async fn note_column_exists(s: &Schema) -> bool {
-    let mut c = s.conn().await;
-    let n: Option<u64> = c
-        .query_first("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sbtest' AND COLUMN_NAME = 'note'")
-        .await
-        .unwrap();
-    n == Some(1)
 }
 
 #[tokio::test]
@@ -130,15 +115,11 @@ async fn hot_keys_are_deduplicated() {
     let load = Load::start(
         s.pool.clone(),
         LoadConfig {
-            schema: s.name.clone(),
-            table: "sbtest".into(),
             rate: 0,
             connections: 4,
-            seed: 3,
-            max_id: 20_000,
             change_keys: false,
-            mirror: Some("mirror".into()),
             hot_keys: 5,
+            ..mirrored_load(&s, 20_000, 3)
         },
     );
     let (child, flag) = spawn_postponed(&s, "sql", &["run", "--json"]).await;

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use wraith_tests::{assert_matches_mirror, sysbench_with_mirror, Schema, WraithChild};
+use wraith_engine::workload::{Load, LoadConfig};
+use wraith_tests::{
+    assert_matches_mirror, mirrored_load, note_column_exists, sysbench_with_mirror, Schema,
+    WraithChild,
+};
 
 const ALTER: &str = "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'";
 
@@ -148,15 +152,6 @@ async fn count(s: &Schema, table: &str) -> u64 {
         .await
         .unwrap_or(None);
     n.unwrap_or(0)
-}
-
-async fn note_column_exists(s: &Schema) -> bool {
-    let mut c = s.conn().await;
-    let n: Option<u64> = c
-        .query_first("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sbtest' AND COLUMN_NAME = 'note'")
-        .await
-        .unwrap();
-    n == Some(1)
 }
 
 async fn table_of(rows: u64, name: &str) -> (Schema, tempfile::TempDir) {
@@ -829,18 +824,13 @@ async fn scrape(addr: &str) -> String {
 #[tokio::test]
 async fn status_json_and_metrics_show_progress_stream_and_eta() {
     let (s, dir) = table_of(60_000, "ops_status").await;
-    let load = wraith_engine::workload::Load::start(
+    let load = Load::start(
         s.pool.clone(),
-        wraith_engine::workload::LoadConfig {
-            schema: s.name.clone(),
-            table: "sbtest".into(),
+        LoadConfig {
             rate: 100,
             connections: 1,
-            seed: 3,
-            max_id: 60_000,
             change_keys: false,
-            mirror: Some("mirror".into()),
-            hot_keys: 0,
+            ..mirrored_load(&s, 60_000, 3)
         },
     );
     // `tcp_port` lands in `[control]`, right after `socket`.

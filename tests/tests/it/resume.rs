@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use wraith_engine::scratch::{ScratchOptions, ScratchServer};
 use wraith_engine::workload::{Load, LoadConfig};
 use wraith_tests::{
-    assert_matches_mirror, sysbench_with_mirror, wraith_with_config, PostponeFlag, Schema,
-    WraithChild,
+    assert_matches_mirror, mirrored_load, sysbench_with_mirror, wraith_with_config, PostponeFlag,
+    Schema, WraithChild,
 };
 
 fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String {
@@ -128,20 +128,7 @@ async fn kill_nine_in_every_state_then_resume_exact() {
             let s = Schema::new(&format!("rs_kill_{backend}_{job}")).await;
             let rows = 60_000;
             sysbench_with_mirror(&s, rows).await;
-            let load = Load::start(
-                s.pool.clone(),
-                LoadConfig {
-                    schema: s.name.clone(),
-                    table: "sbtest".into(),
-                    rate: 200,
-                    connections: 2,
-                    seed: seed + job,
-                    max_id: rows,
-                    change_keys: true,
-                    mirror: Some("mirror".into()),
-                    hot_keys: 0,
-                },
-            );
+            let load = Load::start(s.pool.clone(), mirrored_load(&s, rows, seed + job));
             // Small chunks on one thread: a run lasts a few seconds, so kills land
             // in every state.
             let cfg = config(
@@ -441,15 +428,8 @@ async fn a_server_restart_mid_run_then_rerun_is_exact() {
         let load = Load::start(
             s.pool.clone(),
             LoadConfig {
-                schema: s.name.clone(),
-                table: "sbtest".into(),
                 rate: 100,
-                connections: 2,
-                seed: 7,
-                max_id: rows,
-                change_keys: true,
-                mirror: Some("mirror".into()),
-                hot_keys: 0,
+                ..mirrored_load(&s, rows, 7)
             },
         );
         let cfg = config(
@@ -509,15 +489,9 @@ async fn a_closed_engine_is_reopened_and_imported_on_resume() {
         let load = Load::start(
             s.pool.clone(),
             LoadConfig {
-                schema: s.name.clone(),
-                table: "sbtest".into(),
                 rate: 100,
                 connections: 1,
-                seed: job,
-                max_id: rows,
-                change_keys: true,
-                mirror: Some("mirror".into()),
-                hot_keys: 0,
+                ..mirrored_load(&s, rows, job)
             },
         );
         let cfg = config(
