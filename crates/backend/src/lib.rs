@@ -48,7 +48,10 @@ pub use engine::{
     engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineConfig, EngineManager,
     EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine, TargetTable,
 };
-pub use error::{parse_duplicate_message, BackendError};
+pub use error::{
+    is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts, BackendError,
+    LOCK_CONFLICT_ATTEMPTS,
+};
 pub use key::{decode_key, encode_key, KeyError};
 pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};

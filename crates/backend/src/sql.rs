@@ -254,19 +254,8 @@ impl SqlWriter {
         let text = std::str::from_utf8(stmt).map_err(|_| BackendError::InvalidInput {
             message: "internal: INSERT statement is not UTF-8".into(),
         })?;
-        let mut attempt = 0u64;
-        let first = loop {
-            attempt += 1;
-            match self.conn.query_drop(text).await {
-                // A deadlock with the change applier: the statement was rolled back.
-                Err(mysql_async::Error::Server(se))
-                    if (se.code == 1213 || se.code == 1205) && attempt < 20 =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
-                }
-                other => break other,
-            }
-        };
+        // A deadlock with the change applier rolled the statement back.
+        let first = crate::error::query_retrying_lock_conflicts(&mut self.conn, text).await;
         match first {
             Ok(()) => Ok(()),
             Err(e) => match map_insert_error(e, "inserting rows", &self.target) {

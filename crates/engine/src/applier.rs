@@ -25,15 +25,6 @@ use crate::db::{quote_ident, Context, DbError};
 /// Largest statement the applier sends.
 const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
-/// Times a shard is tried when it meets a deadlock or lock wait timeout.
-const LOCK_CONFLICT_RETRIES: u32 = 20;
-
-/// A deadlock (1213) or lock wait timeout (1205): the transaction can be
-/// rolled back and tried again.
-fn is_lock_conflict(e: &DbError) -> bool {
-    matches!(&e.error, mysql_async::Error::Server(se) if se.code == 1213 || se.code == 1205)
-}
-
 /// Applies changes to one shadow table.
 pub struct Applier {
     pool: Pool,
@@ -134,12 +125,15 @@ impl Applier {
                         // Shards touch disjoint keys but may meet on unique
                         // secondary indexes and their gaps: a deadlock or lock
                         // wait is a reason to try the shard again, not to stop.
-                        Err(e) if is_lock_conflict(&e) && attempt < LOCK_CONFLICT_RETRIES => {
+                        Err(e)
+                            if wraith_backend::is_lock_conflict(&e.error)
+                                && attempt < wraith_backend::LOCK_CONFLICT_ATTEMPTS =>
+                        {
                             tracing::debug!(attempt, error = %e, "retrying a shard after a lock conflict");
                             conn.query_drop("ROLLBACK").await.context(|| {
                                 format!("rolling back changes to {}", target.display_name())
                             })?;
-                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                            tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                         }
                         other => return other,
                     }

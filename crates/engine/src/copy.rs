@@ -399,7 +399,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
         let started = Instant::now();
         if shared.job.server_side {
             let sql = format!("{insert_select}{}", keysql.range(&chunk));
-            match query_retrying_lock_conflicts(&mut conn, &sql)
+            match wraith_backend::query_retrying_lock_conflicts(&mut conn, &sql)
                 .await
                 .map_err(|e| server_side_error(&shared, e))
             {
@@ -412,7 +412,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
                     tracing::debug!(chunk = chunk.id, %index, "a chunk met a moved row; copied again skipping the clash");
                     let again =
                         format!("{sql}{}", shared.job.layout.target.skip_duplicates_clause());
-                    query_retrying_lock_conflicts(&mut conn, &again)
+                    wraith_backend::query_retrying_lock_conflicts(&mut conn, &again)
                         .await
                         .map_err(|e| server_side_error(&shared, e))?;
                 }
@@ -471,32 +471,6 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
 async fn wait_turn(shared: &Shared, index: usize) {
     if let Some(ops) = &shared.job.ops {
         ops.wait_turn(index, &shared.finished).await;
-    }
-}
-
-/// Runs one autocommit statement, again after a deadlock or lock wait
-/// timeout (the change applier writes the same shadow table, and unique
-/// secondary indexes make their locks meet); the statement was rolled back.
-async fn query_retrying_lock_conflicts(
-    conn: &mut Conn,
-    sql: &str,
-) -> Result<(), mysql_async::Error> {
-    let mut attempt = 0u64;
-    loop {
-        attempt += 1;
-        match conn.query_drop(sql).await {
-            Err(mysql_async::Error::Server(se))
-                if (se.code == 1213 || se.code == 1205) && attempt < 20 =>
-            {
-                tracing::debug!(
-                    attempt,
-                    code = se.code,
-                    "retrying a chunk after a lock conflict"
-                );
-                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-            }
-            other => return other,
-        }
     }
 }
 

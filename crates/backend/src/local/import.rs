@@ -82,7 +82,10 @@ pub(super) async fn import(
                     attempt += 1;
                     match load_range(&mut conn, &stmt, &target, index, rows, data.clone()).await {
                         // A deadlock with the change applier rolled the range back.
-                        Err(e) if e.is_lock_conflict() && attempt < 20 => {
+                        Err(e)
+                            if e.is_lock_conflict()
+                                && attempt < crate::error::LOCK_CONFLICT_ATTEMPTS =>
+                        {
                             tracing::debug!(
                                 attempt,
                                 range = index,
