@@ -40,6 +40,7 @@
 mod engine;
 mod error;
 pub mod key;
+pub mod load_data;
 pub mod local;
 pub mod sql;
 pub mod value;
@@ -53,6 +54,7 @@ pub use error::{
     LOCK_CONFLICT_ATTEMPTS,
 };
 pub use key::{decode_key, encode_key, KeyError};
+pub use load_data::LoadData;
 pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};
 pub use value::{ColumnKind, ColumnSpec, Row, Value, ValueError};

@@ -90,7 +90,7 @@ pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> 
                 );
             }
             eprintln!(
-                "imported {} rows ({} bytes, {} files, {} regions, up to {} parsed at once) in {:.2}s ({:.0} rows/s, {} backend){}",
+                "imported {} rows ({} bytes, {} files, {} regions, up to {} parsed at once) in {:.2}s ({:.0} rows/s, {} backend, rows sent by {}){}",
                 report.rows,
                 report.bytes,
                 report.files,
@@ -99,6 +99,7 @@ pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> 
                 report.elapsed_secs,
                 report.rows_per_sec,
                 report.backend,
+                report.rows_sent_by,
                 if report.resumed { "; resumed from a checkpoint" } else { "" }
             );
             if json {

@@ -3,7 +3,8 @@
 //! Both sides compute, per key range and on the server, `COUNT(*)`,
 //! `BIT_XOR(h)` and `SUM(h)` where `h = CRC32(CONCAT_WS('#', cols..., ISNULL
 //! flags...))` over the copied columns. The NULL flags keep `NULL` and `''`
-//! apart; XOR and SUM together catch what either alone misses (a row counted
+//! apart (only for columns that may be NULL on either side, or whose type
+//! changed); XOR and SUM together catch what either alone misses (a row counted
 //! twice cancels in XOR, not in SUM). Every value is compared as bytes
 //! (`CAST(.. AS BINARY)`), and a column whose type the ALTER changed is first
 //! converted on the source side to the new type (`CAST(old AS DECIMAL(12,4))`,
@@ -62,18 +63,27 @@ struct Side {
     table: String,
     /// Value expressions, one per copied column, as bytes.
     exprs: Vec<String>,
+    /// Per column: whether it needs a NULL flag (it may be NULL on either
+    /// side, or its type changed, where a failed conversion gives NULL).
+    flagged: Vec<bool>,
     /// Key column specs with this side's names (for ranges and ordering).
     key: Vec<ColumnSpec>,
 }
 
 impl Side {
     fn hash_expr(&self) -> String {
-        let flags: Vec<String> = self.exprs.iter().map(|e| format!("ISNULL({e})")).collect();
-        format!(
-            "CRC32(CONCAT_WS('#', {}, {}))",
-            self.exprs.join(", "),
-            flags.join(", ")
-        )
+        // Flags only where a NULL can occur: on a wide NOT NULL table they
+        // would double the server's work per row for nothing.
+        let flags: Vec<String> = self
+            .exprs
+            .iter()
+            .zip(&self.flagged)
+            .filter(|(_, f)| **f)
+            .map(|(e, _)| format!("ISNULL({e})"))
+            .collect();
+        let mut parts = self.exprs.clone();
+        parts.extend(flags);
+        format!("CRC32(CONCAT_WS('#', {}))", parts.join(", "))
     }
 
     fn qualified(&self) -> String {
@@ -171,6 +181,7 @@ pub async fn checksum_on(
     let started = std::time::Instant::now();
     let mut source_exprs = Vec::new();
     let mut shadow_exprs = Vec::new();
+    let mut flagged = Vec::new();
     for change in &plan.columns {
         let Some((from, to)) = change.copied() else {
             continue;
@@ -181,12 +192,13 @@ pub async fn checksum_on(
         let nc = new
             .column(to)
             .ok_or_else(|| ChecksumError::Setup(format!("column {to} missing in the shadow")))?;
-        let src = match change {
+        let (src, converted) = match change {
             ColumnChange::TypeChanged { .. } | ColumnChange::RenamedTypeChanged { .. } => {
-                cast_to_new(oc, nc)
+                (cast_to_new(oc, nc), true)
             }
-            _ => quote_ident(&oc.name),
+            _ => (quote_ident(&oc.name), false),
         };
+        flagged.push(oc.nullable || nc.nullable || converted);
         source_exprs.push(as_bytes(src));
         shadow_exprs.push(as_bytes(quote_ident(&nc.name)));
     }
@@ -245,12 +257,14 @@ pub async fn checksum_on(
         schema: old.schema.clone(),
         table: old.name.clone(),
         exprs: source_exprs,
+        flagged: flagged.clone(),
         key: source_key,
     };
     let shadow = Side {
         schema: new.schema.clone(),
         table: new.name.clone(),
         exprs: shadow_exprs,
+        flagged,
         key: shadow_key,
     };
 

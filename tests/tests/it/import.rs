@@ -116,26 +116,32 @@ async fn dumps_of_every_type_by_mydumper_and_mariadb_dump_round_trip() {
             "mydumper" => mydumper(&src.name, "types", dir.path(), &[]),
             _ => mariadb_dump(&src.name, "types", dir.path()),
         }
-        for backend in ["sql", "local"] {
-            let dst = Schema::new(&format!("imp_types_{tool}_{backend}")).await;
+        // The sql path by LOAD DATA and by INSERTs, and the local engine.
+        for (backend, load_data, sent_by) in [
+            ("sql", true, "load-data"),
+            ("sql", false, "insert"),
+            ("local", true, "local-engine"),
+        ] {
+            let dst = Schema::new(&format!("imp_types_{tool}_{sent_by}")).await;
             let report = import_ok(&import_config(
                 &dst,
                 dir.path(),
-                &format!("backend = \"{backend}\""),
+                &format!("backend = \"{backend}\"\nload_data = {load_data}"),
                 "",
             ))
             .await;
             assert_eq!(report["backend"], backend);
+            assert_eq!(report["rows_sent_by"], sent_by, "{report}");
             assert_eq!(report["tables"][0]["created"], true, "{report}");
             assert_eq!(report["tables"][0]["rows_in_table"], 4);
             assert_eq!(
                 want,
                 hex_rows(&dst, "types").await,
-                "{tool} dump imported with the {backend} backend differs from the source"
+                "{tool} dump imported by {sent_by} differs from the source"
             );
             // The deferred secondary indexes are back (local), the definition is the source's.
             let sc = src.snapshot("types").await.create;
-            assert_eq!(sc, dst.snapshot("types").await.create, "{tool}/{backend}");
+            assert_eq!(sc, dst.snapshot("types").await.create, "{tool}/{sent_by}");
         }
     }
 }
@@ -204,14 +210,14 @@ async fn csv_edge_cases_with_both_backends() {
     let tsv: &[u8] = b"1\tplain\t\\N\n2\twith \\t tab\tq\"uote\n";
     // No header line: the columns come from [import.csv] columns.
     let body = &csv[8..];
-    for backend in ["sql", "local"] {
+    for (backend, load_data) in [("sql", true), ("sql", false), ("local", true)] {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("edge.csv"), body).unwrap();
         let mut z = zstd_file(&dir.path().join("edge2.csv.zst"));
         z.write_all(body).unwrap();
         z.finish().unwrap();
         std::fs::write(dir.path().join("tabs.tsv"), tsv).unwrap();
-        let s = Schema::new(&format!("imp_csv_{backend}")).await;
+        let s = Schema::new(&format!("imp_csv_{backend}_{load_data}")).await;
         s.exec(
             "CREATE TABLE edge (id INT PRIMARY KEY, a VARCHAR(50) NULL, b TEXT NULL) DEFAULT CHARSET=utf8mb4; \
              CREATE TABLE edge2 LIKE edge; \
@@ -221,7 +227,7 @@ async fn csv_edge_cases_with_both_backends() {
         let cfg = import_config(
             &s,
             dir.path(),
-            &format!("backend = \"{backend}\""),
+            &format!("backend = \"{backend}\"\nload_data = {load_data}"),
             "[import.csv]\nheader = false\ncolumns = [\"id\", \"a\", \"b\"]\n",
         );
         let report = import_ok(&cfg).await;
@@ -238,7 +244,10 @@ async fn csv_edge_cases_with_both_backends() {
                 .iter()
                 .map(|(id, a, b)| (*id, a.map(hex), b.map(hex)))
                 .collect();
-            assert_eq!(rows, expected, "{backend}: {table}");
+            assert_eq!(
+                rows, expected,
+                "{backend} (load_data = {load_data}): {table}"
+            );
         }
         let mut c = s.conn().await;
         let rows: Vec<(i64, String, Option<String>)> = c
@@ -335,19 +344,25 @@ async fn duplicates_across_files_follow_on_duplicate() {
     std::fs::write(dir.path().join("dup.00002.csv"), "id,v\n2,B\n3,c\n").unwrap();
     let cases = [
         ("error", "sql", None),
+        ("error", "sql-insert", None),
         ("error", "local", None),
         ("replace", "sql", Some(vec!["1a", "2B", "3c"])),
         ("ignore", "sql", Some(vec!["1a", "2b", "3c"])),
         ("replace", "auto", Some(vec!["1a", "2B", "3c"])),
     ];
     for (mode, backend, want) in cases {
-        let s = Schema::new(&format!("imp_dup_{mode}_{backend}")).await;
+        let s = Schema::new(&format!("imp_dup_{mode}_{}", backend.replace('-', "_"))).await;
         s.exec("CREATE TABLE dup (id INT PRIMARY KEY, v VARCHAR(5))")
             .await;
+        // `sql-insert`: the sql backend with INSERT statements instead of LOAD DATA.
+        let backend_toml = match backend {
+            "sql-insert" => "backend = \"sql\"\nload_data = false".to_string(),
+            b => format!("backend = \"{b}\""),
+        };
         let cfg = import_config(
             &s,
             dir.path(),
-            &format!("backend = \"{backend}\"\non_duplicate = \"{mode}\"\nthreads = 2"),
+            &format!("{backend_toml}\non_duplicate = \"{mode}\"\nthreads = 2"),
             "",
         );
         let run = wraith_with_config(&["import", "--json"], &cfg).await;

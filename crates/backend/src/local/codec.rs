@@ -258,31 +258,10 @@ pub(crate) fn open_sealed<'a>(
     }
 }
 
-/// Appends one `LOAD DATA` field (`FIELDS TERMINATED BY '\t' ESCAPED BY '\\'
-/// LINES TERMINATED BY '\n'`, file `CHARACTER SET binary`): NULL is `\N`,
-/// bytes are escaped, everything else is its plain text.
-pub(crate) fn write_load_field(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Null => out.extend_from_slice(b"\\N"),
-        Value::Bytes(b) => {
-            out.reserve(b.len() + 8);
-            for &c in b {
-                match c {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    0 => out.extend_from_slice(b"\\0"),
-                    _ => out.push(c),
-                }
-            }
-        }
-        other => other.write_plain_text(out),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load_data::write_load_field;
 
     fn sample() -> Vec<Value> {
         vec![

@@ -1,36 +1,25 @@
 //! Import of a closed local engine: one ordered scan cut into ranges, ranges
 //! loaded in parallel with `LOAD DATA LOCAL INFILE` fed from memory.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use tokio::sync::{mpsc, Mutex};
 
 use super::{codec, EngineMeta, LocalEngine, HASH_LEN};
-use crate::engine::{quote_ident, ImportStats, TargetTable};
-use crate::error::{parse_duplicate_message, BackendError};
+use crate::engine::ImportStats;
+use crate::error::BackendError;
 use crate::key::{decode_key, format_key};
-use crate::sql::{map_insert_error, prepare_session};
-use crate::value::charset_of;
-
-/// Size of one infile packet sent to the server.
-const PACKET: usize = 1 << 20;
+use crate::load_data::{write_load_field, LoadData};
+use crate::sql::prepare_session;
 
 /// One key range, as load text.
 struct Range {
     index: usize,
     data: Vec<u8>,
     rows: u64,
-}
-
-/// What the server says about one target column.
-struct TargetColumn {
-    charset: Option<String>,
-    data_type: String,
 }
 
 pub(super) async fn import(
@@ -47,9 +36,8 @@ pub(super) async fn import(
     let target = meta.target.clone();
     let name = target.display_name();
     let mut conn = connect(pool, &name).await?;
-    let info = target_columns(&mut conn, &target).await?;
-    let stmt = Arc::new(load_statement(&target, &columns, &info)?);
-    tracing::debug!(statement = %stmt, "import statement");
+    let load = Arc::new(LoadData::prepare(&mut conn, &target, &columns).await?);
+    tracing::debug!(statement = %load.statement(), "import statement");
 
     let (tx, rx) = mpsc::channel::<Range>(threads);
     let scan_engine = engine.clone();
@@ -64,7 +52,7 @@ pub(super) async fn import(
     for _ in 0..threads {
         let conn = first.take();
         let rx = rx.clone();
-        let stmt = stmt.clone();
+        let load = load.clone();
         let target = target.clone();
         let pool = pool.clone();
         workers.push(async move {
@@ -80,7 +68,7 @@ pub(super) async fn import(
                 let mut attempt = 0u64;
                 loop {
                     attempt += 1;
-                    match load_range(&mut conn, &stmt, &target, index, rows, data.clone()).await {
+                    match load_range(&mut conn, &load, index, rows, data.clone()).await {
                         // A deadlock with the change applier rolled the range back.
                         Err(e)
                             if e.is_lock_conflict()
@@ -124,96 +112,6 @@ async fn connect(pool: &Pool, table: &str) -> Result<Conn, BackendError> {
         .await
         .map_err(|e| BackendError::sql("setting up the session", table, e))?;
     Ok(conn)
-}
-
-async fn target_columns(
-    conn: &mut Conn,
-    target: &TargetTable,
-) -> Result<HashMap<String, TargetColumn>, BackendError> {
-    type ColumnRow = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
-    let rows: Vec<ColumnRow> = conn
-        .exec(
-            "SELECT COLUMN_NAME, CHARACTER_SET_NAME, DATA_TYPE FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-            (target.schema.as_bytes(), target.table.as_bytes()),
-        )
-        .await
-        .map_err(|e| {
-            BackendError::sql("reading the target's columns", &target.display_name(), e)
-        })?;
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    Ok(rows
-        .into_iter()
-        .map(|(n, cs, dt)| {
-            (
-                lossy(&n).to_lowercase(),
-                TargetColumn {
-                    charset: cs.map(|c| lossy(&c).to_lowercase()),
-                    data_type: lossy(&dt).to_lowercase(),
-                },
-            )
-        })
-        .collect())
-}
-
-/// `LOAD DATA LOCAL INFILE ... (cols) SET ...` for the engine's columns.
-fn load_statement(
-    target: &TargetTable,
-    columns: &[usize],
-    info: &HashMap<String, TargetColumn>,
-) -> Result<String, BackendError> {
-    let mut list = Vec::with_capacity(columns.len());
-    let mut sets = Vec::new();
-    for (j, &p) in columns.iter().enumerate() {
-        let spec = &target.columns[p];
-        let tc = info
-            .get(&spec.name.to_lowercase())
-            .ok_or_else(|| BackendError::InvalidInput {
-                message: format!(
-                    "column `{}` is not in the target table {} on the server; was the shadow \
-                     table changed after the engine was written?",
-                    spec.name,
-                    target.display_name()
-                ),
-            })?;
-        let col = quote_ident(&spec.name);
-        let var = format!("@v{j}");
-        let value_cs = if spec.kind.is_textual() {
-            charset_of(spec)
-        } else {
-            "utf8mb4"
-        };
-        let convert_charset = tc.data_type == "json"
-            || (spec.kind.is_textual()
-                && matches!(&tc.charset, Some(t) if t != "binary" && t != value_cs));
-        // Binary bytes into a text column are stored as is, as an INSERT of
-        // X'..' would; same-charset text needs no conversion.
-        let expr = if tc.data_type == "bit" {
-            Some(format!("CAST({var} AS UNSIGNED)"))
-        } else if convert_charset {
-            Some(format!("CONVERT({var} USING {value_cs})"))
-        } else {
-            None
-        };
-        match expr {
-            Some(e) => {
-                list.push(var);
-                sets.push(format!("{col} = {e}"));
-            }
-            None => list.push(col),
-        }
-    }
-    let mut s = format!(
-        "LOAD DATA LOCAL INFILE 'wraith-engine' INTO TABLE {} CHARACTER SET binary \
-         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
-        target.quoted_name(),
-        list.join(", ")
-    );
-    if !sets.is_empty() {
-        s.push_str(" SET ");
-        s.push_str(&sets.join(", "));
-    }
-    Ok(s)
 }
 
 /// Scans the engine in key order, finds duplicates and cuts load ranges.
@@ -279,7 +177,7 @@ fn scan(
             if i > 0 {
                 cur.data.push(b'\t');
             }
-            codec::write_load_field(v, &mut cur.data);
+            write_load_field(v, &mut cur.data);
         }
         cur.data.push(b'\n');
         cur.rows += 1;
@@ -318,94 +216,36 @@ fn scan(
     Ok(stats)
 }
 
-/// Loads one range in a transaction; any shortfall or warning rolls it back.
+/// Loads one range in its own transaction; any shortfall or warning rolls
+/// it back.
 async fn load_range(
     conn: &mut Conn,
-    stmt: &str,
-    target: &TargetTable,
+    load: &LoadData,
     index: usize,
     rows: u64,
     data: Bytes,
 ) -> Result<(), BackendError> {
-    let name = target.display_name();
+    let name = load.target().display_name();
     conn.query_drop("START TRANSACTION")
         .await
         .map_err(|e| BackendError::sql("starting a transaction", &name, e))?;
-    let chunks: Vec<std::io::Result<Bytes>> = (0..data.len())
-        .step_by(PACKET)
-        .map(|s| Ok(data.slice(s..(s + PACKET).min(data.len()))))
-        .collect();
-    conn.set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
-    if let Err(e) = conn.query_drop(stmt).await {
-        let _ = conn.query_drop("ROLLBACK").await;
-        if let mysql_async::Error::Server(s) = &e {
-            if matches!(s.code, 1148 | 3948 | 4166) {
-                return Err(BackendError::InvalidInput {
-                    message: format!(
-                        "the server refuses LOAD DATA LOCAL into {name} ({}): set \
-                         `local_infile = ON` on the server, or use the sql backend",
-                        s.message
-                    ),
-                });
+    let skipped = match load.load(conn, rows, data).await {
+        Ok(skipped) => skipped,
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            if matches!(e, BackendError::LoadWarning { .. }) {
+                tracing::warn!(table = %name, range = index, rows, "range load was not exact; rolled back");
             }
+            return Err(e);
         }
-        return Err(map_insert_error(e, "loading a range", target));
-    }
-    let affected = conn.affected_rows();
-    let warnings = conn.get_warnings();
-    if warnings > 0 || affected != rows {
-        let shown: Vec<(Vec<u8>, u32, Vec<u8>)> = conn
-            .query("SHOW WARNINGS LIMIT 64")
-            .await
-            .map_err(|e| BackendError::sql("reading load warnings", &name, e))?;
-        let msgs: Vec<(u32, String)> = shown
-            .into_iter()
-            .map(|(_, code, m)| (code, String::from_utf8_lossy(&m).into_owned()))
-            .collect();
-        // Every shortfall a clash with a moved row on a transient unique
-        // index (each skipped row left one warning): keep the load.
-        let transient = |(code, m): &(u32, String)| {
-            *code == 1062
-                && parse_duplicate_message(m)
-                    .is_some_and(|(_, i)| target.is_transient_duplicate(&i))
-        };
-        if affected + warnings as u64 == rows
-            && msgs.len() == warnings as usize
-            && msgs.iter().all(transient)
-        {
-            conn.query_drop("COMMIT")
-                .await
-                .map_err(|e| BackendError::sql("committing a range", &name, e))?;
-            tracing::debug!(table = %name, range = index, rows, skipped = warnings, "loaded range; rows that moved during the copy were skipped");
-            return Ok(());
-        }
-        let _ = conn.query_drop("ROLLBACK").await;
-        tracing::warn!(table = %name, range = index, rows, affected, warnings, "range load was not exact; rolled back");
-        if let Some((_, m)) = msgs.iter().find(|(c, _)| *c == 1062) {
-            if let Some((key, index)) = parse_duplicate_message(m) {
-                return Err(BackendError::DuplicateDetected {
-                    table: name,
-                    key,
-                    index,
-                });
-            }
-        }
-        return Err(match msgs.into_iter().next() {
-            Some((code, message)) => BackendError::LoadWarning {
-                table: name,
-                code,
-                message,
-            },
-            None => BackendError::LoadWarning {
-                table: name,
-                code: 0,
-                message: format!("{affected} rows stored of {rows} sent"),
-            },
-        });
-    }
+    };
     conn.query_drop("COMMIT")
         .await
         .map_err(|e| BackendError::sql("committing a range", &name, e))?;
-    tracing::debug!(table = %name, range = index, rows, "loaded range");
+    if skipped > 0 {
+        tracing::debug!(table = %name, range = index, rows, skipped, "loaded range; rows that moved during the copy were skipped");
+    } else {
+        tracing::debug!(table = %name, range = index, rows, "loaded range");
+    }
     Ok(())
 }

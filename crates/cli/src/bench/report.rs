@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use wraith_engine::bench::tables::TableKind;
 
-use super::{Condition, Method, MethodRun, Skipped, TableInfo};
+use super::{ApplyRun, Condition, ImportRun, Method, MethodRun, Skipped, TableInfo};
 
 /// The knobs a result was measured with.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +58,10 @@ pub struct BenchResults {
     pub skipped: Vec<Skipped>,
     pub summary: Vec<MethodSummary>,
     pub runs: Vec<MethodRun>,
+    /// The change apply rate, per table and round.
+    pub apply: Vec<ApplyRun>,
+    /// `--import`: dump loads, per table, round and loader.
+    pub import: Vec<ImportRun>,
 }
 
 impl BenchResults {
@@ -67,6 +71,8 @@ impl BenchResults {
         tables: Vec<TableInfo>,
         skipped: Vec<Skipped>,
         runs: Vec<MethodRun>,
+        apply: Vec<ApplyRun>,
+        import: Vec<ImportRun>,
     ) -> BenchResults {
         let mut summary = Vec::new();
         for table in &tables {
@@ -92,6 +98,8 @@ impl BenchResults {
             skipped,
             summary,
             runs,
+            apply,
+            import,
         }
     }
 
@@ -159,6 +167,73 @@ impl BenchResults {
                     }
                     out += &format!(" {} |\n", if s.all_correct { "correct" } else { "WRONG" });
                 }
+            }
+        }
+        if !self.apply.is_empty() {
+            out += "\nchange apply (wraith-sql, bursts of single-statement updates while the cut-over is held):\n\n";
+            out += "| table | round | changes | apply s | changes/s | result |\n| --- | ---: | ---: | ---: | ---: | --- |\n";
+            for a in &self.apply {
+                out += &format!(
+                    "| {} | {} | {} | {:.2} | {:.0} | {} |\n",
+                    a.table.as_str(),
+                    a.round,
+                    a.changes,
+                    a.apply_secs,
+                    a.changes_per_sec,
+                    if a.correct { "correct" } else { "WRONG" }
+                );
+            }
+        }
+        for table in &self.tables {
+            let loads: Vec<&ImportRun> = self
+                .import
+                .iter()
+                .filter(|r| r.table == table.kind)
+                .collect();
+            if loads.is_empty() {
+                continue;
+            }
+            out += &format!(
+                "\nimport of a mydumper dump of {} ({} rows) into an empty schema, binlog on, 2 threads each, {} round(s), server {}:\n\n",
+                table.table, table.rows, self.settings.repeat, self.server_version
+            );
+            out += "| loader | median s | min s | max s | rows/s | × myloader speed | server CPU s | peak RSS MiB | result |\n";
+            out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+            for loader in ["myloader", "wraith-import-sql", "wraith-import-local"] {
+                let group: Vec<&&ImportRun> = loads.iter().filter(|r| r.loader == loader).collect();
+                if group.is_empty() {
+                    continue;
+                }
+                let walls: Vec<f64> = group.iter().map(|r| r.wall_secs).collect();
+                let wall = median(walls.clone()).unwrap_or(0.0);
+                let min = walls.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = walls.iter().copied().fold(0.0, f64::max);
+                out += &format!(
+                    "| {loader} | {wall:.2} | {min:.2} | {max:.2} | {:.0} | {} | {} | {} | {} |\n",
+                    table.rows as f64 / wall.max(1e-9),
+                    opt(
+                        median(
+                            group
+                                .iter()
+                                .filter_map(|r| r.speedup_over_myloader)
+                                .collect()
+                        ),
+                        |v| format!("{v:.2}×")
+                    ),
+                    opt(
+                        median(group.iter().filter_map(|r| r.server_cpu_secs).collect()),
+                        |v| format!("{v:.1}")
+                    ),
+                    opt(
+                        median(group.iter().filter_map(|r| r.peak_rss_mib).collect()),
+                        |v| format!("{v:.0}")
+                    ),
+                    if group.iter().all(|r| r.correct) {
+                        "correct"
+                    } else {
+                        "WRONG"
+                    }
+                );
             }
         }
         for s in &self.skipped {
@@ -247,6 +322,52 @@ pub fn set_ratios(runs: &mut [MethodRun]) {
 }
 
 /// One line per run, as it finishes.
+/// One line per dump load, printed as it finishes.
+pub fn import_line(r: &ImportRun) -> String {
+    match &r.error {
+        Some(e) => format!(
+            "{:<8} import round {} {:<20} FAILED: {e}",
+            r.table.as_str(),
+            r.round,
+            r.loader
+        ),
+        None => format!(
+            "{:<8} import round {} {:<20} {:>7.2}s {:>8.0} rows/s{}{}  correct",
+            r.table.as_str(),
+            r.round,
+            r.loader,
+            r.wall_secs,
+            r.rows_per_sec,
+            r.server_cpu_secs
+                .map(|c| format!("  server CPU {c:.1}s"))
+                .unwrap_or_default(),
+            r.peak_rss_mib
+                .map(|m| format!("  peak RSS {m:.0} MiB"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// One line per apply measurement, printed as it finishes.
+pub fn apply_line(a: &ApplyRun) -> String {
+    match &a.error {
+        Some(e) => format!(
+            "{:<8} apply round {}: FAILED: {e}",
+            a.table.as_str(),
+            a.round
+        ),
+        None => format!(
+            "{:<8} apply round {}: {} changes applied in {:.2}s: {:.0} changes/s{}",
+            a.table.as_str(),
+            a.round,
+            a.changes,
+            a.apply_secs,
+            a.changes_per_sec,
+            if a.correct { "" } else { " (WRONG result)" }
+        ),
+    }
+}
+
 pub fn run_line(r: &MethodRun) -> String {
     let mut line = format!(
         "{:<8} {:<4} round {} {:<14} {:>7.2}s {:>8.0} rows/s {:>6.1} MiB/s",

