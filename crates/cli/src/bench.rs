@@ -639,16 +639,20 @@ impl Bench {
         run
     }
 
-    async fn measure(
+    /// The same start for every timed run: `pristine` restored into
+    /// [`BENCH_SCHEMA`] (when given), the scratch server's earlier binlogs
+    /// dropped, dirty pages flushed.
+    async fn fresh_start(
         &self,
         conn: &mut Conn,
-        pristine: &Pristine,
-        run: &mut MethodRun,
+        pristine: Option<&Pristine>,
     ) -> anyhow::Result<()> {
-        pristine
-            .restore(conn, BENCH_SCHEMA)
-            .await
-            .context("restoring the table")?;
+        if let Some(pristine) = pristine {
+            pristine
+                .restore(conn, BENCH_SCHEMA)
+                .await
+                .context("restoring the table")?;
+        }
         if self.server.owned() {
             // Earlier runs' binlogs are of no use; the scratch server is ours.
             conn.query_drop("RESET MASTER")
@@ -656,6 +660,16 @@ impl Bench {
                 .context("RESET MASTER")?;
         }
         pristine::flush_dirty_pages(conn, Duration::from_secs(120)).await;
+        Ok(())
+    }
+
+    async fn measure(
+        &self,
+        conn: &mut Conn,
+        pristine: &Pristine,
+        run: &mut MethodRun,
+    ) -> anyhow::Result<()> {
+        self.fresh_start(conn, Some(pristine)).await?;
         let load_config = self.load_config(pristine);
         let load = match run.condition {
             Condition::Idle => None,
@@ -836,16 +850,7 @@ impl Bench {
         pristine: &Pristine,
         run: &mut ApplyRun,
     ) -> anyhow::Result<()> {
-        pristine
-            .restore(conn, BENCH_SCHEMA)
-            .await
-            .context("restoring the table")?;
-        if self.server.owned() {
-            conn.query_drop("RESET MASTER")
-                .await
-                .context("RESET MASTER")?;
-        }
-        pristine::flush_dirty_pages(conn, Duration::from_secs(120)).await;
+        self.fresh_start(conn, Some(pristine)).await?;
         let name = format!("{}-apply-{}", pristine.kind, run.round);
         let flag = self.work_dir.path().join(format!("{name}.postpone"));
         std::fs::write(&flag, b"").context("creating the postpone flag file")?;
@@ -1040,12 +1045,7 @@ impl Bench {
         ))
         .await
         .context("recreating the import schema")?;
-        if self.server.owned() {
-            conn.query_drop("RESET MASTER")
-                .await
-                .context("RESET MASTER")?;
-        }
-        pristine::flush_dirty_pages(conn, Duration::from_secs(120)).await;
+        self.fresh_start(conn, None).await?;
         let dir = self.work_dir.path();
         let name = format!("{}-{}-{}", pristine.kind, run.loader, run.round);
         let cmd = match run.loader {
