@@ -106,7 +106,7 @@ pub use error::{CheckpointError, StoreFailure, TransitionError};
 pub use file::FileStore;
 pub use model::{
     BinlogPosition, ChangeStreamCheckpoint, ChunkCheckpoint, ChunkStatus, EngineCheckpoint,
-    EngineStatus, KeyRange, SourceIdentity, TableCheckpoint, TableStage, TableStatus,
+    EngineStatus, KeyRange, RowsChecksum, SourceIdentity, TableCheckpoint, TableStage, TableStatus,
     TaskCheckpoint, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use store::{CheckpointStore, MAX_KEY_LEN};

@@ -72,6 +72,16 @@ impl std::fmt::Display for OnDuplicate {
     }
 }
 
+/// How the loaded tables are checked against the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportVerify {
+    /// Rows in each table against rows parsed.
+    Count,
+    /// Also a checksum of every parsed row against the rows read back.
+    Checksum,
+}
+
 /// `[import]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +107,10 @@ pub struct ImportConfig {
     /// it (and `on_duplicate = "error"`); `false` always sends INSERTs.
     #[serde(default = "default_true")]
     pub load_data: bool,
+    /// After the load: `count` (rows in the table against rows parsed) or
+    /// `checksum` (also every parsed row against the table, read back).
+    #[serde(default = "default_verify")]
+    pub verify: ImportVerify,
     /// Charset of the text in files that do not say (`SET NAMES` in SQL
     /// dumps); `binary` means each column's own charset.
     #[serde(default = "default_charset")]
@@ -120,6 +134,10 @@ fn default_threads() -> usize {
 fn default_region_size() -> ByteSize {
     ByteSize(64 << 20)
 }
+fn default_verify() -> ImportVerify {
+    ImportVerify::Count
+}
+
 fn default_on_duplicate() -> OnDuplicate {
     OnDuplicate::Error
 }
@@ -266,6 +284,14 @@ impl ImportJobConfig {
             return Err(format!(
                 "[import] on_duplicate = \"{}\" needs the sql backend: the local backend finds \
                  duplicates but cannot tell which row came last; set backend = \"sql\" (or \"auto\")",
+                i.on_duplicate
+            ));
+        }
+        if i.verify == ImportVerify::Checksum && i.on_duplicate != OnDuplicate::Error {
+            return Err(format!(
+                "[import] verify = \"checksum\" compares the table with every parsed row, but \
+                 on_duplicate = \"{}\" drops some of them on purpose; use verify = \"count\" \
+                 or on_duplicate = \"error\"",
                 i.on_duplicate
             ));
         }

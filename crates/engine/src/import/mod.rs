@@ -54,6 +54,7 @@ pub mod csv;
 pub mod files;
 pub mod region;
 pub mod sql;
+pub mod verify;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -72,7 +73,7 @@ use wraith_backend::{
 };
 use wraith_checkpoints::{
     config_fingerprint, CheckpointError, ChunkCheckpoint, ChunkStatus, EngineCheckpoint,
-    EngineStatus, FileStore, SourceIdentity, TableCheckpoint, TableStage, TableStore,
+    EngineStatus, FileStore, RowsChecksum, SourceIdentity, TableCheckpoint, TableStage, TableStore,
     TaskCheckpoint,
 };
 
@@ -81,7 +82,7 @@ use crate::db::{connection_opts, quote_ident, Context, DbError};
 use crate::inspect::{inspect_table, table_exists, TableInfo};
 use crate::resume::Checkpointer;
 
-use self::config::{ImportFormat, ImportJobConfig, OnDuplicate};
+use self::config::{ImportFormat, ImportJobConfig, ImportVerify, OnDuplicate};
 use self::files::{DataFile, DumpListing};
 use self::region::{Batch, FileReader, TableShape};
 
@@ -205,6 +206,8 @@ pub struct TableImportReport {
     pub regions_resumed: usize,
     pub rows_parsed: u64,
     pub rows_in_table: u64,
+    /// `verify = "checksum"`: every parsed row was found in the table.
+    pub checksum_verified: bool,
     /// Rows dropped or replaced by `on_duplicate`.
     pub duplicates_resolved: u64,
     pub created: bool,
@@ -1027,6 +1030,7 @@ async fn load_regions(
         let stop = stop.clone();
         let ordered = cfg.import.on_duplicate != OnDuplicate::Error;
         let mode = cfg.import.on_duplicate;
+        let verify = cfg.import.verify == ImportVerify::Checksum;
         let job = job_key(cfg);
         let db = db.to_string();
         workers.spawn(async move {
@@ -1037,7 +1041,7 @@ async fn load_regions(
                 let next = shared.queue.lock().map_err(|_| ImportError::Worker("queue poisoned".into()))?.pop_front();
                 let Some(work) = next else { return Ok(()) };
                 let (target, shape) = &targets[work.table];
-                let rows = load_one(&shared, &work, target, shape, &pool, ordered, mode, &job, &progress).await?;
+                let (rows, checksum) = load_one(&shared, &work, target, shape, &pool, ordered, mode, &job, &progress, verify).await?;
                 let (s, e) = (work.start, work.end);
                 checkpointer
                     .update(|task| {
@@ -1045,6 +1049,7 @@ async fn load_regions(
                             tc.rows_copied += rows;
                             if let Some(ch) = tc.engines.first_mut().and_then(|e| e.chunk_mut(work.chunk_id)) {
                                 ch.rows = rows;
+                                ch.checksum = checksum.clone();
                                 let _ = ch.advance(ChunkStatus::Flushed);
                             }
                         }
@@ -1112,8 +1117,10 @@ async fn load_one(
     mode: OnDuplicate,
     job: &str,
     progress: &ImportProgress,
-) -> Result<u64, ImportError> {
+    verify: bool,
+) -> Result<(u64, Option<RowsChecksum>), ImportError> {
     let (tx, mut rx) = mpsc::channel::<Parsed>(4);
+    let mut sums = verify.then(|| RegionSums::new(&work.reader.file.name));
     {
         let reader = work.reader.clone();
         let (start, end) = (work.start, work.end);
@@ -1160,6 +1167,9 @@ async fn load_one(
                         reported += b.bytes;
                         progress.bytes_done.fetch_add(b.bytes, Ordering::Relaxed);
                         progress.rows.fetch_add(n, Ordering::Relaxed);
+                        if let Some(sums) = sums.as_mut() {
+                            sums.add(&b)?;
+                        }
                         if n > 0 {
                             w.append_rows(&b.columns, b.rows).await?;
                         }
@@ -1194,6 +1204,12 @@ async fn load_one(
                         reported += b.bytes;
                         progress.bytes_done.fetch_add(b.bytes, Ordering::Relaxed);
                         progress.rows.fetch_add(n, Ordering::Relaxed);
+                        if let Some(sums) = sums.as_mut() {
+                            if let Err(e) = sums.add(&b) {
+                                w.abort().await;
+                                return Err(e);
+                            }
+                        }
                         w.write(&b).await?;
                     }
                     Some(Parsed::Done(n)) => break n,
@@ -1216,7 +1232,60 @@ async fn load_one(
     progress
         .bytes_done
         .fetch_add(region_bytes.saturating_sub(reported), Ordering::Relaxed);
-    Ok(rows)
+    Ok((rows, sums.map(RegionSums::finish)))
+}
+
+/// The parsed rows of one region, summed for `verify = "checksum"`.
+struct RegionSums {
+    file: String,
+    columns: Option<Arc<Vec<String>>>,
+    hasher: Option<verify::RowHasher>,
+    sum: RowsChecksum,
+}
+
+impl RegionSums {
+    fn new(file: &str) -> RegionSums {
+        RegionSums {
+            file: file.to_string(),
+            columns: None,
+            hasher: None,
+            sum: RowsChecksum::default(),
+        }
+    }
+
+    fn add(&mut self, batch: &region::Batch) -> Result<(), ImportError> {
+        if batch.rows.is_empty() {
+            return Ok(());
+        }
+        match &self.columns {
+            None => {
+                let hasher = verify::RowHasher::new(&batch.columns);
+                self.sum = hasher.empty();
+                self.hasher = Some(hasher);
+                self.columns = Some(batch.columns.clone());
+            }
+            Some(c) if c != &batch.columns => {
+                return Err(ImportError::Plan(format!(
+                    "{}: verify = \"checksum\" needs one column list per table, but this file's \
+                     rows name different columns ({} then {}); use verify = \"count\"",
+                    self.file,
+                    c.join(", "),
+                    batch.columns.join(", ")
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some(hasher) = self.hasher.as_mut() {
+            for row in &batch.rows {
+                self.sum.add(hasher.hash(row));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> RowsChecksum {
+        self.sum
+    }
 }
 
 /// After the regions: import the engine (local), restore indexes, verify.
@@ -1366,6 +1435,12 @@ async fn finish_table(
             t.name
         )));
     }
+    let checksum_verified = if cfg.import.verify == ImportVerify::Checksum {
+        verify_checksum(&mut c, db, t, engine_cp.as_ref()).await?;
+        true
+    } else {
+        false
+    };
     checkpointer
         .update(|task| {
             if let Some(tc) = task.table_mut(db, &name) {
@@ -1380,10 +1455,66 @@ async fn finish_table(
         regions_resumed,
         rows_parsed: parsed,
         rows_in_table: in_table,
+        checksum_verified,
         duplicates_resolved: duplicates,
         created: t.created,
         deferred_indexes: tc.deferred_indexes.len(),
     })
+}
+
+/// `verify = "checksum"`: the regions' sums of parsed rows against the table
+/// read back.
+async fn verify_checksum(
+    c: &mut Conn,
+    db: &str,
+    t: &TablePlan,
+    engine: Option<&EngineCheckpoint>,
+) -> Result<(), ImportError> {
+    let mut parsed: Option<RowsChecksum> = None;
+    for ch in engine.map(|e| e.chunks.as_slice()).unwrap_or(&[]) {
+        let Some(sum) = &ch.checksum else {
+            if ch.rows == 0 {
+                continue;
+            }
+            return Err(ImportError::Verify(format!(
+                "region {} of {} was loaded by a run without verify = \"checksum\", so its \
+                 rows were never summed; rerun with --fresh to verify everything, or use \
+                 verify = \"count\"",
+                ch.id, t.name
+            )));
+        };
+        if sum.rows == 0 {
+            continue;
+        }
+        match &mut parsed {
+            None => parsed = Some(sum.clone()),
+            Some(p) if p.columns == sum.columns => p.merge(sum),
+            Some(p) => {
+                return Err(ImportError::Plan(format!(
+                    "{}: verify = \"checksum\" needs one column list per table, but its files \
+                     name different columns ({} and {}); use verify = \"count\"",
+                    t.name,
+                    p.columns.join(", "),
+                    sum.columns.join(", ")
+                )))
+            }
+        }
+    }
+    let Some(parsed) = parsed else {
+        return Ok(());
+    };
+    let table = verify::table_checksum(c, db, &t.info, &t.shape, &parsed.columns).await?;
+    if table != parsed {
+        return Err(ImportError::Verify(format!(
+            "the rows of {db}.{} differ from the rows parsed from its files ({} rows read \
+             back, {} parsed; checksums {:016x}/{:016x} against {:016x}/{:016x}): something \
+             changed them on the way in (a trigger, a lossy conversion, a value the server \
+             stores in another form); the rows are loaded, compare them with the files",
+            t.name, table.rows, parsed.rows, table.xor, table.sum, parsed.xor, parsed.sum
+        )));
+    }
+    tracing::info!(table = %t.name, rows = parsed.rows, "checksum of the parsed rows matches the table");
+    Ok(())
 }
 
 /// How long to wait between progress lines when stderr is not a terminal.
