@@ -243,6 +243,19 @@ impl BenchResults {
     }
 }
 
+/// The method name under a whole x position of a plot, nothing between.
+fn method_label(names: &[&str], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 0.01 && i >= 0.0 {
+        names
+            .get(i as usize)
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 fn opt<T: Copy>(value: Option<T>, show: impl Fn(T) -> String) -> String {
     value.map(show).unwrap_or_else(|| "—".into())
 }
@@ -463,17 +476,7 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(methods.len().max(1))
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 0.01 && i >= 0.0 {
-                    names
-                        .get(i as usize)
-                        .map(|n| n.to_string())
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|x| method_label(&names, *x))
             .y_desc("seconds (median; whiskers min–max)")
             .draw()?;
         for (condition, offset, color) in [
@@ -586,17 +589,7 @@ fn plot_latency(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(methods.len().max(1))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                names
-                    .get(i as usize)
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| method_label(&names, *x))
         .y_desc("ms (log scale)")
         .draw()?;
     let color = RGBColor(220, 120, 50);
