@@ -103,11 +103,7 @@ pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> 
                 if report.resumed { "; resumed from a checkpoint" } else { "" }
             );
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| Failure::Runtime(e.into()))?
-                );
+                crate::print_json(&report)?;
             }
             Ok(Outcome::Done)
         }

@@ -208,13 +208,17 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// Prints a report for programs (`--json`) on stdout.
+pub(crate) fn print_json(report: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| Failure::Runtime(e.into()))?;
+    println!("{text}");
+    Ok(())
+}
+
 async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
     let report = preflight::run(config).await;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
-        );
+        print_json(&report)?;
     } else {
         eprint!("{}", report.render());
     }
@@ -233,10 +237,7 @@ async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?
-        );
+        print_json(&report)?;
     } else {
         eprint!("{}", report.render());
     }
@@ -337,11 +338,7 @@ async fn run_reloadable(
                 }
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| Failure::Runtime(e.into()))?
-                );
+                print_json(&report)?;
             }
             Ok(Outcome::Done)
         }

@@ -653,38 +653,50 @@ impl ConnectionConfig {
     }
 }
 
+/// A config file's text.
+pub(crate) fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Config text as `T`; a TOML error names the line and column in `origin`.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_column(text, span.start))
+            .unwrap_or((1, 1));
+        let mut message = e.message().trim().to_string();
+        let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+        // A wrong-typed password would be quoted in the message: never show it.
+        if line_text.contains("password") && !message.starts_with("unknown field") {
+            message = "invalid value for a password key (the value is not shown); \
+                       a password must be a string"
+                .into();
+        }
+        ConfigError::Parse {
+            path: origin.to_string(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&read_config(path)?, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            let mut message = e.message().trim().to_string();
-            let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-            // A wrong-typed password would be quoted in the message: never show it.
-            if line_text.contains("password") && !message.starts_with("unknown field") {
-                message = "invalid value for a password key (the value is not shown); \
-                           a password must be a string"
-                    .into();
-            }
-            ConfigError::Parse {
-                path: origin.to_string(),
-                line,
-                column,
-                message,
-            }
-        })?;
+        let config: Config = parse_toml(text, origin)?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: origin.to_string(),
             message,

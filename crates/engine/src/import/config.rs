@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::{
-    check_identifier, line_column, validate_connection, BackendKind, ByteSize, CheckpointConfig,
-    CheckpointStore, ConfigError, ConnectionConfig, LocalConfig,
+    check_identifier, parse_toml, read_config, validate_connection, BackendKind, ByteSize,
+    CheckpointConfig, CheckpointStore, ConfigError, ConnectionConfig, LocalConfig,
 };
 
 use super::csv::CsvDialect;
@@ -227,34 +227,12 @@ pub struct MappingConfig {
 impl ImportJobConfig {
     /// Reads and validates an import config.
     pub fn load(path: &Path) -> Result<ImportJobConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        ImportJobConfig::parse(&text, &path.display().to_string())
+        ImportJobConfig::parse(&read_config(path)?, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<ImportJobConfig, ConfigError> {
-        let config: ImportJobConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_column(text, span.start))
-                .unwrap_or((1, 1));
-            let mut message = e.message().trim().to_string();
-            let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-            if line_text.contains("password") && !message.starts_with("unknown field") {
-                message = "invalid value for a password key (the value is not shown); \
-                           a password must be a string"
-                    .into();
-            }
-            ConfigError::Parse {
-                path: origin.to_string(),
-                line,
-                column,
-                message,
-            }
-        })?;
+        let config: ImportJobConfig = parse_toml(text, origin)?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: origin.to_string(),
             message,

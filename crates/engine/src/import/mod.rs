@@ -867,16 +867,14 @@ async fn defer_indexes(
             .filter(|i| defs.contains(&i.definition))
             .map(|i| format!("DROP INDEX {}", quote_ident(&i.name)))
             .collect();
-        if !drops.is_empty() {
-            c.query_drop(format!(
-                "ALTER TABLE {}.{} {}",
-                quote_ident(db),
-                quote_ident(&t.name),
-                drops.join(", ")
-            ))
-            .await
-            .context(|| format!("deferring secondary indexes of {}", t.name))?;
-        }
+        alter_table(
+            &mut c,
+            db,
+            &t.name,
+            &drops,
+            "deferring secondary indexes of",
+        )
+        .await?;
         checkpointer
             .update(|task| {
                 if let Some(tc) = task.table_mut(db, &t.name) {
@@ -885,6 +883,28 @@ async fn defer_indexes(
             })
             .await?;
     }
+    Ok(())
+}
+
+/// `ALTER TABLE db.table` with `clauses` in one statement (none: nothing to do).
+async fn alter_table(
+    c: &mut Conn,
+    db: &str,
+    table: &str,
+    clauses: &[String],
+    doing: &str,
+) -> Result<(), ImportError> {
+    if clauses.is_empty() {
+        return Ok(());
+    }
+    c.query_drop(format!(
+        "ALTER TABLE {}.{} {}",
+        quote_ident(db),
+        quote_ident(table),
+        clauses.join(", ")
+    ))
+    .await
+    .context(|| format!("{doing} {table}"))?;
     Ok(())
 }
 
@@ -1386,16 +1406,14 @@ async fn finish_table(
             .filter(|d| !current.indexes.iter().any(|i| &i.definition == *d))
             .map(|d| format!("ADD {d}"))
             .collect();
-        if !adds.is_empty() {
-            c.query_drop(format!(
-                "ALTER TABLE {}.{} {}",
-                quote_ident(db),
-                quote_ident(&t.name),
-                adds.join(", ")
-            ))
-            .await
-            .context(|| format!("restoring the secondary indexes of {}", t.name))?;
-        }
+        alter_table(
+            &mut c,
+            db,
+            &t.name,
+            &adds,
+            "restoring the secondary indexes of",
+        )
+        .await?;
     }
     checkpointer
         .update(|task| {
