@@ -18,7 +18,10 @@
 //!
 //! On a mismatch, the differing rows are found by streaming `(key, h)` of the
 //! range from both sides in key order and merging, and the first keys are
-//! named in the error.
+//! named in the error as SQL (`` `id` = 5 ``, `` (`a`, `b`) = (1, 'x') ``).
+//!
+//! [`crate::verify`] compares chosen rows with the same per-row expressions
+//! (`sides`), for the rows changed after the checksum.
 
 use std::time::Duration;
 

@@ -46,6 +46,10 @@ async fn duplicate_after_the_checksum(backend: &str, how: Duplicate) {
         s.pool.clone(),
         LoadConfig {
             rate: 100,
+            // A row whose key moves while the copy reads can be copied twice
+            // (old and new key) and clash on the index the ALTER adds, which
+            // the copy stops on; the duplicates under test come after it.
+            change_keys: false,
             ..mirrored_load(&s, rows, 11)
         },
     );
