@@ -224,6 +224,12 @@ pub struct WraithChild {
 impl WraithChild {
     /// Starts `wraith <args...> <config file>`.
     pub fn spawn(args: &[&str], config: &str) -> WraithChild {
+        WraithChild::spawn_with_env(args, config, &[])
+    }
+
+    /// Starts `wraith <args...> <config file>` with extra environment
+    /// variables (test hooks such as `WRAITH_TEST_REGION_PAUSE_MS`).
+    pub fn spawn_with_env(args: &[&str], config: &str, env: &[(&str, &str)]) -> WraithChild {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wraith.toml");
@@ -231,6 +237,7 @@ impl WraithChild {
         let mut child = tokio::process::Command::new(wraith_bin())
             .args(args)
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
