@@ -321,8 +321,10 @@ async fn run_reloadable(
                     );
                 }
                 eprintln!(
-                    "{}: {} changes read from the binlog, {} applied ({:.0} changes/s); checksum lock held {:.1} ms",
-                    t.table, t.changes_received, t.changes_applied, t.apply_changes_per_sec, t.checksum_lock_ms
+                    "{}: {} changes read from the binlog, {} applied ({:.0} changes/s); checksum lock held {:.1} ms; \
+                     {} rows changed after the checksum verified again",
+                    t.table, t.changes_received, t.changes_applied, t.apply_changes_per_sec, t.checksum_lock_ms,
+                    t.rows_reverified
                 );
                 eprintln!(
                     "{}: copied {} rows in {:.2}s ({:.0} rows/s, {} backend, {} chunks, {} engines), \

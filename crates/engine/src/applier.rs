@@ -1,11 +1,26 @@
 //! The applier: writes buffered changes into the shadow table.
 //!
-//! Upserts become batched `REPLACE INTO _t_new (...) VALUES ...`, deletes
-//! batched `DELETE FROM _t_new WHERE <key> IN ...`. A batch taken from the
-//! [`crate::changes::ChangeBuffer`] holds each key once, so its keys are
-//! disjoint and it is split into shards applied in parallel on separate
-//! connections; the next batch starts only when the previous one has finished,
+//! Changes are written **by primary key only**: every key of a batch is
+//! first deleted (`DELETE FROM _t_new WHERE <key> = ..`), then the rows of
+//! the upserts are inserted with plain `INSERT`. Never `REPLACE` nor `ON
+//! DUPLICATE KEY UPDATE`: over a unique secondary index of the new table
+//! either would let the server delete or overwrite a *different* row (one
+//! the change does not name), silently.
+//!
+//! A batch taken from the [`crate::changes::ChangeBuffer`] holds each key
+//! once, so its keys are disjoint and it is split into shards applied in
+//! parallel on separate connections, in two phases: the deletes of every
+//! shard are committed before any shard inserts, so a row that moves a
+//! unique value from one key to another finds it free whichever shard holds
+//! which key. The next batch starts only when the previous one has finished,
 //! so two changes of one key are never applied out of order.
+//!
+//! An insert that meets a duplicate (error 1062) on a unique index may be
+//! transient: the row holding the value may have a change still pending, or
+//! be a stale image the copy wrote. The statement is then replayed row by
+//! row and the clashing rows are returned as [`Clash`]es: the caller keeps
+//! them pending and retries them, and judges at a consistent point (source
+//! locked, stream drained) whether a clash is real.
 //!
 //! Values are written as exact SQL literals (`Value::write_sql_literal`) on a
 //! session with the backends' settings (binary strings, UTC), so an applied
@@ -17,13 +32,23 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
-use wraith_backend::{ColumnSpec, TargetTable, Value};
+use wraith_backend::{ColumnSpec, Row, TargetTable, Value};
 
 use crate::changes::Pending;
 use crate::db::{quote_ident, Context, DbError};
 
 /// Largest statement the applier sends.
 const MAX_STATEMENT_BYTES: usize = 1 << 20;
+
+/// A row of a batch that could not be inserted because another row holds
+/// its values of a unique index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clash {
+    /// Position of the change in the batch.
+    pub pos: usize,
+    /// The index the server named.
+    pub index: String,
+}
 
 /// Applies changes to one shadow table.
 pub struct Applier {
@@ -50,6 +75,16 @@ impl Applier {
         }
     }
 
+    /// The shadow table written.
+    pub fn target(&self) -> &TargetTable {
+        &self.target
+    }
+
+    /// The pool of the server holding the shadow table.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Applied changes per second of applying.
     pub fn rate(&self) -> f64 {
         self.applied as f64 / self.busy.as_secs_f64().max(1e-6)
@@ -57,41 +92,58 @@ impl Applier {
 
     /// Applies a batch on `conn` alone: under MySQL's one-session cut-over the
     /// locking session is the only one that may write the shadow table.
+    /// Returns the rows that clash on a unique index (not applied).
     pub async fn apply_on(
         &mut self,
         conn: &mut mysql_async::Conn,
-        batch: Vec<(Vec<u8>, Pending)>,
-    ) -> Result<(), DbError> {
+        batch: &[(Vec<u8>, Pending)],
+    ) -> Result<Vec<Clash>, DbError> {
         let started = Instant::now();
-        let n = batch.len() as u64;
         conn.query_drop(wraith_backend::sql::SESSION_SETUP)
             .await
             .context(|| "setting up the locked session for applying".into())?;
-        let changes: Vec<Pending> = batch.into_iter().map(|(_, c)| c).collect();
-        apply_shard(conn, &self.target, &changes).await?;
-        self.applied += n;
+        let keys: Vec<Vec<Value>> = batch.iter().map(|(_, c)| self.key_of(c)).collect();
+        delete_keys(conn, &self.target, &keys).await?;
+        let rows = upserts(batch);
+        let clashes = insert_rows(conn, &self.target, &rows).await?;
+        self.applied += (batch.len() - clashes.len()) as u64;
         self.busy += started.elapsed();
-        Ok(())
+        Ok(clashes)
     }
 
-    /// Applies a batch of changes with distinct keys.
-    pub async fn apply(&mut self, batch: Vec<(Vec<u8>, Pending)>) -> Result<(), DbError> {
+    /// The shadow key values a change names.
+    fn key_of(&self, change: &Pending) -> Vec<Value> {
+        match change {
+            Pending::Upsert(row) => self
+                .target
+                .key_columns
+                .iter()
+                .filter_map(|&i| row.get(i).cloned())
+                .collect(),
+            Pending::Delete(key) => key.clone(),
+        }
+    }
+
+    /// Applies a batch of changes with distinct keys; returns the rows that
+    /// clash on a unique index (not applied).
+    pub async fn apply(&mut self, batch: &[(Vec<u8>, Pending)]) -> Result<Vec<Clash>, DbError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let started = Instant::now();
         let n = batch.len();
         let per_shard = n.div_ceil(self.shards).max(256);
-        let mut shards: Vec<Vec<Pending>> = Vec::new();
-        for (i, (_, change)) in batch.into_iter().enumerate() {
-            if i % per_shard == 0 {
-                shards.push(Vec::with_capacity(per_shard));
-            }
-            if let Some(last) = shards.last_mut() {
-                last.push(change);
-            }
-        }
-        while self.conns.len() < shards.len() {
+        let keys: Vec<Vec<Value>> = batch.iter().map(|(_, c)| self.key_of(c)).collect();
+        let deletes: Vec<Work> = keys
+            .chunks(per_shard)
+            .map(|k| Work::Delete(k.to_vec()))
+            .collect();
+        let rows = upserts(batch);
+        let inserts: Vec<Work> = rows
+            .chunks(per_shard)
+            .map(|r| Work::Insert(r.to_vec()))
+            .collect();
+        while self.conns.len() < deletes.len().max(inserts.len()) {
             let mut conn = self
                 .pool
                 .get_conn()
@@ -108,103 +160,106 @@ impl Applier {
                 .context(|| "setting up an apply session".into())?;
             self.conns.push(conn);
         }
-        let target = &self.target;
-        let result = try_join_all(shards.into_iter().zip(self.conns.iter_mut()).map(
-            |(shard, conn)| async move {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let applied = async {
-                        apply_shard(conn, target, &shard).await?;
-                        conn.query_drop("COMMIT").await.context(|| {
-                            format!("committing changes to {}", target.display_name())
-                        })
-                    }
-                    .await;
-                    match applied {
-                        // Shards touch disjoint keys but may meet on unique
-                        // secondary indexes and their gaps: a deadlock or lock
-                        // wait is a reason to try the shard again, not to stop.
-                        Err(e)
-                            if wraith_backend::is_lock_conflict(&e.error)
-                                && attempt < wraith_backend::LOCK_CONFLICT_ATTEMPTS =>
-                        {
-                            tracing::debug!(attempt, error = %e, "retrying a shard after a lock conflict");
-                            conn.query_drop("ROLLBACK").await.context(|| {
-                                format!("rolling back changes to {}", target.display_name())
-                            })?;
-                            tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-                        }
-                        other => return other,
-                    }
+        // Every delete is committed before any insert: an insert then finds
+        // the unique values the batch frees, whichever shard freed them.
+        let mut clashes = Vec::new();
+        for phase in [deletes, inserts] {
+            let target = &self.target;
+            let result = try_join_all(
+                phase
+                    .into_iter()
+                    .zip(self.conns.iter_mut())
+                    .map(|(work, conn)| run_shard(conn, target, work)),
+            )
+            .await;
+            match result {
+                Ok(found) => clashes.extend(found.into_iter().flatten()),
+                Err(e) => {
+                    // A failed session may be mid-transaction or gone: start afresh next time.
+                    self.conns.clear();
+                    return Err(e);
                 }
-            },
-        ))
-        .await;
-        if result.is_err() {
-            // A failed session may be mid-transaction or gone: start afresh next time.
-            self.conns.clear();
+            }
         }
-        result?;
-        self.applied += n as u64;
+        self.applied += (n - clashes.len()) as u64;
         self.busy += started.elapsed();
-        Ok(())
+        Ok(clashes)
     }
 }
 
-async fn apply_shard(
+/// One shard's part of a phase.
+enum Work {
+    Delete(Vec<Vec<Value>>),
+    Insert(Vec<(usize, Row)>),
+}
+
+/// `(position in the batch, row)` of the batch's upserts.
+fn upserts(batch: &[(Vec<u8>, Pending)]) -> Vec<(usize, Row)> {
+    batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, c))| match c {
+            Pending::Upsert(row) => Some((i, row.clone())),
+            Pending::Delete(_) => None,
+        })
+        .collect()
+}
+
+/// Runs a shard's work and commits it; a deadlock or lock wait (shards
+/// touch disjoint keys but may meet on unique secondary indexes and their
+/// gaps) rolls the shard back and runs it again.
+async fn run_shard(
     conn: &mut mysql_async::Conn,
     target: &TargetTable,
-    changes: &[Pending],
-) -> Result<(), DbError> {
-    let mut upserts = Vec::new();
-    let mut deletes = Vec::new();
-    for c in changes {
-        match c {
-            Pending::Upsert(row) => upserts.push(row),
-            Pending::Delete(key) => deletes.push(key),
+    work: Work,
+) -> Result<Vec<Clash>, DbError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let applied = async {
+            let clashes = match &work {
+                Work::Delete(keys) => {
+                    delete_keys(conn, target, keys).await?;
+                    Vec::new()
+                }
+                Work::Insert(rows) => insert_rows(conn, target, rows).await?,
+            };
+            conn.query_drop("COMMIT")
+                .await
+                .context(|| format!("committing changes to {}", target.display_name()))?;
+            Ok::<_, DbError>(clashes)
         }
-    }
-    let table = target.quoted_name();
-    let columns: Vec<String> = target
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let head = format!("REPLACE INTO {table} ({}) VALUES ", columns.join(", "));
-    let mut stmt = Vec::with_capacity(MAX_STATEMENT_BYTES);
-    for row in &upserts {
-        let mut tuple = vec![b'('];
-        for (i, (v, spec)) in row.iter().zip(&target.columns).enumerate() {
-            if i > 0 {
-                tuple.push(b',');
+        .await;
+        match applied {
+            Err(e)
+                if wraith_backend::is_lock_conflict(&e.error)
+                    && attempt < wraith_backend::LOCK_CONFLICT_ATTEMPTS =>
+            {
+                tracing::debug!(attempt, error = %e, "retrying a shard after a lock conflict");
+                conn.query_drop("ROLLBACK")
+                    .await
+                    .context(|| format!("rolling back changes to {}", target.display_name()))?;
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
             }
-            v.write_sql_literal(spec, &mut tuple);
+            other => return other,
         }
-        tuple.push(b')');
-        if !stmt.is_empty() && stmt.len() + tuple.len() + 1 > MAX_STATEMENT_BYTES {
-            send(conn, &stmt, target).await?;
-            stmt.clear();
-        }
-        if stmt.is_empty() {
-            stmt.extend_from_slice(head.as_bytes());
-        } else {
-            stmt.push(b',');
-        }
-        stmt.extend_from_slice(&tuple);
     }
-    if !stmt.is_empty() {
-        send(conn, &stmt, target).await?;
-        stmt.clear();
-    }
+}
 
+/// Deletes the rows with `keys` (shadow key values).
+async fn delete_keys(
+    conn: &mut mysql_async::Conn,
+    target: &TargetTable,
+    keys: &[Vec<Value>],
+) -> Result<(), DbError> {
     let key_specs: Vec<&ColumnSpec> = target
         .key_columns
         .iter()
         .filter_map(|&i| target.columns.get(i))
         .collect();
-    let head = format!("DELETE FROM {table} WHERE ");
-    for key in &deletes {
+    let head = format!("DELETE FROM {} WHERE ", target.quoted_name());
+    let mut stmt = Vec::with_capacity(MAX_STATEMENT_BYTES.min(1 << 16));
+    for key in keys {
         let cond = key_condition(&key_specs, key);
         if !stmt.is_empty() && stmt.len() + cond.len() + 4 > MAX_STATEMENT_BYTES {
             send(conn, &stmt, target).await?;
@@ -221,6 +276,116 @@ async fn apply_shard(
         send(conn, &stmt, target).await?;
     }
     Ok(())
+}
+
+/// Inserts `rows` (their keys are free: deleted before). A statement that
+/// meets a duplicate is rolled back by the server alone (the transaction
+/// goes on) and replayed row by row; the rows that clash are returned.
+async fn insert_rows(
+    conn: &mut mysql_async::Conn,
+    target: &TargetTable,
+    rows: &[(usize, Row)],
+) -> Result<Vec<Clash>, DbError> {
+    let columns: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let head = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        target.quoted_name(),
+        columns.join(", ")
+    );
+    let tuple_of = |row: &Row| {
+        let mut tuple = vec![b'('];
+        for (i, (v, spec)) in row.iter().zip(&target.columns).enumerate() {
+            if i > 0 {
+                tuple.push(b',');
+            }
+            v.write_sql_literal(spec, &mut tuple);
+        }
+        tuple.push(b')');
+        tuple
+    };
+    let mut clashes = Vec::new();
+    let mut stmt = Vec::with_capacity(MAX_STATEMENT_BYTES.min(1 << 16));
+    let mut in_stmt: Vec<&(usize, Row)> = Vec::new();
+    for entry in rows {
+        let tuple = tuple_of(&entry.1);
+        if !stmt.is_empty() && stmt.len() + tuple.len() + 1 > MAX_STATEMENT_BYTES {
+            insert_or_split(
+                conn,
+                target,
+                &stmt,
+                &in_stmt,
+                &head,
+                &tuple_of,
+                &mut clashes,
+            )
+            .await?;
+            stmt.clear();
+            in_stmt.clear();
+        }
+        if stmt.is_empty() {
+            stmt.extend_from_slice(head.as_bytes());
+        } else {
+            stmt.push(b',');
+        }
+        stmt.extend_from_slice(&tuple);
+        in_stmt.push(entry);
+    }
+    if !stmt.is_empty() {
+        insert_or_split(
+            conn,
+            target,
+            &stmt,
+            &in_stmt,
+            &head,
+            &tuple_of,
+            &mut clashes,
+        )
+        .await?;
+    }
+    Ok(clashes)
+}
+
+async fn insert_or_split(
+    conn: &mut mysql_async::Conn,
+    target: &TargetTable,
+    stmt: &[u8],
+    rows: &[&(usize, Row)],
+    head: &str,
+    tuple_of: &impl Fn(&Row) -> Vec<u8>,
+    clashes: &mut Vec<Clash>,
+) -> Result<(), DbError> {
+    match send(conn, stmt, target).await {
+        Err(e) if duplicate_index(&e).is_some() => {}
+        other => return other,
+    }
+    for (pos, row) in rows {
+        let mut one = head.as_bytes().to_vec();
+        one.extend_from_slice(&tuple_of(row));
+        match send(conn, &one, target).await {
+            Ok(()) => {}
+            Err(e) => match duplicate_index(&e) {
+                Some(index) => clashes.push(Clash { pos: *pos, index }),
+                None => return Err(e),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The index a duplicate-key error (1062) names.
+fn duplicate_index(e: &DbError) -> Option<String> {
+    match &e.error {
+        mysql_async::Error::Server(se) if se.code == 1062 => Some(
+            wraith_backend::parse_duplicate_message(&se.message)
+                .map(|(_, index)| index)
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    }
 }
 
 fn key_condition(specs: &[&ColumnSpec], key: &[Value]) -> Vec<u8> {

@@ -36,7 +36,7 @@ use wraith_backend::{encode_key, ColumnKind, ColumnSpec, Row, Value};
 /// One pending operation on the shadow table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
-    /// `REPLACE` this row (shadow column order).
+    /// Write this row in place of any row with its key (shadow column order).
     Upsert(Row),
     /// `DELETE` the row with this key (shadow key values).
     Delete(Vec<Value>),
@@ -306,6 +306,14 @@ impl ChangeStore {
         Ok(out)
     }
 
+    /// The sequence number of the change stored for `key`.
+    fn seq_of(&self, key: &[u8]) -> Result<Option<u64>, ChangeStoreError> {
+        match self.db.get_pinned(key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode_seq(&v).map_err(|e| self.err(e))?)),
+            None => Ok(None),
+        }
+    }
+
     /// Deletes each key whose stored change is not newer than `seq`.
     fn remove_applied(&mut self, applied: &[(Vec<u8>, u64)]) -> Result<(), ChangeStoreError> {
         let mut batch = rocksdb::WriteBatch::default();
@@ -458,6 +466,30 @@ impl ChangeBuffer {
         Ok(taken)
     }
 
+    /// Puts back a change that was taken but could not be applied (its row
+    /// clashes on a unique index), unless a newer change of the key came in
+    /// meanwhile (in memory or on disk). A stored copy stays on disk, as
+    /// [`ChangeBuffer::applied`] was not called for it; a copy in memory is
+    /// made durable by the next [`ChangeBuffer::persist`], like any change.
+    pub fn requeue(
+        &mut self,
+        key: Vec<u8>,
+        seq: u64,
+        change: Pending,
+    ) -> Result<(), ChangeStoreError> {
+        if self.entries.contains_key(&key) {
+            return Ok(());
+        }
+        if let Some(store) = &self.store {
+            if store.seq_of(&key)?.is_some_and(|stored| stored > seq) {
+                return Ok(());
+            }
+        }
+        self.bytes += change.bytes() + key.len();
+        self.entries.insert(key, (seq, change));
+        Ok(())
+    }
+
     /// The changes `(key, seq)` are in the shadow table: drop their stored
     /// copies (unless a newer change of the key was stored meanwhile).
     pub fn applied(&mut self, applied: &[(Vec<u8>, u64)]) -> Result<(), ChangeStoreError> {
@@ -527,6 +559,38 @@ mod tests {
         assert!(b.take_ready(&m, false, 10).unwrap().is_empty());
         m.durable(2);
         assert_eq!(b.take_ready(&m, true, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_requeued_change_never_overrides_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = ChangeBuffer::with_spill(1 << 20, dir.path().join("changes")).unwrap();
+        let row = |i: i64, v: i64| Pending::Upsert(vec![Value::Int(i), Value::Int(v)]);
+        b.push(k(1), row(1, 10)).unwrap();
+        b.push(k(2), row(2, 20)).unwrap();
+        let mut m = Watermarks::default();
+        m.copy_done();
+        let taken = b.take_ready(&m, true, 10).unwrap();
+        assert!(b.is_empty());
+        // Key 1 clashed and goes back; key 2 clashed but changed meanwhile,
+        // and the newer change was spilled to disk.
+        b.push(k(2), row(2, 21)).unwrap();
+        b.persist().unwrap();
+        for (key, seq, change) in taken {
+            b.requeue(key, seq, change).unwrap();
+        }
+        let again = b.take_ready(&m, true, 10).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].2, row(1, 10));
+        assert_eq!(again[1].2, row(2, 21), "the newer change wins");
+        // Requeued and persisted: a reopened store still has it (kill -9).
+        b.requeue(again[0].0.clone(), again[0].1, again[0].2.clone())
+            .unwrap();
+        b.persist().unwrap();
+        drop(b);
+        let mut reopened = ChangeBuffer::with_spill(1 << 20, dir.path().join("changes")).unwrap();
+        let back = reopened.take_ready(&m, true, 10).unwrap();
+        assert!(back.iter().any(|(_, _, c)| *c == row(1, 10)));
     }
 
     #[test]

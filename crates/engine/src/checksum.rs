@@ -31,6 +31,7 @@ use crate::copy::read_conn;
 use crate::db::{quote_ident, Context, DbError};
 use crate::inspect::{ColumnInfo, TableInfo};
 use crate::plan::{ColumnChange, TablePlan};
+use crate::verify::{key_text, literal_expr, readable_literal};
 
 /// Why the checksum could not run or did not pass.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +59,18 @@ pub struct ChecksumReport {
 }
 
 /// One side of the comparison.
-struct Side {
+#[derive(Debug)]
+pub(crate) struct Side {
     schema: String,
-    table: String,
+    pub(crate) table: String,
     /// Value expressions, one per copied column, as bytes.
     exprs: Vec<String>,
     /// Per column: whether it needs a NULL flag (it may be NULL on either
     /// side, or its type changed, where a failed conversion gives NULL).
     flagged: Vec<bool>,
-    /// Key column specs with this side's names (for ranges and ordering).
-    key: Vec<ColumnSpec>,
+    /// Key column specs with this side's names (for ranges and ordering),
+    /// in the new key's order.
+    pub(crate) key: Vec<ColumnSpec>,
 }
 
 impl Side {
@@ -98,12 +101,9 @@ impl Side {
         )
     }
 
-    fn rows_sql(&self, cond: &str) -> String {
-        let keys: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| format!("CAST({} AS CHAR)", quote_ident(&k.name)))
-            .collect();
+    /// `(key as SQL literals, h)` of the rows matching `cond`, in key order.
+    pub(crate) fn rows_sql(&self, cond: &str) -> String {
+        let keys: Vec<String> = self.key.iter().map(literal_expr).collect();
         let order = KeySql { key: &self.key }.order_by();
         format!(
             "SELECT CONCAT_WS(', ', {}), {} FROM {} WHERE {cond} ORDER BY {order}",
@@ -111,6 +111,12 @@ impl Side {
             self.hash_expr(),
             self.qualified()
         )
+    }
+
+    /// A key as `rows_sql` renders it, for messages: `` `id` = 5 ``.
+    pub(crate) fn key_display(&self, literals: &str) -> String {
+        let names: Vec<&str> = self.key.iter().map(|k| k.name.as_str()).collect();
+        key_text(&names, literals)
     }
 }
 
@@ -179,6 +185,42 @@ pub async fn checksum_on(
     target: Duration,
 ) -> Result<ChecksumReport, ChecksumError> {
     let started = std::time::Instant::now();
+    let (source, shadow, aligned) = sides(old, new, plan)?;
+
+    let mut report = ChecksumReport::default();
+    if aligned {
+        let mut chunker = Chunker::new(
+            sconn,
+            &old.schema,
+            &old.name,
+            source.key.clone(),
+            target,
+            10_000,
+        )
+        .await?;
+        while let Some(chunk) = chunker.next(sconn).await? {
+            let t0 = std::time::Instant::now();
+            let rows = compare_range(sconn, tconn, &source, &shadow, Some(&chunk)).await?;
+            chunker.feedback(rows, t0.elapsed(), crate::chunker::int_span(&chunk));
+            report.rows += rows;
+            report.ranges += 1;
+        }
+    } else {
+        report.rows = compare_range(sconn, tconn, &source, &shadow, None).await?;
+        report.ranges = 1;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Both sides of the comparison under the plan's mapping, and whether
+/// ranges of the source's chunk key work on both (the new key is the same
+/// columns). Each side's key is in the new key's order.
+pub(crate) fn sides(
+    old: &TableInfo,
+    new: &TableInfo,
+    plan: &TablePlan,
+) -> Result<(Side, Side, bool), ChecksumError> {
     let mut source_exprs = Vec::new();
     let mut shadow_exprs = Vec::new();
     let mut flagged = Vec::new();
@@ -268,30 +310,7 @@ pub async fn checksum_on(
         key: shadow_key,
     };
 
-    let mut report = ChecksumReport::default();
-    if aligned {
-        let mut chunker = Chunker::new(
-            sconn,
-            &old.schema,
-            &old.name,
-            source.key.clone(),
-            target,
-            10_000,
-        )
-        .await?;
-        while let Some(chunk) = chunker.next(sconn).await? {
-            let t0 = std::time::Instant::now();
-            let rows = compare_range(sconn, tconn, &source, &shadow, Some(&chunk)).await?;
-            chunker.feedback(rows, t0.elapsed(), crate::chunker::int_span(&chunk));
-            report.rows += rows;
-            report.ranges += 1;
-        }
-    } else {
-        report.rows = compare_range(sconn, tconn, &source, &shadow, None).await?;
-        report.ranges = 1;
-    }
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Ok((source, shadow, aligned))
 }
 
 async fn compare_range(
@@ -334,7 +353,22 @@ async fn compare_range(
         None => "nothing".into(),
     };
     let range = match chunk {
-        Some(c) => format!("keys {:?} to {:?}", c.lower, c.upper),
+        Some(c) => {
+            let bound = |b: &Option<Vec<wraith_backend::Value>>, none: &str| match b {
+                Some(v) => source.key_display(
+                    &v.iter()
+                        .map(readable_literal)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                None => none.to_string(),
+            };
+            format!(
+                "the keys after {} up to {}",
+                bound(&c.lower, "the start"),
+                bound(&c.upper, "the end")
+            )
+        }
         None => "the whole table".into(),
     };
     Err(ChecksumError::Mismatch {
@@ -372,7 +406,7 @@ async fn differing_keys(
         .await
         .context(|| format!("locating differences in {}", shadow.table))?;
     let text = |k: &Option<Vec<u8>>| {
-        String::from_utf8_lossy(k.as_deref().unwrap_or_default()).into_owned()
+        source.key_display(&String::from_utf8_lossy(k.as_deref().unwrap_or_default()))
     };
     let smap: std::collections::BTreeMap<String, u64> =
         s.iter().map(|(k, h)| (text(k), *h)).collect();
@@ -381,8 +415,8 @@ async fn differing_keys(
     let mut out = Vec::new();
     for (k, h) in &smap {
         match tmap.get(k) {
-            None => out.push(format!("({k}) missing from the shadow")),
-            Some(th) if th != h => out.push(format!("({k}) differs")),
+            None => out.push(format!("{k} missing from the shadow")),
+            Some(th) if th != h => out.push(format!("{k} differs")),
             _ => {}
         }
         if out.len() >= 10 {
@@ -391,7 +425,7 @@ async fn differing_keys(
     }
     for k in tmap.keys() {
         if !smap.contains_key(k) {
-            out.push(format!("({k}) only in the shadow"));
+            out.push(format!("{k} only in the shadow"));
             if out.len() >= 10 {
                 break;
             }

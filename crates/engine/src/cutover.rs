@@ -11,7 +11,10 @@
 //!    to `t` wait;
 //! 2. wraith reads the binlog position after the lock was granted: every change
 //!    to `t` is before it. It drains the change stream up to that position and
-//!    applies everything to `_t_new` (the [`Drain`] callback);
+//!    applies everything to `_t_new` (the [`Drain`] callback), then
+//!    re-verifies the rows changed since the last verification, reading `t`
+//!    on A (see [`crate::verify`]); a mismatch or a duplicate stops the run
+//!    with nothing renamed;
 //! 3. session B issues `RENAME TABLE t_wraith_swap TO t_wraith_sentry,
 //!    t TO _t_old, _t_new TO t`, which fails at its first pair as long as the
 //!    sentry exists. The server takes a statement's metadata locks one by one in
@@ -48,6 +51,7 @@ use serde::Serialize;
 
 use crate::db::{quote_ident, Context, DbError, Flavor};
 use crate::shadow::{old_name, shadow_name};
+use crate::verify::VerifyError;
 
 /// A binlog position to drain to, as `SHOW MASTER STATUS` gives it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -66,7 +70,43 @@ pub trait Drain {
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), DrainError>> + Send;
+
+    /// Re-verifies the rows the drains applied since the last verification,
+    /// before the rename may happen. `session` holds the lock on the table
+    /// (only it may read it); with `shadow_locked` it holds the shadow too.
+    fn verify_locked(
+        &mut self,
+        session: &mut Conn,
+        shadow_locked: bool,
+    ) -> impl Future<Output = Result<(), DrainError>> + Send;
+}
+
+/// Why a drain or its verification failed.
+#[derive(Debug)]
+pub enum DrainError {
+    /// Worth another attempt (the stream was slow, a connection failed).
+    Retry(String),
+    /// The shadow cannot become the table: stop, rename nothing.
+    Stop(Box<VerifyError>),
+}
+
+impl std::fmt::Display for DrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainError::Retry(m) => f.write_str(m),
+            DrainError::Stop(e) => e.fmt(f),
+        }
+    }
+}
+
+impl DrainError {
+    fn into_attempt(self, what: &str) -> Attempt {
+        match self {
+            DrainError::Retry(m) => Attempt::Retry(format!("{what}: {m}")),
+            DrainError::Stop(e) => Attempt::Fatal(CutoverError::Verify(e)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +124,8 @@ pub enum CutoverError {
         attempts: u32,
         last: String,
     },
+    #[error(transparent)]
+    Verify(Box<VerifyError>),
     #[error("the connection was lost during the RENAME of {table}; tables now: {state}")]
     Unknown { table: String, state: String },
 }
@@ -384,7 +426,11 @@ async fn locked_phase<D: Drain>(
     drain
         .drain_to(target.clone(), None)
         .await
-        .map_err(|e| Attempt::Retry(format!("draining the change stream under the lock: {e}")))?;
+        .map_err(|e| e.into_attempt("draining the change stream under the lock"))?;
+    drain
+        .verify_locked(a, false)
+        .await
+        .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
 
     let mut b = pool
         .get_conn()
@@ -490,7 +536,11 @@ async fn attempt_one_session<D: Drain>(
         drain
             .drain_to(target.clone(), Some(&mut a))
             .await
-            .map_err(|e| Attempt::Retry(format!("draining under the lock: {e}")))?;
+            .map_err(|e| e.into_attempt("draining under the lock"))?;
+        drain
+            .verify_locked(&mut a, true)
+            .await
+            .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
         a.query_drop(format!("RENAME TABLE {qt} TO {qold}, {qnew} TO {qt}"))
             .await
             .context(|| "RENAME TABLE".into())?;

@@ -14,7 +14,8 @@
 //! - [`preflight`]: every check that must pass before a run, and the plan.
 //! - [`shadow`]: the shadow table, its layout, deferred indexes.
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
-//! - [`checksum`]: chunked comparison of source and shadow.
+//! - [`checksum`]: chunked comparison of source and shadow; [`verify`]: the
+//!   rows changed after it, compared again before the rename.
 //! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters;
@@ -52,6 +53,7 @@ pub mod resume;
 pub mod scratch;
 pub mod shadow;
 pub mod throttle;
+pub mod verify;
 pub mod workload;
 
 /// The driver, re-exported so callers use the same version.

@@ -34,7 +34,7 @@ use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
-use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState};
+use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState, DrainError};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::hooks::{HookError, HookEvent};
 use crate::inspect::{inspect_table, TableInfo};
@@ -44,10 +44,28 @@ use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
 use crate::resume::{self, Checkpointer};
 use crate::shadow::{self, CopyLayout, ShadowError};
+use crate::verify::{RowVerifier, VerifyError};
 use std::time::SystemTime;
 use wraith_checkpoints::{
     validate, EngineCheckpoint, EngineStatus, KeyRange, TableCheckpoint, TableStage, TaskCheckpoint,
 };
+
+/// How often the rows changed after the checksum are verified while the
+/// cut-over waits (each time the source is locked for a moment, as for the
+/// checksum).
+const REVERIFY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The sessions of a consistent point (see `consistent_point`).
+struct ConsistentPoint {
+    /// A snapshot of the source at the point.
+    source: Conn,
+    /// A snapshot of the shadow at the point.
+    shadow: Conn,
+    /// How long the source was locked.
+    held: Duration,
+    /// Keys written between the previous point and this one.
+    changed: Vec<Vec<wraith_backend::Value>>,
+}
 
 /// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
 pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
@@ -73,6 +91,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
+    #[error(transparent)]
+    Verify(Box<VerifyError>),
     #[error(transparent)]
     Cutover(#[from] CutoverError),
     #[error("setting up the {backend} backend: {message}")]
@@ -122,6 +142,8 @@ pub struct TableReport {
     pub change_buffer_spills: u64,
     /// How long the checksum held the source's lock (drain to a consistent point).
     pub checksum_lock_ms: f64,
+    /// Rows changed after the checksum and verified again before the rename.
+    pub rows_reverified: u64,
     pub cut_over: bool,
     pub cutover_blocked_ms: Option<f64>,
     pub cutover_attempts: Option<u32>,
@@ -148,6 +170,7 @@ impl TableReport {
             apply_changes_per_sec: 0.0,
             change_buffer_spills: 0,
             checksum_lock_ms: 0.0,
+            rows_reverified: 0,
             cut_over,
             cutover_blocked_ms: None,
             cutover_attempts: None,
@@ -1028,7 +1051,6 @@ impl TableRun<'_> {
             layout.target.clone(),
             self.config.copy.threads,
         );
-        let run_id = format!("{}-{}", self.table.name, std::process::id());
         let spill_dir = self.config.changes.dir.clone().unwrap_or_else(|| {
             self.config.local.sort_dir.join(format!(
                 "changes-{}-{}",
@@ -1048,7 +1070,7 @@ impl TableRun<'_> {
             use_watermarks,
             self.source_pool.clone(),
             self.source_schema(),
-            &run_id,
+            &self.table.name,
         );
         state.set_position(from.clone());
         let (consumer, apply_loop) = online::spawn(state.clone(), stream);
@@ -1273,6 +1295,7 @@ impl TableRun<'_> {
             apply_changes_per_sec: 0.0,
             change_buffer_spills: 0,
             checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
+            rows_reverified: 0,
             cut_over: false,
             cutover_blocked_ms: None,
             cutover_attempts: None,
@@ -1299,16 +1322,18 @@ impl TableRun<'_> {
                 // Leave the shadow exactly in step as of this moment.
                 following
                     .state
-                    .drain(Duration::from_secs(30))
+                    .drain(Duration::from_secs(30), "when the run was stopped")
                     .await
-                    .map_err(|m| self.changes_error(m))?;
+                    .map_err(|e| self.drain_error(e))?;
             }
             self.fill_change_figures(&mut report, &following).await;
             return Ok(report);
         }
 
+        let verifier =
+            Arc::new(RowVerifier::new(old, &new, plan).map_err(|e| RunError::Verify(Box::new(e)))?);
         self.wait_for_catch_up(&following).await?;
-        self.wait_while_postponed(&following).await?;
+        self.wait_while_postponed(&following, &verifier).await?;
         self.ops
             .hook(HookEvent::OnBeforeCutOver)
             .await
@@ -1316,12 +1341,17 @@ impl TableRun<'_> {
                 table: table.name.clone(),
                 source,
             })?;
+        // What changed while the cut-over waited is verified outside the
+        // cut-over's lock; under it only the last moments remain.
+        self.reverify(&following, &verifier).await?;
         self.progress.set_state(State::CutOver);
         self.save_progress(&following, stats.rows).await?;
         self.advance(TableStage::CuttingOver).await?;
         let mut drain = OnlineDrain {
             state: following.state.clone(),
             timeout: config.cutover.lock_wait_timeout.0,
+            verifier: Some(verifier),
+            target_pool: self.target_pool.clone(),
         };
         let cut = cut_over(
             self.source_pool,
@@ -1334,7 +1364,11 @@ impl TableRun<'_> {
             },
             &mut drain,
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            CutoverError::Verify(v) => RunError::Verify(v),
+            e => RunError::Cutover(e),
+        })?;
         tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
         self.advance(TableStage::CutOver).await?;
         self.fill_change_figures(&mut report, &following).await;
@@ -1389,6 +1423,18 @@ impl TableRun<'_> {
         report.changes_applied = applied;
         report.apply_changes_per_sec = rate;
         report.change_buffer_spills = following.state.spills();
+        report.rows_reverified = following
+            .state
+            .reverified
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A drain's failure as the run's error.
+    fn drain_error(&self, e: DrainError) -> RunError {
+        match e {
+            DrainError::Retry(m) => self.changes_error(m),
+            DrainError::Stop(v) => RunError::Verify(v),
+        }
     }
 
     async fn cleanup_after_cutover(&self, conn: &mut Conn) {
@@ -1422,11 +1468,68 @@ impl TableRun<'_> {
         new: &TableInfo,
         following: &Following,
     ) -> Result<(crate::checksum::ChecksumReport, Duration), RunError> {
+        let point = self
+            .consistent_point(following, "found at the checksum's consistent point")
+            .await?;
+        let (mut sconn, mut tconn) = (point.source, point.shadow);
+        let report = checksum_on(
+            &mut sconn,
+            &mut tconn,
+            old,
+            new,
+            self.plan,
+            Duration::from_millis(500),
+        )
+        .await?;
+        let _ = sconn.query_drop("COMMIT").await;
+        let _ = tconn.query_drop("COMMIT").await;
+        Ok((report, point.held))
+    }
+
+    /// Verifies again the rows changed since the last consistent point
+    /// (checksum or verification), at a new one.
+    async fn reverify(
+        &self,
+        following: &Following,
+        verifier: &RowVerifier,
+    ) -> Result<(), RunError> {
+        if following.state.changed_since_verified() == 0 {
+            return Ok(());
+        }
+        let what = "found while the cut-over waited";
+        let point = self.consistent_point(following, what).await?;
+        let (mut sconn, mut tconn) = (point.source, point.shadow);
+        let n = verifier
+            .verify(&mut sconn, Some(&mut tconn), &point.changed, what)
+            .await
+            .map_err(|e| match e {
+                VerifyError::Db(e) => RunError::Db(e),
+                e => RunError::Verify(Box::new(e)),
+            })?;
+        let _ = sconn.query_drop("COMMIT").await;
+        let _ = tconn.query_drop("COMMIT").await;
+        following
+            .state
+            .reverified
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(rows = n, "rows changed after the checksum verified");
+        Ok(())
+    }
+
+    /// A consistent point: the source locked for a moment, the stream
+    /// drained into the shadow (a unique clash left then is real: `what`
+    /// says where it was found), a snapshot opened on each side, the keys
+    /// written since the last consistent point taken, then unlocked.
+    async fn consistent_point(
+        &self,
+        following: &Following,
+        what: &str,
+    ) -> Result<ConsistentPoint, RunError> {
         let mut lock = self
             .source_pool
             .get_conn()
             .await
-            .context(|| "connecting to lock for the checksum".into())?;
+            .context(|| "connecting to lock for a consistent point".into())?;
         let mut sconn = read_conn(self.source_pool).await?;
         let mut tconn = read_conn(self.target_pool).await?;
         let timeout = self.config.cutover.lock_wait_timeout.0.as_secs().max(1);
@@ -1440,19 +1543,14 @@ impl TableRun<'_> {
         );
         lock.query_drop(format!("LOCK TABLES {qt} READ"))
             .await
-            .context(|| {
-                format!(
-                    "locking {} for the checksum's consistent point",
-                    self.table.name
-                )
-            })?;
+            .context(|| format!("locking {} for a consistent point", self.table.name))?;
         let locked = Instant::now();
         let result = async {
             following
                 .state
-                .drain(self.config.cutover.lock_wait_timeout.0 * 10)
+                .drain(self.config.cutover.lock_wait_timeout.0 * 10, what)
                 .await
-                .map_err(|m| self.changes_error(m))?;
+                .map_err(|e| self.drain_error(e))?;
             sconn
                 .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await
@@ -1461,25 +1559,20 @@ impl TableRun<'_> {
                 .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await
                 .context(|| "opening the shadow snapshot".into())?;
-            Ok::<_, RunError>(())
+            // Rows written from here on are verified at a later point.
+            Ok::<_, RunError>(following.state.track_changes())
         }
         .await;
         let unlocked = lock.query_drop("UNLOCK TABLES").await;
         let held = locked.elapsed();
-        result?;
+        let changed = result?;
         unlocked.context(|| "UNLOCK TABLES".into())?;
-        let report = checksum_on(
-            &mut sconn,
-            &mut tconn,
-            old,
-            new,
-            self.plan,
-            Duration::from_millis(500),
-        )
-        .await?;
-        let _ = sconn.query_drop("COMMIT").await;
-        let _ = tconn.query_drop("COMMIT").await;
-        Ok((report, held))
+        Ok(ConsistentPoint {
+            source: sconn,
+            shadow: tconn,
+            held,
+            changed,
+        })
     }
 
     async fn wait_for_catch_up(&self, following: &Following) -> Result<(), RunError> {
@@ -1498,11 +1591,20 @@ impl TableRun<'_> {
         Ok(())
     }
 
-    async fn wait_while_postponed(&self, following: &Following) -> Result<(), RunError> {
+    async fn wait_while_postponed(
+        &self,
+        following: &Following,
+        verifier: &RowVerifier,
+    ) -> Result<(), RunError> {
         let mut announced = false;
+        let mut verified = Instant::now();
         loop {
             following.check(&self.table.name)?;
             self.interrupted()?;
+            if verified.elapsed() >= REVERIFY_INTERVAL {
+                self.reverify(following, verifier).await?;
+                verified = Instant::now();
+            }
             let flag = self
                 .config
                 .cutover
@@ -1574,6 +1676,7 @@ fn is_resumable(e: &RunError) -> bool {
         // A lost connection during the checksum is worth resuming; a
         // mismatch is not: the shadow is wrong, so it is rebuilt from scratch.
         RunError::Checksum(c) => matches!(c, ChecksumError::Db(_)),
+        RunError::Verify(v) => v.is_resumable(),
         RunError::Changes { message, .. } => {
             !message.contains("a statement changed the source table")
         }

@@ -13,7 +13,18 @@
 //! the caller has locked the source), waits until the stream has delivered
 //! it — so every change committed before it has been read — and applies the
 //! whole buffer.
+//!
+//! A change whose row clashes on a unique index of the new table (see
+//! [`crate::applier`]) goes back into the buffer and is retried by every
+//! later pass: the clash may be transient. At a drain nothing else can
+//! change, so a clash that remains after the buffer is otherwise empty is
+//! real, and the drain stops with [`VerifyError::UniqueClash`].
+//!
+//! After the checksum's consistent point ([`OnlineState::track_changes`]),
+//! the key of every row written is recorded, so that the rows changed after
+//! the checksum can be verified again ([`crate::verify`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +38,10 @@ use wraith_backend::{Row, Value};
 use crate::applier::Applier;
 use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
-use crate::cutover::{Drain, DrainTarget};
+use crate::copy::read_conn;
+use crate::cutover::{Drain, DrainError, DrainTarget};
 use crate::db::{quote_ident, Context, DbError};
+use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
 /// Name of wraith's changelog table (tokens and heartbeats), next to the source.
 pub const CHANGELOG_TABLE: &str = "_wraith_changelog";
@@ -95,6 +108,20 @@ pub struct OnlineState {
     run_id: String,
     /// Row events read from the binlog for the source table.
     pub events: AtomicU64,
+    /// The source table's name, for messages.
+    table: String,
+    /// Keys (shadow key values by encoded key) written since tracking began
+    /// at the checksum's consistent point and not verified since.
+    touched: Mutex<Option<BTreeMap<Vec<u8>, Vec<Value>>>>,
+    /// Rows verified again after the checksum.
+    pub reverified: AtomicU64,
+}
+
+/// What one pass of the applier did.
+struct Pass {
+    applied: usize,
+    /// Rows not written because they clash on a unique index, with the index.
+    clashes: Vec<(Row, String)>,
 }
 
 impl std::fmt::Debug for OnlineState {
@@ -125,7 +152,7 @@ impl OnlineState {
         use_watermarks: bool,
         pool: Pool,
         changelog_schema: &str,
-        run_id: &str,
+        table: &str,
     ) -> Arc<OnlineState> {
         Arc::new(OnlineState {
             buffer: Mutex::new(buffer),
@@ -144,9 +171,35 @@ impl OnlineState {
             lag_ms: AtomicU64::new(0),
             pool,
             changelog_schema: changelog_schema.to_string(),
-            run_id: run_id.to_string(),
+            // Tells this run's tokens from another's in the changelog table.
+            run_id: format!("{table}-{}", std::process::id()),
             events: AtomicU64::new(0),
+            table: table.to_string(),
+            touched: Mutex::new(None),
+            reverified: AtomicU64::new(0),
         })
+    }
+
+    /// From now on, records the key of every row written; returns the keys
+    /// recorded since the last call (none on the first). Called with the
+    /// source locked and the stream drained: a consistent point.
+    pub fn track_changes(&self) -> Vec<Vec<Value>> {
+        match self.touched.lock() {
+            Ok(mut t) => t
+                .replace(BTreeMap::new())
+                .map(|m| m.into_values().collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Keys written since the last [`OnlineState::track_changes`].
+    pub fn changed_since_verified(&self) -> usize {
+        self.touched
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(BTreeMap::len))
+            .unwrap_or(0)
     }
 
     pub(crate) fn fail(&self, e: String) {
@@ -245,9 +298,9 @@ impl OnlineState {
         Ok(())
     }
 
-    /// Applies what may be applied now; returns how many changes. With
-    /// `on`, on that session only.
-    async fn apply_ready_on(&self, max: usize, on: Option<&mut Conn>) -> Result<usize, String> {
+    /// Applies what may be applied now. With `on`, on that session only.
+    /// Rows that clash on a unique index go back into the buffer.
+    async fn apply_ready_on(&self, max: usize, on: Option<&mut Conn>) -> Result<Pass, String> {
         let mut applier = self.applier.lock().await;
         let batch = {
             let marks = self
@@ -262,20 +315,61 @@ impl OnlineState {
                 .take_ready(&marks, self.use_watermarks, max)
                 .map_err(|e| e.to_string())?
         };
-        let n = batch.len();
-        self.applied_total.fetch_add(n as u64, Ordering::Relaxed);
-        let done: Vec<(Vec<u8>, u64)> = batch.iter().map(|(k, seq, _)| (k.clone(), *seq)).collect();
-        let batch: Vec<(Vec<u8>, Pending)> = batch.into_iter().map(|(k, _, c)| (k, c)).collect();
-        match on {
-            Some(conn) => applier.apply_on(conn, batch).await,
-            None => applier.apply(batch).await,
+        let changes: Vec<(Vec<u8>, Pending)> = batch
+            .iter()
+            .map(|(k, _, c)| (k.clone(), c.clone()))
+            .collect();
+        let clashes = match on {
+            Some(conn) => applier.apply_on(conn, &changes).await,
+            None => applier.apply(&changes).await,
         }
         .map_err(|e| e.to_string())?;
-        self.buffer
+        drop(changes);
+        let mut clashed = vec![None; batch.len()];
+        for c in clashes {
+            if let Some(slot) = clashed.get_mut(c.pos) {
+                *slot = Some(c.index);
+            }
+        }
+        let mut pass = Pass {
+            applied: 0,
+            clashes: Vec::new(),
+        };
+        let mut done = Vec::with_capacity(batch.len());
+        let mut buffer = self
+            .buffer
             .lock()
-            .map_err(|_| "change buffer poisoned".to_string())?
-            .applied(&done)?;
-        Ok(n)
+            .map_err(|_| "change buffer poisoned".to_string())?;
+        let mut touched = self
+            .touched
+            .lock()
+            .map_err(|_| "verification keys poisoned".to_string())?;
+        for ((key, seq, change), clash) in batch.into_iter().zip(clashed) {
+            match clash {
+                Some(index) => {
+                    if let Pending::Upsert(row) = &change {
+                        pass.clashes.push((row.clone(), index));
+                    }
+                    buffer.requeue(key, seq, change)?;
+                }
+                None => {
+                    if let Some(t) = touched.as_mut() {
+                        let values = match &change {
+                            Pending::Upsert(row) => self.mapping.key_values(row),
+                            Pending::Delete(k) => k.clone(),
+                        };
+                        t.insert(key.clone(), values);
+                    }
+                    done.push((key, seq));
+                }
+            }
+        }
+        drop(touched);
+        pass.applied = done.len();
+        self.applied_total
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        buffer.applied(&done)?;
+        Ok(pass)
     }
 
     /// Makes the buffer durable and returns the stream position it covers:
@@ -296,13 +390,15 @@ impl OnlineState {
     }
 
     async fn apply_ready(&self, max: usize) -> Result<usize, String> {
-        self.apply_ready_on(max, None).await
+        Ok(self.apply_ready_on(max, None).await?.applied)
     }
 
     /// Writes a token to the changelog table, waits until the stream delivers
-    /// it, then applies everything buffered. The copy must be done.
-    pub async fn drain(&self, timeout: Duration) -> Result<(), String> {
-        self.drain_on(timeout, None).await
+    /// it, then applies everything buffered. The copy must be done, and the
+    /// source locked: a row that still clashes on a unique index then is a
+    /// real duplicate (`point` says where, for the message).
+    pub async fn drain(&self, timeout: Duration, point: &str) -> Result<(), DrainError> {
+        self.drain_on(timeout, None, point).await
     }
 
     /// [`OnlineState::drain`], applying on `locked` when given.
@@ -310,7 +406,49 @@ impl OnlineState {
         &self,
         timeout: Duration,
         mut locked: Option<&mut Conn>,
-    ) -> Result<(), String> {
+        point: &str,
+    ) -> Result<(), DrainError> {
+        self.read_to_token(timeout)
+            .await
+            .map_err(DrainError::Retry)?;
+        let mut max = 20_000;
+        loop {
+            let pass = self
+                .apply_ready_on(max, locked.as_deref_mut())
+                .await
+                .map_err(DrainError::Retry)?;
+            if pass.applied > 0 {
+                max = 20_000;
+                continue;
+            }
+            let Some((row, index)) = pass.clashes.into_iter().next() else {
+                return Ok(());
+            };
+            if max != usize::MAX {
+                // Retry every pending row at once before judging.
+                max = usize::MAX;
+                continue;
+            }
+            // Nothing else can change: the clash is real.
+            let (target, pool) = {
+                let applier = self.applier.lock().await;
+                (applier.target().clone(), applier.pool().clone())
+            };
+            let error = match locked.as_deref_mut() {
+                Some(conn) => describe_clash(conn, &target, &self.table, &row, &index, point).await,
+                None => {
+                    let mut conn = read_conn(&pool)
+                        .await
+                        .map_err(|e| DrainError::Retry(e.to_string()))?;
+                    describe_clash(&mut conn, &target, &self.table, &row, &index, point).await
+                }
+            };
+            return Err(DrainError::Stop(Box::new(error)));
+        }
+    }
+
+    /// Writes a token and waits until the stream has delivered it.
+    async fn read_to_token(&self, timeout: Duration) -> Result<(), String> {
         let token = format!(
             "{}:{}",
             self.run_id,
@@ -349,7 +487,6 @@ impl OnlineState {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
         }
-        while self.apply_ready_on(20_000, locked.as_deref_mut()).await? > 0 {}
         Ok(())
     }
 }
@@ -424,16 +561,82 @@ pub fn spawn(
 pub struct OnlineDrain {
     pub state: Arc<OnlineState>,
     pub timeout: Duration,
+    /// Verifies the rows changed since the last verification; `None` when
+    /// there is nothing to verify against (no checksum ran).
+    pub verifier: Option<Arc<RowVerifier>>,
+    /// Where the shadow table is read when the locking session cannot.
+    pub target_pool: Pool,
 }
+
+const UNDER_THE_LOCK: &str = "found under the cut-over's lock, after the final catch-up";
 
 impl Drain for OnlineDrain {
     async fn drain_to(
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DrainError> {
         tracing::debug!(file = %target.file, pos = target.pos, "draining under the lock");
         self.state.cutting_over.store(true, Ordering::Relaxed);
-        self.state.drain_on(self.timeout, locked).await
+        self.state
+            .drain_on(self.timeout, locked, UNDER_THE_LOCK)
+            .await
+    }
+
+    async fn verify_locked(
+        &mut self,
+        session: &mut Conn,
+        shadow_locked: bool,
+    ) -> Result<(), DrainError> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        // A failed attempt keeps its keys: they are verified by the next one.
+        let keys: Vec<Vec<Value>> = match self.state.touched.lock() {
+            Ok(t) => t
+                .as_ref()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => return Err(DrainError::Retry("verification keys poisoned".into())),
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let retry = |e: DbError| DrainError::Retry(e.to_string());
+        let stop = |e: VerifyError| match e {
+            VerifyError::Db(e) => DrainError::Retry(e.to_string()),
+            e => DrainError::Stop(Box::new(e)),
+        };
+        // Both sides read in one time zone, the one the shadow's readers use.
+        let mut tconn = read_conn(&self.target_pool).await.map_err(retry)?;
+        let tz: Option<String> = tconn
+            .query_first("SELECT @@session.time_zone")
+            .await
+            .context(|| "reading the session time zone".into())
+            .map_err(retry)?;
+        if let Some(tz) = tz {
+            session
+                .exec_drop("SET time_zone = ?", (tz,))
+                .await
+                .context(|| "setting the locked session's time zone".into())
+                .map_err(retry)?;
+        }
+        // MySQL's one session holds both tables: only it may read them.
+        let shadow_side = if shadow_locked {
+            None
+        } else {
+            Some(&mut tconn)
+        };
+        let n = verifier
+            .verify(session, shadow_side, &keys, UNDER_THE_LOCK)
+            .await
+            .map_err(stop)?;
+        self.state.track_changes();
+        self.state.reverified.fetch_add(n, Ordering::Relaxed);
+        tracing::info!(
+            rows = n,
+            "rows changed since the last verification verified under the lock"
+        );
+        Ok(())
     }
 }

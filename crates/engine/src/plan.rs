@@ -124,8 +124,9 @@ pub struct TablePlan {
     pub estimated_rows: u64,
     pub estimated_bytes: u64,
     /// Unique secondary indexes of the new table that the source has too (on
-    /// the same columns): a clash on them during the copy is a row that
-    /// moved, not a duplicate (see `TargetTable::transient_unique_indexes`).
+    /// the same columns, of the same types, lengths and collations): a clash
+    /// on them during the copy is a row that moved, not a duplicate (see
+    /// `TargetTable::transient_unique_indexes`).
     pub transient_unique_indexes: Vec<String>,
 }
 
@@ -484,30 +485,46 @@ pub fn plan_table(
         .filter_map(ColumnChange::copied)
         .map(|(o, n)| (n.to_ascii_lowercase(), o.to_ascii_lowercase()))
         .collect();
-    let transient_unique_indexes = new
-        .indexes
-        .iter()
-        .filter(|i| i.unique && !i.primary)
-        .filter(|i| {
-            let mapped: Option<Vec<String>> = i
-                .columns
-                .iter()
-                .map(|c| to_old.get(&c.to_ascii_lowercase()).cloned())
-                .collect();
-            mapped.is_some_and(|mapped| {
-                old.indexes.iter().any(|o| {
-                    o.unique
-                        && o.has_prefix == i.has_prefix
-                        && o.columns.len() == mapped.len()
-                        && o.columns
-                            .iter()
-                            .zip(&mapped)
-                            .all(|(a, b)| a.eq_ignore_ascii_case(b))
-                })
+    let transient_unique_indexes =
+        new.indexes
+            .iter()
+            .filter(|i| i.unique && !i.primary)
+            .filter(|i| {
+                let mapped: Option<Vec<String>> = i
+                    .columns
+                    .iter()
+                    .map(|c| to_old.get(&c.to_ascii_lowercase()).cloned())
+                    .collect();
+                // Only where the ALTER keeps what the index compares: a changed
+                // type, length or collation (rounding, case folding) can make two
+                // values equal, and a clash on such an index is a real duplicate.
+                let compares_alike = i.columns.iter().zip(mapped.iter().flatten()).all(|(n, o)| {
+                    match (new.column(n), old.column(o)) {
+                        (Some(n), Some(o)) => {
+                            n.column_type.eq_ignore_ascii_case(&o.column_type)
+                                && n.charset == o.charset
+                                && n.collation == o.collation
+                        }
+                        _ => false,
+                    }
+                });
+                let prefix = |d: &str| d.find('(').map(|p| d[p..].to_string());
+                compares_alike
+                    && mapped.is_some_and(|mapped| {
+                        old.indexes.iter().any(|o| {
+                            o.unique
+                                && o.has_prefix == i.has_prefix
+                                && (!i.has_prefix || prefix(&o.definition) == prefix(&i.definition))
+                                && o.columns.len() == mapped.len()
+                                && o.columns
+                                    .iter()
+                                    .zip(&mapped)
+                                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+                        })
+                    })
             })
-        })
-        .map(|i| i.name.clone())
-        .collect();
+            .map(|i| i.name.clone())
+            .collect();
     Ok(TablePlan {
         transient_unique_indexes,
         table: old.name.clone(),

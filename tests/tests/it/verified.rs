@@ -1,0 +1,266 @@
+//! Verified to the end: a duplicate on a unique key of the new table, made
+//! after the checksum (while the cut-over waits, or by a primary-key move at
+//! the very end) or by the ALTER's own collation change, stops the run before
+//! any rename, naming the index and the values; no row of the shadow table is
+//! removed to make room, and the source stays what the application wrote.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use wraith_engine::workload::{Load, LoadConfig};
+use wraith_tests::{
+    assert_matches_mirror, mirrored_load, sysbench_with_mirror, PostponeFlag, Schema, WraithChild,
+};
+
+fn config(s: &Schema, backend: &str, table: &str, alter: &str, extra: &str) -> String {
+    let sort_dir = std::env::temp_dir().join(format!("wraith-test-sort-{}", s.name));
+    s.config(
+        table,
+        alter,
+        &format!(
+            "[copy]\nbackend = \"{backend}\"\nthreads = 2\ninitial_chunk_rows = 200\nchunk_target = \"10ms\"\n\n\
+             [local]\nsort_dir = {:?}\n\n[cutover]\nlock_wait_timeout = \"1s\"\nretries = 3\n{extra}\n",
+            sort_dir.display().to_string()
+        ),
+    )
+}
+
+/// How a test makes the duplicate.
+#[derive(Clone, Copy, Debug)]
+enum Duplicate {
+    /// Insert a row with another row's `c` while the cut-over is postponed.
+    InsertWhilePostponed,
+    /// Move a row's primary key and give it another row's `c`, right as the
+    /// cut-over is let go (so it lands in the last catch-up).
+    KeyMoveAtTheEnd,
+}
+
+/// Runs `ADD UNIQUE KEY uk_c (c)` on `sbtest` under the mirrored load, makes
+/// a duplicate of `c` after the checksum (in `sbtest` and the mirror, in one
+/// transaction), and checks that the run stopped as it must.
+async fn duplicate_after_the_checksum(backend: &str, how: Duplicate) {
+    let s = Schema::new(&format!("ver_{backend}_{how:?}").to_lowercase()).await;
+    let rows = 5_000;
+    sysbench_with_mirror(&s, rows).await;
+    let load = Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            rate: 100,
+            ..mirrored_load(&s, rows, 11)
+        },
+    );
+    let flag = PostponeFlag::new();
+    let cfg = config(
+        &s,
+        backend,
+        "sbtest",
+        "ADD UNIQUE KEY uk_c (c)",
+        &flag.setting(),
+    );
+    let mut child = WraithChild::spawn(&["run", "--json"], &cfg);
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(120))
+        .await;
+    // Let some changes be applied (and verified) after the checksum.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The row whose value is duplicated: one the load never touches (the
+    // load writes ids below its own counter; this one is moved out of reach).
+    let mut c = s.conn().await;
+    loop {
+        let id: u64 = c
+            .query_first("SELECT MIN(id) FROM sbtest")
+            .await
+            .unwrap()
+            .unwrap();
+        c.query_drop("START TRANSACTION").await.unwrap();
+        let mut moved = 0;
+        for t in ["sbtest", "mirror"] {
+            c.query_drop(format!("UPDATE {t} SET id = 9000001 WHERE id = {id}"))
+                .await
+                .unwrap();
+            moved += c.affected_rows();
+        }
+        if moved == 2 {
+            c.query_drop("COMMIT").await.unwrap();
+            break;
+        }
+        // The load moved or deleted it meanwhile: try another.
+        c.query_drop("ROLLBACK").await.unwrap();
+    }
+    let value: String = c
+        .query_first("SELECT c FROM sbtest WHERE id = 9000001")
+        .await
+        .unwrap()
+        .unwrap();
+    let dup = match how {
+        Duplicate::InsertWhilePostponed => {
+            c.query_drop(format!(
+                "START TRANSACTION; \
+                 INSERT INTO sbtest (id, k, c, pad) VALUES (9000002, 1, '{value}', 'dup'); \
+                 INSERT INTO mirror (id, k, c, pad) VALUES (9000002, 1, '{value}', 'dup'); COMMIT"
+            ))
+            .await
+            .unwrap();
+            drop(flag);
+            "`id` = 9000002"
+        }
+        Duplicate::KeyMoveAtTheEnd => {
+            c.query_drop(
+                "INSERT INTO sbtest (id, k, c, pad) VALUES (9000003, 1, 'unique-one', 'x'); \
+                 INSERT INTO mirror (id, k, c, pad) VALUES (9000003, 1, 'unique-one', 'x')",
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(flag);
+            c.query_drop(format!(
+                "START TRANSACTION; \
+                 UPDATE sbtest SET id = 9000004, c = '{value}' WHERE id = 9000003; \
+                 UPDATE mirror SET id = 9000004, c = '{value}' WHERE id = 9000003; COMMIT"
+            ))
+            .await
+            .unwrap();
+            "`id` = 9000004"
+        }
+    };
+    let run = child.finish(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = load.stop().await;
+    assert!(stats.transactions > 50, "the load barely ran: {stats:?}");
+
+    let out = run.output();
+    assert_ne!(run.code, 0, "{backend}/{how:?}: the run must stop: {out}");
+    assert!(
+        out.contains("uk_c"),
+        "{backend}/{how:?}: index not named: {out}"
+    );
+    assert!(
+        out.contains(&format!("`c` = '{value}'")),
+        "{backend}/{how:?}: key values not named as SQL: {out}"
+    );
+    assert!(
+        out.contains(dup) && out.contains("`id` = 9000001"),
+        "{backend}/{how:?}: both rows must be named: {out}"
+    );
+    assert!(!out.contains("cut over in"), "{out}");
+    // Nothing renamed: sbtest is the source, without the new index, and it
+    // holds exactly what the application wrote.
+    assert!(!s.table_exists("_sbtest_old").await);
+    let mut c = s.conn().await;
+    let idx: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sbtest' AND INDEX_NAME = 'uk_c'")
+        .await
+        .unwrap();
+    assert_eq!(idx, Some(0), "sbtest has the new index: it was renamed");
+    assert_matches_mirror(&s).await;
+    // The row holding the value was not removed from the shadow to make room
+    // (the shadow is kept: a rerun resumes once the data is fixed).
+    let kept: Option<String> = c
+        .query_first("SELECT c FROM _sbtest_new WHERE id = 9000001")
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some(value.as_str()),
+        "{backend}/{how:?}: the other row left the shadow"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_inserted_while_the_cut_over_waits_stops_the_run() {
+    for backend in ["sql", "local"] {
+        duplicate_after_the_checksum(backend, Duplicate::InsertWhilePostponed).await;
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_made_by_a_key_move_at_the_end_stops_the_run() {
+    for backend in ["sql", "local"] {
+        duplicate_after_the_checksum(backend, Duplicate::KeyMoveAtTheEnd).await;
+    }
+}
+
+/// Changes after the checksum are verified again, and counted in the report.
+#[tokio::test]
+async fn rows_changed_after_the_checksum_are_verified_again() {
+    let s = Schema::new("ver_counted").await;
+    let rows = 5_000;
+    sysbench_with_mirror(&s, rows).await;
+    let load = Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            rate: 100,
+            ..mirrored_load(&s, rows, 5)
+        },
+    );
+    let flag = PostponeFlag::new();
+    let cfg = config(
+        &s,
+        "sql",
+        "sbtest",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+        &flag.setting(),
+    );
+    let mut child = WraithChild::spawn(&["run", "--json"], &cfg);
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(flag);
+    let run = child.finish(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
+    let reverified = report["tables"][0]["rows_reverified"].as_u64().unwrap();
+    // 5 s of 100 tx/s, 1 to 4 statements each: hundreds of rows changed.
+    assert!(reverified > 100, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!(
+            "{reverified} rows changed after the checksum verified again"
+        )),
+        "{}",
+        run.output()
+    );
+    assert_matches_mirror(&s).await;
+}
+
+/// A collation change on a unique index the table already has makes `'a'`
+/// and `'A'` one value: the run is refused (preflight) or stopped (copy),
+/// naming the index, and the source is untouched.
+#[tokio::test]
+async fn a_collation_change_that_makes_a_duplicate_is_named() {
+    for backend in ["sql", "local"] {
+        let s = Schema::new(&format!("ver_coll_{backend}")).await;
+        s.exec(
+            "CREATE TABLE w (id INT NOT NULL PRIMARY KEY, name VARCHAR(20) COLLATE utf8mb4_bin NOT NULL, \
+             UNIQUE KEY uk_name (name)); \
+             INSERT INTO w SELECT seq, CONCAT('n', seq) FROM seq_1_to_3000; \
+             INSERT INTO w VALUES (5001, 'a'), (5002, 'A')",
+        )
+        .await;
+        let before = s.snapshot("w").await;
+        let cfg = config(
+            &s,
+            backend,
+            "w",
+            "MODIFY name VARCHAR(20) COLLATE utf8mb4_general_ci NOT NULL",
+            "",
+        );
+        let run = wraith_tests::wraith_with_config(&["run"], &cfg).await;
+        let out = run.output();
+        assert_ne!(run.code, 0, "{backend}: {out}");
+        assert!(out.contains("uk_name"), "{backend}: index not named: {out}");
+        assert!(
+            out.contains("'a'") || out.contains("'A'"),
+            "{backend}: key not named: {out}"
+        );
+        assert_eq!(
+            s.snapshot("w").await,
+            before,
+            "{backend}: the source changed"
+        );
+        assert!(!s.table_exists("_w_old").await);
+    }
+}
