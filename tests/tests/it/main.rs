@@ -8,3 +8,4 @@ mod online;
 mod ops;
 mod preflight;
 mod resume;
+mod values;
