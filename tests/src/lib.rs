@@ -37,6 +37,20 @@ pub fn misconfigured_server() -> &'static ScratchServer {
     })
 }
 
+/// A server whose `time_zone` is `+05:00`, not UTC: the server's own ALTER
+/// converts TIMESTAMPs in that zone.
+pub fn tz_server() -> &'static ScratchServer {
+    static SERVER: OnceLock<ScratchServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ScratchServer::start(ScratchOptions {
+            buffer_pool: "64M".into(),
+            extra_args: vec!["--default-time-zone=+05:00".into()],
+            ..ScratchOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the +05:00 scratch server: {e}"))
+    })
+}
+
 /// A fresh, empty schema on a server, with a pool connected to it.
 pub struct Schema {
     pub name: String,

@@ -368,7 +368,12 @@ async fn run_reloadable(
         Err(e) => {
             // Run errors carry their causes in their messages.
             eprintln!("error: {e}");
-            if matches!(e, RunError::Interrupted { .. } | RunError::Aborted { .. }) {
+            if matches!(
+                e,
+                RunError::Interrupted { .. }
+                    | RunError::Aborted { .. }
+                    | RunError::Abandoned { .. }
+            ) {
             } else if e.is_resumable() {
                 eprintln!(
                     "the source table is untouched; the shadow table and the checkpoint are kept: \
