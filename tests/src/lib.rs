@@ -37,6 +37,20 @@ pub fn misconfigured_server() -> &'static ScratchServer {
     })
 }
 
+/// A server whose `time_zone` is `+05:00`, not UTC: the server's own ALTER
+/// converts TIMESTAMPs in that zone.
+pub fn tz_server() -> &'static ScratchServer {
+    static SERVER: OnceLock<ScratchServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        ScratchServer::start(ScratchOptions {
+            buffer_pool: "64M".into(),
+            extra_args: vec!["--default-time-zone=+05:00".into()],
+            ..ScratchOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the +05:00 scratch server: {e}"))
+    })
+}
+
 /// A fresh, empty schema on a server, with a pool connected to it.
 pub struct Schema {
     pub name: String,
@@ -224,6 +238,12 @@ pub struct WraithChild {
 impl WraithChild {
     /// Starts `wraith <args...> <config file>`.
     pub fn spawn(args: &[&str], config: &str) -> WraithChild {
+        WraithChild::spawn_with_env(args, config, &[])
+    }
+
+    /// Starts `wraith <args...> <config file>` with extra environment
+    /// variables (test hooks such as `WRAITH_TEST_REGION_PAUSE_MS`).
+    pub fn spawn_with_env(args: &[&str], config: &str, env: &[(&str, &str)]) -> WraithChild {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wraith.toml");
@@ -231,6 +251,7 @@ impl WraithChild {
         let mut child = tokio::process::Command::new(wraith_bin())
             .args(args)
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -219,6 +219,29 @@ impl BackendError {
     pub fn is_duplicate(&self) -> bool {
         matches!(self, BackendError::DuplicateDetected { .. })
     }
+
+    /// Whether the server refused a value (see [`is_data_error_code`]): the
+    /// same rows would be refused again, so retrying or resuming is useless.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            BackendError::Sql {
+                source: mysql_async::Error::Server(e),
+                ..
+            } => is_data_error_code(e.code),
+            BackendError::LoadWarning { code, .. } => *code != 0,
+            _ => false,
+        }
+    }
+}
+
+/// Server errors that refuse a value for its column (NULL into NOT NULL,
+/// out of range, too long, incorrect value, CHECK constraint): the data, not
+/// the moment, is at fault.
+pub fn is_data_error_code(code: u16) -> bool {
+    matches!(
+        code,
+        1048 | 1138 | 1263 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1690 | 3819 | 4025
+    )
 }
 
 /// Parses MySQL error 1062 / warning 1062 text, `Duplicate entry 'x' for key

@@ -33,6 +33,9 @@
 //! mode allowing zero dates, `NO_AUTO_VALUE_ON_ZERO`). Readers feeding it
 //! must read with the same `SET NAMES binary` and time zone, and read FLOAT
 //! columns as `CAST(col AS DOUBLE)` to keep them bit-exact (see [`value`]).
+//! UTC keeps TIMESTAMPs exact; where the server's own ALTER would convert in
+//! its time zone (TIMESTAMP on one side only), the column's spec carries a
+//! [`ZoneShift`] and the server converts each value explicitly.
 //!
 //! **Errors:** one [`BackendError`]; duplicates are
 //! [`BackendError::DuplicateDetected`] with the key and index named.
@@ -50,14 +53,14 @@ pub use engine::{
     EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine, TargetTable,
 };
 pub use error::{
-    is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts, BackendError,
-    LOCK_CONFLICT_ATTEMPTS,
+    is_data_error_code, is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts,
+    BackendError, LOCK_CONFLICT_ATTEMPTS,
 };
 pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;
 pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};
-pub use value::{ColumnKind, ColumnSpec, Row, Value, ValueError};
+pub use value::{ColumnKind, ColumnSpec, Row, Value, ValueError, ZoneShift};
 
 /// Re-exported so implementors of [`Backend`] and [`EngineWriter`] outside
 /// this crate use the same macro.

@@ -5,7 +5,8 @@
 //! Values travel as [`write_load_field`] text on a `CHARACTER SET binary`
 //! load, so every byte arrives as the exact bytes the reader produced, and a
 //! column whose charset differs from the values' is converted by the server
-//! with `CONVERT(@v USING cs)`, as an INSERT of `_cs X'..'` would.
+//! with `CONVERT(@v USING cs)`, as an INSERT of `_cs X'..'` would. A column
+//! with a [`ZoneShift`] is converted in the server's time zone the same way.
 //!
 //! **Exactness:** `LOAD DATA LOCAL` turns errors (duplicates, bad values)
 //! into warnings, since the server cannot stop the client's stream. A load
@@ -25,7 +26,7 @@ use mysql_async::Conn;
 use crate::engine::{quote_ident, TargetTable};
 use crate::error::{parse_duplicate_message, BackendError};
 use crate::sql::map_insert_error;
-use crate::value::{charset_of, Value};
+use crate::value::{charset_of, ColumnKind, Value, ZoneShift};
 
 /// Size of one infile packet sent to the server.
 const PACKET: usize = 1 << 20;
@@ -246,7 +247,28 @@ fn load_statement(
                 && matches!(&tc.charset, Some(t) if t != "binary" && t != value_cs));
         // Binary bytes into a text column are stored as is, as an INSERT of
         // X'..' would; same-charset text needs no conversion.
-        let expr = if tc.data_type == "bit" {
+        let expr = if let Some(shift) = &spec.zone_shift {
+            // The server's time zone conversion (see `ZoneShift`); the text
+            // is cast to a temporal value first so the target converts it as
+            // the server's own ALTER would.
+            let x = format!("CAST({var} AS DATETIME({}))", spec.fsp.min(6));
+            let zero = format!("{var} LIKE '0000-%'");
+            let zero_value = match shift {
+                ZoneShift::ToLocal(_) => "TIMESTAMP'0000-00-00 00:00:00'".to_string(),
+                ZoneShift::ToUtc(_) => var.clone(),
+            };
+            Some(shift.wrap(&x, &zero, &zero_value))
+        } else if matches!(spec.kind, ColumnKind::Float | ColumnKind::Double)
+            && !matches!(tc.data_type.as_str(), "float" | "double")
+        {
+            // A number into another numeric type converts as a number (the
+            // ALTER's path), not as text.
+            Some(format!("CAST({var} AS DOUBLE)"))
+        } else if spec.kind == ColumnKind::Decimal
+            && !matches!(tc.data_type.as_str(), "decimal" | "numeric")
+        {
+            Some(format!("CAST({var} AS DECIMAL(65,30))"))
+        } else if tc.data_type == "bit" {
             Some(format!("CAST({var} AS UNSIGNED)"))
         } else if convert_charset {
             Some(format!("CONVERT({var} USING {value_cs})"))

@@ -12,7 +12,9 @@
 //! the session up for exactness ([`prepare_session`]): `SET NAMES binary`
 //! (strings are sent as `_charset X'..'` literals, see
 //! [`crate::Value::write_sql_literal`]), `time_zone = '+00:00'` (TIMESTAMPs
-//! are not shifted; readers must use the same), a strict `sql_mode` without
+//! are not shifted; readers must use the same; a column the server's own
+//! ALTER converts in its time zone carries a [`crate::ZoneShift`] and each
+//! value is converted explicitly), a strict `sql_mode` without
 //! `NO_ZERO_DATE`/`NO_ZERO_IN_DATE` (so `0000-00-00` is stored as is) and with
 //! `NO_AUTO_VALUE_ON_ZERO` (an id 0 stays 0). Rows are appended to one
 //! statement until it reaches `max_batch_bytes` (capped below the server's

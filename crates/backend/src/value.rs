@@ -28,11 +28,22 @@
 //! exact double widening, so no double rounding), strings as
 //! `_charset X'..'` (binary as `_binary X'..'`), temporal values as quoted
 //! literals with microseconds, YEAR with four digits (`0000` is not `2000`),
-//! BIT as an unsigned integer.
+//! BIT as an unsigned integer. Fractional seconds are written with the
+//! column's own number of digits (`fsp`), as the server prints them, so a
+//! DATETIME(2) written into a VARCHAR reads `…:07.12` as the server's own
+//! ALTER gives.
 //!
 //! The [`ColumnSpec`] given to both describes the values as they are *read*
 //! (the source column's kind and charset); the target column may differ and
 //! the server converts.
+//!
+//! **Time zones** ([`ZoneShift`]): every wraith session runs in UTC, so a
+//! TIMESTAMP travels as its exact instant. The server's own ALTER converts a
+//! TIMESTAMP into any other type (and any DATE/DATETIME into a TIMESTAMP) in
+//! the server's time zone instead. A spec whose column is TIMESTAMP on
+//! exactly one side carries that zone, and its literal is wrapped in the
+//! conversion ([`ZoneShift::wrap`]), which the server evaluates with its own
+//! time zone rules (`CONVERT_TZ`, the function its TIMESTAMP columns use).
 
 use std::fmt::Write as _;
 
@@ -176,6 +187,80 @@ pub struct ColumnSpec {
     pub charset: Option<String>,
     /// Fractional seconds precision of temporal kinds (0..=6).
     pub fsp: u8,
+    /// The conversion between UTC and the server's time zone that values of
+    /// this column need on their way into the target column (TIMESTAMP on
+    /// exactly one side); `None` for every other column.
+    #[serde(default)]
+    pub zone_shift: Option<ZoneShift>,
+}
+
+/// A conversion the server's own ALTER makes in its time zone, done
+/// explicitly because wraith's sessions run in UTC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ZoneShift {
+    /// A TIMESTAMP (read as its UTC instant) into a column of another type:
+    /// the value becomes the server zone's local DATETIME first.
+    ToLocal(String),
+    /// A DATE or DATETIME (local time of the server's zone) into a TIMESTAMP
+    /// column: the value becomes its UTC instant. A local time the zone does
+    /// not have (a daylight-saving gap) or outside the TIMESTAMP range is
+    /// refused by the server with [`ZoneShift::NOT_IN_ZONE`] as the value.
+    ToUtc(String),
+}
+
+impl ZoneShift {
+    /// The value the conversion gives for a local time that has no instant:
+    /// the server refuses it (strict mode) with this text in its message.
+    pub const NOT_IN_ZONE: &'static str = "not a TIMESTAMP in the server time zone";
+
+    /// The server's time zone, e.g. `+05:00`, `SYSTEM`, `Europe/Paris`.
+    pub fn zone(&self) -> &str {
+        match self {
+            ZoneShift::ToLocal(z) | ZoneShift::ToUtc(z) => z,
+        }
+    }
+
+    /// SQL converting `x` (a DATE/DATETIME/TIMESTAMP-typed expression):
+    /// `zero` is a condition true for the zero date (and any year-0 value,
+    /// which has no zone), and `zero_value` what such a value becomes (the
+    /// server keeps the zero date as it is; `CONVERT_TZ` would warn).
+    pub fn wrap(&self, x: &str, zero: &str, zero_value: &str) -> String {
+        let z = sql_string(self.zone());
+        match self {
+            ZoneShift::ToLocal(_) => {
+                format!("IF({zero}, {zero_value}, CONVERT_TZ({x}, '+00:00', {z}))")
+            }
+            // Round trip: a local time in a gap, or outside the TIMESTAMP
+            // range (where CONVERT_TZ returns its argument), does not come
+            // back to itself.
+            ZoneShift::ToUtc(_) => format!(
+                "CASE WHEN {zero} THEN {zero_value} \
+                 WHEN CONVERT_TZ(CONVERT_TZ({x}, {z}, '+00:00'), '+00:00', {z}) <=> {x} \
+                 THEN CONVERT_TZ({x}, {z}, '+00:00') ELSE '{}' END",
+                Self::NOT_IN_ZONE
+            ),
+        }
+    }
+
+    /// [`ZoneShift::wrap`] for a column or other expression of a temporal type.
+    pub fn wrap_expr(&self, x: &str) -> String {
+        self.wrap(x, &format!("YEAR({x}) = 0"), x)
+    }
+}
+
+/// A quoted SQL string of `s` (backslashes and quotes escaped).
+fn sql_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 impl ColumnSpec {
@@ -187,6 +272,7 @@ impl ColumnSpec {
             unsigned: false,
             charset: None,
             fsp: 0,
+            zone_shift: None,
         }
     }
 }
@@ -450,6 +536,12 @@ impl Value {
     /// server's own ALTER would into a changed column type). The connection
     /// must use `SET NAMES binary`.
     pub fn write_sql_literal(&self, spec: &ColumnSpec, out: &mut Vec<u8>) {
+        if let Some(shift) = &spec.zone_shift {
+            if let Some(typed) = self.typed_temporal_literal(spec.fsp) {
+                out.extend_from_slice(shift.wrap_expr(&typed).as_bytes());
+                return;
+            }
+        }
         match self {
             Value::Null => out.extend_from_slice(b"NULL"),
             Value::Int(i) => push_fmt(out, format_args!("{i}")),
@@ -474,11 +566,80 @@ impl Value {
             }
             Value::Date { .. } | Value::Time { .. } | Value::DateTime { .. } => {
                 out.push(b'\'');
-                self.write_plain_text(out);
+                self.write_temporal_text(spec.fsp, out);
                 out.push(b'\'');
             }
             Value::Year(y) => push_fmt(out, format_args!("{y:04}")),
             Value::Bit(v) => push_fmt(out, format_args!("{v}")),
+        }
+    }
+
+    /// `TIMESTAMP'…'` or `DATE'…'` (typed, so the server converts it as a
+    /// temporal value, with exactly `fsp` fractional digits); `None` for
+    /// other values.
+    fn typed_temporal_literal(&self, fsp: u8) -> Option<String> {
+        let prefix: &[u8] = match self {
+            Value::DateTime { .. } => b"TIMESTAMP'",
+            Value::Date { .. } => b"DATE'",
+            _ => return None,
+        };
+        let mut out = prefix.to_vec();
+        self.write_temporal_text(fsp, &mut out);
+        out.push(b'\'');
+        // Digits, dashes, colons, dots and spaces only.
+        String::from_utf8(out).ok()
+    }
+
+    /// The plain text of a value with `fsp` fractional digits (the column's
+    /// precision, as the server prints it), or 6 when the value has more.
+    pub fn write_temporal_text(&self, fsp: u8, out: &mut Vec<u8>) {
+        let digits = |micros: u32| -> usize {
+            let fsp = usize::from(fsp.min(6));
+            if micros % 10u32.pow(6 - fsp as u32) == 0 {
+                fsp
+            } else {
+                6
+            }
+        };
+        let frac = |micros: u32, out: &mut Vec<u8>| {
+            let n = digits(micros);
+            if n > 0 {
+                let text = format!("{micros:06}");
+                out.push(b'.');
+                out.extend_from_slice(&text.as_bytes()[..n]);
+            }
+        };
+        match self {
+            Value::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            } => {
+                let sign = if *negative { "-" } else { "" };
+                push_fmt(
+                    out,
+                    format_args!("{sign}{hours:02}:{minutes:02}:{seconds:02}"),
+                );
+                frac(*micros, out);
+            }
+            Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            } => {
+                push_fmt(
+                    out,
+                    format_args!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}"),
+                );
+                frac(*micros, out);
+            }
+            other => other.write_plain_text(out),
         }
     }
 
@@ -774,7 +935,7 @@ mod tests {
                 },
                 &spec(ColumnKind::Time)
             ),
-            "'-838:59:59.000000'"
+            "'-838:59:59'"
         );
         assert_eq!(
             lit(
@@ -795,6 +956,68 @@ mod tests {
         assert_eq!(
             lit(&Value::Bit(u64::MAX), &spec(ColumnKind::Bit)),
             "18446744073709551615"
+        );
+    }
+
+    #[test]
+    fn temporal_literals_carry_the_column_precision() {
+        let mut dt = spec(ColumnKind::DateTime);
+        let v = Value::DateTime {
+            year: 2020,
+            month: 1,
+            day: 2,
+            hour: 3,
+            minute: 4,
+            second: 5,
+            micros: 120_000,
+        };
+        dt.fsp = 2;
+        assert_eq!(lit(&v, &dt), "'2020-01-02 03:04:05.12'");
+        dt.fsp = 6;
+        assert_eq!(lit(&v, &dt), "'2020-01-02 03:04:05.120000'");
+        // More digits than the precision says: all of them, never fewer.
+        dt.fsp = 1;
+        assert_eq!(lit(&v, &dt), "'2020-01-02 03:04:05.120000'");
+    }
+
+    #[test]
+    fn zone_shifted_literals_are_converted_by_the_server() {
+        let mut ts = spec(ColumnKind::Timestamp);
+        ts.fsp = 3;
+        ts.zone_shift = Some(ZoneShift::ToLocal("+05:00".into()));
+        let v = Value::DateTime {
+            year: 2020,
+            month: 1,
+            day: 2,
+            hour: 3,
+            minute: 4,
+            second: 5,
+            micros: 123_000,
+        };
+        assert_eq!(
+            lit(&v, &ts),
+            "IF(YEAR(TIMESTAMP'2020-01-02 03:04:05.123') = 0, TIMESTAMP'2020-01-02 03:04:05.123', \
+             CONVERT_TZ(TIMESTAMP'2020-01-02 03:04:05.123', '+00:00', '+05:00'))"
+        );
+        assert_eq!(lit(&Value::Null, &ts), "NULL");
+        let mut d = spec(ColumnKind::Date);
+        d.zone_shift = Some(ZoneShift::ToUtc("Europe/x'y".into()));
+        let out = lit(
+            &Value::Date {
+                year: 2020,
+                month: 1,
+                day: 2,
+            },
+            &d,
+        );
+        assert!(
+            out.starts_with("CASE WHEN YEAR(DATE'2020-01-02') = 0"),
+            "{out}"
+        );
+        assert!(out.contains("'Europe/x''y'"), "{out}");
+        assert!(
+            out.ends_with(&format!("ELSE '{}' END", ZoneShift::NOT_IN_ZONE)),
+            "{out}"
         );
     }
 

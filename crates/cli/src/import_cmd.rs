@@ -9,9 +9,36 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use wraith_engine::import::config::ImportJobConfig;
+use wraith_engine::import::preflight::check as check_import;
 use wraith_engine::import::{run_import, ImportError, ImportProgress, PROGRESS_INTERVAL};
 
 use crate::{Failure, Outcome};
+
+/// Whether the config file at `path` is an import job's (it has `[import]`);
+/// `wraith check` then runs the import preflight.
+pub fn is_import_config(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| ImportJobConfig::is_import_text(&text))
+}
+
+/// `wraith import --check CONFIG` (and `wraith check` on an import config):
+/// the import preflight; loads nothing, changes nothing.
+pub async fn check(config_path: &Path, json: bool) -> Result<Outcome, Failure> {
+    let config = ImportJobConfig::load(config_path).map_err(|e| Failure::Config(e.to_string()))?;
+    let report = check_import(&config).await;
+    if json {
+        crate::print_json(&report)?;
+    } else {
+        eprint!("{}", report.render());
+    }
+    if report.passed() {
+        eprintln!("\nimport preflight passed");
+        Ok(Outcome::Done)
+    } else {
+        let n = report.failures().count();
+        eprintln!("\nimport preflight refused: {n} check(s) failed; nothing was loaded");
+        Ok(Outcome::Refused)
+    }
+}
 
 pub async fn import(config_path: &Path, json: bool) -> Result<Outcome, Failure> {
     let config = ImportJobConfig::load(config_path).map_err(|e| Failure::Config(e.to_string()))?;

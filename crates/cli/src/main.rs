@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Preflight and plan: checks the servers, the table and the ALTER; changes nothing.
+    /// Preflight and plan: checks the servers, the table and the ALTER (or,
+    /// for an import config, the dump, the database and the charset); changes nothing.
     Check(CheckArgs),
     /// Runs the rebuild described by CONFIG (preflight first).
     Run(RunArgs),
@@ -53,6 +54,10 @@ struct ImportArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Only the preflight: checks the dump dir, the server, the database,
+    /// the tables and the charset; loads nothing (exit 3 on a failed check).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -179,6 +184,9 @@ fn init_tracing(verbose: u8) {
 
 async fn dispatch(command: Command) -> Result<Outcome, Failure> {
     match command {
+        Command::Check(args) if import_cmd::is_import_config(&args.config) => {
+            import_cmd::check(&args.config, args.json).await
+        }
         Command::Check(args) => {
             let config = load_config(&args.config)?;
             check(&config, args.json).await
@@ -199,6 +207,7 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             status(&config, args.json).await
         }
         Command::Demo(args) => demo::demo(args).await,
+        Command::Import(args) if args.check => import_cmd::check(&args.config, args.json).await,
         Command::Import(args) => import_cmd::import(&args.config, args.json).await,
         Command::Bench(args) => bench::bench(args).await,
     }
@@ -359,7 +368,12 @@ async fn run_reloadable(
         Err(e) => {
             // Run errors carry their causes in their messages.
             eprintln!("error: {e}");
-            if matches!(e, RunError::Interrupted { .. } | RunError::Aborted { .. }) {
+            if matches!(
+                e,
+                RunError::Interrupted { .. }
+                    | RunError::Aborted { .. }
+                    | RunError::Abandoned { .. }
+            ) {
             } else if e.is_resumable() {
                 eprintln!(
                     "the source table is untouched; the shadow table and the checkpoint are kept: \

@@ -9,7 +9,10 @@
 //! (`CAST(.. AS BINARY)`), and a column whose type the ALTER changed is first
 //! converted on the source side to the new type (`CAST(old AS DECIMAL(12,4))`,
 //! `CONVERT(old USING utf8mb4)`, ...), so the server's own conversion is what
-//! is compared. The source and shadow queries of a range run concurrently.
+//! is compared. A column the server's own ALTER converts in its time zone
+//! (TIMESTAMP on one side only) is converted the same way first
+//! (`wraith_backend::ZoneShift`): both sides read in UTC, and the source
+//! side computes what the server's ALTER would have stored. The source and shadow queries of a range run concurrently.
 //!
 //! Ranges follow the source's chunk key when the new table is keyed on the
 //! same columns (the common case; both sides scan their primary key). When
@@ -123,9 +126,19 @@ impl Side {
     }
 }
 
-/// The CAST a source value needs to compare as the new column's type.
-fn cast_to_new(old: &ColumnInfo, new: &ColumnInfo) -> String {
-    let col = quote_ident(&old.name);
+/// The CAST a source value needs to compare as the new column's type; with
+/// a time zone conversion, the server's conversion comes first (what the
+/// copy wrote), so the checksum compares against the correctly converted
+/// source, not against wraith's UTC reading of it.
+pub(crate) fn cast_to_new(
+    old: &ColumnInfo,
+    new: &ColumnInfo,
+    shift: Option<&wraith_backend::ZoneShift>,
+) -> String {
+    let col = match shift {
+        Some(shift) => shift.wrap_expr(&quote_ident(&old.name)),
+        None => quote_ident(&old.name),
+    };
     let t = new.column_type.to_ascii_lowercase();
     let paren = t
         .find('(')
@@ -239,7 +252,7 @@ pub(crate) fn sides(
             .ok_or_else(|| ChecksumError::Setup(format!("column {to} missing in the shadow")))?;
         let (src, converted) = match change {
             ColumnChange::TypeChanged { .. } | ColumnChange::RenamedTypeChanged { .. } => {
-                (cast_to_new(oc, nc), true)
+                (cast_to_new(oc, nc, plan.zone_shift(to).as_ref()), true)
             }
             _ => (quote_ident(&oc.name), false),
         };
@@ -260,6 +273,12 @@ pub(crate) fn sides(
                 .and_then(|c| c.spec(as_name))
                 .ok_or_else(|| ChecksumError::Setup(format!("key column {name} cannot be read")))
         };
+    // Shadow-side key bounds are source values: converted as the copy did.
+    let shadow_spec_of = |name: &str, as_name: &str| -> Result<ColumnSpec, ChecksumError> {
+        let mut spec = spec_of(old, name, as_name)?;
+        spec.zone_shift = plan.zone_shift(as_name);
+        Ok(spec)
+    };
     // Ranges by the old key work on both sides when the new key is the same columns.
     let chunk_key_new: Vec<Option<String>> = plan.chunk_key.iter().map(|k| renamed(k)).collect();
     let aligned = chunk_key_new.len() == plan.new_key.len()
@@ -277,7 +296,7 @@ pub(crate) fn sides(
             .chunk_key
             .iter()
             .zip(&plan.new_key)
-            .map(|(k, nk)| spec_of(old, k, nk))
+            .map(|(k, nk)| shadow_spec_of(k, nk))
             .collect::<Result<Vec<_>, _>>()?;
         (s, t)
     } else {
@@ -294,7 +313,7 @@ pub(crate) fn sides(
                     ChecksumError::Setup(format!("new key column {nk} is not copied"))
                 })?;
             s.push(spec_of(old, &from, &from)?);
-            t.push(spec_of(old, &from, nk)?);
+            t.push(shadow_spec_of(&from, nk)?);
         }
         (s, t)
     };

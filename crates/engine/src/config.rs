@@ -205,6 +205,11 @@ pub struct TableConfig {
     /// Old column name → new column name, for renames the ALTER does not spell out.
     #[serde(default)]
     pub rename_columns: BTreeMap<String, String>,
+    /// Consent to an ALTER that changes values rather than refusing them
+    /// (DECIMAL scale rounding, dropped fractional seconds, ...), as the
+    /// server's own ALTER would; without it `check` and `run` refuse.
+    #[serde(default)]
+    pub allow_lossy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

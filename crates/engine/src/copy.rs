@@ -19,7 +19,10 @@
 //!
 //! Reads use the same session settings as the writers
 //! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
-//! every value travels as the exact bytes the server stored.
+//! every value travels as the exact bytes the server stored. A column the
+//! server's own ALTER converts in its time zone is converted explicitly, by
+//! the server, in the `INSERT … SELECT` expression or in the written literal
+//! (`wraith_backend::ZoneShift`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,6 +59,21 @@ pub enum CopyError {
     },
     #[error("a copy worker failed: {0}")]
     Worker(String),
+}
+
+impl CopyError {
+    /// Whether the server refused a value (NULL into NOT NULL, out of range,
+    /// too long, ...): copying the same rows again would fail the same way.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            CopyError::Db(DbError {
+                error: mysql_async::Error::Server(e),
+                ..
+            }) => wraith_backend::is_data_error_code(e.code),
+            CopyError::Backend(b) => b.is_data_error(),
+            _ => false,
+        }
+    }
 }
 
 /// What the copy did.
@@ -349,14 +367,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", "),
-        shared
-            .job
-            .layout
-            .source_columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
+        shared.job.layout.server_select.join(", "),
         quote_ident(&shared.job.source_schema),
         quote_ident(&shared.job.table)
     );

@@ -57,6 +57,7 @@ impl ColumnInfo {
             unsigned: self.is_unsigned(),
             charset: self.charset.clone(),
             fsp,
+            zone_shift: None,
         })
     }
 

@@ -40,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod copy;
 pub mod cutover;
+pub mod datacheck;
 pub mod db;
 pub mod hooks;
 pub mod import;

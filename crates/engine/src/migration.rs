@@ -7,9 +7,12 @@
 //! of that one point) → PostChecksum (catch-up) → WaitingOnSentinelTable (while
 //! a postpone flag file or the sentinel table exists) → CutOver → Close.
 //!
-//! A failure before the cut-over cleans up (ErrCleanup): the change stream
-//! stops, the shadow table is dropped, the source was never written.
-//! Resuming from checkpoints comes with the checkpoints issue.
+//! A failure before the cut-over that a rerun can resume from keeps the
+//! shadow table, engines and change store. One that cannot be resumed (a
+//! duplicate, a value the server refuses, a checksum mismatch, ...) cleans up
+//! (ErrCleanup): the shadow and changelog tables, the checkpoint and the
+//! local state are dropped, and the error says so ([`RunError::Abandoned`]);
+//! the source was never written.
 //!
 //! Operating a run: [`run_with`] opens the control socket ([`crate::control`]),
 //! starts the throttler ([`crate::throttle`]) and runs the hooks
@@ -117,6 +120,14 @@ pub enum RunError {
     Checkpoint(wraith_checkpoints::CheckpointError),
     #[error(transparent)]
     InvalidCheckpoint(Box<wraith_checkpoints::InvalidCheckpoint>),
+    /// A failure that cannot be resumed, after wraith dropped what it had
+    /// created for the table.
+    #[error("{error}\nthis run cannot be resumed, so wraith dropped what it had created: {dropped}; the source table is untouched")]
+    Abandoned {
+        error: Box<RunError>,
+        /// What was dropped (and what could not be, with the statement to do it by hand).
+        dropped: String,
+    },
 }
 
 /// What a run did, per table.
@@ -777,18 +788,54 @@ impl TableRun<'_> {
             }
             Err(e) => {
                 self.progress.set_state(State::ErrCleanup);
-                // This cannot be resumed: drop the shadow and the checkpoint so a rerun starts clean.
-                if let Err(drop_err) =
-                    shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await
+                // This cannot be resumed: drop what this run created so a
+                // rerun starts clean, and say what was dropped.
+                let mut dropped = Vec::new();
+                let shadow_name = format!(
+                    "{}.{}",
+                    quote_ident(self.target_schema()),
+                    quote_ident(&shadow::shadow_name(&self.table.name))
+                );
+                match shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await
                 {
-                    tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
+                    Ok(()) => dropped.push(format!("the shadow table {shadow_name}")),
+                    Err(drop_err) => {
+                        tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
+                        dropped.push(format!(
+                            "NOT the shadow table ({drop_err}: run DROP TABLE {shadow_name})"
+                        ));
+                    }
                 }
-                if let Err(cp_err) = self.checkpoint.remove().await {
-                    tracing::error!(error = %cp_err, "could not remove the checkpoint after a failure");
+                let changelog = format!(
+                    "{}.{}",
+                    quote_ident(self.source_schema()),
+                    quote_ident(CHANGELOG_TABLE)
+                );
+                match tconn
+                    .query_drop(format!("DROP TABLE IF EXISTS {changelog}"))
+                    .await
+                {
+                    Ok(()) => dropped.push(format!("the changelog table {changelog}")),
+                    Err(drop_err) => dropped.push(format!(
+                        "NOT the changelog table ({drop_err}: run DROP TABLE {changelog})"
+                    )),
+                }
+                match self.checkpoint.remove().await {
+                    Ok(()) => {
+                        dropped.push(format!("its checkpoint in {}", self.checkpoint.describe()))
+                    }
+                    Err(cp_err) => {
+                        tracing::error!(error = %cp_err, "could not remove the checkpoint after a failure");
+                        dropped.push(format!("NOT its checkpoint ({cp_err})"));
+                    }
                 }
                 let _ = std::fs::remove_dir_all(changes_dir(self.config, self.table));
                 let _ = std::fs::remove_dir_all(engines_dir(self.config, self.table));
-                Err(e)
+                dropped.push("its local change store and engines".into());
+                Err(RunError::Abandoned {
+                    error: Box::new(e),
+                    dropped: dropped.join(", "),
+                })
             }
         }
     }
@@ -1408,7 +1455,13 @@ impl TableRun<'_> {
                     .find(|(from, _)| from.eq_ignore_ascii_case(k))
                     .map(|(_, to)| to.to_string());
                 match (to, old.column(k)) {
-                    (Some(to), Some(c)) => c.spec(&to).ok_or_else(|| self.changes_error(format!("key column {k}"))),
+                    (Some(to), Some(c)) => c
+                        .spec(&to)
+                        .map(|mut s| {
+                            s.zone_shift = self.plan.zone_shift(&to);
+                            s
+                        })
+                        .ok_or_else(|| self.changes_error(format!("key column {k}"))),
                     _ => Err(self.changes_error(format!(
                         "the chunk key column {k} is not in the new table, so a resumed copy cannot find its place; run `wraith run --fresh CONFIG`"
                     ))),
@@ -1672,16 +1725,32 @@ fn is_resumable(e: &RunError) -> bool {
                 source.as_ref(),
                 CopyError::Backend(b) if b.is_duplicate()
             ) && !matches!(source.as_ref(), CopyError::Value { .. })
+                // The server refused a value: a rerun copies it again and fails again.
+                && !source.is_data_error()
         }
         // A lost connection during the checksum is worth resuming; a
         // mismatch is not: the shadow is wrong, so it is rebuilt from scratch.
         RunError::Checksum(c) => matches!(c, ChecksumError::Db(_)),
         RunError::Verify(v) => v.is_resumable(),
         RunError::Changes { message, .. } => {
-            !message.contains("a statement changed the source table")
+            !message.contains("a statement changed the source table") && !refuses_a_value(message)
         }
+        RunError::Abandoned { .. } => false,
         _ => true,
     }
+}
+
+/// Whether an applier's error text is the server refusing a value (its
+/// `ERROR <code> (<state>)` form): the change would be refused again on resume.
+fn refuses_a_value(message: &str) -> bool {
+    message.match_indices("ERROR ").any(|(at, _)| {
+        let code: String = message[at + 6..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        code.parse()
+            .is_ok_and(|c: u16| wraith_backend::is_data_error_code(c))
+    })
 }
 
 async fn wait_for_error(following: &Following) {

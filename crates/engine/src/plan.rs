@@ -128,9 +128,19 @@ pub struct TablePlan {
     /// on them during the copy is a row that moved, not a duplicate (see
     /// `TargetTable::transient_unique_indexes`).
     pub transient_unique_indexes: Vec<String>,
+    /// Copied columns (new names, lower case) whose values the server's own
+    /// ALTER converts in its time zone (filled by [`crate::datacheck`]).
+    pub zone_shifts: BTreeMap<String, wraith_backend::ZoneShift>,
+    /// What the bounded look at the data found (filled by [`crate::datacheck`]).
+    pub data: crate::datacheck::DataFindings,
 }
 
 impl TablePlan {
+    /// The time zone conversion values of new column `to` need, if any.
+    pub fn zone_shift(&self, to: &str) -> Option<wraith_backend::ZoneShift> {
+        self.zone_shifts.get(&to.to_ascii_lowercase()).cloned()
+    }
+
     /// `(old, new)` names of every copied column, in the old table's order.
     pub fn copied_columns(&self) -> Vec<(&str, &str)> {
         self.columns
@@ -527,6 +537,8 @@ pub fn plan_table(
             .collect();
     Ok(TablePlan {
         transient_unique_indexes,
+        zone_shifts: BTreeMap::new(),
+        data: Default::default(),
         table: old.name.clone(),
         chunk_key: chunk.columns.clone(),
         chunk_key_name: chunk.name.clone(),

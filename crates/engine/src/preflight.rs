@@ -7,6 +7,11 @@
 //!
 //! Every failed check says what it saw, why that is a problem, and the exact
 //! statement or my.cnf line that fixes it (gh-ost's habit).
+//!
+//! Once the plan stands, [`crate::datacheck`] looks at the data with bounded
+//! queries: values the new definition cannot hold fail the check, values
+//! that will change fail it unless the table's `allow_lossy` is set, and the
+//! plan lists them under "values that will change".
 
 use std::collections::BTreeSet;
 
@@ -108,6 +113,27 @@ pub fn render_plan(p: &TablePlan) -> String {
     out.push_str("  columns:\n");
     for c in &p.columns {
         out.push_str(&format!("    {}\n", c.describe()));
+    }
+    if let Some(zone) = &p.data.time_zone {
+        let cols: Vec<&str> = p
+            .copied_columns()
+            .into_iter()
+            .map(|(_, to)| to)
+            .filter(|to| p.zone_shift(to).is_some())
+            .collect();
+        out.push_str(&format!(
+            "  time zone:   {} converted in the server's time_zone {zone}, as its own ALTER does\n",
+            cols.join(", ")
+        ));
+    }
+    if !p.data.lossy.is_empty() {
+        out.push_str("  values that will change:\n");
+        for f in &p.data.lossy {
+            out.push_str(&format!("    {}: {}\n", f.subject, f.detail));
+        }
+    }
+    for cut in &p.data.cut_short {
+        out.push_str(&format!("  data check cut short: {cut}\n"));
     }
     if p.deferred_indexes.is_empty() {
         out.push_str("  deferred indexes: none\n");
@@ -565,7 +591,7 @@ async fn check_table(
                 config.copy.backend,
                 config.copy.defer_secondary_indexes,
             ) {
-                Ok(plan) => {
+                Ok(mut plan) => {
                     report.ok(
                         &format!("key {}", table.name),
                         format!(
@@ -574,6 +600,10 @@ async fn check_table(
                             plan.new_key.join(", ")
                         ),
                     );
+                    if let Some(flavor) = report.flavor {
+                        crate::datacheck::check(conn, flavor, &old, &new, &mut plan).await?;
+                        judge_data(report, table, &plan);
+                    }
                     report.plans.push(plan);
                 }
                 Err(e) => report.fail(&format!("plan {}", table.name), e.problem, e.fix),
@@ -581,6 +611,61 @@ async fn check_table(
         }
     }
     Ok(())
+}
+
+/// Turns what [`crate::datacheck`] found into checks: values the new
+/// definition cannot hold fail; values that will change fail unless the
+/// table's `allow_lossy` says so.
+fn judge_data(report: &mut Report, table: &TableConfig, plan: &TablePlan) {
+    let name = format!("data {}", table.name);
+    for f in &plan.data.refusals {
+        report.fail(
+            &name,
+            format!(
+                "{}: {}; the ALTER cannot hold this data, so nothing was started",
+                f.subject, f.detail
+            ),
+            f.fix.clone(),
+        );
+    }
+    if plan.data.refusals.is_empty() {
+        report.ok(&name, "the data fits the new definition");
+    }
+    if plan.data.lossy.is_empty() {
+        return;
+    }
+    let name = format!("values {}", table.name);
+    let columns: Vec<&str> = plan.data.lossy.iter().map(|f| f.subject.as_str()).collect();
+    if !plan.data.lossy_found {
+        report.ok(
+            &name,
+            format!(
+                "no current value of {} changes (see \"values that will change\")",
+                columns.join(", ")
+            ),
+        );
+    } else if table.allow_lossy {
+        report.warn(
+            &name,
+            format!(
+                "values of {} will change as the server's own ALTER changes them (see \"values that will change\"); accepted by allow_lossy = true",
+                columns.join(", ")
+            ),
+            "nothing to do; remove allow_lossy to be asked again",
+        );
+    } else {
+        report.fail(
+            &name,
+            format!(
+                "the ALTER changes values of {} rather than refusing them (see \"values that will change\")",
+                columns.join(", ")
+            ),
+            format!(
+                "set `allow_lossy = true` under the [[table]] of {} to accept the changes, or change the ALTER so that values keep their precision",
+                table.name
+            ),
+        );
+    }
 }
 
 async fn check_triggers_and_foreign_keys(

@@ -39,8 +39,12 @@ pub struct CopyLayout {
     pub target: TargetTable,
     /// Target column names, in `select` order.
     pub target_columns: Vec<String>,
-    /// Source column names, in `select` order (for server-side copies).
+    /// Source column names, in `select` order.
     pub source_columns: Vec<String>,
+    /// SELECT expressions of a server-side copy (`INSERT … SELECT`), in
+    /// `select` order: the column, converted in the server's time zone where
+    /// the server's own ALTER would (see `wraith_backend::ZoneShift`).
+    pub server_select: Vec<String>,
 }
 
 /// Plans what is read and written, from the source table and the plan.
@@ -53,11 +57,12 @@ pub fn layout(
     let mut read_specs = Vec::new();
     let mut target_columns = Vec::new();
     let mut source_columns = Vec::new();
+    let mut server_select = Vec::new();
     for (from, to) in plan.copied_columns() {
         let col = old
             .column(from)
             .ok_or_else(|| format!("column {from} vanished from {}", old.name))?;
-        let spec = col.spec(to).ok_or_else(|| {
+        let mut spec = col.spec(to).ok_or_else(|| {
             format!(
                 "column {from} of {} has type {}, which wraith cannot copy",
                 old.name, col.column_type
@@ -68,6 +73,11 @@ pub fn layout(
             format!("CAST({} AS DOUBLE)", quote_ident(&col.name))
         } else {
             quote_ident(&col.name)
+        });
+        spec.zone_shift = plan.zone_shift(to);
+        server_select.push(match &spec.zone_shift {
+            Some(shift) => shift.wrap_expr(&quote_ident(&col.name)),
+            None => quote_ident(&col.name),
         });
         read_specs.push(spec);
         target_columns.push(to.to_string());
@@ -105,6 +115,7 @@ pub fn layout(
         chunk_key,
         target_columns,
         source_columns,
+        server_select,
     })
 }
 

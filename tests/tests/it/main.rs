@@ -8,4 +8,5 @@ mod online;
 mod ops;
 mod preflight;
 mod resume;
+mod values;
 mod verified;

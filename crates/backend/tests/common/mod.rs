@@ -88,6 +88,7 @@ pub async fn specs(conn: &mut Conn, db: &str, table: &str) -> Vec<ColumnSpec> {
             unsigned: ct.contains("unsigned"),
             charset: cs,
             fsp: fsp.unwrap_or(0) as u8,
+            zone_shift: None,
         })
         .collect()
 }

@@ -240,6 +240,12 @@ impl ImportJobConfig {
         Ok(config)
     }
 
+    /// Whether config text is an import job's: it has an `[import]` table.
+    pub fn is_import_text(text: &str) -> bool {
+        text.parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("import"))
+    }
+
     fn validate(&self) -> Result<(), String> {
         validate_connection("target", &self.target)?;
         let i = &self.import;

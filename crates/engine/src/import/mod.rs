@@ -12,7 +12,8 @@
 //! **Flow:**
 //!
 //! ```text
-//! [import] dir ─► files (table per file) ─► create_tables (*-schema.sql) ─► inspect targets
+//! [import] dir ─► preflight (dir, files, database, tables, charsets: refuse before loading)
+//!   ─► files (table per file) ─► create_tables (*-schema.sql) ─► inspect targets
 //!   ─► plan regions (one skip-mode scan per file, in parallel) ─► checkpoint: one chunk per region
 //!   ─► `threads` workers: region ─► rayon parse ─► batches of typed rows ─► writer
 //!        · local: engine per table (RocksDB, sorted by the key), writer per region,
@@ -21,7 +22,14 @@
 //!                 `_wraith_import_regions`, committed together; chunk flushed
 //!        (both: non-unique secondary indexes dropped first, added back after)
 //!   ─► verify: rows in each table against rows parsed ─► checkpoint removed
+//!   ─► wraith's tables dropped when no other job has rows in them
 //! ```
+//!
+//! **Refused values.** A value the server refuses is reported at its file,
+//! byte offset and line: every batch carries its rows' offsets, the sql
+//! path maps the server's "at row N" back through them, and the local
+//! backend, whose engine loads rows in key order, writes the table's
+//! regions again into a TEMPORARY copy to find the row.
 //!
 //! **Resume.** Every region is a chunk (file, byte range, status, rows) of its
 //! table's engine in the checkpoint. A rerun with the same config (same
@@ -33,9 +41,13 @@
 //!   since an import requires empty tables, the table is emptied and the
 //!   engine imported again.
 //! - sql: a region's rows and its marker row in `_wraith_import_regions`
-//!   commit in one transaction, so after a kill a region is either entirely
-//!   in the table with its marker, or not at all. The rerun marks regions
-//!   with markers as flushed and redoes the rest; nothing is written twice.
+//!   (which carries the region's sums under `verify = "checksum"`) commit
+//!   in one transaction, so after a kill a region is either entirely in the
+//!   table with its marker and sums, or not at all. The rerun marks regions
+//!   with markers as flushed, takes their sums from the markers, and redoes
+//!   the rest; nothing is written twice.
+//! - both: a region's status and its sums reach the checkpoint in one save,
+//!   never one without the other.
 //!
 //! **Duplicates** (`on_duplicate`): `error` stops naming the key and index
 //! (both backends). `replace` and `ignore` use the sql backend with `REPLACE`
@@ -52,6 +64,7 @@
 pub mod config;
 pub mod csv;
 pub mod files;
+pub mod preflight;
 pub mod region;
 pub mod sql;
 pub mod verify;
@@ -289,6 +302,22 @@ pub async fn run_import(
 ) -> Result<ImportReport, ImportError> {
     let started = Instant::now();
     let db = cfg.target.database.clone();
+    // Everything that can be judged before a row is loaded.
+    let checked = preflight::check(cfg).await;
+    if !checked.passed() {
+        return Err(ImportError::Refused(checked.failure_message()));
+    }
+    if checked.creates_database {
+        let mut c = preflight::connect(cfg).await.map_err(ImportError::Plan)?;
+        c.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            quote_ident(&db)
+        ))
+        .await
+        .context(|| format!("creating database {db}"))?;
+        let _ = c.disconnect().await;
+        tracing::info!(database = %db, "database created");
+    }
     let pool = pool_of(cfg)?;
     let result = run_inner(cfg, &db, &pool, progress, stop, started).await;
     pool.disconnect().await.ok();
@@ -439,8 +468,8 @@ async fn run_inner(
     }
     // Done: the checkpoint and the markers have served.
     checkpointer.remove().await?;
+    let mut c = conn(pool).await?;
     if backend_kind == BackendKind::Sql {
-        let mut c = conn(pool).await?;
         c.exec_drop(
             format!(
                 "DELETE FROM {}.{} WHERE job = ?",
@@ -451,6 +480,18 @@ async fn run_inner(
         )
         .await
         .context(|| format!("removing this job's rows from {REGIONS_TABLE}"))?;
+    }
+    // wraith's own tables go when no other job needs them.
+    drop_if_empty(&mut c, db, REGIONS_TABLE).await?;
+    if backend_kind == BackendKind::Local {
+        // The engines are cleaned up; their directory goes too when empty.
+        let _ = std::fs::remove_dir(cfg.local.sort_dir.join(format!("import-{db}")));
+    }
+    if !matches!(
+        (cfg.checkpoint.store, &cfg.checkpoint.path),
+        (StoreKind::File, Some(_))
+    ) {
+        drop_if_empty(&mut c, db, wraith_checkpoints::CHECKPOINT_TABLE).await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rows: u64 = reports.iter().map(|r| r.rows_parsed).sum();
@@ -769,14 +810,71 @@ async fn ensure_regions_table(pool: &Pool, db: &str) -> Result<(), ImportError> 
            job VARBINARY(255) NOT NULL, chunk BIGINT UNSIGNED NOT NULL, \
            file VARBINARY(1024) NOT NULL, start_offset BIGINT UNSIGNED NOT NULL, \
            end_offset BIGINT UNSIGNED NOT NULL, rows_written BIGINT UNSIGNED NOT NULL, \
+           sums MEDIUMBLOB NULL COMMENT 'verify = checksum: the sums of the rows parsed (JSON)', \
            committed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
            PRIMARY KEY (job, chunk)) ENGINE=InnoDB COMMENT='wraith import: regions committed by the sql backend'",
         quote_ident(db),
         quote_ident(REGIONS_TABLE)
     ))
     .await
-    .context(|| format!("creating {REGIONS_TABLE}"))
-    .map_err(Into::into)
+    .context(|| format!("creating {REGIONS_TABLE}"))?;
+    // A table left by a wraith that kept no sums there.
+    let has_sums: Option<u8> = c
+        .exec_first(
+            "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = 'sums'",
+            (db, REGIONS_TABLE),
+        )
+        .await
+        .context(|| format!("reading the columns of {REGIONS_TABLE}"))?;
+    if has_sums.is_none() {
+        alter_table(
+            &mut c,
+            db,
+            REGIONS_TABLE,
+            &["ADD COLUMN sums MEDIUMBLOB NULL AFTER rows_written".to_string()],
+            "adding the sums column to",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops wraith's table `db.table` if it holds no row (no other job uses
+/// it). The check and the drop happen under `LOCK TABLES … WRITE`, so a
+/// job writing its first row meanwhile waits, then finds the table gone
+/// and creates it again (both stores do), rather than losing that row. A
+/// lock not granted within 5 s leaves the table (it is in use).
+async fn drop_if_empty(c: &mut Conn, db: &str, table: &str) -> Result<(), ImportError> {
+    let q = format!("{}.{}", quote_ident(db), quote_ident(table));
+    c.query_drop("SET SESSION lock_wait_timeout = 5")
+        .await
+        .context(|| "bounding the lock wait".into())?;
+    let locked = c.query_drop(format!("LOCK TABLES {q} WRITE")).await;
+    let result = match locked {
+        // Missing: nothing to drop. Busy: another job's.
+        Err(mysql_async::Error::Server(e)) if matches!(e.code, 1146 | 1205) => Ok(()),
+        Err(e) => Err(e).context(|| format!("locking {table} to drop it")),
+        Ok(()) => {
+            let any: Result<Option<u8>, _> =
+                c.query_first(format!("SELECT 1 FROM {q} LIMIT 1")).await;
+            match any {
+                Ok(None) => c
+                    .query_drop(format!("DROP TABLE {q}"))
+                    .await
+                    .context(|| format!("dropping {table}")),
+                Ok(Some(_)) => Ok(()),
+                Err(e) => Err(e).context(|| format!("reading {table}")),
+            }
+        }
+    };
+    let unlocked = c.query_drop("UNLOCK TABLES").await;
+    let restored = c
+        .query_drop("SET SESSION lock_wait_timeout = @@GLOBAL.lock_wait_timeout")
+        .await;
+    result?;
+    unlocked.context(|| "unlocking tables".into())?;
+    restored.context(|| "restoring lock_wait_timeout".into())?;
+    Ok(())
 }
 
 /// Regions whose transaction committed before a kill but whose checkpoint
@@ -787,10 +885,10 @@ async fn adopt_committed_regions(
     job: &str,
 ) -> Result<(), ImportError> {
     let mut c = conn(pool).await?;
-    let rows: Vec<(u64, u64)> = c
+    let rows: Vec<(u64, u64, Option<Vec<u8>>)> = c
         .exec(
             format!(
-                "SELECT chunk, rows_written FROM {} WHERE job = ?",
+                "SELECT chunk, rows_written, sums FROM {} WHERE job = ?",
                 quote_ident(REGIONS_TABLE)
             ),
             (job.as_bytes(),),
@@ -800,15 +898,29 @@ async fn adopt_committed_regions(
     if rows.is_empty() {
         return Ok(());
     }
-    let committed: HashMap<u64, u64> = rows.into_iter().collect();
+    let mut committed: HashMap<u64, (u64, Option<RowsChecksum>)> = HashMap::new();
+    for (chunk, n, sums) in rows {
+        let sums = sums
+            .map(|b| serde_json::from_slice::<RowsChecksum>(&b))
+            .transpose()
+            .map_err(|e| {
+                ImportError::Refused(format!(
+                    "the sums of region {chunk} in {REGIONS_TABLE} cannot be read ({e}); \
+                     empty the tables, delete this job's rows from {REGIONS_TABLE} and its \
+                     checkpoint, and start over"
+                ))
+            })?;
+        committed.insert(chunk, (n, sums));
+    }
     checkpointer
         .update(|task| {
             for t in &mut task.tables {
                 for e in &mut t.engines {
                     for ch in &mut e.chunks {
-                        if let Some(&n) = committed.get(&ch.id) {
+                        if let Some((n, sums)) = committed.get(&ch.id) {
                             if ch.status() != ChunkStatus::Flushed {
-                                ch.rows = n;
+                                ch.rows = *n;
+                                ch.checksum = sums.clone();
                                 let _ = ch.advance(ChunkStatus::Flushed);
                                 t.rows_copied += n;
                             }
@@ -1141,6 +1253,7 @@ async fn load_one(
 ) -> Result<(u64, Option<RowsChecksum>), ImportError> {
     let (tx, mut rx) = mpsc::channel::<Parsed>(4);
     let mut sums = verify.then(|| RegionSums::new(&work.reader.file.name));
+    let mut finished: Option<RowsChecksum> = None;
     {
         let reader = work.reader.clone();
         let (start, end) = (work.start, work.end);
@@ -1213,7 +1326,7 @@ async fn load_one(
                 target,
                 shape.clone(),
                 mode,
-                &file,
+                &work.reader.file,
                 shared.load_data,
             )
             .await?;
@@ -1244,15 +1357,42 @@ async fn load_one(
                     }
                 }
             };
-            w.commit(job, work.chunk_id, work.start, work.end, rows)
-                .await?;
+            let sums = sums.take().map(RegionSums::finish);
+            w.commit(
+                job,
+                work.chunk_id,
+                (work.start, work.end),
+                rows,
+                sums.as_ref(),
+            )
+            .await?;
+            finished = sums;
             rows
         }
     };
+    tracing::debug!(file = %file, start = work.start, end = work.end, rows, "region durable");
+    commit_pause().await;
     progress
         .bytes_done
         .fetch_add(region_bytes.saturating_sub(reported), Ordering::Relaxed);
-    Ok((rows, sums.map(RegionSums::finish)))
+    Ok((rows, finished.or_else(|| sums.map(RegionSums::finish))))
+}
+
+/// Test hook: `WRAITH_TEST_REGION_PAUSE_MS` holds each region between the
+/// moment its rows are durable (committed, or flushed into the engine) and
+/// the moment the checkpoint records it, so the suite can aim a kill -9 at
+/// that window. Unset (always, outside the suite): no pause.
+async fn commit_pause() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("WRAITH_TEST_REGION_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        tokio::time::sleep(*p).await;
+    }
 }
 
 /// The parsed rows of one region, summed for `verify = "checksum"`.
@@ -1354,20 +1494,21 @@ async fn finish_table(
                     }
                 })
                 .await?;
-            let stats = closed
-                .import(96 << 20, 1 << 20)
-                .await
-                .map_err(|e| match e {
-                    BackendError::DuplicateDetected { table, key, index } => {
-                        ImportError::Duplicate {
-                            table,
-                            key,
-                            index,
-                            file: "the sorted engine of all its files".into(),
-                        }
-                    }
-                    other => ImportError::Backend(other),
-                })?;
+            let stats = match closed.import(96 << 20, 1 << 20).await {
+                Ok(stats) => stats,
+                Err(BackendError::DuplicateDetected { table, key, index }) => {
+                    return Err(ImportError::Duplicate {
+                        table,
+                        key,
+                        index,
+                        file: "the sorted engine of all its files".into(),
+                    })
+                }
+                Err(e) if is_rejected_value(&e) => {
+                    return Err(locate_rejected_value(pool, db, t, &tc, e).await)
+                }
+                Err(other) => return Err(ImportError::Backend(other)),
+            };
             tracing::info!(table = %t.name, rows = stats.rows, ranges = stats.ranges, "engine imported");
             checkpointer
                 .update(|task| {
@@ -1478,6 +1619,126 @@ async fn finish_table(
         created: t.created,
         deferred_indexes: tc.deferred_indexes.len(),
     })
+}
+
+/// Whether the engine import failed on a value the server refuses.
+fn is_rejected_value(e: &BackendError) -> bool {
+    match e {
+        BackendError::LoadWarning { code, .. } => writer::REJECTED_VALUE.contains(code),
+        BackendError::Sql {
+            source: mysql_async::Error::Server(s),
+            ..
+        } => writer::REJECTED_VALUE.contains(&u32::from(s.code)),
+        _ => false,
+    }
+}
+
+/// Name of the temporary table [`locate_rejected_value`] writes into.
+pub const PROBE_TABLE: &str = "_wraith_probe";
+
+/// The local engine loads rows in key order, far from their files: when
+/// the server refuses a value there, the table's regions are written once
+/// more, in file order, as INSERTs into a TEMPORARY copy of the table
+/// (visible to that session only, gone with it), each region rolled back,
+/// until the server refuses the row again, now with its file and line. If
+/// no row is refused that way, the engine's own error is returned.
+async fn locate_rejected_value(
+    pool: &Pool,
+    db: &str,
+    t: &TablePlan,
+    tc: &TableCheckpoint,
+    original: BackendError,
+) -> ImportError {
+    tracing::info!(table = %t.name, error = %original, "a value was refused: finding its row in the files");
+    match probe_regions(pool, db, t, tc).await {
+        Ok(Some(found)) => found,
+        Ok(None) => ImportError::Backend(original),
+        Err(e) => {
+            tracing::warn!(table = %t.name, error = %e, "could not find the refused row in the files");
+            ImportError::Backend(original)
+        }
+    }
+}
+
+async fn probe_regions(
+    pool: &Pool,
+    db: &str,
+    t: &TablePlan,
+    tc: &TableCheckpoint,
+) -> Result<Option<ImportError>, ImportError> {
+    let mut c = conn(pool).await?;
+    c.query_drop(format!(
+        "CREATE TEMPORARY TABLE {}.{} LIKE {}.{}",
+        quote_ident(db),
+        quote_ident(PROBE_TABLE),
+        quote_ident(db),
+        quote_ident(&t.name)
+    ))
+    .await
+    .context(|| {
+        format!(
+            "creating a temporary copy of {} to find a refused value",
+            t.name
+        )
+    })?;
+    let mut target = t.target.clone();
+    target.table = PROBE_TABLE.to_string();
+    let chunks = tc
+        .engines
+        .first()
+        .map(|e| e.chunks.as_slice())
+        .unwrap_or(&[]);
+    for ch in chunks {
+        let (Some(name), Some((start, end))) = (&ch.file, ch.offset_range) else {
+            continue;
+        };
+        let Some(reader) = t.readers.iter().find(|r| &r.file.name == name).cloned() else {
+            continue;
+        };
+        let mut w = writer::RegionWriter::on(
+            c,
+            &target,
+            t.shape.clone(),
+            OnDuplicate::Error,
+            &reader.file,
+            // INSERTs: a load reads the columns from information_schema,
+            // which does not list temporary tables.
+            false,
+        )
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<Parsed>(4);
+        let parser = tokio::task::spawn_blocking(move || {
+            let result = region::read_region(&reader, start, end, &mut |b| {
+                tx.blocking_send(Parsed::Batch(b)).is_ok()
+            });
+            let _ = tx.blocking_send(match result {
+                Ok(n) => Parsed::Done(n),
+                Err(e) => Parsed::Failed(e),
+            });
+        });
+        while let Some(p) = rx.recv().await {
+            match p {
+                Parsed::Batch(b) => match w.write(&b).await {
+                    Ok(()) => {}
+                    Err(e @ ImportError::Parse { .. }) => return Ok(Some(e)),
+                    Err(e) => return Err(e),
+                },
+                Parsed::Done(_) => break,
+                Parsed::Failed(e) => return Err(e),
+            }
+        }
+        drop(rx);
+        let _ = parser.await;
+        // The rows of a load still in its buffer go now.
+        match w.flush().await {
+            Ok(()) => {}
+            Err(e @ ImportError::Parse { .. }) => return Ok(Some(e)),
+            Err(e) => return Err(e),
+        }
+        c = w.roll_back().await?;
+    }
+    let _ = c.disconnect().await;
+    Ok(None)
 }
 
 /// `verify = "checksum"`: the regions' sums of parsed rows against the table

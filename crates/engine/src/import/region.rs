@@ -92,8 +92,30 @@ pub struct FileReader {
 pub struct Batch {
     pub columns: Arc<Vec<String>>,
     pub rows: Vec<Row>,
+    /// Where each row starts: its byte offset in the file (in the
+    /// decompressed stream for compressed files), so a value the server
+    /// rejects is reported at its row ([`line_of`] gives the line).
+    pub offsets: Vec<u64>,
     /// Input bytes this batch covers (plain files only; 0 for streams).
     pub bytes: u64,
+}
+
+/// The line (from 1) at byte `offset` of the file (of the decompressed
+/// stream for compressed files). Reads the file up to there: for error
+/// messages only.
+pub fn line_of(file: &DataFile, offset: u64) -> Result<u64, ImportError> {
+    let mut input = open_stream(file)?.take(offset);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut lines = 1u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| ImportError::io("reading", &file.path, e))?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
 }
 
 fn syntax(
@@ -324,17 +346,26 @@ struct BatchBuilder<'a> {
     columns: Arc<Vec<String>>,
     specs: Vec<ColumnSpec>,
     rows: Vec<Row>,
+    offsets: Vec<u64>,
+    /// Offset of the parsed data in the file (stream).
+    base: u64,
     last_flush: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
-    fn new(reader: &'a FileReader, columns: Vec<String>) -> Result<BatchBuilder<'a>, String> {
+    fn new(
+        reader: &'a FileReader,
+        columns: Vec<String>,
+        base: u64,
+    ) -> Result<BatchBuilder<'a>, String> {
         let specs = reader.shape.specs_of(&columns)?;
         Ok(BatchBuilder {
             reader,
             columns: Arc::new(columns),
             specs,
             rows: Vec::with_capacity(BATCH_ROWS),
+            offsets: Vec::with_capacity(BATCH_ROWS),
+            base,
             last_flush: 0,
         })
     }
@@ -348,7 +379,8 @@ impl<'a> BatchBuilder<'a> {
         Ok(true)
     }
 
-    fn push(&mut self, raw: &mut Vec<RawValue>) -> Result<(), String> {
+    /// Adds the row that starts at `at` (in the parsed data).
+    fn push(&mut self, raw: &mut Vec<RawValue>, at: usize) -> Result<(), String> {
         if raw.len() != self.specs.len() {
             return Err(format!(
                 "the row has {} values but {} columns are expected ({})",
@@ -363,6 +395,7 @@ impl<'a> BatchBuilder<'a> {
             .map(|(v, s)| to_value(v, s))
             .collect::<Result<Row, String>>()?;
         self.rows.push(row);
+        self.offsets.push(self.base + at as u64);
         Ok(())
     }
 
@@ -372,6 +405,7 @@ impl<'a> BatchBuilder<'a> {
         Batch {
             columns: self.columns.clone(),
             rows: std::mem::replace(&mut self.rows, Vec::with_capacity(BATCH_ROWS)),
+            offsets: std::mem::replace(&mut self.offsets, Vec::with_capacity(BATCH_ROWS)),
             bytes,
         }
     }
@@ -383,6 +417,7 @@ impl<'a> BatchBuilder<'a> {
 fn parse_slice(
     reader: &FileReader,
     data: &[u8],
+    base: u64,
     first: bool,
     err: &dyn Fn(SyntaxError) -> ImportError,
     emit: &mut dyn FnMut(Batch) -> bool,
@@ -394,7 +429,7 @@ fn parse_slice(
         Some(c) => c.clone(),
         None => reader.shape.names(),
     };
-    let mut batch = BatchBuilder::new(reader, default_columns.clone())
+    let mut batch = BatchBuilder::new(reader, default_columns.clone(), base)
         .map_err(|m| err(SyntaxError::new(0, m)))?;
     let value_err = |at: usize, m: String| err(SyntaxError::new(at, m));
     let mut flush = |batch: &mut BatchBuilder<'_>, pos: usize| -> bool {
@@ -420,7 +455,9 @@ fn parse_slice(
                 batch.switch(wanted).map_err(|m| value_err(row_start, m))?;
             }
             let at = skip_space_at(data, row_start);
-            batch.push(&mut raw).map_err(|m| value_err(at, m))?;
+            batch
+                .push(&mut raw, p.row_start())
+                .map_err(|m| value_err(at, m))?;
             rows += 1;
             if batch.rows.len() >= BATCH_ROWS && !flush(&mut batch, p.position()) {
                 return Ok((rows, false));
@@ -437,7 +474,9 @@ fn parse_slice(
             if !p.read_row(Some(&mut raw)).map_err(err)? {
                 break;
             }
-            batch.push(&mut raw).map_err(|m| value_err(row_start, m))?;
+            batch
+                .push(&mut raw, row_start)
+                .map_err(|m| value_err(row_start, m))?;
             rows += 1;
             if batch.rows.len() >= BATCH_ROWS && !flush(&mut batch, p.position()) {
                 return Ok((rows, false));
@@ -488,7 +527,7 @@ pub fn read_region(
     let data = &all[s..e];
     let err =
         |se: SyntaxError| syntax(file, all, 0, SyntaxError::new(s + se.offset, se.message), 0);
-    let (rows, _) = parse_slice(reader, data, s == 0, &err, emit, true)?;
+    let (rows, _) = parse_slice(reader, data, s as u64, s == 0, &err, emit, true)?;
     Ok(rows)
 }
 
@@ -537,7 +576,7 @@ fn read_stream(
         }
         let data = &buf[..cut];
         let err = |se: SyntaxError| syntax(file, data, lines_before, se, base);
-        let (n, go_on) = parse_slice(reader, data, first, &err, emit, false)?;
+        let (n, go_on) = parse_slice(reader, data, base, first, &err, emit, false)?;
         rows += n;
         if !go_on {
             return Ok(rows);

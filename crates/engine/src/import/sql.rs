@@ -35,6 +35,8 @@ pub struct SqlParser<'a> {
     names: Option<String>,
     table: Option<String>,
     columns: Option<Vec<String>>,
+    /// Offset of the `(` of the last row read.
+    row_at: usize,
 }
 
 impl<'a> SqlParser<'a> {
@@ -46,7 +48,13 @@ impl<'a> SqlParser<'a> {
             names: None,
             table: None,
             columns: None,
+            row_at: 0,
         }
+    }
+
+    /// Offset of the `(` that opened the last row read.
+    pub fn row_start(&self) -> usize {
+        self.row_at
     }
 
     /// Offset of the next unread byte.
@@ -189,6 +197,7 @@ impl<'a> SqlParser<'a> {
                     if self.peek() != Some(b'(') {
                         return self.err(self.pos, "expected `(` to start a row of VALUES");
                     }
+                    self.row_at = self.pos;
                     self.pos += 1;
                     out.clear();
                     self.tuple(out)?;

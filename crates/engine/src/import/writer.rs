@@ -11,8 +11,9 @@
 //! batch on its own, which is right for the rebuild (the copy redoes
 //! everything above its low watermark) but would let a region redone after a
 //! kill insert its committed rows a second time. Here a region's rows and a
-//! marker row in [`super::REGIONS_TABLE`] are committed in one transaction,
-//! so a region is in the table entirely, with its marker, or not at all.
+//! marker row in [`super::REGIONS_TABLE`] (with the region's sums under
+//! `verify = "checksum"`) are committed in one transaction, so a region is
+//! in the table entirely, with its marker and sums, or not at all.
 //! Rows are written with the same exact literals as the sql backend
 //! ([`wraith_backend::Value::write_sql_literal`] on a `SET NAMES binary`,
 //! UTC, strict session), as multi-row statements of at most 1 MiB:
@@ -25,9 +26,11 @@ use std::sync::Arc;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use wraith_backend::{parse_duplicate_message, BackendError, LoadData, TargetTable};
+use wraith_checkpoints::RowsChecksum;
 
 use super::config::OnDuplicate;
-use super::region::{Batch, TableShape};
+use super::files::DataFile;
+use super::region::{line_of, Batch, TableShape};
 use super::{conn, ImportError, REGIONS_TABLE};
 use crate::db::{quote_ident, DbError};
 
@@ -40,8 +43,12 @@ pub(super) struct RegionWriter {
     target: TargetTable,
     shape: Arc<TableShape>,
     mode: OnDuplicate,
+    /// The file's name (for messages).
     file: String,
+    data_file: DataFile,
     stmt: Vec<u8>,
+    /// Where each row of `stmt` starts in the file.
+    stmt_offsets: Vec<u64>,
     row: Vec<u8>,
     /// Rows go by `LOAD DATA LOCAL` (see the module comment).
     use_load: bool,
@@ -54,7 +61,19 @@ struct PendingLoad {
     load: LoadData,
     text: Vec<u8>,
     rows: u64,
+    /// Where each row of `text` starts in the file.
+    offsets: Vec<u64>,
 }
+
+/// Server errors (and `LOAD DATA` warnings) that refuse a value of a row:
+/// reported at the row's file and line, like a parse error. 1048 NULL into
+/// NOT NULL, 1263 the same in a load, 1264 out of range, 1265 truncated,
+/// 1292 bad date or time, 1366 bad number or string, 1367 illegal value,
+/// 1406 too long, 1411 bad value for a function, 1452 foreign key, 1690
+/// out of range in an expression, 3140 bad JSON, 3819 and 4025 CHECK.
+pub(super) const REJECTED_VALUE: &[u32] = &[
+    1048, 1138, 1263, 1264, 1265, 1292, 1366, 1367, 1406, 1411, 1452, 1690, 3140, 3819, 4025,
+];
 
 impl RegionWriter {
     pub(super) async fn begin(
@@ -62,10 +81,23 @@ impl RegionWriter {
         target: &TargetTable,
         shape: Arc<TableShape>,
         mode: OnDuplicate,
-        file: &str,
+        file: &DataFile,
         load_data: bool,
     ) -> Result<RegionWriter, ImportError> {
-        let mut c = conn(pool).await?;
+        let c = conn(pool).await?;
+        RegionWriter::on(c, target, shape, mode, file, load_data).await
+    }
+
+    /// A region writer on a connection of the caller's (set up with
+    /// `SESSION_SETUP`), for instance one holding a temporary table.
+    pub(super) async fn on(
+        mut c: Conn,
+        target: &TargetTable,
+        shape: Arc<TableShape>,
+        mode: OnDuplicate,
+        file: &DataFile,
+        load_data: bool,
+    ) -> Result<RegionWriter, ImportError> {
         c.query_drop("START TRANSACTION")
             .await
             .map_err(|e| db_err(e, "starting a region's transaction"))?;
@@ -74,8 +106,10 @@ impl RegionWriter {
             target: target.clone(),
             shape,
             mode,
-            file: file.to_string(),
+            file: file.name.clone(),
+            data_file: file.clone(),
             stmt: Vec::new(),
+            stmt_offsets: Vec::new(),
             row: Vec::with_capacity(1024),
             use_load: load_data && mode == OnDuplicate::Error,
             load: None,
@@ -120,6 +154,7 @@ impl RegionWriter {
                 load,
                 text: Vec::with_capacity(LOAD_BYTES + (1 << 20)),
                 rows: 0,
+                offsets: Vec::new(),
             });
         }
         let Some(pending) = self.load.as_mut() else {
@@ -129,6 +164,7 @@ impl RegionWriter {
             LoadData::write_row(r.iter(), &mut pending.text);
         }
         pending.rows += batch.rows.len() as u64;
+        pending.offsets.extend_from_slice(&batch.offsets);
         if pending.text.len() >= LOAD_BYTES {
             self.send_load().await?;
         }
@@ -144,6 +180,7 @@ impl RegionWriter {
             return Ok(());
         }
         let rows = std::mem::take(&mut pending.rows);
+        let offsets = std::mem::take(&mut pending.offsets);
         let text = bytes::Bytes::from(std::mem::take(&mut pending.text));
         let conn = self
             .conn
@@ -158,6 +195,17 @@ impl RegionWriter {
                     index,
                     file: self.file.clone(),
                 })
+            }
+            Err(BackendError::LoadWarning { code, message, .. })
+                if REJECTED_VALUE.contains(&code) =>
+            {
+                Err(rejected(&self.data_file, &offsets, code, &message).await)
+            }
+            Err(BackendError::Sql {
+                source: mysql_async::Error::Server(s),
+                ..
+            }) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
+                Err(rejected(&self.data_file, &offsets, u32::from(s.code), &s.message).await)
             }
             Err(e) => Err(ImportError::Backend(e)),
         }
@@ -201,7 +249,22 @@ impl RegionWriter {
         let r = c.query_drop(&text).await;
         self.stmt = text.into_bytes();
         self.stmt.clear();
-        r.map_err(|e| self.map_error(e))
+        match r {
+            Ok(()) => {
+                self.stmt_offsets.clear();
+                Ok(())
+            }
+            Err(mysql_async::Error::Server(s)) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
+                Err(rejected(
+                    &self.data_file,
+                    &self.stmt_offsets,
+                    u32::from(s.code),
+                    &s.message,
+                )
+                .await)
+            }
+            Err(e) => Err(self.map_error(e)),
+        }
     }
 
     fn map_error(&self, e: mysql_async::Error) -> ImportError {
@@ -242,9 +305,10 @@ impl RegionWriter {
         let head = self.head(&batch.columns);
         let tail = self.tail(&batch.columns);
         self.stmt.clear();
+        self.stmt_offsets.clear();
         self.stmt.extend_from_slice(&head);
         let mut in_stmt = 0usize;
-        for r in &batch.rows {
+        for (r, &at) in batch.rows.iter().zip(&batch.offsets) {
             self.row.clear();
             self.row.push(b'(');
             for (i, (v, spec)) in r.iter().zip(&specs).enumerate() {
@@ -265,6 +329,7 @@ impl RegionWriter {
             let row = std::mem::take(&mut self.row);
             self.stmt.extend_from_slice(&row);
             self.row = row;
+            self.stmt_offsets.push(at);
             in_stmt += 1;
         }
         if in_stmt > 0 {
@@ -273,15 +338,26 @@ impl RegionWriter {
         Ok(())
     }
 
-    /// Records the region and commits its rows with the record.
+    /// Sends what is buffered (the pending load text), without committing.
+    pub(super) async fn flush(&mut self) -> Result<(), ImportError> {
+        self.send_load().await
+    }
+
+    /// Records the region (with its sums under `verify = "checksum"`) and
+    /// commits its rows with the record: a region is never committed
+    /// without the sums a resumed run needs to verify it.
     pub(super) async fn commit(
         mut self,
         job: &str,
         chunk: u64,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         rows: u64,
+        sums: Option<&RowsChecksum>,
     ) -> Result<(), ImportError> {
+        let sums = sums
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ImportError::Worker(format!("encoding a region's sums: {e}")))?;
         self.send_load().await?;
         let Some(mut c) = self.conn.take() else {
             return Err(ImportError::Worker(
@@ -290,17 +366,31 @@ impl RegionWriter {
         };
         c.exec_drop(
             format!(
-                "INSERT INTO {}.{} (job, chunk, file, start_offset, end_offset, rows_written) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO {}.{} (job, chunk, file, start_offset, end_offset, rows_written, sums) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 quote_ident(&self.target.schema),
                 quote_ident(REGIONS_TABLE)
             ),
-            (job.as_bytes(), chunk, self.file.as_bytes(), start, end, rows),
+            (job.as_bytes(), chunk, self.file.as_bytes(), start, end, rows, sums),
         )
         .await
         .map_err(|e| db_err(e, "recording a committed region"))?;
         c.query_drop("COMMIT")
             .await
             .map_err(|e| db_err(e, "committing a region"))
+    }
+
+    /// Rolls the region back and hands the connection back (with its
+    /// session: a temporary table stays).
+    pub(super) async fn roll_back(mut self) -> Result<Conn, ImportError> {
+        let Some(mut c) = self.conn.take() else {
+            return Err(ImportError::Worker(
+                "the region's connection is gone".into(),
+            ));
+        };
+        c.query_drop("ROLLBACK")
+            .await
+            .map_err(|e| db_err(e, "rolling a region back"))?;
+        Ok(c)
     }
 
     /// Rolls the region back.
@@ -323,9 +413,73 @@ impl Drop for RegionWriter {
     }
 }
 
+/// A value the server refused, at its row: the server's "at row N" counts
+/// the rows of the failed statement (or load), whose starts are `offsets`.
+/// Without a row number (a foreign key, a CHECK constraint) the error
+/// names the statement's first row and says the value is among its rows.
+pub(super) async fn rejected(
+    file: &DataFile,
+    offsets: &[u64],
+    code: u32,
+    message: &str,
+) -> ImportError {
+    let (text, row) = split_at_row(message);
+    let (offset, among) = match row.and_then(|n| offsets.get(n.saturating_sub(1))) {
+        Some(&at) => (at, 0),
+        None => (offsets.first().copied().unwrap_or(0), offsets.len()),
+    };
+    let f = file.clone();
+    let line = tokio::task::spawn_blocking(move || line_of(&f, offset))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let mut message = format!("the server refuses a value of this row: {text} (error {code})");
+    if among > 1 {
+        message.push_str(&format!(
+            "; the value is in this row or one of the {} rows after it",
+            among - 1
+        ));
+    }
+    message.push_str("; correct the value in the file, or change the column so it can hold it");
+    ImportError::Parse {
+        file: file.name.clone(),
+        offset,
+        line,
+        message,
+    }
+}
+
+/// `"Data too long for column 'v' at row 3"` → (`"Data too long for column 'v'"`, 3).
+fn split_at_row(message: &str) -> (&str, Option<usize>) {
+    if let Some(i) = message.rfind(" at row ") {
+        if let Ok(n) = message[i + 8..].trim().parse::<usize>() {
+            return (&message[..i], Some(n));
+        }
+    }
+    (message, None)
+}
+
 fn db_err(error: mysql_async::Error, context: &str) -> ImportError {
     ImportError::Db(DbError {
         context: context.to_string(),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_at_row;
+
+    #[test]
+    fn the_row_number_comes_off_the_message() {
+        assert_eq!(
+            split_at_row("Data too long for column 'v' at row 3"),
+            ("Data too long for column 'v'", Some(3))
+        );
+        assert_eq!(
+            split_at_row("CONSTRAINT `c` failed for `d`.`t`"),
+            ("CONSTRAINT `c` failed for `d`.`t`", None)
+        );
+    }
 }
