@@ -1356,8 +1356,16 @@ impl TableRun<'_> {
                     table.name, shadow_name, table.name
                 );
                 let mut shutdown = self.control.shutdown.clone();
+                let verifier =
+                    RowVerifier::new(old, &new, plan).map_err(|e| RunError::Verify(Box::new(e)))?;
+                let mut verified = Instant::now();
                 loop {
                     following.check(&table.name)?;
+                    // Kept in sync is kept verified: what changed is compared again.
+                    if verified.elapsed() >= REVERIFY_INTERVAL {
+                        self.reverify(&following, &verifier).await?;
+                        verified = Instant::now();
+                    }
                     tokio::select! {
                         _ = shutdown.changed() => {}
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
