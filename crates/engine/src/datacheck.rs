@@ -457,9 +457,8 @@ fn column_checks(
                     detail: format!(
                         "{change}: characters that {new_cs} cannot hold"
                     ),
-                    fix: format!(
-                        "choose a charset that holds every character (e.g. utf8mb4), or change those values first"
-                    ),
+                    fix: "choose a charset that holds every character (e.g. utf8mb4), or change those values first"
+                        .to_string(),
                 });
             }
         }
