@@ -209,6 +209,15 @@ pub async fn run_with(
     options: RunOptions,
     ops: Arc<Operations>,
 ) -> Result<RunReport, RunError> {
+    // The config's paths are judged before the socket or anything else is created.
+    let checks = crate::paths::check(config);
+    if checks.iter().any(|c| c.status == preflight::Status::Fail) {
+        return Err(RunError::Refused(Box::new(Report {
+            server: config.source.describe(),
+            checks,
+            ..Report::default()
+        })));
+    }
     let socket_path = config
         .control
         .socket
@@ -1028,7 +1037,18 @@ impl TableRun<'_> {
             layout.target.clone(),
             self.config.copy.threads,
         );
-        let run_id = format!("{}-{}", self.table.name, std::process::id());
+        // Tokens go through the changelog table (the schema's default charset)
+        // and come back from the binlog as bytes: keep them short ASCII, so a
+        // table named in other letters still gets its token back (it did not).
+        let name = if self.table.name.is_ascii() {
+            self.table.name.clone()
+        } else {
+            format!(
+                "t{:016x}",
+                xxhash_rust::xxh3::xxh3_64(self.table.name.as_bytes())
+            )
+        };
+        let run_id = format!("{name}-{}", std::process::id());
         let spill_dir = self.config.changes.dir.clone().unwrap_or_else(|| {
             self.config.local.sort_dir.join(format!(
                 "changes-{}-{}",
