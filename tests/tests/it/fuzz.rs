@@ -292,6 +292,7 @@ async fn generated_bad_configs_never_panic() {
                   [import]\ndir = \"/tmp\"";
     let mut rng = Rng(0x5eed_0013);
     let mut runs = 0;
+    let mut codes = [0usize; 4];
     for case in 0..300 {
         let (base, commands): (&str, &[&[&str]]) = if case % 4 == 3 {
             (import, &[&["import"]])
@@ -307,9 +308,14 @@ async fn generated_bad_configs_never_panic() {
             .await
             .unwrap_or_else(|| panic!("case {case}: wraith {args:?} against a closed port did not end within 60s:\n{config}"));
         assert_no_panic(&format!("case {case}"), args, &config, &out);
+        codes[out.code as usize] += 1;
         runs += 1;
     }
     assert_eq!(runs, 300);
+    // The faults reach more than the parser: config errors (2) and refusals
+    // or connection failures past it (1, 3) both occur.
+    eprintln!("exit codes 0..=3: {codes:?}");
+    assert!(codes[2] > 50 && codes[1] + codes[3] > 50, "{codes:?}");
 }
 
 #[tokio::test]
@@ -391,4 +397,81 @@ async fn bad_table_shapes_and_names_never_panic() {
     }
     // Nothing ran: the base table is as it was.
     assert_eq!(s.rows("base").await.len(), 2);
+}
+
+#[tokio::test]
+async fn bad_configs_and_dump_files_against_a_real_server_never_panic() {
+    let s = Schema::new("fz_real").await;
+    s.exec("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'a')")
+        .await;
+    // Dump files that are broken in the ways files break: cut off, wrong
+    // compression, wrong quoting, unknown tables, hostile schema files.
+    let dump = tempfile::tempdir().unwrap();
+    let files: &[(&str, &[u8])] = &[
+        (
+            "fz_real.t.00000.sql",
+            b"INSERT INTO `t` VALUES (2,'b'),(3,'c",
+        ),
+        (
+            "fz_real.t-schema.sql",
+            b"CREATE TABLE `t` (id INT PRIMARY KEY, v VARCHAR(10));",
+        ),
+        (
+            "fz_real.u-schema.sql",
+            b"CREATE TABLE u (id INT PRIMARY KEY); SET NAMES nonsense; /* open",
+        ),
+        (
+            "fz_real.u.00000.sql",
+            b"INSERT INTO u VALUES (1),(1),(x'zz'),(0x),(_utf8mb4 'a');",
+        ),
+        ("fz_real.w.00000.sql.gz", b"not gzip at all"),
+        ("fz_real.z.00000.sql.zst", b"\x28\xb5\x2f\xfd garbage"),
+        ("t.csv", b"1,\"unterminated\n2,b,c,d\n\xff\xfe,\\N\n"),
+        ("t.tsv", b"1\tb\t\\\n\t\t\t\n"),
+        ("größe.csv", b"1,\xc3\n"),
+        ("metadata", b"\x00\x01\x02"),
+    ];
+    for (name, body) in files {
+        std::fs::write(dump.path().join(name), body).unwrap();
+    }
+    let dir = format!("{:?}", dump.path().display().to_string());
+    let import = format!(
+        "[target]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"fz_real\"\n\n\
+         [import]\ndir = {dir}",
+        s.port
+    );
+    let rebuild = s.config("t", "ADD COLUMN x INT", "[cutover]\nenabled = false");
+    let mut rng = Rng(0x5eed_4ea1);
+    for case in 0..120 {
+        let (config, args): (String, &[&str]) = match case % 3 {
+            0 => {
+                let extra = rng.pick(&[
+                    "",
+                    "format = \"csv\"",
+                    "format = \"tsv\"",
+                    "format = \"sql\"",
+                    "on_duplicate = \"replace\"",
+                    "verify = \"checksum\"",
+                    "charset = \"latin1\"",
+                    "charset = \"nonsense\"",
+                    "create_tables = false",
+                    "region_size = \"1B\"",
+                ]);
+                let base = format!("{import}\n{extra}");
+                let config = if rng.below(2) == 0 {
+                    base
+                } else {
+                    bad_config(&mut rng, &base)
+                };
+                (config, &["import"])
+            }
+            1 => (bad_config(&mut rng, &rebuild), &["check"]),
+            _ => (bad_config(&mut rng, &rebuild), &["status"]),
+        };
+        let out = wraith(args, &config).await.unwrap_or_else(|| {
+            panic!("case {case}: wraith {args:?} did not end within 60s:\n{config}")
+        });
+        assert_no_panic(&format!("real-server case {case}"), args, &config, &out);
+    }
+    assert!(s.table_exists("t").await);
 }
