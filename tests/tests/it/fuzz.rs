@@ -294,8 +294,22 @@ async fn generated_bad_configs_never_panic() {
     let mut runs = 0;
     let mut codes = [0usize; 4];
     for case in 0..300 {
+        let bench: &[&str] = &[
+            "bench",
+            "--rows",
+            "10",
+            "--repeat",
+            "1",
+            "--methods",
+            "wraith-sql",
+            "--conditions",
+            "idle",
+            "--config",
+        ];
         let (base, commands): (&str, &[&[&str]]) = if case % 4 == 3 {
             (import, &[&["import"]])
+        } else if case % 10 == 0 {
+            (rebuild, &[bench])
         } else {
             (
                 rebuild,
@@ -316,6 +330,52 @@ async fn generated_bad_configs_never_panic() {
     // or connection failures past it (1, 3) both occur.
     eprintln!("exit codes 0..=3: {codes:?}");
     assert!(codes[2] > 50 && codes[1] + codes[3] > 50, "{codes:?}");
+}
+
+#[tokio::test]
+async fn bad_arguments_never_panic() {
+    // Each is refused before a server is started or reached.
+    for args in [
+        &["bench", "--table", "nonsense"][..],
+        &["bench", "--methods", "nope"],
+        &["bench", "--conditions", "nope"],
+        &["bench", "--repeat", "0"],
+        &["bench", "--rows", "-5"],
+        &[
+            "bench",
+            "--config",
+            "/nonexistent-wraith-fuzz.toml",
+            "--methods",
+            "wraith-sql",
+        ],
+        &["demo", "--rows", "many"],
+        &["demo", "--load-rate", "-1"],
+        &["check"],
+        &["run", "/nonexistent-wraith-fuzz.toml"],
+        &["status", "/dev/null"],
+        &["import", "/"],
+        &["check", "/proc/self/mem"],
+        &["nonsense"],
+        &[],
+    ] {
+        let mut cmd = tokio::process::Command::new(wraith_bin());
+        cmd.args(args).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("ends quickly")
+            .expect("run wraith");
+        let out = Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_no_panic("arguments", args, "(none)", &out);
+        assert!(
+            out.code == 2 || out.code == 1,
+            "{args:?}: exit {}: {}",
+            out.code,
+            out.stderr
+        );
+    }
 }
 
 #[tokio::test]
