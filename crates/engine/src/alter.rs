@@ -342,7 +342,7 @@ pub fn parse(alter: &str, table: &str) -> Result<Alter, AlterError> {
 }
 
 fn judge(tokens: Vec<Token>, table: &str) -> Result<(), AlterError> {
-    if tokens.iter().any(|t| *t == Token::Punct(';')) {
+    if tokens.contains(&Token::Punct(';')) {
         return Err(refuse(
             format!("the alter for {table} holds a `;`: a second statement (or an empty one) after the alteration"),
             format!(

@@ -215,7 +215,8 @@ pub async fn inspect_table(
         )
         .collect();
 
-    type StatRow = (String, i64, String, Option<i64>, String);
+    // COLUMN_NAME is NULL for MySQL's functional key parts.
+    type StatRow = (String, i64, Option<String>, Option<i64>, String);
     let stats: Vec<StatRow> = conn
         .exec(
             "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SUB_PART, INDEX_TYPE \
@@ -230,6 +231,7 @@ pub async fn inspect_table(
 
     let mut indexes: Vec<IndexInfo> = Vec::new();
     for (name, non_unique, column, sub_part, kind) in stats {
+        let column = column.unwrap_or_default();
         match indexes.iter_mut().find(|i| i.name == name) {
             Some(i) => {
                 i.columns.push(column);
