@@ -1040,11 +1040,13 @@ impl Bench {
         run: &mut ImportRun,
     ) -> anyhow::Result<()> {
         let schema = wraith_engine::db::quote_ident(IMPORT_SCHEMA);
-        conn.query_drop(format!(
-            "DROP DATABASE IF EXISTS {schema}; CREATE DATABASE {schema}"
-        ))
-        .await
-        .context("recreating the import schema")?;
+        // Two statements: wraith's connections have multi-statements off.
+        conn.query_drop(format!("DROP DATABASE IF EXISTS {schema}"))
+            .await
+            .context("dropping the import schema")?;
+        conn.query_drop(format!("CREATE DATABASE {schema}"))
+            .await
+            .context("recreating the import schema")?;
         self.fresh_start(conn, None).await?;
         let dir = self.work_dir.path();
         let name = format!("{}-{}-{}", pristine.kind, run.loader, run.round);

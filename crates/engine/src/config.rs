@@ -733,12 +733,13 @@ impl Config {
                     t.name, t.name
                 ));
             }
-            // The shadow table name adds 5 characters (`_` + `_new`).
-            if t.name.len() > 59 {
+            // The shadow table name adds 5 characters (`_` + `_new`); the
+            // server counts characters, not bytes.
+            if t.name.chars().count() > 59 {
                 return Err(format!(
                     "table name {:?} is {} characters; wraith needs at most 59 so that `_{}_new` fits MySQL's 64",
                     t.name,
-                    t.name.len(),
+                    t.name.chars().count(),
                     t.name
                 ));
             }
@@ -822,7 +823,7 @@ pub(crate) fn check_identifier(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{what} is empty"));
     }
-    if name.len() > 64 {
+    if name.chars().count() > 64 {
         return Err(format!("{what} {name:?} is longer than 64 characters"));
     }
     if name.contains('`') || name.contains('\0') || name.ends_with(' ') {

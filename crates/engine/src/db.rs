@@ -45,7 +45,10 @@ pub fn server_error_code(e: &mysql_async::Error) -> Option<u16> {
 }
 
 /// Driver options for a configured server. The password is resolved here and
-/// goes nowhere else.
+/// goes nowhere else. Multi-statements are off: the server refuses a query
+/// text holding a second statement, whatever a config value smuggles in
+/// (every pool and connection wraith opens on a configured server is built
+/// from these options).
 pub fn connection_opts(c: &ConnectionConfig) -> Result<Opts, String> {
     let password = c.resolve_password()?;
     let mut b = OptsBuilder::default()
@@ -53,6 +56,7 @@ pub fn connection_opts(c: &ConnectionConfig) -> Result<Opts, String> {
         .pass(password.map(|p| p.expose().to_string()))
         .db_name(Some(c.database.clone()))
         .prefer_socket(false)
+        .multi_statements(false)
         .stmt_cache_size(64);
     b = match &c.socket {
         Some(s) => b.socket(Some(s.display().to_string())),
@@ -61,11 +65,12 @@ pub fn connection_opts(c: &ConnectionConfig) -> Result<Opts, String> {
     Ok(b.into())
 }
 
-/// A pool of at most `max` connections.
+/// A pool of at most `max` connections, multi-statements off whatever `opts` say.
 pub fn pool(opts: Opts, max: usize) -> Pool {
     let constraints = PoolConstraints::new(1, max.max(1)).unwrap_or_default();
-    let opts =
-        OptsBuilder::from_opts(opts).pool_opts(PoolOpts::default().with_constraints(constraints));
+    let opts = OptsBuilder::from_opts(opts)
+        .multi_statements(false)
+        .pool_opts(PoolOpts::default().with_constraints(constraints));
     Pool::new(opts)
 }
 

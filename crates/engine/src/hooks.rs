@@ -43,6 +43,19 @@ pub enum HookEvent {
 }
 
 impl HookEvent {
+    /// Every event, in the order of a run.
+    pub const ALL: [HookEvent; 9] = [
+        HookEvent::OnStartup,
+        HookEvent::OnValidated,
+        HookEvent::OnRowcountComplete,
+        HookEvent::OnRowCopyComplete,
+        HookEvent::OnBeginPostponed,
+        HookEvent::OnBeforeCutOver,
+        HookEvent::OnSuccess,
+        HookEvent::OnFailure,
+        HookEvent::OnStatus,
+    ];
+
     /// The executable's file name.
     pub fn file_name(self) -> &'static str {
         match self {

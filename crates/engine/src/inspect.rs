@@ -138,6 +138,37 @@ pub async fn table_exists(conn: &mut Conn, schema: &str, table: &str) -> Result<
     Ok(n.unwrap_or(0) > 0)
 }
 
+/// `TABLE_TYPE` of `schema.table` (`BASE TABLE`, `VIEW`, `SEQUENCE`,
+/// `SYSTEM VERSIONED`, ...), `None` when there is no such name.
+pub async fn table_type(
+    conn: &mut Conn,
+    schema: &str,
+    table: &str,
+) -> Result<Option<String>, DbError> {
+    conn.exec_first(
+        "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+        (schema, table),
+    )
+    .await
+    .context(|| format!("looking up table {schema}.{table}"))
+}
+
+/// The statement of `SHOW CREATE TABLE schema.table`. Read by position, so a
+/// view's four columns give its definition instead of a driver panic.
+pub async fn show_create(conn: &mut Conn, schema: &str, table: &str) -> Result<String, DbError> {
+    let row: Option<mysql_async::Row> = conn
+        .query_first(format!(
+            "SHOW CREATE TABLE {}.{}",
+            quote_ident(schema),
+            quote_ident(table)
+        ))
+        .await
+        .context(|| format!("reading the definition of {schema}.{table}"))?;
+    Ok(row
+        .and_then(|r| r.get_opt::<String, usize>(1).and_then(Result::ok))
+        .unwrap_or_default())
+}
+
 /// Describes `schema.table`. The table must exist.
 pub async fn inspect_table(
     conn: &mut Conn,
@@ -185,7 +216,8 @@ pub async fn inspect_table(
         )
         .collect();
 
-    type StatRow = (String, i64, String, Option<i64>, String);
+    // COLUMN_NAME is NULL for MySQL's functional key parts.
+    type StatRow = (String, i64, Option<String>, Option<i64>, String);
     let stats: Vec<StatRow> = conn
         .exec(
             "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME, SUB_PART, INDEX_TYPE \
@@ -196,18 +228,11 @@ pub async fn inspect_table(
         .await
         .context(what)?;
 
-    let create: Option<(String, String)> = conn
-        .query_first(format!(
-            "SHOW CREATE TABLE {}.{}",
-            quote_ident(schema),
-            quote_ident(table)
-        ))
-        .await
-        .context(what)?;
-    let create_statement = create.map(|(_, s)| s).unwrap_or_default();
+    let create_statement = show_create(conn, schema, table).await?;
 
     let mut indexes: Vec<IndexInfo> = Vec::new();
     for (name, non_unique, column, sub_part, kind) in stats {
+        let column = column.unwrap_or_default();
         match indexes.iter_mut().find(|i| i.name == name) {
             Some(i) => {
                 i.columns.push(column);

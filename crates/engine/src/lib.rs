@@ -10,8 +10,10 @@
 //! - [`config`]: the TOML job description, strictly parsed.
 //! - [`db`]: connections, the server [`db::Flavor`], quoting.
 //! - [`inspect`]: what a table looks like (columns, keys, indexes).
+//! - [`alter`]: the `alter` clause read as data: one alteration of one table.
 //! - [`plan`]: column mapping, chunk key, new key, deferred indexes.
-//! - [`preflight`]: every check that must pass before a run, and the plan.
+//! - [`preflight`]: every check that must pass before a run, and the plan;
+//!   [`paths`]: the files and directories the config names.
 //! - [`shadow`]: the shadow table, its layout, deferred indexes.
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
 //! - [`checksum`]: chunked comparison of source and shadow; [`verify`]: the
@@ -30,6 +32,7 @@
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
+pub mod alter;
 pub mod applier;
 pub mod bench;
 pub mod binlog;
@@ -47,6 +50,7 @@ pub mod import;
 pub mod inspect;
 pub mod migration;
 pub mod online;
+pub mod paths;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

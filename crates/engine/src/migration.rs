@@ -243,6 +243,15 @@ pub async fn run_with(
     options: RunOptions,
     ops: Arc<Operations>,
 ) -> Result<RunReport, RunError> {
+    // The config's paths are judged before the socket or anything else is created.
+    let checks = crate::paths::check(config);
+    if checks.iter().any(|c| c.status == preflight::Status::Fail) {
+        return Err(RunError::Refused(Box::new(Report {
+            server: config.source.describe(),
+            checks,
+            ..Report::default()
+        })));
+    }
     let socket_path = config
         .control
         .socket

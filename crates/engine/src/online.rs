@@ -144,6 +144,19 @@ impl crate::progress::StreamFigures for OnlineState {
     }
 }
 
+/// Tells this run's tokens from another's in the changelog table. Tokens go
+/// through the changelog table (the schema's default charset) and come back
+/// from the binlog as bytes: keep them short ASCII, so a table named in other
+/// letters still gets its token back (it did not).
+fn run_id(table: &str) -> String {
+    let name = if table.is_ascii() {
+        table.to_string()
+    } else {
+        format!("t{:016x}", xxhash_rust::xxh3::xxh3_64(table.as_bytes()))
+    };
+    format!("{name}-{}", std::process::id())
+}
+
 impl OnlineState {
     pub fn new(
         buffer: ChangeBuffer,
@@ -172,7 +185,7 @@ impl OnlineState {
             pool,
             changelog_schema: changelog_schema.to_string(),
             // Tells this run's tokens from another's in the changelog table.
-            run_id: format!("{table}-{}", std::process::id()),
+            run_id: run_id(table),
             events: AtomicU64::new(0),
             table: table.to_string(),
             touched: Mutex::new(None),

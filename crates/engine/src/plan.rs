@@ -9,6 +9,9 @@
 //! like a dropped column plus an added one, and the column's data would be
 //! lost. So renames are read from the ALTER itself (`CHANGE old new`,
 //! `RENAME COLUMN old TO new`) and from `rename_columns`, and the two must agree.
+//! The other way round, a column the ALTER drops and adds again under the same
+//! name is a new column (the server gives it its default), never a kept one.
+//! The clause is read by [`crate::alter`].
 
 use std::collections::BTreeMap;
 
@@ -150,149 +153,6 @@ impl TablePlan {
     }
 }
 
-/// Renames spelled out in an ALTER clause, and whether it renames the table.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct AlterFacts {
-    pub renames: BTreeMap<String, String>,
-    pub renames_table: bool,
-}
-
-/// Reads the facts the plan needs from an ALTER clause. It does not validate
-/// the clause: the server does that on the throwaway copy.
-pub fn alter_facts(alter: &str) -> AlterFacts {
-    let tokens = tokenize(alter);
-    let mut facts = AlterFacts::default();
-    // Split at top-level commas into specifications.
-    let mut specs: Vec<Vec<Token>> = vec![Vec::new()];
-    let mut depth = 0i32;
-    for t in tokens {
-        match &t {
-            Token::Punct('(') => depth += 1,
-            Token::Punct(')') => depth -= 1,
-            Token::Punct(',') if depth == 0 => {
-                specs.push(Vec::new());
-                continue;
-            }
-            _ => {}
-        }
-        if let Some(last) = specs.last_mut() {
-            last.push(t);
-        }
-    }
-    for spec in specs {
-        let words: Vec<String> = spec.iter().map(Token::text).collect();
-        let upper: Vec<String> = spec.iter().map(Token::keyword).collect();
-        let at = |i: usize| upper.get(i).map(String::as_str).unwrap_or("");
-        match at(0) {
-            "CHANGE" => {
-                let mut i = 1;
-                if at(i) == "COLUMN" {
-                    i += 1;
-                }
-                if at(i) == "IF" && at(i + 1) == "EXISTS" {
-                    i += 2;
-                }
-                if let (Some(old), Some(new)) = (words.get(i), words.get(i + 1)) {
-                    if !old.eq_ignore_ascii_case(new) || old != new {
-                        facts.renames.insert(old.clone(), new.clone());
-                    }
-                }
-            }
-            "RENAME" => match at(1) {
-                "COLUMN" => {
-                    let mut i = 2;
-                    if at(i) == "IF" && at(i + 1) == "EXISTS" {
-                        i += 2;
-                    }
-                    if let (Some(old), Some(new)) = (words.get(i), words.get(i + 2)) {
-                        facts.renames.insert(old.clone(), new.clone());
-                    }
-                }
-                "INDEX" | "KEY" => {}
-                _ => facts.renames_table = true,
-            },
-            _ => {}
-        }
-    }
-    facts.renames.retain(|old, new| old != new);
-    facts
-}
-
-#[derive(Debug, Clone)]
-enum Token {
-    Word(String),
-    Quoted(String),
-    Str(String),
-    Punct(char),
-}
-
-impl Token {
-    fn text(&self) -> String {
-        match self {
-            Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w.clone(),
-            Token::Punct(c) => c.to_string(),
-        }
-    }
-    fn keyword(&self) -> String {
-        match self {
-            Token::Word(w) => w.to_ascii_uppercase(),
-            _ => String::new(),
-        }
-    }
-}
-
-fn tokenize(s: &str) -> Vec<Token> {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '`' || c == '\'' || c == '"' {
-            let mut text = String::new();
-            i += 1;
-            while i < chars.len() {
-                if chars[i] == c {
-                    if chars.get(i + 1) == Some(&c) {
-                        text.push(c);
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                if chars[i] == '\\' && c != '`' {
-                    if let Some(n) = chars.get(i + 1) {
-                        text.push(*n);
-                        i += 2;
-                        continue;
-                    }
-                }
-                text.push(chars[i]);
-                i += 1;
-            }
-            i += 1;
-            out.push(if c == '`' {
-                Token::Quoted(text)
-            } else {
-                Token::Str(text)
-            });
-        } else if c.is_alphanumeric() || c == '_' || c == '$' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
-            {
-                i += 1;
-            }
-            out.push(Token::Word(chars[start..i].iter().collect()));
-        } else {
-            out.push(Token::Punct(c));
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Builds the plan from the source table, the new table (the ALTER applied to
 /// a throwaway copy) and the configured renames.
 pub fn plan_table(
@@ -303,13 +163,7 @@ pub fn plan_table(
     backend: BackendKind,
     defer_secondary_indexes: bool,
 ) -> Result<TablePlan, PlanError> {
-    let facts = alter_facts(alter);
-    if facts.renames_table {
-        return Err(refuse(
-            format!("the ALTER for {} renames the table", old.name),
-            "wraith swaps the tables itself at cut-over; remove the RENAME [TO] clause",
-        ));
-    }
+    let facts = crate::alter::parse(alter, &old.name).map_err(|e| refuse(e.problem, e.fix))?;
     let mut renames = facts.renames.clone();
     for (from, to) in configured_renames {
         if let Some(other) = renames.get(from) {
@@ -361,7 +215,11 @@ pub fn plan_table(
         if oc.is_generated() {
             continue;
         }
-        match new_name_of(&oc.name) {
+        // Dropped by the clause: a column of that name in the new table is
+        // another column (the server gives it its default), not this one.
+        let dropped = facts.dropped.contains(&oc.name.to_lowercase())
+            && !renames.keys().any(|f| f.eq_ignore_ascii_case(&oc.name));
+        match new_name_of(&oc.name).filter(|_| !dropped) {
             Some(new_name) => {
                 let nc = new.column(&new_name).ok_or_else(|| {
                     refuse(
@@ -602,27 +460,5 @@ fn choose_backend(
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renames_from_alter() {
-        let f = alter_facts(
-            "CHANGE COLUMN `a` `b` INT, ADD COLUMN c INT DEFAULT 1, RENAME COLUMN d TO e",
-        );
-        assert_eq!(f.renames.get("a").map(String::as_str), Some("b"));
-        assert_eq!(f.renames.get("d").map(String::as_str), Some("e"));
-        assert!(!f.renames_table);
-        let f = alter_facts("CHANGE x x BIGINT");
-        assert!(f.renames.is_empty());
-        assert!(alter_facts("RENAME TO other").renames_table);
-        assert!(!alter_facts("RENAME INDEX a TO b").renames_table);
-        // Commas inside parentheses do not split specifications.
-        let f = alter_facts("ADD COLUMN z DECIMAL(10,2), CHANGE y w INT");
-        assert_eq!(f.renames.get("y").map(String::as_str), Some("w"));
     }
 }

@@ -5,6 +5,9 @@
 //! empty with `CREATE TABLE ... LIKE`, dropped at once) and builds the plan.
 //! It never touches the source table's rows or definition.
 //!
+//! The `alter` clause is judged by [`crate::alter`] before any of it is sent,
+//! and a name that is not a base table (a view, a sequence) is refused.
+//!
 //! Every failed check says what it saw, why that is a problem, and the exact
 //! statement or my.cnf line that fixes it (gh-ost's habit).
 //!
@@ -45,7 +48,7 @@ pub struct Check {
 }
 
 /// Everything preflight found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
     pub server: String,
     pub flavor: Option<Flavor>,
@@ -164,8 +167,8 @@ pub fn check_table_name(table: &str) -> String {
     format!("_{table}_chk")
 }
 
-/// Runs every check against the configured servers. Fails only when it could
-/// not run at all; refusals are in the report.
+/// Runs every check: the config's paths, then the configured servers. Fails
+/// only when it could not run at all; refusals are in the report.
 pub async fn run(config: &Config) -> Report {
     let mut report = Report {
         server: config.source.describe(),
@@ -173,6 +176,7 @@ pub async fn run(config: &Config) -> Report {
         checks: Vec::new(),
         plans: Vec::new(),
     };
+    report.checks.extend(crate::paths::check(config));
     let opts = match db::connection_opts(&config.source) {
         Ok(o) => o,
         Err(e) => {
@@ -517,12 +521,32 @@ async fn check_table(
 ) -> Result<(), DbError> {
     let schema = &config.source.database;
     let name = format!("table {}", table.name);
-    if !table_exists(conn, schema, &table.name).await? {
-        report.fail(
-            &name,
-            format!("{schema}.{} does not exist", table.name),
-            "fix [[table]] name or [source] database",
-        );
+    match crate::inspect::table_type(conn, schema, &table.name).await? {
+        None => {
+            report.fail(
+                &name,
+                format!("{schema}.{} does not exist", table.name),
+                "fix [[table]] name or [source] database",
+            );
+            return Ok(());
+        }
+        Some(kind) if kind != "BASE TABLE" => {
+            report.fail(
+                &name,
+                format!(
+                    "{schema}.{} is a {kind}, not a base table: wraith rebuilds tables that hold rows \
+                     (a system-versioned table's history would not be carried)",
+                    table.name
+                ),
+                "name a base table in [[table]] name (for a view, the table it reads from)",
+            );
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+    // The clause is data: judged before anything is sent to the server.
+    if let Err(e) = crate::alter::parse(&table.alter, &table.name) {
+        report.fail(&format!("alter {}", table.name), e.problem, e.fix);
         return Ok(());
     }
     // The names wraith gives its tables must fit the server's 64 characters.
@@ -813,25 +837,16 @@ async fn leftover_check_table(
     if comment.as_deref() == Some(CHECK_TABLE_MARK) {
         return Ok(true);
     }
-    let definition = |name: &str| format!("SHOW CREATE TABLE {qs}.{}", quote_ident(name));
-    let leftover: Option<(String, String)> = conn
-        .query_first(definition(check))
-        .await
-        .context(|| format!("reading the definition of {check}"))?;
-    let source: Option<(String, String)> = conn
-        .query_first(definition(&old.name))
-        .await
-        .context(|| format!("reading the definition of {}", old.name))?;
+    let leftover = crate::inspect::show_create(conn, &old.schema, check).await?;
+    let source = crate::inspect::show_create(conn, &old.schema, &old.name).await?;
     // The definition after the name, without the AUTO_INCREMENT counter
     // (a copy made by LIKE starts it afresh).
-    let body = |d: Option<(String, String)>| {
-        d.and_then(|(_, sql)| {
-            sql.split_once('(').map(|(_, rest)| {
-                rest.split(' ')
-                    .filter(|w| !w.starts_with("AUTO_INCREMENT="))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+    let body = |sql: String| {
+        sql.split_once('(').map(|(_, rest)| {
+            rest.split(' ')
+                .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+                .collect::<Vec<_>>()
+                .join(" ")
         })
     };
     Ok(matches!((body(leftover), body(source)), (Some(a), Some(b)) if a == b))

@@ -3,6 +3,7 @@
 
 mod bench;
 mod copy;
+mod fuzz;
 mod import;
 mod online;
 mod ops;

@@ -608,3 +608,46 @@ async fn moving_rows_run(backend: &str, attempt: u32) -> usize {
         clashes
     }
 }
+
+#[tokio::test]
+async fn a_table_named_in_non_ascii_letters_is_rebuilt_under_load() {
+    let table = "größe_таблица";
+    let s = Schema::new("on_non_ascii").await;
+    let rows = 5_000;
+    {
+        let mut c = s.conn().await;
+        wraith_engine::workload::create_sysbench_table(&mut c, &s.name, table, rows)
+            .await
+            .expect("create the table");
+        c.query_drop(format!(
+            "CREATE TABLE mirror LIKE `{table}`; INSERT INTO mirror SELECT * FROM `{table}`"
+        ))
+        .await
+        .expect("create mirror");
+    }
+    let load = Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            table: table.into(),
+            ..mirrored_load(&s, rows, 99)
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cfg = online_config(
+        &s,
+        "sql",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+        "",
+    )
+    .replace("name = \"sbtest\"", &format!("name = \"{table}\""));
+    let run = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("cut over in"), "{}", run.output());
+    assert!(stats.transactions > 20, "the load barely ran: {stats:?}");
+    assert!(s.table_exists(&format!("_{table}_old")).await);
+    assert_table_matches_mirror(&s, &format!("`{table}`")).await;
+}

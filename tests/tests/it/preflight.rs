@@ -340,3 +340,265 @@ async fn leftover_check_table_is_dropped_only_when_empty_and_wraiths() {
     let kept: Vec<i32> = c.query("SELECT k FROM _sbtest_chk").await.unwrap();
     assert_eq!(kept, vec![7], "the leftover with rows was changed");
 }
+
+/// Tables wraith must not touch, and names an `alter` might try to create.
+async fn assert_bystanders_untouched(s: &Schema) {
+    assert!(s.table_exists("victim").await, "victim was dropped");
+    assert_eq!(s.rows("victim").await.len(), 1);
+    for stray in ["x", "_t_new", "_t_chk", "_wraith_changelog"] {
+        assert!(!s.table_exists(stray).await, "{stray} was created");
+    }
+}
+
+#[tokio::test]
+async fn alter_with_a_second_statement_a_rename_or_another_table_is_refused_with_nothing_run() {
+    let s = Schema::new("pf_alter_data").await;
+    s.exec(&format!(
+        "{}; CREATE TABLE victim (id INT PRIMARY KEY); INSERT INTO victim VALUES (1)",
+        SBTEST.replace("sbtest", "t")
+    ))
+    .await;
+    let sort_dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        "[local]\nsort_dir = {:?}\n",
+        sort_dir.path().display().to_string()
+    );
+    for (alter, needle) in [
+        ("ADD COLUMN x INT; DROP TABLE victim", "holds a `;`"),
+        ("ADD COLUMN x INT;DROP TABLE victim", "holds a `;`"),
+        (
+            "ADD COLUMN x INT -- note\n; DROP TABLE victim",
+            "holds a `;`",
+        ),
+        (
+            "ADD COLUMN x INT /* note */;DROP TABLE victim",
+            "holds a `;`",
+        ),
+        (
+            "ADD COLUMN x VARCHAR(5) DEFAULT 'a;b'; DROP TABLE victim",
+            "holds a `;`",
+        ),
+        ("ADD COLUMN x INT /*! ; DROP TABLE victim */", "holds a `;`"),
+        (
+            "ADD COLUMN x INT /*M!100100 ; DROP TABLE victim */",
+            "holds a `;`",
+        ),
+        ("RENAME TO x", "renames the table"),
+        ("RENAME AS x", "renames the table"),
+        ("ADD COLUMN y INT, RENAME x", "renames the table"),
+        ("DROP TABLE victim", "statement of its own"),
+        ("ALTER TABLE t ADD COLUMN x INT", "whole statement"),
+        ("EXCHANGE PARTITION p0 WITH TABLE victim", "another table"),
+    ] {
+        let cfg = s.config("t", alter, &rest);
+        assert_refused(&s, "t", &cfg, &[needle, "fix:"]).await;
+        assert_bystanders_untouched(&s).await;
+        let before = s.snapshot("t").await;
+        let run = wraith_with_config(&["run"], &cfg).await;
+        assert_eq!(run.code, 3, "{alter:?}: {}", run.output());
+        assert!(run.stderr.contains(needle), "{alter:?}: {}", run.output());
+        assert_eq!(before, s.snapshot("t").await, "{alter:?} changed t");
+        assert_bystanders_untouched(&s).await;
+    }
+}
+
+#[tokio::test]
+async fn a_semicolon_inside_a_default_is_data_end_to_end() {
+    let s = Schema::new("pf_alter_semicolon").await;
+    s.exec(SBTEST).await;
+    let sort_dir = tempfile::tempdir().unwrap();
+    let cfg = s.config(
+        "sbtest",
+        "ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'a;b' -- a comment; with a semicolon",
+        &format!(
+            "[local]\nsort_dir = {:?}\n",
+            sort_dir.path().display().to_string()
+        ),
+    );
+    let run = wraith_with_config(&["run"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    let mut c = s.conn().await;
+    let notes: Vec<String> = c
+        .query("SELECT note FROM sbtest ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(notes, vec!["a;b"; 3]);
+}
+
+#[tokio::test]
+async fn wraith_connections_refuse_a_second_statement() {
+    let s = Schema::new("pf_multi_statements").await;
+    s.exec("CREATE TABLE victim (id INT PRIMARY KEY); INSERT INTO victim VALUES (1)")
+        .await;
+    let config = wraith_engine::config::Config::parse(&s.config("victim", "FORCE", ""), "test")
+        .expect("config");
+    let opts = wraith_engine::db::connection_opts(&config.source).expect("opts");
+    // A bare connection from the options, and one from wraith's pool.
+    let mut bare = mysql_async::Conn::new(opts.clone()).await.expect("connect");
+    let pool = wraith_engine::db::pool(opts, 2);
+    let mut pooled = pool.get_conn().await.expect("connect");
+    for conn in [&mut bare, &mut pooled] {
+        let e = conn
+            .query_drop("SELECT 1; DROP TABLE victim")
+            .await
+            .expect_err("a two-statement text must be refused");
+        assert_eq!(
+            wraith_engine::db::server_error_code(&e),
+            Some(1064),
+            "expected a syntax error from the server: {e}"
+        );
+        // One statement still works.
+        let one: Option<u8> = conn.query_first("SELECT 1").await.unwrap();
+        assert_eq!(one, Some(1));
+    }
+    assert!(s.table_exists("victim").await);
+    drop(pooled);
+    let _ = pool.disconnect().await;
+    let _ = bare.disconnect().await;
+}
+
+#[tokio::test]
+async fn a_dropped_and_readded_column_holds_what_the_servers_alter_gives() {
+    let s = Schema::new("pf_readd").await;
+    let sort_dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        "[local]\nsort_dir = {:?}\n",
+        sort_dir.path().display().to_string()
+    );
+    for (i, alter) in [
+        "DROP COLUMN c1, ADD COLUMN c1 INT NOT NULL DEFAULT 47",
+        "DROP COLUMN c1, ADD COLUMN c1 INT NOT NULL DEFAULT 47 AFTER id",
+        "DROP COLUMN c1, ADD COLUMN c1 VARCHAR(8) NOT NULL DEFAULT 'new' FIRST",
+        "DROP COLUMN `c1`, ADD c1 BIGINT NULL DEFAULT 5 AFTER v, ADD COLUMN c2 INT DEFAULT 9",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (t, native) = (format!("t{i}"), format!("native{i}"));
+        s.exec(&format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, c1 INT NULL, v INT NOT NULL); \
+             INSERT INTO {t} VALUES (1, 10, 1), (2, NULL, 2), (3, 30, 3), (4, NULL, 4); \
+             CREATE TABLE {native} LIKE {t}; INSERT INTO {native} SELECT * FROM {t}; \
+             ALTER TABLE {native} {alter}"
+        ))
+        .await;
+        let cfg = s.config(&t, alter, &rest);
+        let check = wraith_with_config(&["check"], &cfg).await;
+        assert_eq!(check.code, 0, "{alter}: {}", check.output());
+        assert!(
+            check.stderr.contains("c1: added"),
+            "{alter}: c1 must be planned as a new column:\n{}",
+            check.output()
+        );
+        let run = wraith_with_config(&["run"], &cfg).await;
+        assert_eq!(run.code, 0, "{alter}: {}", run.output());
+        let (ours, theirs) = (s.snapshot(&t).await, s.snapshot(&native).await);
+        assert_eq!(
+            ours.rows, theirs.rows,
+            "{alter}: rows differ from the server's own ALTER"
+        );
+        assert_eq!(
+            ours.create.replace(&format!("`{t}`"), "T"),
+            theirs.create.replace(&format!("`{native}`"), "T"),
+            "{alter}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_view_or_a_sequence_is_refused() {
+    let s = Schema::new("pf_view").await;
+    s.exec(&format!(
+        "{SBTEST}; CREATE VIEW v AS SELECT * FROM sbtest; CREATE SEQUENCE seq"
+    ))
+    .await;
+    let cfg = s.config("v", "ADD COLUMN x INT", "");
+    assert_refused(&s, "sbtest", &cfg, &["is a VIEW, not a base table"]).await;
+    let cfg = s.config("seq", "ADD COLUMN x INT", "");
+    assert_refused(&s, "sbtest", &cfg, &["is a SEQUENCE, not a base table"]).await;
+}
+
+#[tokio::test]
+async fn paths_that_cannot_work_are_refused_before_anything_is_created() {
+    let s = Schema::new("pf_paths").await;
+    s.exec(SBTEST).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let hooks_file = tmp.path().join("hooks");
+    std::fs::create_dir(&hooks_file).unwrap();
+    std::fs::write(hooks_file.join("on-before-cut-over"), "#!/bin/sh\nexit 0\n").unwrap();
+    let sort_dir = tmp.path().join("sort");
+    let p = |path: &std::path::Path| format!("{:?}", path.display().to_string());
+    let base = format!("[local]\nsort_dir = {}\n", p(&sort_dir));
+    let missing = tmp.path().join("missing");
+    for (rest, needle) in [
+        (
+            format!("{base}[hooks]\ndir = {}\n", p(&missing)),
+            "[hooks] dir",
+        ),
+        (
+            format!("{base}[hooks]\ndir = {}\n", p(&file)),
+            "is not a directory",
+        ),
+        (
+            format!("{base}[hooks]\ndir = {}\n", p(&hooks_file)),
+            "cannot be executed",
+        ),
+        (
+            format!(
+                "{base}[checkpoint]\nstore = \"file\"\npath = {}\n",
+                p(&missing.join("cp"))
+            ),
+            "[checkpoint] path",
+        ),
+        (
+            format!(
+                "{base}[checkpoint]\nstore = \"file\"\npath = {}\n",
+                p(tmp.path())
+            ),
+            "is a directory",
+        ),
+        (
+            format!("[local]\nsort_dir = {}\n", p(&file.join("sort"))),
+            "[local] sort_dir",
+        ),
+        (
+            format!("{base}[changes]\ndir = {}\n", p(&file)),
+            "[changes] dir",
+        ),
+        (
+            format!("{base}[control]\nsocket = {}\n", p(&file)),
+            "is not a socket",
+        ),
+        (
+            format!("{base}[control]\nsocket = {}\n", p(&file.join("s.sock"))),
+            "[control] socket",
+        ),
+        (
+            format!(
+                "{base}[control]\nsocket = {}\n",
+                p(&tmp.path().join("s".repeat(120)))
+            ),
+            "at most 107",
+        ),
+    ] {
+        let cfg = s.config("sbtest", "ADD COLUMN note INT", &rest);
+        assert_refused(&s, "sbtest", &cfg, &[needle]).await;
+        let run = wraith_with_config(&["run"], &cfg).await;
+        assert_eq!(run.code, 3, "{rest}: {}", run.output());
+        assert!(run.stderr.contains(needle), "{rest}: {}", run.output());
+        assert!(
+            !sort_dir.exists(),
+            "{rest}: run created {}",
+            sort_dir.display()
+        );
+        assert!(!s.table_exists("_sbtest_new").await);
+    }
+    // A missing password_file: named, refused.
+    let cfg = s.config("sbtest", "ADD COLUMN note INT", &base).replace(
+        "user = \"root\"",
+        &format!("user = \"root\"\npassword_file = {}", p(&missing)),
+    );
+    assert_refused(&s, "sbtest", &cfg, &["password_file"]).await;
+}

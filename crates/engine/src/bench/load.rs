@@ -274,15 +274,15 @@ impl LoadLog {
         let to = qualified(schema, config.kind);
         for transactions in &self.committed {
             for batch in transactions.chunks(200) {
-                let mut sql = String::from("START TRANSACTION;");
+                // One statement per query: wraith's connections have multi-statements off.
+                let what = || format!("replaying the load's transactions onto {schema}");
+                conn.query_drop("START TRANSACTION").await.context(what)?;
                 for statement in batch.iter().flatten() {
-                    sql.push_str(&statement.replace(&from, &to));
-                    sql.push(';');
+                    conn.query_drop(statement.replace(&from, &to))
+                        .await
+                        .context(what)?;
                 }
-                sql.push_str("COMMIT");
-                conn.query_drop(sql)
-                    .await
-                    .context(|| format!("replaying the load's transactions onto {schema}"))?;
+                conn.query_drop("COMMIT").await.context(what)?;
             }
         }
         Ok(())

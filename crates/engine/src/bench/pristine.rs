@@ -309,7 +309,7 @@ pub async fn flush_dirty_pages(conn: &mut Conn, timeout: Duration) -> bool {
     };
     if conn
         .query_drop(
-            "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001; SET GLOBAL innodb_max_dirty_pages_pct = 0",
+            "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001, GLOBAL innodb_max_dirty_pages_pct = 0",
         )
         .await
         .is_err()
@@ -333,7 +333,7 @@ pub async fn flush_dirty_pages(conn: &mut Conn, timeout: Duration) -> bool {
     }
     let _ = conn
         .query_drop(format!(
-            "SET GLOBAL innodb_max_dirty_pages_pct = {pct}; SET GLOBAL innodb_max_dirty_pages_pct_lwm = {lwm}"
+            "SET GLOBAL innodb_max_dirty_pages_pct = {pct}, GLOBAL innodb_max_dirty_pages_pct_lwm = {lwm}"
         ))
         .await;
     clean

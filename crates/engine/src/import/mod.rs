@@ -556,9 +556,34 @@ async fn create_tables(
             .get_conn()
             .await
             .context(|| "connecting to create tables".into())?;
-        own.query_drop(text)
-            .await
-            .context(|| format!("creating table {table} from {}", path.display()))?;
+        // One statement at a time: wraith's connections have multi-statements off.
+        let mut parser = sql::SqlParser::new(text.as_bytes());
+        let mut start = 0;
+        loop {
+            let end = match parser.skip_statement() {
+                Ok(Some(end)) => end,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ImportError::Parse {
+                        file: path.display().to_string(),
+                        offset: e.offset as u64,
+                        line: text.as_bytes()[..e.offset.min(text.len())]
+                            .iter()
+                            .filter(|b| **b == b'\n')
+                            .count() as u64
+                            + 1,
+                        message: e.message,
+                    })
+                }
+            };
+            let statement = text.get(start..end).unwrap_or_default();
+            start = end;
+            match own.query_drop(statement).await {
+                // Only comments between two `;`.
+                Err(e) if crate::db::server_error_code(&e) == Some(1065) => {}
+                r => r.context(|| format!("creating table {table} from {}", path.display()))?,
+            }
+        }
         drop(own);
         tracing::info!(table, file = %path.display(), "table created from its schema file");
         created.push(table.clone());
