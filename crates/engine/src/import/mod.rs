@@ -1658,6 +1658,18 @@ async fn locate_rejected_value(
 ) -> ImportError {
     tracing::info!(table = %t.name, error = %original, "a value was refused: finding its row in the files");
     match probe_regions(pool, db, t, tc).await {
+        // The server named its temporary copy: name the table.
+        Ok(Some(ImportError::Parse {
+            file,
+            offset,
+            line,
+            message,
+        })) => ImportError::Parse {
+            file,
+            offset,
+            line,
+            message: message.replace(&quote_ident(PROBE_TABLE), &quote_ident(&t.name)),
+        },
         Ok(Some(found)) => found,
         Ok(None) => ImportError::Backend(original),
         Err(e) => {
