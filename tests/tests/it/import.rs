@@ -818,6 +818,11 @@ async fn a_value_the_server_refuses_is_reported_at_its_file_and_line() {
                     "{case}: want {want:?} and column {column} in\n{}",
                     run.output()
                 );
+                assert!(
+                    !run.stderr.contains("_wraith_probe"),
+                    "{case}: the error names the table, not wraith's temporary copy:\n{}",
+                    run.output()
+                );
                 assert_tables(&s, &["t"], false, &case).await;
             }
         }

@@ -481,8 +481,9 @@ async fn run_inner(
         .await
         .context(|| format!("removing this job's rows from {REGIONS_TABLE}"))?;
     }
-    // wraith's own tables go when no other job needs them.
-    drop_if_empty(&mut c, db, REGIONS_TABLE).await?;
+    // wraith's own tables go when no other job needs them. The import is
+    // done either way: a table that cannot be dropped is only reported.
+    let mut helpers = vec![REGIONS_TABLE];
     if backend_kind == BackendKind::Local {
         // The engines are cleaned up; their directory goes too when empty.
         let _ = std::fs::remove_dir(cfg.local.sort_dir.join(format!("import-{db}")));
@@ -491,7 +492,12 @@ async fn run_inner(
         (cfg.checkpoint.store, &cfg.checkpoint.path),
         (StoreKind::File, Some(_))
     ) {
-        drop_if_empty(&mut c, db, wraith_checkpoints::CHECKPOINT_TABLE).await?;
+        helpers.push(wraith_checkpoints::CHECKPOINT_TABLE);
+    }
+    for table in helpers {
+        if let Err(e) = drop_if_empty(&mut c, db, table).await {
+            tracing::warn!(table, error = %e, "wraith's empty table was left in place; drop it when no wraith job runs");
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rows: u64 = reports.iter().map(|r| r.rows_parsed).sum();
@@ -865,10 +871,11 @@ async fn ensure_regions_table(pool: &Pool, db: &str) -> Result<(), ImportError> 
 }
 
 /// Drops wraith's table `db.table` if it holds no row (no other job uses
-/// it). The check and the drop happen under `LOCK TABLES … WRITE`, so a
-/// job writing its first row meanwhile waits, then finds the table gone
-/// and creates it again (both stores do), rather than losing that row. A
-/// lock not granted within 5 s leaves the table (it is in use).
+/// it). The check and the drop happen under `LOCK TABLES … WRITE`, so no
+/// row another job writes meanwhile is lost: it waits, then finds the table
+/// gone (the checkpoint store creates it again; another import's region
+/// commit fails, and its rerun resumes). A lock not granted within 5 s
+/// leaves the table (it is in use).
 async fn drop_if_empty(c: &mut Conn, db: &str, table: &str) -> Result<(), ImportError> {
     let q = format!("{}.{}", quote_ident(db), quote_ident(table));
     c.query_drop("SET SESSION lock_wait_timeout = 5")
@@ -1676,6 +1683,18 @@ async fn locate_rejected_value(
 ) -> ImportError {
     tracing::info!(table = %t.name, error = %original, "a value was refused: finding its row in the files");
     match probe_regions(pool, db, t, tc).await {
+        // The server named its temporary copy: name the table.
+        Ok(Some(ImportError::Parse {
+            file,
+            offset,
+            line,
+            message,
+        })) => ImportError::Parse {
+            file,
+            offset,
+            line,
+            message: message.replace(&quote_ident(PROBE_TABLE), &quote_ident(&t.name)),
+        },
         Ok(Some(found)) => found,
         Ok(None) => ImportError::Backend(original),
         Err(e) => {
@@ -1782,8 +1801,8 @@ async fn verify_checksum(
             }
             return Err(ImportError::Verify(format!(
                 "region {} of {} was loaded by a run without verify = \"checksum\", so its \
-                 rows were never summed; rerun with --fresh to verify everything, or use \
-                 verify = \"count\"",
+                 rows were never summed; use verify = \"count\" for this job, or empty the \
+                 tables and remove its checkpoint to import and verify everything",
                 ch.id, t.name
             )));
         };
