@@ -15,6 +15,8 @@
 //! - [`shadow`]: the shadow table, its layout, deferred indexes.
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
 //! - [`checksum`]: chunked comparison of source and shadow.
+//! - [`cutover`]: the atomic swap under bounded lock attempts; [`blockers`]:
+//!   the sessions that would make its lock wait.
 //! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters;
@@ -32,6 +34,7 @@
 pub mod applier;
 pub mod bench;
 pub mod binlog;
+pub mod blockers;
 pub mod changes;
 pub mod checksum;
 pub mod chunker;

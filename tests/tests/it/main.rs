@@ -3,6 +3,7 @@
 
 mod bench;
 mod copy;
+mod cutover;
 mod import;
 mod online;
 mod ops;
