@@ -253,6 +253,37 @@ async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
     Ok(Outcome::Done)
 }
 
+/// The cut-over's attempts, blockers and AUTO_INCREMENT, after its summary line.
+fn print_cutover_details(table: &str, c: &wraith_engine::cutover::CutoverReport) {
+    if c.lock_attempts.len() > 1 {
+        let each: Vec<String> = c
+            .lock_attempts
+            .iter()
+            .map(|a| format!("{:.1} ms ({})", a.queued_ms + a.held_ms, a.outcome))
+            .collect();
+        eprintln!("{table}: writes blocked per attempt: {}", each.join(", "));
+    }
+    if !c.blockers.is_empty() {
+        let ids: Vec<String> = c.blockers.iter().map(|b| b.id.to_string()).collect();
+        eprintln!(
+            "{table}: waited {:.1} s for {} blocking session(s) ({}) without asking for the lock{}",
+            c.blocker_wait_ms / 1000.0,
+            c.blockers.len(),
+            ids.join(", "),
+            if c.blockers_killed.is_empty() {
+                String::new()
+            } else {
+                let killed: Vec<String> =
+                    c.blockers_killed.iter().map(|id| id.to_string()).collect();
+                format!("; killed {}", killed.join(", "))
+            }
+        );
+    }
+    if let Some(n) = c.auto_increment {
+        eprintln!("{table}: AUTO_INCREMENT of the new table set to the old table's {n}");
+    }
+}
+
 /// Reloads `[throttle]` from the config file on every SIGHUP.
 fn reload_throttle_on_hangup(path: PathBuf, ops: std::sync::Arc<Operations>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -313,12 +344,15 @@ async fn run_reloadable(
             for t in &report.tables {
                 if t.cut_over {
                     eprintln!(
-                        "{}: cut over in {} attempt(s); writes were blocked for {:.1} ms; the old table is {}",
+                        "{}: cut over in {} attempt(s); writes were blocked for {:.1} ms in all; the old table is {}",
                         t.table,
                         t.cutover_attempts.unwrap_or(0),
                         t.cutover_blocked_ms.unwrap_or(0.0),
                         if config.cutover.drop_old_table { "dropped".to_string() } else { format!("kept as _{}_old", t.table) }
                     );
+                    if let Some(c) = &t.cutover {
+                        print_cutover_details(&t.table, c);
+                    }
                 }
                 eprintln!(
                     "{}: {} changes read from the binlog, {} applied ({:.0} changes/s); checksum lock held {:.1} ms; \

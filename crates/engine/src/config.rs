@@ -339,10 +339,25 @@ pub struct CutoverConfig {
     /// `false`: stop after the verified copy and leave the shadow table beside the source.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// The server's `lock_wait_timeout` for the cut-over's sessions: the
+    /// RENAME's wait and other backstops (whole seconds).
     #[serde(default = "default_lock_wait_timeout")]
     pub lock_wait_timeout: HumanDuration,
+    /// Longest one lock request may stand queued; the application's writes
+    /// to the table queue behind it meanwhile.
+    #[serde(default = "default_lock_attempt_timeout")]
+    pub lock_attempt_timeout: HumanDuration,
+    /// Lock attempts that may fail before the run gives up.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Pause after a failed lock attempt; doubles after each, up to 16 times this.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: HumanDuration,
+    /// Kill the sessions that block the cut-over after `blocker_grace`.
+    #[serde(default)]
+    pub kill_blockers: bool,
+    /// With `kill_blockers`: how long a blocker may hold the cut-over first.
+    pub blocker_grace: Option<HumanDuration>,
     /// While this file exists, keep the shadow table in sync but do not cut over.
     pub postpone_flag_file: Option<PathBuf>,
     #[serde(default)]
@@ -356,8 +371,14 @@ pub struct CutoverConfig {
 fn default_lock_wait_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(3))
 }
+fn default_lock_attempt_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
 fn default_retries() -> u32 {
-    5
+    10
+}
+fn default_retry_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
 }
 
 impl Default for CutoverConfig {
@@ -365,10 +386,44 @@ impl Default for CutoverConfig {
         CutoverConfig {
             enabled: true,
             lock_wait_timeout: default_lock_wait_timeout(),
+            lock_attempt_timeout: default_lock_attempt_timeout(),
             retries: default_retries(),
+            retry_backoff: default_retry_backoff(),
+            kill_blockers: false,
+            blocker_grace: None,
             postpone_flag_file: None,
             drop_old_table: false,
             keep_in_sync: true,
+        }
+    }
+}
+
+impl CutoverConfig {
+    fn validate(&self) -> Result<(), String> {
+        let attempt = self.lock_attempt_timeout.0;
+        if attempt < Duration::from_millis(10) || attempt > self.lock_wait_timeout.0 {
+            return Err(format!(
+                "[cutover] lock_attempt_timeout = \"{}\" is out of range; give 10ms up to \
+                 lock_wait_timeout ({}), e.g. \"100ms\": the application's writes queue behind \
+                 each attempt for that long",
+                self.lock_attempt_timeout, self.lock_wait_timeout
+            ));
+        }
+        if self.retry_backoff.0.is_zero() {
+            return Err("[cutover] retry_backoff must be above zero, e.g. \"500ms\"".into());
+        }
+        match (self.kill_blockers, &self.blocker_grace) {
+            (true, None) => Err(
+                "[cutover] kill_blockers = true needs blocker_grace, how long a blocking session \
+                 may hold the cut-over before it is killed, e.g. blocker_grace = \"30s\""
+                    .into(),
+            ),
+            (false, Some(_)) => Err(
+                "[cutover] blocker_grace is set but kill_blockers is not; add kill_blockers = true \
+                 to kill blocking sessions after the grace, or remove blocker_grace to wait for them"
+                    .into(),
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -772,6 +827,7 @@ impl Config {
                     .into(),
             );
         }
+        self.cutover.validate()?;
         if self.checkpoint.store == CheckpointStore::File && self.checkpoint.path.is_none() {
             return Err(
                 "[checkpoint] store = \"file\" needs a path, e.g. path = \"wraith.checkpoint\""
@@ -866,6 +922,8 @@ alter = "ADD COLUMN note TEXT"
         assert_eq!(c.source.port, 3306);
         assert_eq!(c.copy.backend, BackendKind::Auto);
         assert_eq!(c.cutover.lock_wait_timeout.0, Duration::from_secs(3));
+        assert_eq!(c.cutover.lock_attempt_timeout.0, Duration::from_millis(100));
+        assert!(!c.cutover.kill_blockers && c.cutover.blocker_grace.is_none());
         assert_eq!(c.local.memory_limit.0, 512 << 20);
         assert_eq!(c.target().database, "app");
     }
@@ -932,6 +990,19 @@ alter = "ADD COLUMN note TEXT"
             ("[throttle]\nflag_file = 3\n", "a path or a list"),
             ("[control]\nsockett = \"/x\"\n", "sockett"),
             ("[hooks]\ntimeout = \"0s\"\n", "above zero"),
+            ("[cutover]\nkill_blockers = true\n", "needs blocker_grace"),
+            (
+                "[cutover]\nblocker_grace = \"5s\"\n",
+                "add kill_blockers = true",
+            ),
+            (
+                "[cutover]\nlock_attempt_timeout = \"5s\"\n",
+                "lock_attempt_timeout",
+            ),
+            (
+                "[cutover]\nlock_attempt_timeout = \"1ms\"\n",
+                "out of range",
+            ),
         ] {
             let e = Config::parse(&format!("{GOOD}\n{bad}"), "t")
                 .unwrap_err()

@@ -329,11 +329,14 @@ impl Operations {
             "threads": self.threads.load(Ordering::Relaxed),
             "active_workers": self.active_workers(),
             "cutover_postponed": self.cutover_postponed(),
+            // Sessions the cut-over waits for: id, user, host, command, time_secs, statement, reason.
+            "blockers": p.blockers,
             "aborting": self.abort_reason(),
         })
     }
 
-    /// The status as one line of `key=value` fields in a fixed order (`status`).
+    /// The status as one line of `key=value` fields in a fixed order
+    /// (`status`). `blockers=` comes last: its value is free text.
     pub fn status_line(&self) -> String {
         let p = self.progress.snapshot();
         let copied: u64 = p.tables.iter().map(|t| t.rows_copied).sum();
@@ -345,7 +348,8 @@ impl Operations {
         format!(
             "table={}.{} state={} copied={copied}/{total} rows_per_sec={:.0} eta={} \
              applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s \
-             throttled={} chunk_size={chunk} threads={} active_workers={} cutover_postponed={}",
+             throttled={} chunk_size={chunk} threads={} active_workers={} cutover_postponed={} \
+             blockers={}",
             self.database,
             self.table(),
             p.current_state,
@@ -366,6 +370,15 @@ impl Operations {
                 "yes"
             } else {
                 "no"
+            },
+            if p.blockers.is_empty() {
+                "-".to_string()
+            } else {
+                p.blockers
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             },
         )
     }

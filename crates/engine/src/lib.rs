@@ -18,6 +18,8 @@
 //! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
 //! - [`checksum`]: chunked comparison of source and shadow; [`verify`]: the
 //!   rows changed after it, compared again before the rename.
+//! - [`cutover`]: the atomic swap under bounded lock attempts; [`blockers`]:
+//!   the sessions that would make its lock wait.
 //! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
 //! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
 //! - [`migration`]: the state machine of a run; [`progress`]: its counters;
@@ -36,6 +38,7 @@ pub mod alter;
 pub mod applier;
 pub mod bench;
 pub mod binlog;
+pub mod blockers;
 pub mod changes;
 pub mod checksum;
 pub mod chunker;

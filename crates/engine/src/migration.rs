@@ -156,8 +156,12 @@ pub struct TableReport {
     /// Rows changed after the checksum and verified again before the rename.
     pub rows_reverified: u64,
     pub cut_over: bool,
+    /// Writes to the table blocked by the cut-over, over all its attempts.
     pub cutover_blocked_ms: Option<f64>,
+    /// Lock requests the cut-over made that queued or were granted.
     pub cutover_attempts: Option<u32>,
+    /// The cut-over in detail: each lock attempt, the blockers waited for, the AUTO_INCREMENT carried over.
+    pub cutover: Option<crate::cutover::CutoverReport>,
     pub total_secs: f64,
 }
 
@@ -185,6 +189,7 @@ impl TableReport {
             cut_over,
             cutover_blocked_ms: None,
             cutover_attempts: None,
+            cutover: None,
             total_secs: 0.0,
         }
     }
@@ -1355,6 +1360,7 @@ impl TableRun<'_> {
             cut_over: false,
             cutover_blocked_ms: None,
             cutover_attempts: None,
+            cutover: None,
             total_secs: 0.0,
         };
 
@@ -1417,6 +1423,12 @@ impl TableRun<'_> {
             verifier: Some(verifier),
             target_pool: self.target_pool.clone(),
         };
+        let stop = || {
+            self.interrupted()
+                .and_then(|()| following.check(&table.name))
+                .err()
+                .map(|e| e.to_string())
+        };
         let cut = cut_over(
             self.source_pool,
             self.flavor,
@@ -1424,15 +1436,29 @@ impl TableRun<'_> {
             &table.name,
             &CutoverSettings {
                 lock_wait_timeout: config.cutover.lock_wait_timeout.0,
+                lock_attempt_timeout: config.cutover.lock_attempt_timeout.0,
                 retries: config.cutover.retries,
+                retry_backoff: config.cutover.retry_backoff.0,
+                kill_blockers: config.cutover.kill_blockers,
+                blocker_grace: config.cutover.blocker_grace.map(|g| g.0),
             },
             &mut drain,
+            &cutover::Observer {
+                progress: self.progress,
+                stop: &stop,
+            },
         )
-        .await
-        .map_err(|e| match e {
-            CutoverError::Verify(v) => RunError::Verify(v),
-            e => RunError::Cutover(e),
-        })?;
+        .await;
+        let cut = match cut {
+            Err(CutoverError::Stopped { .. }) => {
+                // Say why in the run's own terms (Ctrl-C, `panic`, the stream).
+                self.interrupted()?;
+                following.check(&table.name)?;
+                cut.map_err(RunError::Cutover)?
+            }
+            Err(CutoverError::Verify(v)) => return Err(RunError::Verify(v)),
+            cut => cut.map_err(RunError::Cutover)?,
+        };
         tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
         self.advance(TableStage::CutOver).await?;
         self.fill_change_figures(&mut report, &following).await;
@@ -1440,6 +1466,7 @@ impl TableRun<'_> {
         report.cut_over = true;
         report.cutover_blocked_ms = Some(cut.blocked_ms);
         report.cutover_attempts = Some(cut.attempts);
+        report.cutover = Some(cut);
         self.cleanup_after_cutover(&mut tconn).await;
         Ok(report)
     }

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::blockers::Blocker;
+
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum State {
@@ -58,6 +60,8 @@ pub struct Progress {
     /// Time left for the copy, from its rate once 1% is copied; `due` when
     /// the copy is done and the run is past it; `None` before that.
     pub eta: Option<String>,
+    /// Sessions the cut-over is waiting for (see [`crate::blockers`]).
+    pub blockers: Vec<Blocker>,
 }
 
 #[derive(Debug)]
@@ -102,6 +106,7 @@ struct Inner {
     stream: Mutex<Option<std::sync::Weak<dyn StreamFigures>>>,
     /// When the copy moved its first rows, for the ETA.
     copy_started: Mutex<Option<Instant>>,
+    blockers: Mutex<Vec<Blocker>>,
 }
 
 /// Counters of one table, handed to its workers.
@@ -141,6 +146,7 @@ impl ProgressHandle {
                 throttled: Mutex::new(None),
                 stream: Mutex::new(None),
                 copy_started: Mutex::new(None),
+                blockers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -173,6 +179,13 @@ impl ProgressHandle {
     pub fn set_throttled(&self, reason: Option<String>) {
         if let Ok(mut t) = self.inner.throttled.lock() {
             *t = reason;
+        }
+    }
+
+    /// Records the sessions the cut-over waits for (empty: none).
+    pub fn set_blockers(&self, blockers: Vec<Blocker>) {
+        if let Ok(mut b) = self.inner.blockers.lock() {
+            *b = blockers;
         }
     }
 
@@ -256,6 +269,16 @@ impl ProgressHandle {
         if let Some(reason) = &throttled {
             summary.push_str(&format!(" throttled: {reason}"));
         }
+        let blockers = self
+            .inner
+            .blockers
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        if !blockers.is_empty() {
+            let ids: Vec<String> = blockers.iter().map(|b| b.id.to_string()).collect();
+            summary.push_str(&format!(" waiting for blockers: {}", ids.join(",")));
+        }
         Progress {
             current_state: state,
             summary,
@@ -269,6 +292,7 @@ impl ProgressHandle {
             throttled,
             stream,
             eta,
+            blockers,
         }
     }
 }

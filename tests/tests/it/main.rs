@@ -3,6 +3,7 @@
 
 mod bench;
 mod copy;
+mod cutover;
 mod fuzz;
 mod import;
 mod online;
