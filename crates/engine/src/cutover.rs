@@ -496,6 +496,83 @@ async fn acquire(
     }
 }
 
+/// Takes a short lock other than the cut-over's (the `LOCK TABLES t READ` of
+/// a consistent point) by the cut-over's rules for the application: a
+/// request that cannot wait first, then one bounded by
+/// `lock_attempt_timeout`, with the cut-over's backoff between attempts, so
+/// a session holding the table (a long transaction that wrote it) never
+/// queues the application's writes for longer than one bounded request.
+/// Returns how long requests stood queued in all; `stop` ends the wait.
+pub async fn lock_bounded(
+    pool: &Pool,
+    flavor: Flavor,
+    conn: &mut Conn,
+    table: &str,
+    lock_sql: &str,
+    settings: &CutoverSettings,
+    stop: &(dyn Fn() -> Option<String> + Sync),
+) -> Result<Duration, CutoverError> {
+    let mut queued = Duration::ZERO;
+    let attempts = settings.retries.max(1);
+    let mut last = String::new();
+    for failed in 0..attempts {
+        if failed > 0 {
+            tokio::time::sleep(settings.retry_backoff * 2u32.pow((failed - 1).min(4))).await;
+        }
+        if let Some(reason) = stop() {
+            return Err(CutoverError::Stopped {
+                table: table.to_string(),
+                reason,
+            });
+        }
+        if flavor.is_mariadb() {
+            let asked = Instant::now();
+            let probe = conn
+                .query_drop(format!(
+                    "SET STATEMENT lock_wait_timeout = 0 FOR {lock_sql}"
+                ))
+                .await;
+            queued += asked.elapsed();
+            match probe {
+                Ok(()) => return Ok(queued),
+                Err(e) if server_error_code(&e) == Some(1205) => {}
+                Err(e) => {
+                    return Err(DbError {
+                        context: format!("asking for {lock_sql}"),
+                        error: e,
+                    }
+                    .into())
+                }
+            }
+        }
+        let asked = Instant::now();
+        let granted =
+            bounded_request(pool, flavor, conn, lock_sql, settings.lock_attempt_timeout).await;
+        queued += asked.elapsed();
+        match granted {
+            Ok(true) => return Ok(queued),
+            Ok(false) => {
+                last = format!(
+                    "not granted within {} (lock_attempt_timeout)",
+                    humantime::format_duration(settings.lock_attempt_timeout)
+                );
+                tracing::info!(
+                    table,
+                    attempt = failed + 1,
+                    "{lock_sql}: {last}; trying again after a pause"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CutoverError::GaveUp {
+        table: table.to_string(),
+        shadow: shadow_name(table),
+        attempts,
+        last,
+    })
+}
+
 /// Closes a wait for blockers, if one was open.
 fn end_wait(ctx: &Attempting<'_>, ledger: &mut Ledger, waiting_since: &mut Option<Instant>) {
     if let Some(since) = waiting_since.take() {

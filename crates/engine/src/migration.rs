@@ -1434,14 +1434,7 @@ impl TableRun<'_> {
             self.flavor,
             self.source_schema(),
             &table.name,
-            &CutoverSettings {
-                lock_wait_timeout: config.cutover.lock_wait_timeout.0,
-                lock_attempt_timeout: config.cutover.lock_attempt_timeout.0,
-                retries: config.cutover.retries,
-                retry_backoff: config.cutover.retry_backoff.0,
-                kill_blockers: config.cutover.kill_blockers,
-                blocker_grace: config.cutover.blocker_grace.map(|g| g.0),
-            },
+            &self.cutover_settings(),
             &mut drain,
             &cutover::Observer {
                 progress: self.progress,
@@ -1638,9 +1631,25 @@ impl TableRun<'_> {
             quote_ident(self.source_schema()),
             quote_ident(&self.table.name)
         );
-        lock.query_drop(format!("LOCK TABLES {qt} READ"))
-            .await
-            .context(|| format!("locking {} for a consistent point", self.table.name))?;
+        // Bounded like the cut-over's lock: a long transaction that wrote the
+        // table must not queue the application behind this request.
+        let stop = || {
+            self.interrupted()
+                .and_then(|()| following.check(&self.table.name))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let queued = cutover::lock_bounded(
+            self.source_pool,
+            self.flavor,
+            &mut lock,
+            &self.table.name,
+            &format!("LOCK TABLES {qt} READ"),
+            &self.cutover_settings(),
+            &stop,
+        )
+        .await
+        .map_err(RunError::Cutover)?;
         let locked = Instant::now();
         let result = async {
             following
@@ -1661,7 +1670,8 @@ impl TableRun<'_> {
         }
         .await;
         let unlocked = lock.query_drop("UNLOCK TABLES").await;
-        let held = locked.elapsed();
+        // Writes waited while the requests queued and while the lock was held.
+        let held = locked.elapsed() + queued;
         let changed = result?;
         unlocked.context(|| "UNLOCK TABLES".into())?;
         Ok(ConsistentPoint {
@@ -1670,6 +1680,18 @@ impl TableRun<'_> {
             held,
             changed,
         })
+    }
+
+    fn cutover_settings(&self) -> CutoverSettings {
+        let c = &self.config.cutover;
+        CutoverSettings {
+            lock_wait_timeout: c.lock_wait_timeout.0,
+            lock_attempt_timeout: c.lock_attempt_timeout.0,
+            retries: c.retries,
+            retry_backoff: c.retry_backoff.0,
+            kill_blockers: c.kill_blockers,
+            blocker_grace: c.blocker_grace.map(|g| g.0),
+        }
     }
 
     async fn wait_for_catch_up(&self, following: &Following) -> Result<(), RunError> {
