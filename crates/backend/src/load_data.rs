@@ -89,6 +89,11 @@ impl LoadData {
             .step_by(PACKET)
             .map(|s| Ok(data.slice(s..(s + PACKET).min(data.len()))))
             .collect();
+        // Every skipped row leaves a warning and each must be seen to judge
+        // the load (the server keeps 64 by default).
+        conn.query_drop("SET SESSION max_error_count = 65535")
+            .await
+            .map_err(|e| BackendError::sql("setting max_error_count", &name, e))?;
         conn.set_infile_handler(async move { Ok(stream::iter(chunks).boxed()) });
         if let Err(e) = conn.query_drop(&self.statement).await {
             if let mysql_async::Error::Server(s) = &e {
@@ -110,7 +115,7 @@ impl LoadData {
             return Ok(0);
         }
         let shown: Vec<(Vec<u8>, u32, Vec<u8>)> = conn
-            .query("SHOW WARNINGS LIMIT 64")
+            .query("SHOW WARNINGS LIMIT 65535")
             .await
             .map_err(|e| BackendError::sql("reading load warnings", &name, e))?;
         let msgs: Vec<(u32, String)> = shown

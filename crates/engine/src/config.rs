@@ -409,8 +409,21 @@ impl CutoverConfig {
                 self.lock_attempt_timeout, self.lock_wait_timeout
             ));
         }
-        if self.retry_backoff.0.is_zero() {
-            return Err("[cutover] retry_backoff must be above zero, e.g. \"500ms\"".into());
+        // The server's own maximum; larger values would also overflow the
+        // deadlines wraith derives from it.
+        if self.lock_wait_timeout.0 > Duration::from_secs(31_536_000) {
+            return Err(format!(
+                "[cutover] lock_wait_timeout = \"{}\" is above the server's maximum of one year; \
+                 give a few seconds, e.g. \"3s\"",
+                self.lock_wait_timeout
+            ));
+        }
+        if self.retry_backoff.0.is_zero() || self.retry_backoff.0 > Duration::from_secs(3600) {
+            return Err(format!(
+                "[cutover] retry_backoff = \"{}\" is out of range; give more than zero and at most \
+                 an hour, e.g. \"500ms\"",
+                self.retry_backoff
+            ));
         }
         match (self.kill_blockers, &self.blocker_grace) {
             (true, None) => Err(

@@ -114,7 +114,20 @@ pub trait Drain {
         session: &mut Conn,
         shadow_locked: bool,
     ) -> impl Future<Output = Result<(), DrainError>> + Send;
+
+    /// Rows changed since the last verification: what [`Drain::verify_locked`]
+    /// would compare under the lock.
+    fn verification_backlog(&self) -> usize;
+
+    /// Verifies the changed rows outside the lock (at a consistent point of
+    /// its own), so that what is left for the lock is small.
+    fn verify_unlocked(&mut self) -> impl Future<Output = Result<(), DrainError>> + Send;
 }
+
+/// Most rows re-verified under the cut-over's lock: more would keep the
+/// application's writes waiting for the comparison, so they are verified
+/// outside the lock first (after a long wait for blockers, say).
+pub const VERIFY_UNDER_LOCK_MAX: usize = 2_000;
 
 /// Why a drain or its verification failed.
 #[derive(Debug)]
@@ -287,7 +300,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Swaps the tables. On success `table` is the new table and `_table_old` the old one.
-pub async fn cut_over<D: Drain>(
+pub async fn cut_over<D: Drain + Sync>(
     pool: &Pool,
     flavor: Flavor,
     schema: &str,
@@ -328,6 +341,15 @@ pub async fn cut_over<D: Drain>(
             settings,
             observer,
         };
+        if drain.verification_backlog() > VERIFY_UNDER_LOCK_MAX {
+            match drain.verify_unlocked().await {
+                Ok(()) => {}
+                Err(DrainError::Stop(e)) => return Err(CutoverError::Verify(e)),
+                Err(DrainError::Retry(why)) => {
+                    tracing::warn!(error = %why, "verifying changed rows before the cut-over's lock failed; the lock will verify them");
+                }
+            }
+        }
         let result = if flavor.is_mariadb() {
             attempt_two_sessions(&ctx, drain, &mut ledger).await
         } else {
@@ -380,6 +402,7 @@ async fn acquire(
     a: &mut Conn,
     lock_sql: &str,
     ledger: &mut Ledger,
+    verification_backlog: &(dyn Fn() -> usize + Sync),
 ) -> Result<Instant, Attempt> {
     let table = ctx.table;
     let own = [a.id()];
@@ -413,7 +436,16 @@ async fn acquire(
         let found =
             blockers::find(a, ctx.flavor, ledger.detection, ctx.schema, table, &own).await?;
         if found.is_empty() {
+            let waited = waiting_since.is_some();
             end_wait(ctx, ledger, &mut waiting_since);
+            // Rows kept changing while wraith waited: verify them before
+            // asking, not under the lock (the next attempt does).
+            if waited && verification_backlog() > VERIFY_UNDER_LOCK_MAX {
+                return Err(Attempt::Retry(format!(
+                    "{} rows changed while the cut-over waited; they are verified outside the lock first",
+                    verification_backlog()
+                )));
+            }
             break;
         }
         if let Some(reason) = (ctx.observer.stop)() {
@@ -669,8 +701,17 @@ async fn carry_auto_increment(
     if source <= new {
         return Ok(None);
     }
+    // MariaDB runs this on session B while A holds `t`: it must not wait on
+    // a session holding the shadow's metadata lock (the application's writes
+    // wait with it). Refused at once instead, the attempt is retried.
+    // MySQL's one session holds the shadow under LOCK TABLES already.
+    let no_wait = if flavor.is_mariadb() {
+        "SET STATEMENT lock_wait_timeout = 0 FOR "
+    } else {
+        ""
+    };
     conn.query_drop(format!(
-        "ALTER TABLE {}.{} AUTO_INCREMENT = {source}",
+        "{no_wait}ALTER TABLE {}.{} AUTO_INCREMENT = {source}",
         quote_ident(schema),
         quote_ident(&shadow)
     ))
@@ -709,7 +750,7 @@ fn lock_timeout_secs(settings: &CutoverSettings) -> u64 {
     settings.lock_wait_timeout.as_secs().max(1)
 }
 
-async fn attempt_two_sessions<D: Drain>(
+async fn attempt_two_sessions<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     drain: &mut D,
     ledger: &mut Ledger,
@@ -757,7 +798,11 @@ async fn attempt_two_sessions<D: Drain>(
             return Err(e.into());
         }
     };
-    let granted = match acquire(ctx, &mut a, &lock_sql, ledger).await {
+    let granted = match acquire(ctx, &mut a, &lock_sql, ledger, &|| {
+        drain.verification_backlog()
+    })
+    .await
+    {
         Ok(granted) => granted,
         Err(e) => {
             let _ = drop_markers(&mut a, schema, table).await;
@@ -943,7 +988,7 @@ impl Helpers {
 
 /// Steps 2 to 5 of the module comment, with the lock held.
 #[allow(clippy::too_many_arguments)]
-async fn locked_phase<D: Drain>(
+async fn locked_phase<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     a: &mut Conn,
     helpers: Helpers,
@@ -1029,7 +1074,7 @@ async fn locked_phase<D: Drain>(
     }
 }
 
-async fn attempt_one_session<D: Drain>(
+async fn attempt_one_session<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     drain: &mut D,
     ledger: &mut Ledger,
@@ -1052,6 +1097,7 @@ async fn attempt_one_session<D: Drain>(
         &mut a,
         &format!("LOCK TABLES {qt} WRITE, {qnew} WRITE"),
         ledger,
+        &|| drain.verification_backlog(),
     )
     .await?;
     let result = async {

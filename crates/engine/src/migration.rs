@@ -37,7 +37,9 @@ use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
-use crate::cutover::{self, cut_over, CutoverError, CutoverSettings, CutoverState, DrainError};
+use crate::cutover::{
+    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError, DrainTarget,
+};
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::hooks::{HookError, HookEvent};
 use crate::inspect::{inspect_table, TableInfo};
@@ -1417,11 +1419,16 @@ impl TableRun<'_> {
         self.progress.set_state(State::CutOver);
         self.save_progress(&following, stats.rows).await?;
         self.advance(TableStage::CuttingOver).await?;
-        let mut drain = OnlineDrain {
-            state: following.state.clone(),
-            timeout: config.cutover.lock_wait_timeout.0,
-            verifier: Some(verifier),
-            target_pool: self.target_pool.clone(),
+        let mut drain = RunDrain {
+            online: OnlineDrain {
+                state: following.state.clone(),
+                timeout: config.cutover.lock_wait_timeout.0,
+                verifier: Some(verifier.clone()),
+                target_pool: self.target_pool.clone(),
+            },
+            run: self,
+            following: &following,
+            verifier,
         };
         let stop = || {
             self.interrupted()
@@ -1587,7 +1594,17 @@ impl TableRun<'_> {
             return Ok(());
         }
         let what = "found while the cut-over waited";
-        let point = self.consistent_point(following, what).await?;
+        let point = match self.consistent_point(following, what).await {
+            // A session holding the table kept the lock from being granted:
+            // the keys stay tracked (nothing was taken) and are verified at
+            // the next point, or under the cut-over's lock. Waiting is what
+            // a postponed run does anyway; it must not end the run.
+            Err(RunError::Cutover(e @ CutoverError::GaveUp { .. })) => {
+                tracing::warn!(error = %e, "re-verification postponed: the source could not be locked for a moment");
+                return Ok(());
+            }
+            point => point?,
+        };
         let (mut sconn, mut tconn) = (point.source, point.shadow);
         let n = verifier
             .verify(&mut sconn, Some(&mut tconn), &point.changed, what)
@@ -1615,6 +1632,8 @@ impl TableRun<'_> {
         following: &Following,
         what: &str,
     ) -> Result<ConsistentPoint, RunError> {
+        // The drain runs under the lock: start it with a small backlog only.
+        self.wait_for_catch_up(following).await?;
         let mut lock = self
             .source_pool
             .get_conn()
@@ -1765,6 +1784,45 @@ impl TableRun<'_> {
                     .await;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The cut-over's drain: the online state's steps under the lock, and the
+/// run's own consistent points to verify outside it.
+struct RunDrain<'r, 'a> {
+    online: OnlineDrain,
+    run: &'r TableRun<'a>,
+    following: &'r Following,
+    verifier: Arc<RowVerifier>,
+}
+
+impl Drain for RunDrain<'_, '_> {
+    async fn drain_to(
+        &mut self,
+        target: DrainTarget,
+        locked: Option<&mut Conn>,
+    ) -> Result<(), DrainError> {
+        self.online.drain_to(target, locked).await
+    }
+
+    async fn verify_locked(
+        &mut self,
+        session: &mut Conn,
+        shadow_locked: bool,
+    ) -> Result<(), DrainError> {
+        self.online.verify_locked(session, shadow_locked).await
+    }
+
+    fn verification_backlog(&self) -> usize {
+        self.following.state.changed_since_verified()
+    }
+
+    async fn verify_unlocked(&mut self) -> Result<(), DrainError> {
+        match self.run.reverify(self.following, &self.verifier).await {
+            Ok(()) => Ok(()),
+            Err(RunError::Verify(v)) => Err(DrainError::Stop(v)),
+            Err(e) => Err(DrainError::Retry(e.to_string())),
         }
     }
 }

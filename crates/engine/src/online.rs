@@ -39,7 +39,7 @@ use crate::applier::Applier;
 use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
 use crate::copy::read_conn;
-use crate::cutover::{Drain, DrainError, DrainTarget};
+use crate::cutover::{DrainError, DrainTarget};
 use crate::db::{quote_ident, Context, DbError};
 use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
@@ -332,12 +332,30 @@ impl OnlineState {
             .iter()
             .map(|(k, _, c)| (k.clone(), c.clone()))
             .collect();
-        let clashes = match on {
+        let applied = match on {
             Some(conn) => applier.apply_on(conn, &changes).await,
             None => applier.apply(&changes).await,
-        }
-        .map_err(|e| e.to_string())?;
+        };
         drop(changes);
+        let clashes = match applied {
+            Ok(clashes) => clashes,
+            Err(e) => {
+                // The batch left the buffer and its deletes may be committed:
+                // put it back, so that a retried drain (the cut-over's next
+                // attempt) applies it again instead of finding nothing to do.
+                // Delete-then-insert by key is safe to repeat.
+                let mut buffer = self
+                    .buffer
+                    .lock()
+                    .map_err(|_| "change buffer poisoned".to_string())?;
+                for (key, seq, change) in batch {
+                    buffer
+                        .requeue(key, seq, change)
+                        .map_err(|e| e.to_string())?;
+                }
+                return Err(e.to_string());
+            }
+        };
         let mut clashed = vec![None; batch.len()];
         for c in clashes {
             if let Some(slot) = clashed.get_mut(c.pos) {
@@ -583,8 +601,11 @@ pub struct OnlineDrain {
 
 const UNDER_THE_LOCK: &str = "found under the cut-over's lock, after the final catch-up";
 
-impl Drain for OnlineDrain {
-    async fn drain_to(
+/// The cut-over's steps on the online state; the run wraps them in a
+/// [`Drain`] that can also verify outside the lock (it owns the consistent
+/// points).
+impl OnlineDrain {
+    pub async fn drain_to(
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
@@ -596,7 +617,7 @@ impl Drain for OnlineDrain {
             .await
     }
 
-    async fn verify_locked(
+    pub async fn verify_locked(
         &mut self,
         session: &mut Conn,
         shadow_locked: bool,

@@ -254,7 +254,7 @@ async fn million_rows_both_backends_and_checksum_catches_corruption() {
         .expect_err("a tampered shadow row must fail the checksum");
         match &err {
             ChecksumError::Mismatch { keys, .. } => {
-                assert_eq!(keys, &vec!["(654321) differs".to_string()], "{err}")
+                assert_eq!(keys, &vec!["`id` = 654321 differs".to_string()], "{err}")
             }
             other => panic!("expected a mismatch, got {other}"),
         }

@@ -331,3 +331,73 @@ async fn ids_of_deleted_last_rows_are_not_handed_out_again() {
         );
     }
 }
+
+/// The checksum's consistent point takes a short READ lock on the source. A
+/// transaction that has *written* the table and stays open would make that
+/// request wait, and the application's writes queue behind a waiting
+/// request: the lock must be asked by the cut-over's rules (no wait, then a
+/// bounded request, backoff), so no write waits longer than the budget while
+/// the checksum waits for the transaction to end.
+#[tokio::test]
+async fn a_writer_left_open_does_not_stall_the_checksum_lock() {
+    let s = Schema::new("co_checksum_lock").await;
+    let rows = 5_000;
+    sysbench_with_mirror(&s, rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, rows, 17));
+    // A row written in a transaction left open (also to the mirror, so the
+    // final comparison holds once it commits).
+    let mut writer = s.conn().await;
+    writer.query_drop("START TRANSACTION").await.expect("begin");
+    writer
+        .query_drop(
+            "INSERT INTO sbtest (id, k, c, pad) VALUES (900000000, 1, 'open', 'writer'); \
+             INSERT INTO mirror (id, k, c, pad) VALUES (900000000, 1, 'open', 'writer')",
+        )
+        .await
+        .expect("write in the open transaction");
+    let child = WraithChild::spawn(&["run", "--json"], &config(&s, dir.path(), "sql", ""));
+    wait_for_status(
+        dir.path(),
+        "the run at its checksum",
+        Duration::from_secs(120),
+        |st| st["current_state"] == "Checksum",
+    )
+    .await;
+    // The checksum cannot lock while the writer is open: it keeps asking.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !note_column_exists(&s).await,
+        "cut over past an open writer"
+    );
+    writer
+        .query_drop("COMMIT")
+        .await
+        .expect("commit the writer");
+    let run = child.finish(Duration::from_secs(180)).await;
+    let stats = load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
+    let lock_ms = report["tables"][0]["checksum_lock_ms"]
+        .as_f64()
+        .expect("checksum_lock_ms");
+    // At least one bounded request stood queued before the writer committed.
+    assert!(
+        lock_ms >= 100.0,
+        "checksum_lock_ms {lock_ms}: the lock did not wait"
+    );
+    assert!(stats.transactions > 200, "{stats:?}");
+    let worst = stats.max_ms();
+    eprintln!(
+        "co_checksum_lock: worst write {worst:.1} ms, p99 {:.1} ms over {} transactions; checksum lock {lock_ms:.1} ms",
+        stats.quantile_ms(0.99),
+        stats.transactions,
+    );
+    assert!(
+        worst <= WORST_WRITE_MS,
+        "a write waited {worst:.1} ms (p99 {:.1} ms); the checksum's lock stalled the application",
+        stats.quantile_ms(0.99)
+    );
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+}
