@@ -61,8 +61,8 @@ pub enum VerifyError {
 #[error(
     "{table}: the unique index {index} of the new table would hold {key} twice: the row \
      {row} of {table} has it, and so does the row {other} ({point}). wraith stops before \
-     the cut-over: nothing was renamed, the source is untouched, and no row was removed \
-     from the shadow table. Remove or change the duplicate in {table} (or take the unique \
+     the cut-over: nothing was renamed, the source is untouched, and the row that holds \
+     the value was left as it is (the clashing change is kept and applied on resume). Remove or change the duplicate in {table} (or take the unique \
      key out of the ALTER), then run `wraith run` with the same config again to resume"
 )]
 pub struct UniqueClash {
