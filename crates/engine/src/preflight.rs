@@ -36,6 +36,21 @@ pub enum Status {
     Fail,
 }
 
+/// Appends one line per check (and its fix), as `wraith check` prints them.
+pub(crate) fn render_checks(checks: &[Check], out: &mut String) {
+    for c in checks {
+        let mark = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        out.push_str(&format!("[{mark}] {}: {}\n", c.name, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("       fix: {fix}\n"));
+        }
+    }
+}
+
 /// One line of the preflight report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -86,17 +101,7 @@ impl Report {
     /// The human report: one line per check, then the plan.
     pub fn render(&self) -> String {
         let mut out = format!("server: {}\n", self.server);
-        for c in &self.checks {
-            let mark = match c.status {
-                Status::Ok => "ok  ",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
-            };
-            out.push_str(&format!("[{mark}] {}: {}\n", c.name, c.detail));
-            if let Some(fix) = &c.fix {
-                out.push_str(&format!("       fix: {fix}\n"));
-            }
-        }
+        render_checks(&self.checks, &mut out);
         for p in &self.plans {
             out.push_str(&render_plan(p));
         }

@@ -67,17 +67,7 @@ impl ImportCheckReport {
     /// One line per check, as `wraith check` prints the rebuild's.
     pub fn render(&self) -> String {
         let mut out = format!("target: {}\n", self.target);
-        for c in &self.checks {
-            let mark = match c.status {
-                Status::Ok => "ok  ",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
-            };
-            out.push_str(&format!("[{mark}] {}: {}\n", c.name, c.detail));
-            if let Some(fix) = &c.fix {
-                out.push_str(&format!("       fix: {fix}\n"));
-            }
-        }
+        crate::preflight::render_checks(&self.checks, &mut out);
         out
     }
 
