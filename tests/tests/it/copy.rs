@@ -271,7 +271,8 @@ async fn million_rows_both_backends_and_checksum_catches_corruption() {
         .await
         .expect_err("a missing shadow row must fail the checksum");
         assert!(
-            err.to_string().contains("(77) missing from the shadow"),
+            err.to_string()
+                .contains("`id` = 77 missing from the shadow"),
             "{err}"
         );
         s.exec("DROP TABLE _sbtest_new").await;

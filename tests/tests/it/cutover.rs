@@ -395,11 +395,18 @@ async fn a_writer_left_open_does_not_stall_the_checksum_lock() {
         stats.quantile_ms(0.99),
         stats.transactions,
     );
+    // An unbounded request would queue the writes for the writer's whole
+    // life (lock_wait_timeout, 3 s, per attempt). The bound here is looser
+    // than the cut-over's: the granted lock is held while the stream drains,
+    // and in the full suite the two cores are shared with a dozen tests.
     assert!(
-        worst <= WORST_WRITE_MS,
+        worst <= CHECKSUM_LOCK_WORST_WRITE_MS,
         "a write waited {worst:.1} ms (p99 {:.1} ms); the checksum's lock stalled the application",
         stats.quantile_ms(0.99)
     );
     assert!(note_column_exists(&s).await);
     assert_matches_mirror(&s).await;
 }
+
+/// See `a_writer_left_open_does_not_stall_the_checksum_lock`.
+const CHECKSUM_LOCK_WORST_WRITE_MS: f64 = 1_500.0;
