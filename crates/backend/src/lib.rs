@@ -60,7 +60,7 @@ pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;
 pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
 pub use sql::{SqlBackend, SqlBackendConfig};
-pub use value::{ColumnKind, ColumnSpec, Row, Value, ValueError, ZoneShift};
+pub use value::{quote_str, ColumnKind, ColumnSpec, Row, Value, ValueError, ZoneShift};
 
 /// Re-exported so implementors of [`Backend`] and [`EngineWriter`] outside
 /// this crate use the same macro.

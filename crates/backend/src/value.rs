@@ -225,7 +225,7 @@ impl ZoneShift {
     /// which has no zone), and `zero_value` what such a value becomes (the
     /// server keeps the zero date as it is; `CONVERT_TZ` would warn).
     pub fn wrap(&self, x: &str, zero: &str, zero_value: &str) -> String {
-        let z = sql_string(self.zone());
+        let z = quote_str(self.zone());
         match self {
             ZoneShift::ToLocal(_) => {
                 format!("IF({zero}, {zero_value}, CONVERT_TZ({x}, '+00:00', {z}))")
@@ -248,14 +248,15 @@ impl ZoneShift {
     }
 }
 
-/// A quoted SQL string of `s` (backslashes and quotes escaped).
-fn sql_string(s: &str) -> String {
+/// Quotes a string literal for SQL text (quotes, backslashes and NUL escaped).
+pub fn quote_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
         match c {
             '\'' => out.push_str("''"),
             '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
             c => out.push(c),
         }
     }
@@ -658,33 +659,8 @@ impl Value {
             Value::Date { year, month, day } => {
                 push_fmt(out, format_args!("{year:04}-{month:02}-{day:02}"))
             }
-            Value::Time {
-                negative,
-                hours,
-                minutes,
-                seconds,
-                micros,
-            } => {
-                let sign = if *negative { "-" } else { "" };
-                push_fmt(
-                    out,
-                    format_args!("{sign}{hours:02}:{minutes:02}:{seconds:02}.{micros:06}"),
-                )
-            }
-            Value::DateTime {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                micros,
-            } => push_fmt(
-                out,
-                format_args!(
-                    "{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{micros:06}"
-                ),
-            ),
+            // All six digits of the fraction, whatever the column keeps.
+            Value::Time { .. } | Value::DateTime { .. } => self.write_temporal_text(6, out),
             Value::Year(y) => push_fmt(out, format_args!("{y:04}")),
             Value::Bit(v) => push_fmt(out, format_args!("{v}")),
         }

@@ -164,21 +164,8 @@ pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// Quotes a string literal for SQL text.
-pub fn quote_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
+/// Quotes a string literal for SQL text: the backend's, one escaping rule for both crates.
+pub use wraith_backend::quote_str;
 
 #[cfg(test)]
 mod tests {
