@@ -173,9 +173,11 @@ pub async fn find(
                     format!(
                         "SELECT p.ID, p.USER, p.HOST, p.COMMAND, COALESCE({time_ms}, 0) + 0e0, p.INFO \
                          FROM information_schema.PROCESSLIST p \
-                         WHERE p.COMMAND = 'Query' AND p.ID <> CONNECTION_ID() AND INSTR(p.INFO, ?) > 0"
+                         WHERE p.COMMAND = 'Query' AND p.ID <> CONNECTION_ID() AND INSTR(p.INFO, ?) > 0 \
+                           AND (p.DB = ? OR INSTR(p.INFO, ?) > 0)"
                     ),
-                    (table,),
+                    // A table of the same name in another schema is not this one.
+                    (table, schema, schema),
                 )
                 .await
                 .context(|| "reading the running statements".into())?,

@@ -184,6 +184,10 @@ async fn cut_over_waits_out_a_long_transaction_then_succeeds() {
         !s.table_exists("_sbtest_old").await,
         "the sentry or a rename was left behind"
     );
+    // Without the plugin every old transaction counts, so "would block it"
+    // may name another test's session first: keep the holder open long
+    // enough to be seen as a blocker itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     holder.query_drop("COMMIT").await.unwrap();
     let run = child.finish(Duration::from_secs(120)).await;
     assert_eq!(run.code, 0, "{}", run.output());
