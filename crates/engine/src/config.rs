@@ -347,6 +347,12 @@ pub struct CutoverConfig {
     /// to the table queue behind it meanwhile.
     #[serde(default = "default_lock_attempt_timeout")]
     pub lock_attempt_timeout: HumanDuration,
+    /// Longest the cut-over may hold the granted lock (drain, verification,
+    /// AUTO_INCREMENT) before the RENAME is let through; past it the attempt
+    /// lets go and counts as failed. The application's worst wait is about
+    /// `lock_attempt_timeout` + this.
+    #[serde(default = "default_lock_hold_budget")]
+    pub lock_hold_budget: HumanDuration,
     /// Lock attempts that may fail before the run gives up.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -374,6 +380,9 @@ fn default_lock_wait_timeout() -> HumanDuration {
 fn default_lock_attempt_timeout() -> HumanDuration {
     HumanDuration(Duration::from_millis(100))
 }
+fn default_lock_hold_budget() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
+}
 fn default_retries() -> u32 {
     10
 }
@@ -387,6 +396,7 @@ impl Default for CutoverConfig {
             enabled: true,
             lock_wait_timeout: default_lock_wait_timeout(),
             lock_attempt_timeout: default_lock_attempt_timeout(),
+            lock_hold_budget: default_lock_hold_budget(),
             retries: default_retries(),
             retry_backoff: default_retry_backoff(),
             kill_blockers: false,
@@ -407,6 +417,15 @@ impl CutoverConfig {
                  lock_wait_timeout ({}), e.g. \"100ms\": the application's writes queue behind \
                  each attempt for that long",
                 self.lock_attempt_timeout, self.lock_wait_timeout
+            ));
+        }
+        let hold = self.lock_hold_budget.0;
+        if hold < Duration::from_millis(10) || hold > self.lock_wait_timeout.0 {
+            return Err(format!(
+                "[cutover] lock_hold_budget = \"{}\" is out of range; give 10ms up to \
+                 lock_wait_timeout ({}), e.g. \"250ms\": the application's writes wait on the \
+                 granted lock for up to that long",
+                self.lock_hold_budget, self.lock_wait_timeout
             ));
         }
         // The server's own maximum; larger values would also overflow the

@@ -100,11 +100,18 @@ pub struct DrainTarget {
 /// among them (MySQL's one-session algorithm): changes must then be applied
 /// on that session, as no other may write the shadow table.
 pub trait Drain {
+    /// Gives up with [`DrainError::Retry`] once `deadline` (the end of the
+    /// hold budget) is past, between batches: nothing applied is lost.
     fn drain_to(
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
+        deadline: Instant,
     ) -> impl Future<Output = Result<(), DrainError>> + Send;
+
+    /// Reads and applies the stream up to the server's present without any
+    /// lock, so that the drain under the lock has only the last instants left.
+    fn catch_up(&mut self) -> impl Future<Output = Result<(), DrainError>> + Send;
 
     /// Re-verifies the rows the drains applied since the last verification,
     /// before the rename may happen. `session` holds the lock on the table
@@ -222,6 +229,9 @@ pub struct CutoverSettings {
     pub lock_wait_timeout: Duration,
     /// Longest one lock request may stand queued.
     pub lock_attempt_timeout: Duration,
+    /// Longest the cut-over holds the lock before the RENAME is let through;
+    /// past it the attempt lets go and is retried after a catch-up.
+    pub lock_hold_budget: Duration,
     /// Lock attempts that may fail before giving up.
     pub retries: u32,
     /// Pause after the first failed attempt; doubles after each, up to 16×.
@@ -348,6 +358,15 @@ pub async fn cut_over<D: Drain + Sync>(
                 Err(DrainError::Retry(why)) => {
                     tracing::warn!(error = %why, "verifying changed rows before the cut-over's lock failed; the lock will verify them");
                 }
+            }
+        }
+        // A big transaction committed since the last apply is read now, not
+        // while the application waits on the lock.
+        match drain.catch_up().await {
+            Ok(()) => {}
+            Err(DrainError::Stop(e)) => return Err(CutoverError::Verify(e)),
+            Err(DrainError::Retry(why)) => {
+                tracing::warn!(error = %why, "catching up before the cut-over's lock failed; the lock will drain it");
             }
         }
         let result = if flavor.is_mariadb() {
@@ -816,7 +835,6 @@ async fn attempt_two_sessions<D: Drain + Sync>(
         &names,
         passed_before_table(table, lower_case.unwrap_or(0) != 0)
             .map(|n| format!("{qs}.{}", quote_ident(&n))),
-        timeout,
         drain,
         ledger,
     )
@@ -994,25 +1012,28 @@ async fn locked_phase<D: Drain + Sync>(
     helpers: Helpers,
     names: &SwapNames,
     passed_before_table: Option<String>,
-    timeout: u64,
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<DrainTarget, Attempt> {
     let Helpers { mut b, mut probe } = helpers;
     let locked = Instant::now();
+    let budget = HoldBudget::new(locked, ctx.settings.lock_hold_budget);
     let target = master_position(a).await?;
     drain
-        .drain_to(target.clone(), None)
+        .drain_to(target.clone(), None, budget.deadline)
         .await
         .map_err(|e| e.into_attempt("draining the change stream under the lock"))?;
+    budget.check("draining the change stream")?;
     drain
         .verify_locked(a, false)
         .await
         .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
+    budget.check("re-verifying the last changes")?;
     let drained = locked.elapsed();
 
     // Before B holds any name: the shadow's ALTER cannot wait on the RENAME.
     ledger.auto_increment = carry_auto_increment(&mut b, ctx.flavor, ctx.schema, ctx.table).await?;
+    budget.check("carrying the AUTO_INCREMENT counter")?;
     let b_id = b.id();
     let rename_sql = names.rename();
     let rename = tokio::spawn(async move {
@@ -1023,7 +1044,6 @@ async fn locked_phase<D: Drain + Sync>(
     // Confirm B is queued on `t` itself before letting go of it: it waits on
     // a metadata lock, and holds every name that sorts before `t`. Only then
     // does its exclusive request take `t` ahead of the application's writes.
-    let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
         let waiting: Option<u64> = a
             .exec_first(
@@ -1039,11 +1059,12 @@ async fn locked_phase<D: Drain + Sync>(
         if on_table {
             break;
         }
-        if rename.is_finished() || Instant::now() > deadline {
+        if rename.is_finished() {
             return Err(Attempt::Retry(
                 "the RENAME did not queue behind the lock".into(),
             ));
         }
+        budget.check("waiting for the RENAME to queue")?;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     drop(probe);
@@ -1100,17 +1121,21 @@ async fn attempt_one_session<D: Drain + Sync>(
         &|| drain.verification_backlog(),
     )
     .await?;
+    let budget = HoldBudget::new(granted, settings.lock_hold_budget);
     let result = async {
         let target = master_position(&mut a).await?;
         drain
-            .drain_to(target.clone(), Some(&mut a))
+            .drain_to(target.clone(), Some(&mut a), budget.deadline)
             .await
             .map_err(|e| e.into_attempt("draining under the lock"))?;
+        budget.check("draining the change stream")?;
         drain
             .verify_locked(&mut a, true)
             .await
             .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
+        budget.check("re-verifying the last changes")?;
         ledger.auto_increment = carry_auto_increment(&mut a, ctx.flavor, schema, table).await?;
+        budget.check("carrying the AUTO_INCREMENT counter")?;
         a.query_drop(format!("RENAME TABLE {qt} TO {qold}, {qnew} TO {qt}"))
             .await
             .context(|| "RENAME TABLE".into())?;
@@ -1123,6 +1148,36 @@ async fn attempt_one_session<D: Drain + Sync>(
         Err(e) => ledger.released(granted, &attempt_outcome(e)),
     }
     result
+}
+
+/// The end of the time the application may wait on a granted lock
+/// (`lock_hold_budget`): past it, before the RENAME is let through, the
+/// attempt lets go and the next one starts from a catch-up.
+struct HoldBudget {
+    granted: Instant,
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl HoldBudget {
+    fn new(granted: Instant, budget: Duration) -> HoldBudget {
+        HoldBudget {
+            granted,
+            deadline: granted + budget,
+            budget,
+        }
+    }
+
+    fn check(&self, step: &str) -> Result<(), Attempt> {
+        if Instant::now() <= self.deadline {
+            return Ok(());
+        }
+        Err(Attempt::Retry(format!(
+            "{step} held the lock for {:.0} ms, past lock_hold_budget ({}); let go before the RENAME",
+            ms(self.granted.elapsed()),
+            humantime::format_duration(self.budget)
+        )))
+    }
 }
 
 /// Which of the three names exist, for an operator after a lost connection.

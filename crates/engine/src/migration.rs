@@ -1706,6 +1706,7 @@ impl TableRun<'_> {
         CutoverSettings {
             lock_wait_timeout: c.lock_wait_timeout.0,
             lock_attempt_timeout: c.lock_attempt_timeout.0,
+            lock_hold_budget: c.lock_hold_budget.0,
             retries: c.retries,
             retry_backoff: c.retry_backoff.0,
             kill_blockers: c.kill_blockers,
@@ -1802,8 +1803,13 @@ impl Drain for RunDrain<'_, '_> {
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
+        deadline: Instant,
     ) -> Result<(), DrainError> {
-        self.online.drain_to(target, locked).await
+        self.online.drain_to(target, locked, deadline).await
+    }
+
+    async fn catch_up(&mut self) -> Result<(), DrainError> {
+        self.online.catch_up().await
     }
 
     async fn verify_locked(

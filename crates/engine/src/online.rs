@@ -429,21 +429,35 @@ impl OnlineState {
     /// source locked: a row that still clashes on a unique index then is a
     /// real duplicate (`point` says where, for the message).
     pub async fn drain(&self, timeout: Duration, point: &str) -> Result<(), DrainError> {
-        self.drain_on(timeout, None, point).await
+        self.drain_on(timeout, None, point, None).await
     }
 
-    /// [`OnlineState::drain`], applying on `locked` when given.
+    /// [`OnlineState::drain`], applying on `locked` when given. With a
+    /// `deadline` (the cut-over's hold budget) the drain gives up between
+    /// batches once it is past: what was applied stays applied, the rest
+    /// stays buffered, and the caller lets go of its lock.
     pub async fn drain_on(
         &self,
         timeout: Duration,
         mut locked: Option<&mut Conn>,
         point: &str,
+        deadline: Option<Instant>,
     ) -> Result<(), DrainError> {
-        self.read_to_token(timeout)
-            .await
-            .map_err(DrainError::Retry)?;
+        let wait = match deadline {
+            Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
+            None => timeout,
+        };
+        self.read_to_token(wait).await.map_err(DrainError::Retry)?;
         let mut max = 20_000;
         loop {
+            if let Some(d) = deadline {
+                if Instant::now() > d {
+                    return Err(DrainError::Retry(format!(
+                        "{} changes were still to apply when the hold budget ran out",
+                        self.backlog()
+                    )));
+                }
+            }
             let pass = self
                 .apply_ready_on(max, locked.as_deref_mut())
                 .await
@@ -609,12 +623,33 @@ impl OnlineDrain {
         &mut self,
         target: DrainTarget,
         locked: Option<&mut Conn>,
+        deadline: Instant,
     ) -> Result<(), DrainError> {
         tracing::debug!(file = %target.file, pos = target.pos, "draining under the lock");
         self.state.cutting_over.store(true, Ordering::Relaxed);
         self.state
-            .drain_on(self.timeout, locked, UNDER_THE_LOCK)
+            .drain_on(self.timeout, locked, UNDER_THE_LOCK, Some(deadline))
             .await
+    }
+
+    /// Reads the stream up to the server's present and applies what is
+    /// ready, without any lock: what is left for the lock is then only what
+    /// the application writes in the next instants. A clash here is not
+    /// judged (nothing is consistent yet); the drain under the lock does.
+    pub async fn catch_up(&mut self) -> Result<(), DrainError> {
+        self.state
+            .read_to_token(self.timeout)
+            .await
+            .map_err(DrainError::Retry)?;
+        while self
+            .state
+            .apply_ready_on(20_000, None)
+            .await
+            .map_err(DrainError::Retry)?
+            .applied
+            > 0
+        {}
+        Ok(())
     }
 
     pub async fn verify_locked(
