@@ -196,6 +196,9 @@ pub struct LockAttempt {
     pub queued_ms: f64,
     /// How long the lock was held (to the UNLOCK, or to the end of the RENAME).
     pub held_ms: f64,
+    /// Of `held_ms`, the time after the RENAME was let through (the sentry's
+    /// drop and the RENAME itself): the rest is what `lock_hold_budget` bounds.
+    pub rename_ms: f64,
 }
 
 /// What the cut-over did.
@@ -257,6 +260,8 @@ struct Ledger {
     blockers: std::collections::BTreeMap<u64, Blocker>,
     killed: Vec<u64>,
     auto_increment: Option<u64>,
+    /// When the current attempt let the RENAME through.
+    let_through: Option<Instant>,
 }
 
 impl Ledger {
@@ -269,6 +274,7 @@ impl Ledger {
             blockers: Default::default(),
             killed: Vec::new(),
             auto_increment: None,
+            let_through: None,
         }
     }
 
@@ -278,13 +284,16 @@ impl Ledger {
             outcome: outcome.unwrap_or_else(|| "granted".into()),
             queued_ms: ms(asked.elapsed()),
             held_ms: 0.0,
+            rename_ms: 0.0,
         });
     }
 
     /// The lock granted at `granted` is released now.
     fn released(&mut self, granted: Instant, outcome: &str) {
+        let let_through = self.let_through.take();
         if let Some(a) = self.attempts.last_mut() {
             a.held_ms = ms(granted.elapsed());
+            a.rename_ms = let_through.map_or(0.0, |t| ms(t.elapsed()));
             a.outcome = outcome.to_string();
         }
     }
@@ -1073,6 +1082,7 @@ async fn locked_phase<D: Drain + Sync>(
         rename_queued_ms = ms(locked.elapsed()),
         "cut-over: under the lock"
     );
+    ledger.let_through = Some(Instant::now());
     a.query_drop(format!("DROP TABLE {}", names.sentry))
         .await
         .context(|| "dropping the sentry".into())?;
@@ -1136,6 +1146,7 @@ async fn attempt_one_session<D: Drain + Sync>(
         budget.check("re-verifying the last changes")?;
         ledger.auto_increment = carry_auto_increment(&mut a, ctx.flavor, schema, table).await?;
         budget.check("carrying the AUTO_INCREMENT counter")?;
+        ledger.let_through = Some(Instant::now());
         a.query_drop(format!("RENAME TABLE {qt} TO {qold}, {qnew} TO {qt}"))
             .await
             .context(|| "RENAME TABLE".into())?;

@@ -110,8 +110,12 @@ fn check_cutover_report(report: &serde_json::Value, bound_ms: f64) -> &serde_jso
     for a in attempts {
         // The server aborts a request at its bound; allow for a busy machine.
         assert!(a["queued_ms"].as_f64().unwrap() < bound_ms + 100.0, "{cut}");
-        // The granted lock is let go at the hold budget, RENAME or not.
-        assert!(a["held_ms"].as_f64().unwrap() < HOLD_MS + 100.0, "{cut}");
+        // The granted lock is let go at the hold budget, or the RENAME is
+        // let through by then (its own time is the server's, reported apart).
+        let held = a["held_ms"].as_f64().unwrap();
+        let rename = a["rename_ms"].as_f64().unwrap();
+        assert!(rename <= held, "{cut}");
+        assert!(held - rename < HOLD_MS + 50.0, "{cut}");
     }
     assert_eq!(attempts.last().unwrap()["outcome"], "renamed", "{cut}");
     cut
