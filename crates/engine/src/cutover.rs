@@ -77,8 +77,8 @@ use mysql_async::{Conn, Pool};
 use serde::Serialize;
 
 use crate::blockers::{self, Blocker, Detection, Killed, Watchlist};
-use crate::db::{quote_ident, server_error_code, Context, DbError, Flavor};
 use crate::progress::ProgressHandle;
+use crate::server::{quote_ident, server_error_code, Context, DbError, Flavor};
 use crate::shadow::{old_name, shadow_name};
 use crate::verify::VerifyError;
 
@@ -323,7 +323,7 @@ pub async fn cut_over<D: Drain + Sync>(
         .get_conn()
         .await
         .context(|| "connecting for the cut-over".into())?;
-    if crate::inspect::table_exists(&mut conn, schema, &old_name(table)).await? {
+    if crate::server::inspect::table_exists(&mut conn, schema, &old_name(table)).await? {
         return Err(CutoverError::OldTableExists {
             schema: schema.to_string(),
             name: old_name(table),
@@ -1236,7 +1236,7 @@ pub async fn resolve_interrupted(
         )
         .await
         .context(|| format!("looking for {old}"))?;
-    let shadow_exists = crate::inspect::table_exists(&mut conn, schema, &new).await?;
+    let shadow_exists = crate::server::inspect::table_exists(&mut conn, schema, &new).await?;
     drop_markers(&mut conn, schema, table).await?;
     let state = match comment {
         // A sentry under `_t_old`, as earlier versions of wraith made it.

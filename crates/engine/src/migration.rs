@@ -40,14 +40,14 @@ use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob,
 use crate::cutover::{
     self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError, DrainTarget,
 };
-use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::hooks::{HookError, HookEvent};
-use crate::inspect::{inspect_table, TableInfo};
 use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
 use crate::resume::{self, Checkpointer};
+use crate::server::inspect::{inspect_table, TableInfo};
+use crate::server::{self, quote_ident, Context, DbError, Flavor};
 use crate::shadow::{self, CopyLayout, ShadowError};
 use crate::verify::{RowVerifier, VerifyError};
 use std::time::SystemTime;
@@ -345,11 +345,11 @@ async fn run_inner(
                 .into(),
         ));
     }
-    let source_opts = db::connection_opts(&config.source).map_err(RunError::Connection)?;
-    let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let source_opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
     let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
-    let source_pool = db::pool(source_opts.clone(), pool_size);
-    let target_pool = db::pool(target_opts, pool_size);
+    let source_pool = server::pool(source_opts.clone(), pool_size);
+    let target_pool = server::pool(target_opts, pool_size);
     let throttle_checker =
         ops.throttler
             .spawn_checker(source_pool.clone(), config.source.database.clone(), {
@@ -384,8 +384,8 @@ async fn run_inner(
 /// rebuilt table, so preflight's ALTER check would fail. Look at the tables
 /// first; when every table's swap has happened, finish the job here.
 async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableReport>>, RunError> {
-    let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
-    let pool = db::pool(target_opts, 2);
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let pool = server::pool(target_opts, 2);
     let result = async {
         let store = resume::open_store(config, &pool);
         let key = resume::job_key(config);
@@ -480,7 +480,7 @@ async fn run_job(
             for t in &config.tables {
                 let old = inspect_table(&mut sconn, &config.source.database, &t.name).await?;
                 let shadow_name = shadow::shadow_name(&t.name);
-                let shadow = if crate::inspect::table_exists(
+                let shadow = if crate::server::inspect::table_exists(
                     &mut sconn,
                     &config.target().database,
                     &shadow_name,
@@ -1755,9 +1755,12 @@ impl TableRun<'_> {
                 .get_conn()
                 .await
                 .context(|| "connecting to look for the sentinel table".into())?;
-            let sentinel =
-                crate::inspect::table_exists(&mut conn, self.source_schema(), SENTINEL_TABLE)
-                    .await?;
+            let sentinel = crate::server::inspect::table_exists(
+                &mut conn,
+                self.source_schema(),
+                SENTINEL_TABLE,
+            )
+            .await?;
             drop(conn);
             let commanded = self.ops.cutover_postponed();
             if flag.is_none() && !sentinel && !commanded {

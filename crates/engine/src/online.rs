@@ -40,7 +40,7 @@ use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
 use crate::copy::read_conn;
 use crate::cutover::{DrainError, DrainTarget};
-use crate::db::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError};
 use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
 /// Name of wraith's changelog table (tokens and heartbeats), next to the source.

@@ -126,8 +126,8 @@ use wraith_backend::{ColumnSpec, Row, Value};
 
 use self::decode::TablePlan;
 use self::gtid::GtidState;
-use crate::db::{Context, DbError, Flavor};
-use crate::inspect::TableInfo;
+use crate::server::inspect::TableInfo;
+use crate::server::{Context, DbError, Flavor};
 
 /// A point in the binary log: the next event to read is at `file:pos`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
