@@ -78,7 +78,9 @@ use serde::Serialize;
 
 use crate::blockers::{self, Blocker, Detection, Killed, Watchlist};
 use crate::progress::ProgressHandle;
-use crate::server::{quote_ident, server_error_code, Context, DbError, Flavor};
+use crate::server::{
+    self, quote_ident, server_error_code, BinlogPosition, Context, DbError, Flavor,
+};
 use crate::shadow::{old_name, shadow_name};
 use crate::verify::VerifyError;
 
@@ -86,13 +88,6 @@ use crate::verify::VerifyError;
 const BLOCKER_POLL: Duration = Duration::from_millis(100);
 /// How often a wait for the same blockers is logged again.
 const BLOCKER_LOG_EVERY: Duration = Duration::from_secs(30);
-
-/// A binlog position to drain to, as `SHOW MASTER STATUS` gives it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct DrainTarget {
-    pub file: String,
-    pub pos: u64,
-}
 
 /// Drains the change stream up to a target and applies every change.
 ///
@@ -104,7 +99,7 @@ pub trait Drain {
     /// hold budget) is past, between batches: nothing applied is lost.
     fn drain_to(
         &mut self,
-        target: DrainTarget,
+        target: BinlogPosition,
         locked: Option<&mut Conn>,
         deadline: Instant,
     ) -> impl Future<Output = Result<(), DrainError>> + Send;
@@ -219,7 +214,7 @@ pub struct CutoverReport {
     pub blockers_killed: Vec<u64>,
     /// The new table's AUTO_INCREMENT counter, when it was raised to the source's.
     pub auto_increment: Option<u64>,
-    pub drained_to: Option<DrainTarget>,
+    pub drained_to: Option<BinlogPosition>,
 }
 
 /// Settings of the cut-over (`[cutover]` in the config).
@@ -289,7 +284,7 @@ impl Ledger {
         }
     }
 
-    fn report(self, drained_to: Option<DrainTarget>) -> CutoverReport {
+    fn report(self, drained_to: Option<BinlogPosition>) -> CutoverReport {
         CutoverReport {
             attempts: self.attempts.len() as u32,
             blocked_ms: self.attempts.iter().map(|a| a.queued_ms + a.held_ms).sum(),
@@ -750,19 +745,12 @@ impl From<DbError> for Attempt {
     }
 }
 
-async fn master_position(conn: &mut Conn) -> Result<DrainTarget, DbError> {
-    let row: Option<mysql_async::Row> = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .context(|| "reading the binlog position under the lock".into())?;
-    let (file, pos) = row
-        .and_then(|r| {
-            let file: Option<String> = r.get(0);
-            let pos: Option<u64> = r.get(1);
-            file.zip(pos)
-        })
-        .unwrap_or_default();
-    Ok(DrainTarget { file, pos })
+/// The binlog position under the lock: every change to the table is before it.
+/// (The GTID state is not read: the drain needs only file:pos.)
+async fn locked_position(conn: &mut Conn, flavor: Flavor) -> Result<BinlogPosition, DbError> {
+    Ok(server::binlog_status(conn, flavor)
+        .await?
+        .unwrap_or_default())
 }
 
 fn lock_timeout_secs(settings: &CutoverSettings) -> u64 {
@@ -773,7 +761,7 @@ async fn attempt_two_sessions<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     drain: &mut D,
     ledger: &mut Ledger,
-) -> Result<DrainTarget, Attempt> {
+) -> Result<BinlogPosition, Attempt> {
     let (pool, schema, table) = (ctx.pool, ctx.schema, ctx.table);
     let qs = quote_ident(schema);
     let names = SwapNames::new(schema, table);
@@ -1014,11 +1002,11 @@ async fn locked_phase<D: Drain + Sync>(
     passed_before_table: Option<String>,
     drain: &mut D,
     ledger: &mut Ledger,
-) -> Result<DrainTarget, Attempt> {
+) -> Result<BinlogPosition, Attempt> {
     let Helpers { mut b, mut probe } = helpers;
     let locked = Instant::now();
     let budget = HoldBudget::new(locked, ctx.settings.lock_hold_budget);
-    let target = master_position(a).await?;
+    let target = locked_position(a, ctx.flavor).await?;
     drain
         .drain_to(target.clone(), None, budget.deadline)
         .await
@@ -1099,7 +1087,7 @@ async fn attempt_one_session<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     drain: &mut D,
     ledger: &mut Ledger,
-) -> Result<DrainTarget, Attempt> {
+) -> Result<BinlogPosition, Attempt> {
     let (pool, schema, table, settings) = (ctx.pool, ctx.schema, ctx.table, ctx.settings);
     let qs = quote_ident(schema);
     let qt = format!("{qs}.{}", quote_ident(table));
@@ -1123,7 +1111,7 @@ async fn attempt_one_session<D: Drain + Sync>(
     .await?;
     let budget = HoldBudget::new(granted, settings.lock_hold_budget);
     let result = async {
-        let target = master_position(&mut a).await?;
+        let target = locked_position(&mut a, ctx.flavor).await?;
         drain
             .drain_to(target.clone(), Some(&mut a), budget.deadline)
             .await

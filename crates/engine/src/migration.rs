@@ -38,7 +38,7 @@ use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
 use crate::cutover::{
-    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError, DrainTarget,
+    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError,
 };
 use crate::hooks::{HookError, HookEvent};
 use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
@@ -1008,11 +1008,7 @@ impl TableRun<'_> {
         self.checkpoint
             .update(|task| {
                 if let Some(t) = task.table_mut(&schema, &table) {
-                    t.change_stream.position = Some(wraith_checkpoints::BinlogPosition {
-                        file: start.file,
-                        pos: start.pos,
-                        gtid: start.gtid,
-                    });
+                    t.change_stream.position = Some(start.into());
                     t.change_stream.low_watermark = match low {
                         Some(Some(k)) => Some(k),
                         Some(None) => Some(vec![0xFF]),
@@ -1048,11 +1044,7 @@ impl TableRun<'_> {
     ) -> Result<Following, RunError> {
         online::ensure_changelog(sconn, self.source_schema()).await?;
         let from = match saved.and_then(|t| t.change_stream.position.clone()) {
-            Some(p) => binlog::BinlogPosition {
-                file: p.file,
-                pos: p.pos,
-                gtid: p.gtid,
-            },
+            Some(p) => p.into(),
             None => binlog::current_position(sconn, self.flavor)
                 .await
                 .map_err(|e| self.changes_error(e.to_string()))?,
@@ -1804,7 +1796,7 @@ struct RunDrain<'r, 'a> {
 impl Drain for RunDrain<'_, '_> {
     async fn drain_to(
         &mut self,
-        target: DrainTarget,
+        target: binlog::BinlogPosition,
         locked: Option<&mut Conn>,
         deadline: Instant,
     ) -> Result<(), DrainError> {

@@ -111,7 +111,6 @@ mod decode;
 mod gtid;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -127,59 +126,29 @@ use wraith_backend::{ColumnSpec, Row, Value};
 use self::decode::TablePlan;
 use self::gtid::GtidState;
 use crate::server::inspect::TableInfo;
-use crate::server::{Context, DbError, Flavor};
+use crate::server::{self, Context, DbError, Flavor};
 
-/// A point in the binary log: the next event to read is at `file:pos`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct BinlogPosition {
-    pub file: String,
-    pub pos: u64,
-    /// The GTID state at this point (MariaDB `gtid_binlog_pos` form, or a
-    /// MySQL GTID set); `None` when the server has none.
-    pub gtid: Option<String>,
-}
+/// The binlog position: the server module's type, the one the cut-over drains to.
+pub use crate::server::BinlogPosition;
 
-impl fmt::Display for BinlogPosition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)
-    }
-}
-
-/// The server's current binlog position: `SHOW MASTER STATUS` (`SHOW BINARY
-/// LOG STATUS` on MySQL 8.2+). The GTID state is the one at exactly that
-/// file:pos: `BINLOG_GTID_POS()` on MariaDB, the `Executed_Gtid_Set` column
-/// of the same result on MySQL.
+/// The server's current binlog position ([`server::binlog_status`]) with the
+/// GTID state at exactly that file:pos: `BINLOG_GTID_POS()` on MariaDB, the
+/// GTID set of the same status row on MySQL.
 pub async fn current_position(
     conn: &mut Conn,
     flavor: Flavor,
 ) -> Result<BinlogPosition, ChangeStreamError> {
-    let stmt = match flavor {
-        Flavor::MySql { .. } if flavor.version() >= (8, 2, 0) => "SHOW BINARY LOG STATUS",
-        _ => "SHOW MASTER STATUS",
-    };
-    let row: Option<mysql_async::Row> = conn
-        .query_first(stmt)
-        .await
-        .context(|| format!("reading the binlog position ({stmt})"))?;
-    let mut row = row.ok_or(ChangeStreamError::BinlogOff)?;
-    let file: Option<String> = row.take(0);
-    let pos: Option<u64> = row.take(1);
-    let (Some(file), Some(pos)) = (file, pos) else {
-        return Err(ChangeStreamError::BinlogOff);
-    };
-    let gtid = if flavor.is_mariadb() {
-        let g: Option<Option<String>> = conn
-            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, pos))
-            .await
-            .context(|| format!("reading the GTID position at {file}:{pos}"))?;
-        g.flatten()
-    } else {
-        row.take::<Option<String>, _>(4).flatten()
-    };
-    let gtid = gtid
+    let mut position = server::binlog_status(conn, flavor)
+        .await?
+        .ok_or(ChangeStreamError::BinlogOff)?;
+    if flavor.is_mariadb() {
+        position.gtid = server::mariadb_gtid_at(conn, &position.file, position.pos).await?;
+    }
+    position.gtid = position
+        .gtid
         .map(|g| g.split_whitespace().collect::<String>())
         .filter(|g| !g.is_empty());
-    Ok(BinlogPosition { file, pos, gtid })
+    Ok(position)
 }
 
 /// What a row change did.
@@ -298,7 +267,7 @@ pub enum ChangeStreamError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(
-        "the server's binary log is off (SHOW MASTER STATUS is empty): wraith follows changes \
+        "the server's binary log is off (it reports no binlog position): wraith follows changes \
          through it; start the server with log_bin"
     )]
     BinlogOff,
@@ -725,11 +694,7 @@ impl ChangeStream {
             .context(|| "reading binlog_checksum".to_string())?;
         self.checksum = checksum.is_some_and(|c| c.eq_ignore_ascii_case("CRC32"));
         if self.flavor.is_mariadb() && from.gtid.is_none() {
-            let g: Option<Option<String>> = conn
-                .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&from.file, from.pos))
-                .await
-                .context(|| format!("reading the GTID position at {from}"))?;
-            if let Some(g) = g.flatten() {
+            if let Some(g) = server::mariadb_gtid_at(&mut conn, &from.file, from.pos).await? {
                 self.boundary.gtid = Some(g.clone()).filter(|g| !g.is_empty());
                 if self.handed.file == from.file && self.handed.pos == from.pos {
                     self.handed.gtid = self.boundary.gtid.clone();

@@ -45,9 +45,11 @@
 mod conn;
 mod flavor;
 pub mod inspect;
+mod position;
 
 pub use self::conn::{connection_opts, pool, server_error_code, Context, DbError};
 pub use self::flavor::{flavor, Flavor};
+pub use self::position::{binlog_status, mariadb_gtid_at, BinlogPosition};
 
 /// Quotes an identifier with backticks: the backend's, one rule for both crates.
 pub use wraith_backend::quote_ident;
