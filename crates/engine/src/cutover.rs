@@ -79,7 +79,8 @@ use serde::Serialize;
 use crate::blockers::{self, Blocker, Detection, Killed, Watchlist};
 use crate::progress::ProgressHandle;
 use crate::server::{
-    self, quote_ident, server_error_code, BinlogPosition, Context, DbError, Flavor,
+    self, quote_ident, server_error_code, set_lock_wait_timeout, BinlogPosition, Context, DbError,
+    Flavor, RetryOn, RetryPolicy,
 };
 use crate::shadow::{old_name, shadow_name};
 use crate::verify::VerifyError;
@@ -235,6 +236,20 @@ pub struct CutoverSettings {
     pub blocker_grace: Option<Duration>,
 }
 
+impl CutoverSettings {
+    /// Lock attempts: `retries` in all, `retry_backoff` after the first
+    /// failure, doubling up to 16×; what is worth another attempt is the
+    /// attempt's own outcome.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.retries.max(1),
+            initial: self.retry_backoff,
+            cap: self.retry_backoff.saturating_mul(16),
+            retry_on: RetryOn::Outcome,
+        }
+    }
+}
+
 /// What the cut-over tells the run, and asks of it, while it waits.
 pub struct Observer<'a> {
     /// Receives the blockers waited for (status, `status-json`).
@@ -334,10 +349,10 @@ pub async fn cut_over<D: Drain + Sync>(
     }
     drop(conn);
     let mut ledger = Ledger::new(detection);
-    let attempts = settings.retries.max(1);
+    let policy = settings.retry_policy();
     let mut failed = 0;
     let mut last = String::new();
-    while failed < attempts {
+    while policy.allows(failed) {
         let ctx = Attempting {
             pool,
             flavor,
@@ -377,9 +392,8 @@ pub async fn cut_over<D: Drain + Sync>(
                 failed += 1;
                 tracing::warn!(attempt = failed, error = %why, "cut-over attempt failed; nothing was renamed");
                 last = why;
-                if failed < attempts {
-                    let backoff = settings.retry_backoff * 2u32.pow((failed - 1).min(4));
-                    tokio::time::sleep(backoff).await;
+                if policy.allows(failed) {
+                    policy.pause(failed).await;
                 }
             }
         }
@@ -387,7 +401,7 @@ pub async fn cut_over<D: Drain + Sync>(
     Err(CutoverError::GaveUp {
         table: table.to_string(),
         shadow: shadow_name(table),
-        attempts,
+        attempts: failed,
         last,
     })
 }
@@ -559,12 +573,11 @@ pub async fn lock_bounded(
     stop: &(dyn Fn() -> Option<String> + Sync),
 ) -> Result<Duration, CutoverError> {
     let mut queued = Duration::ZERO;
-    let attempts = settings.retries.max(1);
+    let policy = settings.retry_policy();
     let mut last = String::new();
-    for failed in 0..attempts {
-        if failed > 0 {
-            tokio::time::sleep(settings.retry_backoff * 2u32.pow((failed - 1).min(4))).await;
-        }
+    let mut failed = 0;
+    while policy.allows(failed) {
+        policy.pause(failed).await;
         if let Some(reason) = stop() {
             return Err(CutoverError::Stopped {
                 table: table.to_string(),
@@ -610,11 +623,12 @@ pub async fn lock_bounded(
             }
             Err(e) => return Err(e.into()),
         }
+        failed += 1;
     }
     Err(CutoverError::GaveUp {
         table: table.to_string(),
         shadow: shadow_name(table),
-        attempts,
+        attempts: failed,
         last,
     })
 }
@@ -771,9 +785,7 @@ async fn attempt_two_sessions<D: Drain + Sync>(
         .get_conn()
         .await
         .context(|| "connecting session A".into())?;
-    a.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
-        .await
-        .context(|| "setting lock_wait_timeout".into())?;
+    set_lock_wait_timeout(&mut a, timeout).await?;
     let lower_case: Option<u8> = a
         .query_first("SELECT @@lower_case_table_names")
         .await
@@ -977,17 +989,12 @@ impl Helpers {
             .get_conn()
             .await
             .context(|| "connecting session B".into())?;
-        b.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
-            .await
-            .context(|| "setting lock_wait_timeout on session B".into())?;
+        set_lock_wait_timeout(&mut b, timeout).await?;
         let mut probe = pool
             .get_conn()
             .await
             .context(|| "connecting the lock probe".into())?;
-        probe
-            .query_drop("SET SESSION lock_wait_timeout = 0")
-            .await
-            .context(|| "setting lock_wait_timeout on the probe".into())?;
+        set_lock_wait_timeout(&mut probe, 0).await?;
         Ok(Helpers { b, probe })
     }
 }
@@ -1098,9 +1105,7 @@ async fn attempt_one_session<D: Drain + Sync>(
         .get_conn()
         .await
         .context(|| "connecting for the cut-over".into())?;
-    a.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
-        .await
-        .context(|| "setting lock_wait_timeout".into())?;
+    set_lock_wait_timeout(&mut a, timeout).await?;
     let granted = acquire(
         ctx,
         &mut a,

@@ -1634,9 +1634,7 @@ impl TableRun<'_> {
         let mut sconn = read_conn(self.source_pool).await?;
         let mut tconn = read_conn(self.target_pool).await?;
         let timeout = self.config.cutover.lock_wait_timeout.0.as_secs().max(1);
-        lock.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
-            .await
-            .context(|| "setting lock_wait_timeout".into())?;
+        server::set_lock_wait_timeout(&mut lock, timeout).await?;
         let qt = format!(
             "{}.{}",
             quote_ident(self.source_schema()),

@@ -59,8 +59,8 @@
 //!   several heartbeat periods means a dead connection: reconnect.
 //! - **Reconnects.** A dropped connection (a KILLed dump thread, a network
 //!   error, a server restart, an ended stream) is retried up to
-//!   `reconnect_attempts` times with exponential backoff (100 ms doubling to
-//!   5 s), each time from the last transaction boundary the reader passed. A
+//!   `reconnect_attempts` times with exponential backoff (200 ms doubling to
+//!   5 s, the server module's `RetryPolicy`), each time from the last transaction boundary the reader passed. A
 //!   transaction cut off mid-way is discarded and re-read whole: nothing it
 //!   holds has been handed out, and everything handed out lies before the
 //!   boundary, so nothing is lost or delivered twice.
@@ -126,7 +126,7 @@ use wraith_backend::{ColumnSpec, Row, Value};
 use self::decode::TablePlan;
 use self::gtid::GtidState;
 use crate::server::inspect::TableInfo;
-use crate::server::{self, Context, DbError, Flavor};
+use crate::server::{self, Context, DbError, Flavor, RetryOn, RetryPolicy};
 
 /// The binlog position: the server module's type, the one the cut-over drains to.
 pub use crate::server::BinlogPosition;
@@ -242,6 +242,19 @@ impl ChangeStreamConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ChangeStreamConfig::new(&table.schema, &table.name, columns))
+    }
+}
+
+impl ChangeStreamConfig {
+    /// Reconnects: `reconnect_attempts` after the first, 200 ms doubling to 5 s
+    /// between them, after a lost connection only.
+    fn reconnect_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.reconnect_attempts.saturating_add(1),
+            initial: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            retry_on: RetryOn::LostConnection,
+        }
     }
 }
 
@@ -607,7 +620,7 @@ impl ChangeStream {
                             server_id: self.cfg.server_id,
                         });
                     }
-                    if !retryable(&e) {
+                    if !self.cfg.reconnect_policy().is_transient(&e) {
                         return Err(ChangeStreamError::Db(DbError {
                             context: format!("reading the binlog at {}", self.boundary),
                             error: e,
@@ -638,23 +651,19 @@ impl ChangeStream {
     async fn reconnect(&mut self) -> Result<(), ChangeStreamError> {
         let mut last_error = String::new();
         loop {
-            if self.failures > self.cfg.reconnect_attempts {
+            let policy = self.cfg.reconnect_policy();
+            if !policy.allows(self.failures) {
                 return Err(ChangeStreamError::ReconnectFailed {
                     attempts: self.cfg.reconnect_attempts,
                     position: self.boundary.clone(),
                     last_error,
                 });
             }
-            if self.failures > 0 {
-                let backoff = Duration::from_millis(100)
-                    .saturating_mul(1 << self.failures.min(6))
-                    .min(Duration::from_secs(5));
-                tokio::time::sleep(backoff).await;
-            }
+            policy.pause(self.failures).await;
             self.failures += 1;
             match self.connect().await {
                 Ok(()) => return Ok(()),
-                Err(ChangeStreamError::Db(e)) if retryable(&e.error) => {
+                Err(ChangeStreamError::Db(e)) if policy.is_transient(&e.error) => {
                     tracing::warn!(
                         "binlog reconnect attempt {} of {} failed: {e}",
                         self.failures,
@@ -1092,7 +1101,8 @@ fn now_since_epoch() -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// The server's message if `e` says the requested binlog is gone.
+/// The server's message if `e` says the requested binlog is gone. The text
+/// only picks the message: every 1236 ends the stream either way.
 fn purged(e: &mysql_async::Error) -> Option<String> {
     match e {
         mysql_async::Error::Server(s) if s.code == 1236 => {
@@ -1104,20 +1114,6 @@ fn purged(e: &mysql_async::Error) -> Option<String> {
             .then(|| s.message.clone())
         }
         _ => None,
-    }
-}
-
-/// Whether a fresh connection may get past `e`.
-fn retryable(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-        mysql_async::Error::Server(s) => matches!(
-            s.code,
-            // too many connections, net errors, server shutdown, killed,
-            // interrupted, aborted, MariaDB's connection killed
-            1040 | 1053 | 1152 | 1153 | 1158..=1161 | 1184 | 1205 | 1317 | 1927 | 2006 | 2013
-        ),
-        _ => false,
     }
 }
 

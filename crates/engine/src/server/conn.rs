@@ -1,6 +1,7 @@
 //! Connections: driver options, pools, and database errors with context.
 
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 use crate::config::ConnectionConfig;
 
@@ -63,4 +64,12 @@ pub fn pool(opts: Opts, max: usize) -> Pool {
         .multi_statements(false)
         .pool_opts(PoolOpts::default().with_constraints(constraints));
     Pool::new(opts)
+}
+
+/// Sets the session's `lock_wait_timeout` (whole seconds; `0`: a metadata
+/// lock that is not free at once fails with error 1205 instead of waiting).
+pub async fn set_lock_wait_timeout(conn: &mut Conn, secs: u64) -> Result<(), DbError> {
+    conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
+        .await
+        .context(|| format!("setting lock_wait_timeout = {secs}"))
 }

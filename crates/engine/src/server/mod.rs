@@ -46,10 +46,14 @@ mod conn;
 mod flavor;
 pub mod inspect;
 mod position;
+mod retry;
 
-pub use self::conn::{connection_opts, pool, server_error_code, Context, DbError};
+pub use self::conn::{
+    connection_opts, pool, server_error_code, set_lock_wait_timeout, Context, DbError,
+};
 pub use self::flavor::{flavor, Flavor};
 pub use self::position::{binlog_status, mariadb_gtid_at, BinlogPosition};
+pub use self::retry::{is_lock_conflict, reconnect_may_help, RetryOn, RetryPolicy};
 
 /// Quotes an identifier with backticks: the backend's, one rule for both crates.
 pub use wraith_backend::quote_ident;
