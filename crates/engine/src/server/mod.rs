@@ -6,7 +6,10 @@
 //! once per run and carried as a value), the statements whose spelling
 //! differs by flavor and version ([`binlog_status`]), quoting
 //! ([`quote_ident`], [`quote_str`]: the backend's, one escaping rule for both
-//! crates), and what a table looks like ([`inspect`]). The checksum, the
+//! crates), one retry policy ([`RetryPolicy`]: attempts, a pause doubling
+//! to a cap, and which failures are transient), the session's
+//! `lock_wait_timeout` ([`set_lock_wait_timeout`]), and what a table looks
+//! like ([`inspect`]). The checksum, the
 //! cut-over, the copy, the applier, the change stream and the import use it
 //! instead of sniffing version strings or spelling statements themselves.
 //!
@@ -40,7 +43,9 @@
 //!
 //! [`DbError`]: a driver error with what wraith was doing ([`Context`] adds
 //! it). Decisions on an error are made on its server code
-//! ([`server_error_code`]) or its kind, never on its text.
+//! ([`server_error_code`]) or its kind, never on its text: a retry loop asks
+//! its [`RetryPolicy`] whether a failure is transient ([`RetryOn`]: a lost
+//! connection, a lock conflict, or the loop's own outcome).
 
 mod conn;
 mod flavor;
