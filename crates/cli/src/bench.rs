@@ -254,7 +254,7 @@ impl BenchServer {
         match self {
             BenchServer::Scratch(s) => Ok(s.opts(None).into()),
             BenchServer::External(c) => {
-                let opts = wraith_engine::db::connection_opts(c).map_err(Failure::Config)?;
+                let opts = wraith_engine::server::connection_opts(c).map_err(Failure::Config)?;
                 Ok(OptsBuilder::from_opts(opts).db_name(None::<String>).into())
             }
         }
@@ -529,11 +529,11 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
                 runs.extend(round_runs);
             }
         }
-        let qp = wraith_engine::db::quote_ident(PRISTINE_SCHEMA);
+        let qp = wraith_engine::server::quote_ident(PRISTINE_SCHEMA);
         let _ = conn
             .query_drop(format!(
                 "DROP TABLE IF EXISTS {qp}.{}",
-                wraith_engine::db::quote_ident(&pristine.table)
+                wraith_engine::server::quote_ident(&pristine.table)
             ))
             .await;
     }
@@ -546,7 +546,7 @@ pub async fn bench(args: BenchArgs) -> Result<Outcome, Failure> {
         let _ = conn
             .query_drop(format!(
                 "DROP DATABASE IF EXISTS {}",
-                wraith_engine::db::quote_ident(schema)
+                wraith_engine::server::quote_ident(schema)
             ))
             .await;
     }
@@ -741,8 +741,8 @@ impl Bench {
     ) -> anyhow::Result<()> {
         let qt = format!(
             "{}.{}",
-            wraith_engine::db::quote_ident(BENCH_SCHEMA),
-            wraith_engine::db::quote_ident(&pristine.table)
+            wraith_engine::server::quote_ident(BENCH_SCHEMA),
+            wraith_engine::server::quote_ident(&pristine.table)
         );
         match run.method {
             Method::NativeInplace => conn
@@ -902,8 +902,8 @@ impl Bench {
         }
         let qt = format!(
             "{}.{}",
-            wraith_engine::db::quote_ident(BENCH_SCHEMA),
-            wraith_engine::db::quote_ident(&pristine.table)
+            wraith_engine::server::quote_ident(BENCH_SCHEMA),
+            wraith_engine::server::quote_ident(&pristine.table)
         );
         let rows = self.args.apply_burst.min(pristine.rows);
         let row_number = pristine.kind.row_number_column();
@@ -1039,7 +1039,7 @@ impl Bench {
         dump_dir: &Path,
         run: &mut ImportRun,
     ) -> anyhow::Result<()> {
-        let schema = wraith_engine::db::quote_ident(IMPORT_SCHEMA);
+        let schema = wraith_engine::server::quote_ident(IMPORT_SCHEMA);
         // Two statements: wraith's connections have multi-statements off.
         conn.query_drop(format!("DROP DATABASE IF EXISTS {schema}"))
             .await

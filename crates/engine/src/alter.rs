@@ -20,7 +20,7 @@
 //! The same tokens give the plan what it needs: the columns the clause
 //! renames, drops and adds (a column dropped and added again is a new column).
 //! Every connection wraith opens also has multi-statements off (see
-//! [`crate::db::pool`]): this check is the first barrier, not the only one.
+//! [`crate::server::pool`]): this check is the first barrier, not the only one.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -35,7 +35,7 @@ use mysql_async::Pool;
 use wraith_backend::{ColumnSpec, Row, TargetTable, Value};
 
 use crate::changes::Pending;
-use crate::db::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError};
 
 /// Largest statement the applier sends.
 const MAX_STATEMENT_BYTES: usize = 1 << 20;

@@ -40,7 +40,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use serde::Serialize;
 
-use crate::db::{server_error_code, Context, DbError, Flavor};
+use crate::server::{server_error_code, Context, DbError, Flavor};
 
 /// A session younger than this is an ordinary short transaction, not a blocker.
 pub const MIN_AGE: Duration = Duration::from_millis(500);

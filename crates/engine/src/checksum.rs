@@ -34,9 +34,9 @@ use wraith_backend::ColumnSpec;
 
 use crate::chunker::{Chunk, Chunker, KeySql};
 use crate::copy::read_conn;
-use crate::db::{quote_ident, Context, DbError};
-use crate::inspect::{ColumnInfo, TableInfo};
 use crate::plan::{ColumnChange, TablePlan};
+use crate::server::inspect::{ColumnInfo, TableInfo};
+use crate::server::{quote_ident, Context, DbError};
 use crate::verify::{key_text, literal_expr, readable_literal};
 
 /// Why the checksum could not run or did not pass.

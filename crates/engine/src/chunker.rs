@@ -27,7 +27,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use wraith_backend::{ColumnKind, ColumnSpec, Value};
 
-use crate::db::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError};
 
 /// A key range `(lower, upper]`.
 #[derive(Debug, Clone, PartialEq)]

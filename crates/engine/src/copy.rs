@@ -39,9 +39,9 @@ use wraith_backend::{
 
 use crate::chunker::{int_span, Chunk, Chunker, KeySql};
 use crate::control::Operations;
-use crate::db::{quote_ident, Context, DbError};
 use crate::online::OnlineState;
 use crate::progress::TableHandle;
+use crate::server::{quote_ident, Context, DbError};
 use crate::shadow::CopyLayout;
 
 /// Why the copy stopped.

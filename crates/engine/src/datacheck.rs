@@ -43,9 +43,9 @@ use serde::Serialize;
 use wraith_backend::ZoneShift;
 
 use crate::checksum::cast_to_new;
-use crate::db::{quote_ident, Context, DbError, Flavor};
-use crate::inspect::{ColumnInfo, TableInfo};
 use crate::plan::{ColumnChange, TablePlan};
+use crate::server::inspect::{ColumnInfo, TableInfo};
+use crate::server::{quote_ident, Context, DbError, Flavor};
 
 /// How long one data check may run before it is cut short.
 pub const CHECK_BUDGET: Duration = Duration::from_secs(5);
@@ -525,7 +525,7 @@ fn duplicate_query(
     old: &TableInfo,
     new: &TableInfo,
     plan: &TablePlan,
-    index: &crate::inspect::IndexInfo,
+    index: &crate::server::inspect::IndexInfo,
     key: &str,
 ) -> Option<String> {
     if index.has_prefix {

@@ -8,8 +8,9 @@
 //!
 //! Modules:
 //! - [`config`]: the TOML job description, strictly parsed.
-//! - [`db`]: connections, the server [`db::Flavor`], quoting.
-//! - [`inspect`]: what a table looks like (columns, keys, indexes).
+//! - [`server`]: connections, the server [`server::Flavor`] and the
+//!   statements spelled by it, quoting, and [`server::inspect`]: what a table
+//!   looks like (columns, keys, indexes).
 //! - [`alter`]: the `alter` clause read as data: one alteration of one table.
 //! - [`plan`]: column mapping, chunk key, new key, deferred indexes.
 //! - [`preflight`]: every check that must pass before a run, and the plan;
@@ -47,10 +48,8 @@ pub mod control;
 pub mod copy;
 pub mod cutover;
 pub mod datacheck;
-pub mod db;
 pub mod hooks;
 pub mod import;
-pub mod inspect;
 pub mod migration;
 pub mod online;
 pub mod paths;
@@ -59,6 +58,7 @@ pub mod preflight;
 pub mod progress;
 pub mod resume;
 pub mod scratch;
+pub mod server;
 pub mod shadow;
 pub mod throttle;
 pub mod verify;

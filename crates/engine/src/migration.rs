@@ -38,16 +38,16 @@ use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
 use crate::cutover::{
-    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError, DrainTarget,
+    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError,
 };
-use crate::db::{self, quote_ident, Context, DbError, Flavor};
 use crate::hooks::{HookError, HookEvent};
-use crate::inspect::{inspect_table, TableInfo};
 use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
 use crate::resume::{self, Checkpointer};
+use crate::server::inspect::{inspect_table, TableInfo};
+use crate::server::{self, quote_ident, Context, DbError, Flavor};
 use crate::shadow::{self, CopyLayout, ShadowError};
 use crate::verify::{RowVerifier, VerifyError};
 use std::time::SystemTime;
@@ -345,11 +345,11 @@ async fn run_inner(
                 .into(),
         ));
     }
-    let source_opts = db::connection_opts(&config.source).map_err(RunError::Connection)?;
-    let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let source_opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
     let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
-    let source_pool = db::pool(source_opts.clone(), pool_size);
-    let target_pool = db::pool(target_opts, pool_size);
+    let source_pool = server::pool(source_opts.clone(), pool_size);
+    let target_pool = server::pool(target_opts, pool_size);
     let throttle_checker =
         ops.throttler
             .spawn_checker(source_pool.clone(), config.source.database.clone(), {
@@ -384,8 +384,8 @@ async fn run_inner(
 /// rebuilt table, so preflight's ALTER check would fail. Look at the tables
 /// first; when every table's swap has happened, finish the job here.
 async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableReport>>, RunError> {
-    let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
-    let pool = db::pool(target_opts, 2);
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let pool = server::pool(target_opts, 2);
     let result = async {
         let store = resume::open_store(config, &pool);
         let key = resume::job_key(config);
@@ -480,7 +480,7 @@ async fn run_job(
             for t in &config.tables {
                 let old = inspect_table(&mut sconn, &config.source.database, &t.name).await?;
                 let shadow_name = shadow::shadow_name(&t.name);
-                let shadow = if crate::inspect::table_exists(
+                let shadow = if crate::server::inspect::table_exists(
                     &mut sconn,
                     &config.target().database,
                     &shadow_name,
@@ -1008,11 +1008,7 @@ impl TableRun<'_> {
         self.checkpoint
             .update(|task| {
                 if let Some(t) = task.table_mut(&schema, &table) {
-                    t.change_stream.position = Some(wraith_checkpoints::BinlogPosition {
-                        file: start.file,
-                        pos: start.pos,
-                        gtid: start.gtid,
-                    });
+                    t.change_stream.position = Some(start.into());
                     t.change_stream.low_watermark = match low {
                         Some(Some(k)) => Some(k),
                         Some(None) => Some(vec![0xFF]),
@@ -1048,11 +1044,7 @@ impl TableRun<'_> {
     ) -> Result<Following, RunError> {
         online::ensure_changelog(sconn, self.source_schema()).await?;
         let from = match saved.and_then(|t| t.change_stream.position.clone()) {
-            Some(p) => binlog::BinlogPosition {
-                file: p.file,
-                pos: p.pos,
-                gtid: p.gtid,
-            },
+            Some(p) => p.into(),
             None => binlog::current_position(sconn, self.flavor)
                 .await
                 .map_err(|e| self.changes_error(e.to_string()))?,
@@ -1642,9 +1634,7 @@ impl TableRun<'_> {
         let mut sconn = read_conn(self.source_pool).await?;
         let mut tconn = read_conn(self.target_pool).await?;
         let timeout = self.config.cutover.lock_wait_timeout.0.as_secs().max(1);
-        lock.query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
-            .await
-            .context(|| "setting lock_wait_timeout".into())?;
+        server::set_lock_wait_timeout(&mut lock, timeout).await?;
         let qt = format!(
             "{}.{}",
             quote_ident(self.source_schema()),
@@ -1755,9 +1745,12 @@ impl TableRun<'_> {
                 .get_conn()
                 .await
                 .context(|| "connecting to look for the sentinel table".into())?;
-            let sentinel =
-                crate::inspect::table_exists(&mut conn, self.source_schema(), SENTINEL_TABLE)
-                    .await?;
+            let sentinel = crate::server::inspect::table_exists(
+                &mut conn,
+                self.source_schema(),
+                SENTINEL_TABLE,
+            )
+            .await?;
             drop(conn);
             let commanded = self.ops.cutover_postponed();
             if flag.is_none() && !sentinel && !commanded {
@@ -1801,7 +1794,7 @@ struct RunDrain<'r, 'a> {
 impl Drain for RunDrain<'_, '_> {
     async fn drain_to(
         &mut self,
-        target: DrainTarget,
+        target: binlog::BinlogPosition,
         locked: Option<&mut Conn>,
         deadline: Instant,
     ) -> Result<(), DrainError> {

@@ -39,8 +39,8 @@ use crate::applier::Applier;
 use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
 use crate::copy::read_conn;
-use crate::cutover::{DrainError, DrainTarget};
-use crate::db::{quote_ident, Context, DbError};
+use crate::cutover::DrainError;
+use crate::server::{quote_ident, Context, DbError};
 use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
 /// Name of wraith's changelog table (tokens and heartbeats), next to the source.
@@ -621,7 +621,7 @@ const UNDER_THE_LOCK: &str = "found under the cut-over's lock, after the final c
 impl OnlineDrain {
     pub async fn drain_to(
         &mut self,
-        target: DrainTarget,
+        target: BinlogPosition,
         locked: Option<&mut Conn>,
         deadline: Instant,
     ) -> Result<(), DrainError> {

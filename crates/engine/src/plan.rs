@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::BackendKind;
-use crate::inspect::{IndexInfo, TableInfo};
+use crate::server::inspect::{IndexInfo, TableInfo};
 
 /// What happens to one column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -410,7 +410,7 @@ pub fn plan_table(
     })
 }
 
-fn type_label(c: &crate::inspect::ColumnInfo) -> String {
+fn type_label(c: &crate::server::inspect::ColumnInfo) -> String {
     match (
         &c.charset,
         c.data_type.contains("char") || c.data_type.contains("text"),

@@ -23,9 +23,9 @@ use mysql_async::{Conn, Pool};
 use serde::Serialize;
 
 use crate::config::{Config, TableConfig};
-use crate::db::{self, quote_ident, Context, DbError, Flavor};
-use crate::inspect::{inspect_table, table_exists, TableInfo};
 use crate::plan::{plan_table, TablePlan};
+use crate::server::inspect::{inspect_table, table_exists, TableInfo};
+use crate::server::{self, quote_ident, Context, DbError, Flavor};
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -182,14 +182,14 @@ pub async fn run(config: &Config) -> Report {
         plans: Vec::new(),
     };
     report.checks.extend(crate::paths::check(config));
-    let opts = match db::connection_opts(&config.source) {
+    let opts = match server::connection_opts(&config.source) {
         Ok(o) => o,
         Err(e) => {
             report.fail("connect", e, "fix password_env / password_file in [source]");
             return report;
         }
     };
-    let pool = db::pool(opts, 2);
+    let pool = server::pool(opts, 2);
     let result = run_on(&pool, config, &mut report).await;
     if let Err(e) = result {
         if report.flavor.is_none() {
@@ -215,7 +215,7 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
         .get_conn()
         .await
         .context(|| format!("connecting to {}", config.source.describe()))?;
-    let flavor = db::flavor(&mut conn).await?;
+    let flavor = server::flavor(&mut conn).await?;
     report.flavor = Some(flavor);
     report.ok("server", flavor.to_string());
     check_binlog(&mut conn, flavor, report).await?;
@@ -237,7 +237,7 @@ async fn global_var(conn: &mut Conn, name: &str) -> Result<Option<String>, DbErr
     let row: Option<(String, String)> = conn
         .query_first(format!(
             "SHOW GLOBAL VARIABLES LIKE {}",
-            db::quote_str(name)
+            server::quote_str(name)
         ))
         .await
         .context(|| format!("reading @@GLOBAL.{name}"))?;
@@ -526,7 +526,7 @@ async fn check_table(
 ) -> Result<(), DbError> {
     let schema = &config.source.database;
     let name = format!("table {}", table.name);
-    match crate::inspect::table_type(conn, schema, &table.name).await? {
+    match crate::server::inspect::table_type(conn, schema, &table.name).await? {
         None => {
             report.fail(
                 &name,
@@ -842,8 +842,8 @@ async fn leftover_check_table(
     if comment.as_deref() == Some(CHECK_TABLE_MARK) {
         return Ok(true);
     }
-    let leftover = crate::inspect::show_create(conn, &old.schema, check).await?;
-    let source = crate::inspect::show_create(conn, &old.schema, &old.name).await?;
+    let leftover = crate::server::inspect::show_create(conn, &old.schema, check).await?;
+    let source = crate::server::inspect::show_create(conn, &old.schema, &old.name).await?;
     // The definition after the name, without the AUTO_INCREMENT counter
     // (a copy made by LIKE starts it afresh).
     let body = |sql: String| {

@@ -40,8 +40,8 @@ use wraith_checkpoints::{
 };
 
 use crate::config::{CheckpointStore as StoreKind, Config};
-use crate::db::{quote_ident, Context, DbError};
-use crate::inspect::TableInfo;
+use crate::server::inspect::TableInfo;
+use crate::server::{quote_ident, Context, DbError};
 
 /// The job's key in the checkpoint store.
 pub fn job_key(config: &Config) -> String {
@@ -365,8 +365,8 @@ pub enum StatusError {
 
 /// Reads the job's checkpoint and what the server says about resuming it.
 pub async fn status(config: &Config) -> Result<StatusReport, StatusError> {
-    let opts = crate::db::connection_opts(config.target()).map_err(StatusError::Connection)?;
-    let pool = crate::db::pool(opts, 2);
+    let opts = crate::server::connection_opts(config.target()).map_err(StatusError::Connection)?;
+    let pool = crate::server::pool(opts, 2);
     let store = open_store(config, &pool);
     let key = job_key(config);
     let checkpoint = store.load(&key).await?;

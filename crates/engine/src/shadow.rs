@@ -12,9 +12,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use wraith_backend::{ColumnSpec, TargetTable};
 
-use crate::db::{quote_ident, Context, DbError};
-use crate::inspect::{inspect_table, table_exists, TableInfo};
 use crate::plan::TablePlan;
+use crate::server::inspect::{inspect_table, table_exists, TableInfo};
+use crate::server::{quote_ident, Context, DbError};
 
 /// Name of the shadow table of `table`.
 pub fn shadow_name(table: &str) -> String {

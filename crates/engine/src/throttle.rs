@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ThrottleConfig;
-use crate::db::{self, quote_ident, Context, DbError};
+use crate::server::{self, quote_ident, Context, DbError};
 
 /// The heartbeat table, next to the source table, while replicas are watched.
 pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";
@@ -307,9 +307,9 @@ async fn replica_lag(
         };
         let pool = match pools.get(&name) {
             Some(p) => p.clone(),
-            None => match db::connection_opts(&connection) {
+            None => match server::connection_opts(&connection) {
                 Ok(opts) => {
-                    let p = db::pool(opts, 1);
+                    let p = server::pool(opts, 1);
                     pools.insert(name.clone(), p.clone());
                     p
                 }

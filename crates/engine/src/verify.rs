@@ -23,9 +23,9 @@ use mysql_async::Conn;
 use wraith_backend::{ColumnKind, ColumnSpec, Row, TargetTable, Value};
 
 use crate::checksum::{sides, ChecksumError, Side};
-use crate::db::{quote_ident, quote_str, Context, DbError};
-use crate::inspect::TableInfo;
 use crate::plan::TablePlan;
+use crate::server::inspect::TableInfo;
+use crate::server::{quote_ident, quote_str, Context, DbError};
 
 /// Keys compared per query.
 const KEYS_PER_QUERY: usize = 500;

@@ -8,7 +8,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
-use crate::db::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError};
 
 /// Creates `schema.table` as a sysbench-like table holding `rows` rows.
 /// Rows are generated server-side, in batches, so this is fast for millions.

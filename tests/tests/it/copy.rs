@@ -4,7 +4,7 @@
 use mysql_async::prelude::Queryable;
 use wraith_engine::checksum::{checksum_table, ChecksumError};
 use wraith_engine::config::Config;
-use wraith_engine::inspect::inspect_table;
+use wraith_engine::server::inspect::inspect_table;
 use wraith_engine::workload::create_sysbench_table;
 use wraith_tests::{wraith_with_config, Schema};
 

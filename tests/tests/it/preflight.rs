@@ -432,10 +432,10 @@ async fn wraith_connections_refuse_a_second_statement() {
         .await;
     let config = wraith_engine::config::Config::parse(&s.config("victim", "FORCE", ""), "test")
         .expect("config");
-    let opts = wraith_engine::db::connection_opts(&config.source).expect("opts");
+    let opts = wraith_engine::server::connection_opts(&config.source).expect("opts");
     // A bare connection from the options, and one from wraith's pool.
     let mut bare = mysql_async::Conn::new(opts.clone()).await.expect("connect");
-    let pool = wraith_engine::db::pool(opts, 2);
+    let pool = wraith_engine::server::pool(opts, 2);
     let mut pooled = pool.get_conn().await.expect("connect");
     for conn in [&mut bare, &mut pooled] {
         let e = conn
@@ -443,7 +443,7 @@ async fn wraith_connections_refuse_a_second_statement() {
             .await
             .expect_err("a two-statement text must be refused");
         assert_eq!(
-            wraith_engine::db::server_error_code(&e),
+            wraith_engine::server::server_error_code(&e),
             Some(1064),
             "expected a syntax error from the server: {e}"
         );

@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 
 use super::tables::{self, TableKind};
 use super::BenchError;
-use crate::db::{quote_ident, server_error_code, Context};
+use crate::server::{quote_ident, server_error_code, Context};
 
 /// What load to run.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ pub mod load;
 pub mod pristine;
 pub mod tables;
 
-use crate::db::DbError;
+use crate::server::DbError;
 
 /// What can go wrong preparing or checking a benchmark.
 #[derive(Debug, thiserror::Error)]

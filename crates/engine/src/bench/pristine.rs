@@ -27,7 +27,7 @@ use mysql_async::Conn;
 
 use super::tables::{self, TableKind};
 use super::BenchError;
-use crate::db::{quote_ident, Context};
+use crate::server::{quote_ident, Context};
 
 /// What a table holds, for comparing a method's result with what it must be.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

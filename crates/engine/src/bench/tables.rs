@@ -15,7 +15,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use super::BenchError;
-use crate::db::{quote_ident, Context};
+use crate::server::{quote_ident, Context};
 use crate::workload;
 
 /// Which table to generate.

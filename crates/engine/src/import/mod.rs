@@ -91,9 +91,9 @@ use wraith_checkpoints::{
 };
 
 use crate::config::{BackendKind, CheckpointStore as StoreKind, Compression};
-use crate::db::{connection_opts, quote_ident, Context, DbError};
-use crate::inspect::{inspect_table, table_exists, TableInfo};
 use crate::resume::Checkpointer;
+use crate::server::inspect::{inspect_table, table_exists, TableInfo};
+use crate::server::{connection_opts, quote_ident, Context, DbError};
 
 use self::config::{ImportFormat, ImportJobConfig, ImportVerify, OnDuplicate};
 use self::files::{DataFile, DumpListing};
@@ -279,7 +279,7 @@ fn engine_table_name(db: &str, table: &str) -> String {
 
 fn pool_of(cfg: &ImportJobConfig) -> Result<Pool, ImportError> {
     let opts = connection_opts(&cfg.target).map_err(ImportError::Plan)?;
-    Ok(crate::db::pool(opts, cfg.import.threads * 2 + 2))
+    Ok(crate::server::pool(opts, cfg.import.threads * 2 + 2))
 }
 
 async fn conn(pool: &Pool) -> Result<Conn, ImportError> {
@@ -586,7 +586,7 @@ async fn create_tables(
             start = end;
             match own.query_drop(statement).await {
                 // Only comments between two `;`.
-                Err(e) if crate::db::server_error_code(&e) == Some(1065) => {}
+                Err(e) if crate::server::server_error_code(&e) == Some(1065) => {}
                 r => r.context(|| format!("creating table {table} from {}", path.display()))?,
             }
         }

@@ -23,8 +23,8 @@ use super::config::{ImportFormat, ImportJobConfig};
 use super::files::{self, DumpListing};
 use super::region;
 use crate::config::{BackendKind, CheckpointStore};
-use crate::db::connection_opts;
 use crate::preflight::{Check, Status};
+use crate::server::connection_opts;
 
 /// What the import preflight found.
 #[derive(Debug, Clone, Serialize)]

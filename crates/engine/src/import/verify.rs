@@ -22,8 +22,8 @@ use wraith_checkpoints::RowsChecksum;
 
 use super::region::TableShape;
 use super::ImportError;
-use crate::db::{quote_ident, Context};
-use crate::inspect::TableInfo;
+use crate::server::inspect::TableInfo;
+use crate::server::{quote_ident, Context};
 
 /// Hashes rows of one column list.
 pub struct RowHasher {

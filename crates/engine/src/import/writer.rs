@@ -32,7 +32,7 @@ use super::config::OnDuplicate;
 use super::files::DataFile;
 use super::region::{line_of, Batch, TableShape};
 use super::{conn, ImportError, REGIONS_TABLE};
-use crate::db::{quote_ident, DbError};
+use crate::server::{quote_ident, DbError};
 
 const MAX_STATEMENT: usize = 1 << 20;
 /// Load text gathered before one `LOAD DATA` statement.

@@ -12,9 +12,9 @@ use wraith_backend::{ColumnKind, ColumnSpec, Row, Value};
 use wraith_engine::binlog::{
     current_position, BinlogPosition, ChangeStream, ChangeStreamConfig, RowChange, StreamEvent,
 };
-use wraith_engine::db::{self, Flavor};
-use wraith_engine::inspect::inspect_table;
 use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::server::inspect::inspect_table;
+use wraith_engine::server::{self, Flavor};
 
 static SERVER: OnceLock<ScratchServer> = OnceLock::new();
 
@@ -42,7 +42,7 @@ pub async fn schema(name: &str) -> Conn {
 }
 
 pub async fn flavor() -> Flavor {
-    db::flavor(&mut conn(None).await).await.expect("flavor")
+    server::flavor(&mut conn(None).await).await.expect("flavor")
 }
 
 pub async fn position() -> BinlogPosition {

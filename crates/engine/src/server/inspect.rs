@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde::Serialize;
 
-use crate::db::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError};
 
 /// One column as information_schema describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
