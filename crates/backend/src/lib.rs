@@ -54,7 +54,7 @@ pub use engine::{
 };
 pub use error::{
     is_data_error_code, is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts,
-    BackendError, LOCK_CONFLICT_ATTEMPTS,
+    refuses_value, BackendError, LOCK_CONFLICT_ATTEMPTS,
 };
 pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;

@@ -66,10 +66,7 @@ impl CopyError {
     /// too long, ...): copying the same rows again would fail the same way.
     pub fn is_data_error(&self) -> bool {
         match self {
-            CopyError::Db(DbError {
-                error: mysql_async::Error::Server(e),
-                ..
-            }) => wraith_backend::is_data_error_code(e.code),
+            CopyError::Db(e) => wraith_backend::refuses_value(&e.error),
             CopyError::Backend(b) => b.is_data_error(),
             _ => false,
         }

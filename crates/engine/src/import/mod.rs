@@ -186,6 +186,28 @@ impl ImportError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, ImportError::Refused(_))
     }
+
+    /// Whether a rerun with the same config resumes from the checkpoint and
+    /// can get further: decided by the variant (and the server's error code),
+    /// never by the message. Bad input (a malformed or refused value, a
+    /// duplicate key), a dump that does not fit the database, a refusal and
+    /// a failed verification meet the same wall again; a lost connection, a
+    /// file or checkpoint store that failed, or a stop do not.
+    pub fn resumable(&self) -> bool {
+        match self {
+            ImportError::Parse { .. }
+            | ImportError::Plan(_)
+            | ImportError::Refused(_)
+            | ImportError::Duplicate { .. }
+            | ImportError::Verify(_) => false,
+            ImportError::Db(e) => !wraith_backend::refuses_value(&e.error),
+            ImportError::Backend(e) => !e.is_duplicate() && !e.is_data_error(),
+            ImportError::Io { .. }
+            | ImportError::Checkpoint(_)
+            | ImportError::Worker(_)
+            | ImportError::Interrupted => true,
+        }
+    }
 }
 
 /// Live counters of an import, for progress display.
@@ -1536,7 +1558,7 @@ async fn finish_table(
                         file: "the sorted engine of all its files".into(),
                     })
                 }
-                Err(e) if is_rejected_value(&e) => {
+                Err(e) if e.refused_value().is_some() => {
                     return Err(locate_rejected_value(pool, db, t, &tc, e).await)
                 }
                 Err(other) => return Err(ImportError::Backend(other)),
@@ -1651,18 +1673,6 @@ async fn finish_table(
         created: t.created,
         deferred_indexes: tc.deferred_indexes.len(),
     })
-}
-
-/// Whether the engine import failed on a value the server refuses.
-fn is_rejected_value(e: &BackendError) -> bool {
-    match e {
-        BackendError::LoadWarning { code, .. } => writer::REJECTED_VALUE.contains(code),
-        BackendError::Sql {
-            source: mysql_async::Error::Server(s),
-            ..
-        } => writer::REJECTED_VALUE.contains(&u32::from(s.code)),
-        _ => false,
-    }
 }
 
 /// Name of the temporary table [`locate_rejected_value`] writes into.
@@ -1842,3 +1852,52 @@ async fn verify_checksum(
 
 /// How long to wait between progress lines when stderr is not a terminal.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: "any text: the decision does not read it".into(),
+            state: "HY000".into(),
+        })
+    }
+
+    fn db(code: u16) -> ImportError {
+        ImportError::Db(DbError {
+            context: "writing".into(),
+            error: server(code),
+        })
+    }
+
+    #[test]
+    fn resumability_follows_the_variant_and_the_code() {
+        assert!(db(2013).resumable());
+        assert!(db(1213).resumable());
+        assert!(!db(1406).resumable());
+        assert!(!ImportError::Refused("no".into()).resumable());
+        assert!(!ImportError::Verify("differs".into()).resumable());
+        assert!(ImportError::Interrupted.resumable());
+        let duplicate = BackendError::DuplicateDetected {
+            table: "d.t".into(),
+            key: "'1'".into(),
+            index: "PRIMARY".into(),
+        };
+        assert!(!ImportError::Backend(duplicate).resumable());
+        let lost = BackendError::Sql {
+            context: "loading".into(),
+            table: "d.t".into(),
+            source: server(2013),
+        };
+        assert!(ImportError::Backend(lost).resumable());
+        let parse = ImportError::Parse {
+            file: "t.csv".into(),
+            offset: 3,
+            line: 1,
+            message: "bad".into(),
+        };
+        assert!(!parse.resumable());
+    }
+}

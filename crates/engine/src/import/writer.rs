@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
-use wraith_backend::{parse_duplicate_message, BackendError, LoadData, TargetTable};
+use wraith_backend::{
+    is_data_error_code, parse_duplicate_message, BackendError, LoadData, TargetTable,
+};
 use wraith_checkpoints::RowsChecksum;
 
 use super::config::OnDuplicate;
@@ -64,16 +66,6 @@ struct PendingLoad {
     /// Where each row of `text` starts in the file.
     offsets: Vec<u64>,
 }
-
-/// Server errors (and `LOAD DATA` warnings) that refuse a value of a row:
-/// reported at the row's file and line, like a parse error. 1048 NULL into
-/// NOT NULL, 1263 the same in a load, 1264 out of range, 1265 truncated,
-/// 1292 bad date or time, 1366 bad number or string, 1367 illegal value,
-/// 1406 too long, 1411 bad value for a function, 1452 foreign key, 1690
-/// out of range in an expression, 3140 bad JSON, 3819 and 4025 CHECK.
-pub(super) const REJECTED_VALUE: &[u32] = &[
-    1048, 1138, 1263, 1264, 1265, 1292, 1366, 1367, 1406, 1411, 1452, 1690, 3140, 3819, 4025,
-];
 
 impl RegionWriter {
     pub(super) async fn begin(
@@ -196,18 +188,13 @@ impl RegionWriter {
                     file: self.file.clone(),
                 })
             }
-            Err(BackendError::LoadWarning { code, message, .. })
-                if REJECTED_VALUE.contains(&code) =>
-            {
-                Err(rejected(&self.data_file, &offsets, code, &message).await)
-            }
-            Err(BackendError::Sql {
-                source: mysql_async::Error::Server(s),
-                ..
-            }) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
-                Err(rejected(&self.data_file, &offsets, u32::from(s.code), &s.message).await)
-            }
-            Err(e) => Err(ImportError::Backend(e)),
+            // The server refused a value: report it at its row.
+            Err(e) => match e.refused_value() {
+                Some((code, message)) => {
+                    Err(rejected(&self.data_file, &offsets, code, message).await)
+                }
+                None => Err(ImportError::Backend(e)),
+            },
         }
     }
 
@@ -254,15 +241,13 @@ impl RegionWriter {
                 self.stmt_offsets.clear();
                 Ok(())
             }
-            Err(mysql_async::Error::Server(s)) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
-                Err(rejected(
-                    &self.data_file,
-                    &self.stmt_offsets,
-                    u32::from(s.code),
-                    &s.message,
-                )
-                .await)
-            }
+            Err(mysql_async::Error::Server(s)) if is_data_error_code(s.code) => Err(rejected(
+                &self.data_file,
+                &self.stmt_offsets,
+                u32::from(s.code),
+                &s.message,
+            )
+            .await),
             Err(e) => Err(self.map_error(e)),
         }
     }
