@@ -162,7 +162,7 @@ async fn conn(pool: &Pool) -> Result<Conn, ImportError> {
         .get_conn()
         .await
         .context(|| "connecting to the target".into())?;
-    c.query_drop(wraith_backend::sql::SESSION_SETUP)
+    wraith_backend::write::prepare_session(&mut c)
         .await
         .context(|| "setting up a session".into())?;
     Ok(c)
