@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::error::BackendError;
@@ -206,7 +206,9 @@ pub struct ImportStats {
 /// 2. [`local_writer`](Backend::local_writer): any number of writers, on any
 ///    tasks, each fed by one reader with
 ///    [`EngineWriter::append_rows`]; [`EngineWriter::close`] gives a
-///    [`ChunkFlushStatus`].
+///    [`ChunkFlushStatus`]. Through [`OpenedEngine`], writers (and the
+///    [`EngineClaim`]s handed to tasks before they write) are tied to their
+///    engine: [`OpenedEngine::close`] waits until every one is gone.
 /// 3. [`flush_engine`](Backend::flush_engine): after it returns `Ok`, every
 ///    row of every writer closed before the call survives kill -9 (and a
 ///    machine crash: the write-ahead log is fsynced), and so does every row
@@ -225,6 +227,11 @@ pub struct ImportStats {
 ///
 /// [`EngineManager`], [`OpenedEngine`] and [`ClosedEngine`] enforce this
 /// order in types; use them rather than the raw methods.
+///
+/// Every SQL write into a target, by a backend or by the engine crate's own
+/// writers (server-side copy, change applier, import regions), goes through
+/// [`crate::write`]: one session setup, one statement builder under a byte
+/// cap, one reading of duplicates and lock conflicts by error code.
 ///
 /// # Guarantees
 ///
@@ -286,12 +293,6 @@ pub trait Backend: Send + Sync {
         cfg: &LocalWriterConfig,
         engine_uuid: Uuid,
     ) -> Result<Box<dyn EngineWriter>, BackendError>;
-
-    /// Whether the caller should verify the target after import (checksum).
-    fn should_post_process(&self) -> bool;
-
-    /// How long to wait before retrying a failed import.
-    fn retry_import_delay(&self) -> Duration;
 
     /// Flushes and releases everything; the backend is not used afterwards.
     async fn close(&self);
@@ -355,11 +356,14 @@ impl EngineManager {
         let uuid = engine_uuid(table_name, engine_id);
         tracing::debug!(backend = self.backend.name(), table_name, engine_id, %uuid, "open engine");
         self.backend.open_engine(cfg, uuid).await?;
+        let (tie, released) = mpsc::channel(1);
         Ok(OpenedEngine {
             backend: self.backend.clone(),
             cfg: cfg.clone(),
             uuid,
             tag: format!("{table_name}:{engine_id}"),
+            tie,
+            released,
         })
     }
 
@@ -399,6 +403,10 @@ pub struct OpenedEngine {
     cfg: EngineConfig,
     uuid: Uuid,
     tag: String,
+    /// Cloned into every claim and writer; nothing is ever sent. When the
+    /// last clone is dropped, `released` yields `None`: close may go on.
+    tie: mpsc::Sender<()>,
+    released: mpsc::Receiver<()>,
 }
 
 impl OpenedEngine {
@@ -412,12 +420,23 @@ impl OpenedEngine {
         &self.tag
     }
 
-    /// A new writer.
+    /// A new writer, tied to the engine: [`close`](Self::close) waits for it.
     pub async fn local_writer(
         &self,
         cfg: &LocalWriterConfig,
     ) -> Result<Box<dyn EngineWriter>, BackendError> {
-        self.backend.local_writer(cfg, self.uuid).await
+        self.claim().local_writer(cfg).await
+    }
+
+    /// A claim on the engine for a task that will write to it later (a
+    /// chunk dispatched to the engine before it is read): the engine is not
+    /// closed while a claim, or a writer made from it, is alive.
+    pub fn claim(&self) -> EngineClaim {
+        EngineClaim {
+            backend: self.backend.clone(),
+            uuid: self.uuid,
+            tie: self.tie.clone(),
+        }
     }
 
     /// Makes everything written so far survive kill -9.
@@ -430,14 +449,68 @@ impl OpenedEngine {
         self.backend.reset_engine(self.uuid).await
     }
 
-    /// Closes for writing; writers must be closed first.
+    /// Closes for writing, once every claim and writer of the engine is gone
+    /// (closed, dropped, or its task ended).
     pub async fn close(self) -> Result<ClosedEngine, BackendError> {
-        self.backend.close_engine(&self.cfg, self.uuid).await?;
-        Ok(ClosedEngine {
-            backend: self.backend,
-            uuid: self.uuid,
-            tag: self.tag,
-        })
+        let OpenedEngine {
+            backend,
+            cfg,
+            uuid,
+            tag,
+            tie,
+            mut released,
+        } = self;
+        drop(tie);
+        // `None` once the last claim or writer is dropped (nothing is sent).
+        let _ = released.recv().await;
+        backend.close_engine(&cfg, uuid).await?;
+        Ok(ClosedEngine { backend, uuid, tag })
+    }
+}
+
+/// A task's hold on an [`OpenedEngine`] (see [`OpenedEngine::claim`]).
+pub struct EngineClaim {
+    backend: Arc<dyn Backend>,
+    uuid: Uuid,
+    tie: mpsc::Sender<()>,
+}
+
+impl EngineClaim {
+    /// A new writer into the claimed engine, tied to it like the claim.
+    pub async fn local_writer(
+        &self,
+        cfg: &LocalWriterConfig,
+    ) -> Result<Box<dyn EngineWriter>, BackendError> {
+        let inner = self.backend.local_writer(cfg, self.uuid).await?;
+        Ok(Box::new(TiedWriter {
+            inner,
+            _tie: self.tie.clone(),
+        }))
+    }
+}
+
+/// A writer that keeps its engine open until it is closed or dropped.
+struct TiedWriter {
+    inner: Box<dyn EngineWriter>,
+    _tie: mpsc::Sender<()>,
+}
+
+#[async_trait]
+impl EngineWriter for TiedWriter {
+    async fn append_rows(
+        &mut self,
+        columns: &[String],
+        rows: Vec<Row>,
+    ) -> Result<(), BackendError> {
+        self.inner.append_rows(columns, rows).await
+    }
+
+    fn is_synced(&self) -> bool {
+        self.inner.is_synced()
+    }
+
+    async fn close(self: Box<Self>) -> Result<ChunkFlushStatus, BackendError> {
+        self.inner.close().await
     }
 }
 
@@ -498,5 +571,102 @@ mod tests {
         seq.store(5, Ordering::Release);
         assert!(s.flushed());
         assert!(ChunkFlushStatus::done().flushed());
+    }
+
+    /// A backend that keeps nothing: enough to drive the lifecycle types.
+    struct Nothing;
+
+    struct NothingWriter;
+
+    #[async_trait]
+    impl EngineWriter for NothingWriter {
+        async fn append_rows(&mut self, _: &[String], _: Vec<Row>) -> Result<(), BackendError> {
+            Ok(())
+        }
+
+        fn is_synced(&self) -> bool {
+            true
+        }
+
+        async fn close(self: Box<Self>) -> Result<ChunkFlushStatus, BackendError> {
+            Ok(ChunkFlushStatus::done())
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Nothing {
+        fn name(&self) -> &'static str {
+            "nothing"
+        }
+        async fn open_engine(&self, _: &EngineConfig, _: Uuid) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn close_engine(&self, _: &EngineConfig, _: Uuid) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn import_engine(
+            &self,
+            _: Uuid,
+            _: u64,
+            _: u64,
+        ) -> Result<ImportStats, BackendError> {
+            Ok(ImportStats::default())
+        }
+        async fn cleanup_engine(&self, _: Uuid) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn flush_engine(&self, _: Uuid) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn flush_all_engines(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn reset_engine(&self, _: Uuid) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn local_writer(
+            &self,
+            _: &LocalWriterConfig,
+            _: Uuid,
+        ) -> Result<Box<dyn EngineWriter>, BackendError> {
+            Ok(Box::new(NothingWriter))
+        }
+        async fn close(&self) {}
+    }
+
+    #[tokio::test]
+    async fn close_waits_for_claims_and_writers() {
+        let manager = EngineManager::new(Arc::new(Nothing));
+        let cfg = EngineConfig {
+            target: TargetTable {
+                schema: "d".into(),
+                table: "t".into(),
+                columns: Vec::new(),
+                key_columns: Vec::new(),
+                transient_unique_indexes: Vec::new(),
+            },
+            local: LocalEngineConfig::default(),
+        };
+        let opened = manager.open_engine(&cfg, "d.t", 0).await.unwrap();
+        let claim = opened.claim();
+        let writer = claim
+            .local_writer(&LocalWriterConfig::default())
+            .await
+            .unwrap();
+        let later = opened.claim();
+        drop(claim);
+        let closing = tokio::spawn(opened.close());
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!closing.is_finished(), "a writer and a claim are alive");
+        writer.close().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!closing.is_finished(), "a claim is alive");
+        drop(later);
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), closing)
+            .await
+            .expect("close goes on once every claim is gone")
+            .unwrap()
+            .unwrap();
+        assert_eq!(closed.uuid(), engine_uuid("d.t", 0));
     }
 }

@@ -222,26 +222,63 @@ impl BackendError {
 
     /// Whether the server refused a value (see [`is_data_error_code`]): the
     /// same rows would be refused again, so retrying or resuming is useless.
+    /// A bulk load that stored something other than what was sent counts
+    /// too, whatever its warning.
     pub fn is_data_error(&self) -> bool {
+        self.refused_value().is_some()
+            || matches!(self, BackendError::LoadWarning { code, .. } if *code != 0)
+    }
+
+    /// The server's code and text when it refused a value of a row (an
+    /// error, or a bulk load's warning, with a [`is_data_error_code`]).
+    pub fn refused_value(&self) -> Option<(u32, &str)> {
         match self {
             BackendError::Sql {
                 source: mysql_async::Error::Server(e),
                 ..
-            } => is_data_error_code(e.code),
-            BackendError::LoadWarning { code, .. } => *code != 0,
-            _ => false,
+            } if is_data_error_code(e.code) => Some((u32::from(e.code), &e.message)),
+            BackendError::LoadWarning { code, message, .. }
+                if u16::try_from(*code).is_ok_and(is_data_error_code) =>
+            {
+                Some((*code, message))
+            }
+            _ => None,
         }
     }
 }
 
-/// Server errors that refuse a value for its column (NULL into NOT NULL,
-/// out of range, too long, incorrect value, CHECK constraint): the data, not
-/// the moment, is at fault.
+/// Server errors (and `LOAD DATA` warnings) that refuse a value of a row:
+/// the data, not the moment, is at fault, so the same rows are refused
+/// again on a retry or a resume. The one list for every writer (the copy,
+/// the change applier, the import, which reports them at the row's file
+/// and line): 1048 NULL into NOT NULL, 1138 invalid use of NULL, 1263 the
+/// same in a load, 1264 out of range, 1265 truncated, 1292 bad date or
+/// time, 1366 bad number or string, 1367 illegal value, 1406 too long, 1411
+/// bad value for a function, 1452 foreign key, 1690 out of range in an
+/// expression, 3140 bad JSON, 3819 and 4025 CHECK constraint.
 pub fn is_data_error_code(code: u16) -> bool {
     matches!(
         code,
-        1048 | 1138 | 1263 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1690 | 3819 | 4025
+        1048 | 1138
+            | 1263
+            | 1264
+            | 1265
+            | 1292
+            | 1366
+            | 1367
+            | 1406
+            | 1411
+            | 1452
+            | 1690
+            | 3140
+            | 3819
+            | 4025
     )
+}
+
+/// [`is_data_error_code`] of a driver error: the server refused a value.
+pub fn refuses_value(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(se) if is_data_error_code(se.code))
 }
 
 /// Parses MySQL error 1062 / warning 1062 text, `Duplicate entry 'x' for key
@@ -272,5 +309,38 @@ mod tests {
             Some(("'it's'".into(), "t.uk_name".into()))
         );
         assert_eq!(parse_duplicate_message("Deadlock found"), None);
+    }
+
+    fn server(code: u16, message: &str) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: message.into(),
+            state: "HY000".into(),
+        })
+    }
+
+    #[test]
+    fn refused_values_are_known_by_code() {
+        let e = BackendError::sql("inserting", "d.t", server(1406, "Data too long at row 2"));
+        assert_eq!(e.refused_value(), Some((1406, "Data too long at row 2")));
+        assert!(e.is_data_error());
+        let warned = BackendError::LoadWarning {
+            table: "d.t".into(),
+            code: 1452,
+            message: "foreign key".into(),
+        };
+        assert_eq!(warned.refused_value(), Some((1452, "foreign key")));
+        // A load that stored less for another reason is still the data's fault.
+        let short = BackendError::LoadWarning {
+            table: "d.t".into(),
+            code: 1261,
+            message: "row 1 doesn't contain data for all columns".into(),
+        };
+        assert!(short.refused_value().is_none() && short.is_data_error());
+        let lock = BackendError::sql("inserting", "d.t", server(1213, "Deadlock found"));
+        assert!(lock.refused_value().is_none() && !lock.is_data_error());
+        assert!(lock.is_lock_conflict());
+        assert!(refuses_value(&server(3140, "Invalid JSON text")));
+        assert!(!refuses_value(&server(1062, "Duplicate entry")));
     }
 }

@@ -28,8 +28,13 @@
 //! resume:  EngineManager::unsafe_close_engine(cfg, table, id) ─► ClosedEngine
 //! ```
 //!
+//! **Writing SQL:** every SQL write into a target, by a backend or by the
+//! engine crate's own writers (server-side copy, change applier, import
+//! regions), goes through [`write`]: one session setup, one statement
+//! builder under a byte cap, one reading of duplicates by error code.
+//!
 //! **Sessions:** every connection this crate writes on runs
-//! [`sql::SESSION_SETUP`] (binary strings, `time_zone = '+00:00'`, strict
+//! [`write::SESSION_SETUP`] (binary strings, `time_zone = '+00:00'`, strict
 //! mode allowing zero dates, `NO_AUTO_VALUE_ON_ZERO`). Readers feeding it
 //! must read with the same `SET NAMES binary` and time zone, and read FLOAT
 //! columns as `CAST(col AS DOUBLE)` to keep them bit-exact (see [`value`]).
@@ -47,14 +52,16 @@ pub mod load_data;
 pub mod local;
 pub mod sql;
 pub mod value;
+pub mod write;
 
 pub use engine::{
-    engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineConfig, EngineManager,
-    EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine, TargetTable,
+    engine_uuid, quote_ident, Backend, ChunkFlushStatus, ClosedEngine, EngineClaim, EngineConfig,
+    EngineManager, EngineWriter, ImportStats, LocalEngineConfig, LocalWriterConfig, OpenedEngine,
+    TargetTable,
 };
 pub use error::{
     is_data_error_code, is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts,
-    BackendError, LOCK_CONFLICT_ATTEMPTS,
+    refuses_value, BackendError, LOCK_CONFLICT_ATTEMPTS,
 };
 pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;

@@ -25,8 +25,8 @@ use mysql_async::Conn;
 
 use crate::engine::{quote_ident, TargetTable};
 use crate::error::{parse_duplicate_message, BackendError};
-use crate::sql::map_insert_error;
 use crate::value::{charset_of, ColumnKind, Value, ZoneShift};
+use crate::write::insert_error;
 
 /// Size of one infile packet sent to the server.
 const PACKET: usize = 1 << 20;
@@ -107,7 +107,7 @@ impl LoadData {
                     });
                 }
             }
-            return Err(map_insert_error(e, "loading rows", target));
+            return Err(insert_error(e, "loading rows", target));
         }
         let affected = conn.affected_rows();
         let warnings = conn.get_warnings();

@@ -6,10 +6,12 @@
 //! commits.
 //!
 //! **Leaves to others:** which rows to write and when (the engine crate);
-//! verification afterwards ([`Backend::should_post_process`] is true).
+//! verification afterwards (the engine crate's checksum); the session,
+//! statement and duplicate handling it shares with every SQL writer
+//! ([`crate::write`]).
 //!
 //! **Algorithm:** each writer takes its own connection from the pool and sets
-//! the session up for exactness ([`prepare_session`]): `SET NAMES binary`
+//! the session up for exactness ([`crate::write::prepare_session`]): `SET NAMES binary`
 //! (strings are sent as `_charset X'..'` literals, see
 //! [`crate::Value::write_sql_literal`]), `time_zone = '+00:00'` (TIMESTAMPs
 //! are not shifted; readers must use the same; a column the server's own
@@ -34,7 +36,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -43,11 +44,12 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::engine::{
-    quote_ident, Backend, ChunkFlushStatus, EngineConfig, EngineWriter, ImportStats,
-    LocalWriterConfig, TargetTable,
+    Backend, ChunkFlushStatus, EngineConfig, EngineWriter, ImportStats, LocalWriterConfig,
+    TargetTable,
 };
-use crate::error::{parse_duplicate_message, BackendError};
-use crate::value::Row;
+use crate::error::BackendError;
+use crate::value::{ColumnSpec, Row};
+use crate::write::{self, BatchStatement};
 
 /// Settings of the sql backend.
 #[derive(Clone, Debug)]
@@ -65,15 +67,7 @@ impl Default for SqlBackendConfig {
     }
 }
 
-/// The session settings every wraith writer (and reader) uses, as one
-/// statement: binary strings, UTC, strict mode that allows zero dates.
-pub const SESSION_SETUP: &str = "SET NAMES binary, time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'";
-
-/// Applies [`SESSION_SETUP`] to a connection.
-pub async fn prepare_session(conn: &mut Conn) -> Result<(), mysql_async::Error> {
-    conn.query_drop(SESSION_SETUP).await
-}
+pub use crate::write::{prepare_session, SESSION_SETUP};
 
 /// Reads `@@max_allowed_packet` once per backend.
 pub(crate) async fn read_max_packet(
@@ -90,26 +84,6 @@ pub(crate) async fn read_max_packet(
     })
     .await
     .copied()
-}
-
-/// Turns a server error into `DuplicateDetected` when it is error 1062.
-pub(crate) fn map_insert_error(
-    err: mysql_async::Error,
-    context: &str,
-    table: &TargetTable,
-) -> BackendError {
-    if let mysql_async::Error::Server(ref s) = err {
-        if s.code == 1062 {
-            if let Some((key, index)) = parse_duplicate_message(&s.message) {
-                return BackendError::DuplicateDetected {
-                    table: table.display_name(),
-                    key,
-                    index,
-                };
-            }
-        }
-    }
-    BackendError::sql(context, &table.display_name(), err)
 }
 
 /// The sql backend.
@@ -228,14 +202,6 @@ impl Backend for SqlBackend {
         }))
     }
 
-    fn should_post_process(&self) -> bool {
-        true
-    }
-
-    fn retry_import_delay(&self) -> Duration {
-        Duration::ZERO
-    }
-
     async fn close(&self) {
         if let Ok(mut map) = self.engines.lock() {
             map.clear();
@@ -250,32 +216,10 @@ struct SqlWriter {
 }
 
 impl SqlWriter {
-    async fn send(&mut self, stmt: &[u8]) -> Result<(), BackendError> {
-        // The statement is ASCII except inside X'..' literals, which are hex:
-        // it is valid UTF-8 by construction.
-        let text = std::str::from_utf8(stmt).map_err(|_| BackendError::InvalidInput {
-            message: "internal: INSERT statement is not UTF-8".into(),
-        })?;
-        // A deadlock with the change applier rolled the statement back.
-        let first = crate::error::query_retrying_lock_conflicts(&mut self.conn, text).await;
-        match first {
-            Ok(()) => Ok(()),
-            Err(e) => match map_insert_error(e, "inserting rows", &self.target) {
-                // A row that moved while the copy read it: the statement was
-                // rolled back; send it again skipping such clashes.
-                BackendError::DuplicateDetected { index, .. }
-                    if self.target.is_transient_duplicate(&index) =>
-                {
-                    tracing::debug!(table = %self.target.display_name(), %index, "a batch met a moved row; sent again skipping the clash");
-                    let again = format!("{text}{}", self.target.skip_duplicates_clause());
-                    self.conn
-                        .query_drop(again)
-                        .await
-                        .map_err(|e| map_insert_error(e, "inserting rows", &self.target))
-                }
-                other => Err(other),
-            },
-        }
+    /// A deadlock with the change applier rolled the statement back: it is
+    /// sent again; a row that moved while the copy read it is skipped.
+    async fn send(&mut self, stmt: &BatchStatement) -> Result<(), BackendError> {
+        write::send_insert(&mut self.conn, &stmt.sql(), &self.target, "inserting rows").await
     }
 }
 
@@ -289,22 +233,13 @@ impl EngineWriter for SqlWriter {
         if rows.is_empty() {
             return Ok(());
         }
-        let positions = self.target.resolve_columns(columns)?;
-        let mut head = Vec::with_capacity(128);
-        head.extend_from_slice(b"INSERT INTO ");
-        head.extend_from_slice(self.target.quoted_name().as_bytes());
-        head.extend_from_slice(b" (");
-        for (i, &p) in positions.iter().enumerate() {
-            if i > 0 {
-                head.push(b',');
-            }
-            head.extend_from_slice(quote_ident(&self.target.columns[p].name).as_bytes());
-        }
-        head.extend_from_slice(b") VALUES ");
-        let mut stmt = Vec::with_capacity(self.limit.min(1 << 20) + 1024);
-        stmt.extend_from_slice(&head);
-        let mut in_stmt = 0usize;
-        let mut row_buf = Vec::with_capacity(256);
+        // The statement borrows the target while `send` borrows the writer.
+        let target = self.target.clone();
+        let positions = target.resolve_columns(columns)?;
+        let specs: Vec<&ColumnSpec> = positions.iter().map(|&p| &target.columns[p]).collect();
+        let head = write::insert_head("INSERT", &target, specs.iter().map(|c| c.name.as_str()));
+        let mut stmt = BatchStatement::values(&head, "", self.limit);
+        let mut tuple = Vec::with_capacity(256);
         for row in &rows {
             if row.len() != positions.len() {
                 return Err(BackendError::InvalidInput {
@@ -316,27 +251,15 @@ impl EngineWriter for SqlWriter {
                     ),
                 });
             }
-            row_buf.clear();
-            row_buf.push(b'(');
-            for (i, (v, &p)) in row.iter().zip(&positions).enumerate() {
-                if i > 0 {
-                    row_buf.push(b',');
-                }
-                v.write_sql_literal(&self.target.columns[p], &mut row_buf);
-            }
-            row_buf.push(b')');
-            if in_stmt > 0 && stmt.len() + 1 + row_buf.len() > self.limit {
+            tuple.clear();
+            write::write_tuple(row.iter().zip(specs.iter().copied()), &mut tuple);
+            if !stmt.fits(tuple.len()) {
                 self.send(&stmt).await?;
-                stmt.truncate(head.len());
-                in_stmt = 0;
+                stmt.clear();
             }
-            if in_stmt > 0 {
-                stmt.push(b',');
-            }
-            stmt.extend_from_slice(&row_buf);
-            in_stmt += 1;
+            stmt.push(&tuple);
         }
-        if in_stmt > 0 {
+        if !stmt.is_empty() {
             self.send(&stmt).await?;
         }
         Ok(())

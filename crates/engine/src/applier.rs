@@ -23,8 +23,10 @@
 //! locked, stream drained) whether a clash is real.
 //!
 //! Values are written as exact SQL literals (`Value::write_sql_literal`) on a
-//! session with the backends' settings (binary strings, UTC), so an applied
-//! row is byte-for-byte what the copy would have written. The applier leaves
+//! session with the backends' settings (binary strings, UTC), with the
+//! statement builder and duplicate reading every writer shares
+//! (`wraith_backend::write`), so an applied row is byte-for-byte what the
+//! copy would have written. The applier leaves
 //! deciding *what* may be applied (watermarks) to the buffer.
 
 use std::time::{Duration, Instant};
@@ -32,13 +34,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
+use wraith_backend::write::{self, BatchStatement, SessionOptions, MAX_STATEMENT_BYTES};
 use wraith_backend::{ColumnSpec, Row, TargetTable, Value};
 
 use crate::changes::Pending;
 use crate::server::{quote_ident, Context, DbError};
-
-/// Largest statement the applier sends.
-const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
 /// A row of a batch that could not be inserted because another row holds
 /// its values of a unique index.
@@ -99,7 +99,7 @@ impl Applier {
         batch: &[(Vec<u8>, Pending)],
     ) -> Result<Vec<Clash>, DbError> {
         let started = Instant::now();
-        conn.query_drop(wraith_backend::sql::SESSION_SETUP)
+        write::prepare_session(conn)
             .await
             .context(|| "setting up the locked session for applying".into())?;
         let keys: Vec<Vec<Value>> = batch.iter().map(|(_, c)| self.key_of(c)).collect();
@@ -149,13 +149,14 @@ impl Applier {
                 .get_conn()
                 .await
                 .context(|| "connecting to apply changes".into())?;
-            conn.query_drop(wraith_backend::sql::SESSION_SETUP)
-                .await
-                .context(|| "setting up an apply session".into())?;
             // Each shard commits with a COMMIT of its own: a statement that a
             // killed wraith left in flight then rolls back with its connection
             // instead of landing after a resumed run has moved on.
-            conn.query_drop("SET autocommit = 0")
+            let options = SessionOptions {
+                manual_commit: true,
+                ..SessionOptions::default()
+            };
+            write::prepare_session_with(&mut conn, options)
                 .await
                 .context(|| "setting up an apply session".into())?;
             self.conns.push(conn);
@@ -258,22 +259,17 @@ async fn delete_keys(
         .filter_map(|&i| target.columns.get(i))
         .collect();
     let head = format!("DELETE FROM {} WHERE ", target.quoted_name());
-    let mut stmt = Vec::with_capacity(MAX_STATEMENT_BYTES.min(1 << 16));
+    let mut stmt = BatchStatement::new(&head, b" OR ", "", MAX_STATEMENT_BYTES);
     for key in keys {
         let cond = key_condition(&key_specs, key);
-        if !stmt.is_empty() && stmt.len() + cond.len() + 4 > MAX_STATEMENT_BYTES {
-            send(conn, &stmt, target).await?;
+        if !stmt.fits(cond.len()) {
+            send(conn, &stmt.sql(), target).await?;
             stmt.clear();
         }
-        if stmt.is_empty() {
-            stmt.extend_from_slice(head.as_bytes());
-        } else {
-            stmt.extend_from_slice(b" OR ");
-        }
-        stmt.extend_from_slice(&cond);
+        stmt.push(&cond);
     }
     if !stmt.is_empty() {
-        send(conn, &stmt, target).await?;
+        send(conn, &stmt.sql(), target).await?;
     }
     Ok(())
 }
@@ -286,65 +282,31 @@ async fn insert_rows(
     target: &TargetTable,
     rows: &[(usize, Row)],
 ) -> Result<Vec<Clash>, DbError> {
-    let columns: Vec<String> = target
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let head = format!(
-        "INSERT INTO {} ({}) VALUES ",
-        target.quoted_name(),
-        columns.join(", ")
+    let head = write::insert_head(
+        "INSERT",
+        target,
+        target.columns.iter().map(|c| c.name.as_str()),
     );
     let tuple_of = |row: &Row| {
-        let mut tuple = vec![b'('];
-        for (i, (v, spec)) in row.iter().zip(&target.columns).enumerate() {
-            if i > 0 {
-                tuple.push(b',');
-            }
-            v.write_sql_literal(spec, &mut tuple);
-        }
-        tuple.push(b')');
+        let mut tuple = Vec::new();
+        write::write_tuple(row.iter().zip(&target.columns), &mut tuple);
         tuple
     };
     let mut clashes = Vec::new();
-    let mut stmt = Vec::with_capacity(MAX_STATEMENT_BYTES.min(1 << 16));
+    let mut stmt = BatchStatement::values(&head, "", MAX_STATEMENT_BYTES);
     let mut in_stmt: Vec<&(usize, Row)> = Vec::new();
     for entry in rows {
         let tuple = tuple_of(&entry.1);
-        if !stmt.is_empty() && stmt.len() + tuple.len() + 1 > MAX_STATEMENT_BYTES {
-            insert_or_split(
-                conn,
-                target,
-                &stmt,
-                &in_stmt,
-                &head,
-                &tuple_of,
-                &mut clashes,
-            )
-            .await?;
+        if !stmt.fits(tuple.len()) {
+            insert_or_split(conn, target, &stmt, &in_stmt, &tuple_of, &mut clashes).await?;
             stmt.clear();
             in_stmt.clear();
         }
-        if stmt.is_empty() {
-            stmt.extend_from_slice(head.as_bytes());
-        } else {
-            stmt.push(b',');
-        }
-        stmt.extend_from_slice(&tuple);
+        stmt.push(&tuple);
         in_stmt.push(entry);
     }
     if !stmt.is_empty() {
-        insert_or_split(
-            conn,
-            target,
-            &stmt,
-            &in_stmt,
-            &head,
-            &tuple_of,
-            &mut clashes,
-        )
-        .await?;
+        insert_or_split(conn, target, &stmt, &in_stmt, &tuple_of, &mut clashes).await?;
     }
     Ok(clashes)
 }
@@ -352,20 +314,20 @@ async fn insert_rows(
 async fn insert_or_split(
     conn: &mut mysql_async::Conn,
     target: &TargetTable,
-    stmt: &[u8],
+    stmt: &BatchStatement,
     rows: &[&(usize, Row)],
-    head: &str,
     tuple_of: &impl Fn(&Row) -> Vec<u8>,
     clashes: &mut Vec<Clash>,
 ) -> Result<(), DbError> {
-    match send(conn, stmt, target).await {
+    match send(conn, &stmt.sql(), target).await {
         Err(e) if duplicate_index(&e).is_some() => {}
         other => return other,
     }
+    let mut one = stmt.clone();
     for (pos, row) in rows {
-        let mut one = head.as_bytes().to_vec();
-        one.extend_from_slice(&tuple_of(row));
-        match send(conn, &one, target).await {
+        one.clear();
+        one.push(&tuple_of(row));
+        match send(conn, &one.sql(), target).await {
             Ok(()) => {}
             Err(e) => match duplicate_index(&e) {
                 Some(index) => clashes.push(Clash { pos: *pos, index }),
@@ -378,14 +340,7 @@ async fn insert_or_split(
 
 /// The index a duplicate-key error (1062) names.
 fn duplicate_index(e: &DbError) -> Option<String> {
-    match &e.error {
-        mysql_async::Error::Server(se) if se.code == 1062 => Some(
-            wraith_backend::parse_duplicate_message(&se.message)
-                .map(|(_, index)| index)
-                .unwrap_or_default(),
-        ),
-        _ => None,
-    }
+    write::duplicate_of(&e.error).map(|(_, index)| index)
 }
 
 fn key_condition(specs: &[&ColumnSpec], key: &[Value]) -> Vec<u8> {
@@ -404,12 +359,10 @@ fn key_condition(specs: &[&ColumnSpec], key: &[Value]) -> Vec<u8> {
 
 async fn send(
     conn: &mut mysql_async::Conn,
-    stmt: &[u8],
+    stmt: &str,
     target: &TargetTable,
 ) -> Result<(), DbError> {
-    // Literals are ASCII or hex; the statement is valid UTF-8.
-    let text = String::from_utf8_lossy(stmt);
-    conn.query_drop(text.as_ref())
+    conn.query_drop(stmt)
         .await
         .context(|| format!("applying changes to {}", target.display_name()))
 }

@@ -8,7 +8,9 @@
 //!
 //! Engines are bounded (`engine_rows`): when the current engine has been given
 //! that many rows, a new one is opened and the full one is closed, imported
-//! and cleaned up in the background once its last writer is done, so the
+//! and cleaned up in the background once its last writer is done (each
+//! dispatched chunk holds a claim on its engine, and closing waits for the
+//! claims: `wraith_backend::EngineClaim`), so the
 //! import of engine N overlaps the copy into engine N+1 (as Lightning does).
 //! With the `sql` backend import is a no-op and one engine suffices.
 //!
@@ -18,7 +20,7 @@
 //! the operator's chunk size or target.
 //!
 //! Reads use the same session settings as the writers
-//! (`wraith_backend::sql::SESSION_SETUP`: binary strings, UTC time zone), so
+//! (`wraith_backend::write::SESSION_SETUP`: binary strings, UTC time zone), so
 //! every value travels as the exact bytes the server stored. A column the
 //! server's own ALTER converts in its time zone is converted explicitly, by
 //! the server, in the `INSERT … SELECT` expression or in the written literal
@@ -32,9 +34,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
+use wraith_backend::write::{prepare_session_with, SessionOptions};
 use wraith_backend::{
-    Backend, BackendError, EngineConfig, EngineManager, ImportStats, LocalEngineConfig,
-    LocalWriterConfig, OpenedEngine, Row, Value, ValueError,
+    Backend, BackendError, EngineClaim, EngineConfig, EngineManager, ImportStats,
+    LocalEngineConfig, LocalWriterConfig, OpenedEngine, Row, Value, ValueError,
 };
 
 use crate::chunker::{int_span, Chunk, Chunker, KeySql};
@@ -66,10 +69,7 @@ impl CopyError {
     /// too long, ...): copying the same rows again would fail the same way.
     pub fn is_data_error(&self) -> bool {
         match self {
-            CopyError::Db(DbError {
-                error: mysql_async::Error::Server(e),
-                ..
-            }) => wraith_backend::is_data_error_code(e.code),
+            CopyError::Db(e) => wraith_backend::refuses_value(&e.error),
             CopyError::Backend(b) => b.is_data_error(),
             _ => false,
         }
@@ -125,11 +125,16 @@ pub struct ClosedEngineRecord {
 
 /// Opens connections for reading the source, with the exact-value session.
 pub async fn read_conn(pool: &Pool) -> Result<Conn, DbError> {
+    session_conn(pool, SessionOptions::default()).await
+}
+
+/// A connection with the exact-value session and `options`.
+async fn session_conn(pool: &Pool, options: SessionOptions) -> Result<Conn, DbError> {
     let mut conn = pool
         .get_conn()
         .await
         .context(|| "connecting to the source".into())?;
-    conn.query_drop(wraith_backend::sql::SESSION_SETUP)
+    prepare_session_with(&mut conn, options)
         .await
         .context(|| "setting up a read session".into())?;
     Ok(conn)
@@ -146,7 +151,7 @@ struct EngineSlot {
 }
 
 struct CurrentEngine {
-    engine: Arc<OpenedEngine>,
+    engine: OpenedEngine,
     id: i32,
     /// Chunks dispatched to this engine, in order.
     dispatched: Vec<u64>,
@@ -161,7 +166,7 @@ struct CurrentEngine {
 impl CurrentEngine {
     fn new(engine: OpenedEngine, id: i32) -> CurrentEngine {
         CurrentEngine {
-            engine: Arc::new(engine),
+            engine,
             id,
             dispatched: Vec::new(),
             written: Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -287,29 +292,21 @@ pub async fn copy_table(
     })
 }
 
-/// Waits until no writer holds `engine`, then closes, imports and cleans it up.
+/// Closes `engine` once no chunk dispatched to it is still being written
+/// (its claims are gone), then imports and cleans it up.
 async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
     let online = shared.job.online.clone();
     let closed_engines = shared.job.closed_engines.clone();
     let mut closers = shared.closers.lock().await;
     closers.spawn(async move {
         let CurrentEngine {
-            mut engine,
+            engine: opened,
             id,
             dispatched,
             written,
             lower,
             upper,
         } = current;
-        let opened = loop {
-            match Arc::try_unwrap(engine) {
-                Ok(e) => break e,
-                Err(still_shared) => {
-                    engine = still_shared;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
         let uuid = opened.uuid();
         let closed = opened.close().await?;
         // Only chunks whose rows were written count: a writer that failed
@@ -340,133 +337,90 @@ async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
     });
 }
 
+/// The statements a worker sends, built once.
+struct Statements {
+    /// `SELECT cols FROM source WHERE ` (a chunk's range and the order follow).
+    select: String,
+    /// ` ORDER BY key`.
+    order: String,
+    /// `INSERT INTO shadow (cols) SELECT exprs FROM source WHERE ` (server side).
+    insert_select: String,
+}
+
+impl Statements {
+    fn new(job: &CopyJob) -> Statements {
+        let source = format!(
+            "{}.{}",
+            quote_ident(&job.source_schema),
+            quote_ident(&job.table)
+        );
+        let columns: Vec<String> = job
+            .layout
+            .target_columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect();
+        Statements {
+            select: format!(
+                "SELECT {} FROM {source} WHERE ",
+                job.layout.select.join(", ")
+            ),
+            order: format!(
+                " ORDER BY {}",
+                KeySql {
+                    key: &job.layout.chunk_key
+                }
+                .order_by()
+            ),
+            insert_select: format!(
+                "INSERT INTO {} ({}) SELECT {} FROM {source} WHERE ",
+                job.layout.target.quoted_name(),
+                columns.join(", "),
+                job.layout.server_select.join(", "),
+            ),
+        }
+    }
+}
+
 async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), CopyError> {
     wait_turn(&shared, index).await;
     if shared.finished.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let mut conn = read_conn(&pool).await?;
-    let keysql_key = shared.job.layout.chunk_key.clone();
-    let keysql = KeySql { key: &keysql_key };
-    let select = format!(
-        "SELECT {} FROM {}.{} WHERE ",
-        shared.job.layout.select.join(", "),
-        quote_ident(&shared.job.source_schema),
-        quote_ident(&shared.job.table)
-    );
-    let order = format!(" ORDER BY {}", keysql.order_by());
-    let target = &shared.job.layout.target;
-    let insert_select = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM {}.{} WHERE ",
-        target.quoted_name(),
-        shared
-            .job
-            .layout
-            .target_columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        shared.job.layout.server_select.join(", "),
-        quote_ident(&shared.job.source_schema),
-        quote_ident(&shared.job.table)
-    );
-    if shared.job.server_side {
-        // READ COMMITTED: the SELECT half is then a consistent read that takes no
-        // locks on the source (with ROW binlogging, which preflight requires).
-        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .await
-            .context(|| "setting up a copy session".into())?;
-    }
+    // READ COMMITTED on the server side: the SELECT half is then a
+    // consistent read that takes no locks on the source (with ROW
+    // binlogging, which preflight requires).
+    let options = SessionOptions {
+        read_committed: shared.job.server_side,
+        ..SessionOptions::default()
+    };
+    let mut conn = session_conn(&pool, options).await?;
+    let statements = Statements::new(&shared.job);
+    let keysql = KeySql {
+        key: &shared.job.layout.chunk_key,
+    };
     loop {
         wait_turn(&shared, index).await;
-        let chunk = {
-            let mut chunker = shared.chunker.lock().await;
-            if let Some(ops) = &shared.job.ops {
-                ops.tune(&mut chunker);
+        let Some((chunk, engine)) = next_chunk(&shared, &mut conn).await? else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let range = keysql.range(&chunk);
+        let n = match engine {
+            None => {
+                let sql = format!("{}{range}", statements.insert_select);
+                copy_server_side(&shared, &mut conn, &chunk, &sql).await?
             }
-            match chunker.next(&mut conn).await? {
-                Some(c) => {
-                    if let Some(online) = &shared.job.online {
-                        if let Ok(mut marks) = online.marks.lock() {
-                            marks.dispatched(c.id, encoded(c.upper.as_ref()));
-                        }
-                    }
-                    // Under the chunker's lock, so engines get chunks in order.
-                    let engine = if shared.job.server_side {
-                        None
-                    } else {
-                        Some(engine_for(&shared, &c).await?)
-                    };
-                    (c, engine)
+            Some((claim, written)) => {
+                let sql = format!("{}{range}{}", statements.select, statements.order);
+                let rows = read_chunk(&mut conn, &shared, &sql).await?;
+                let n = write_through_engine(&shared, claim, rows).await?;
+                if let Ok(mut w) = written.lock() {
+                    w.push(chunk.id);
                 }
-                None => {
-                    shared.finished.store(true, Ordering::Relaxed);
-                    return Ok(());
-                }
+                n
             }
         };
-        let (chunk, engine) = chunk;
-        let started = Instant::now();
-        if shared.job.server_side {
-            let sql = format!("{insert_select}{}", keysql.range(&chunk));
-            match wraith_backend::query_retrying_lock_conflicts(&mut conn, &sql)
-                .await
-                .map_err(|e| server_side_error(&shared, e))
-            {
-                Ok(()) => {}
-                // A row that moved while the copy read: the statement was
-                // rolled back; copy the chunk again skipping such clashes.
-                Err(CopyError::Backend(BackendError::DuplicateDetected { index, .. }))
-                    if shared.job.layout.target.is_transient_duplicate(&index) =>
-                {
-                    tracing::debug!(chunk = chunk.id, %index, "a chunk met a moved row; copied again skipping the clash");
-                    let again =
-                        format!("{sql}{}", shared.job.layout.target.skip_duplicates_clause());
-                    wraith_backend::query_retrying_lock_conflicts(&mut conn, &again)
-                        .await
-                        .map_err(|e| server_side_error(&shared, e))?;
-                }
-                Err(e) => return Err(e),
-            }
-            let n = conn.affected_rows();
-            mark_durable(&shared, chunk.id);
-            shared.progress.add_rows(n);
-            shared.chunks.fetch_add(1, Ordering::Relaxed);
-            shared
-                .chunker
-                .lock()
-                .await
-                .feedback(n, started.elapsed(), int_span(&chunk));
-            log_chunk(&shared, index, &chunk, n, started.elapsed());
-            continue;
-        }
-        let rows = read_chunk(
-            &mut conn,
-            &shared,
-            &format!("{select}{}{order}", keysql.range(&chunk)),
-        )
-        .await?;
-        let n = rows.len() as u64;
-        let (engine, written) =
-            engine.ok_or_else(|| CopyError::Worker("a chunk without an engine".into()))?;
-        if n > 0 {
-            let mut writer = engine
-                .local_writer(&LocalWriterConfig {
-                    is_kv_sorted: false,
-                    table_name: shared.job.layout.target.table.clone(),
-                })
-                .await?;
-            writer
-                .append_rows(&shared.job.layout.target_columns, rows)
-                .await?;
-            let _status = writer.close().await?;
-            shared.slot.lock().await.rows_assigned += n;
-        }
-        drop(engine);
-        if let Ok(mut w) = written.lock() {
-            w.push(chunk.id);
-        }
         shared.progress.add_rows(n);
         shared.chunks.fetch_add(1, Ordering::Relaxed);
         shared
@@ -478,31 +432,86 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
     }
 }
 
+/// The next chunk and, unless the copy is server side, the engine it goes
+/// to; `None` when the chunker is exhausted.
+async fn next_chunk(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+) -> Result<Option<(Chunk, Option<EngineTicket>)>, CopyError> {
+    let mut chunker = shared.chunker.lock().await;
+    if let Some(ops) = &shared.job.ops {
+        ops.tune(&mut chunker);
+    }
+    let Some(c) = chunker.next(conn).await? else {
+        shared.finished.store(true, Ordering::Relaxed);
+        return Ok(None);
+    };
+    if let Some(online) = &shared.job.online {
+        if let Ok(mut marks) = online.marks.lock() {
+            marks.dispatched(c.id, encoded(c.upper.as_ref()));
+        }
+    }
+    // Under the chunker's lock, so engines get chunks in order.
+    let engine = if shared.job.server_side {
+        None
+    } else {
+        Some(engine_for(shared, &c).await?)
+    };
+    Ok(Some((c, engine)))
+}
+
+/// Copies a chunk with one `INSERT … SELECT` on the server; returns its rows.
+async fn copy_server_side(
+    shared: &Shared,
+    conn: &mut Conn,
+    chunk: &Chunk,
+    sql: &str,
+) -> Result<u64, CopyError> {
+    let target = &shared.job.layout.target;
+    // A lock conflict is sent again; a row that moved while the copy read
+    // it is skipped (the change stream delivers its final state).
+    match wraith_backend::write::send_insert(conn, sql, target, "copying a chunk").await {
+        Ok(()) => {}
+        Err(BackendError::Sql { source, .. }) => {
+            return Err(CopyError::Db(DbError {
+                context: format!("copying a chunk of {}", shared.job.table),
+                error: source,
+            }))
+        }
+        Err(e) => return Err(CopyError::Backend(e)),
+    }
+    mark_durable(shared, chunk.id);
+    Ok(conn.affected_rows())
+}
+
+/// Appends a chunk's rows through a writer of its engine; returns its rows.
+async fn write_through_engine(
+    shared: &Shared,
+    claim: EngineClaim,
+    rows: Vec<Row>,
+) -> Result<u64, CopyError> {
+    let n = rows.len() as u64;
+    if n > 0 {
+        let mut writer = claim
+            .local_writer(&LocalWriterConfig {
+                is_kv_sorted: false,
+                table_name: shared.job.layout.target.table.clone(),
+            })
+            .await?;
+        writer
+            .append_rows(&shared.job.layout.target_columns, rows)
+            .await?;
+        let _status = writer.close().await?;
+        shared.slot.lock().await.rows_assigned += n;
+    }
+    Ok(n)
+}
+
 /// Waits while the copy is throttled or `index` is beyond the live thread count.
 async fn wait_turn(shared: &Shared, index: usize) {
     if let Some(ops) = &shared.job.ops {
         ops.wait_turn(index, &shared.finished).await;
     }
-}
-
-/// A failed `INSERT ... SELECT`: a duplicate becomes the backend's
-/// `DuplicateDetected`, naming the key and index as the server did.
-fn server_side_error(shared: &Shared, e: mysql_async::Error) -> CopyError {
-    if let mysql_async::Error::Server(se) = &e {
-        if se.code == 1062 {
-            let (key, index) = wraith_backend::parse_duplicate_message(&se.message)
-                .unwrap_or_else(|| (se.message.clone(), String::new()));
-            return CopyError::Backend(BackendError::DuplicateDetected {
-                table: shared.job.layout.target.display_name(),
-                key,
-                index,
-            });
-        }
-    }
-    CopyError::Db(DbError {
-        context: format!("copying a chunk of {}", shared.job.table),
-        error: e,
-    })
 }
 
 fn log_chunk(shared: &Shared, index: usize, chunk: &Chunk, rows: u64, elapsed: Duration) {
@@ -525,12 +534,13 @@ fn mark_durable(shared: &Shared, chunk_id: u64) {
     }
 }
 
+/// A chunk's claim on its engine (closing waits for it) and the list the
+/// chunk goes on once written.
+type EngineTicket = (EngineClaim, Arc<std::sync::Mutex<Vec<u64>>>);
+
 /// The engine `chunk` goes to, and the list its written chunks go on;
 /// rotates a full engine out first.
-async fn engine_for(
-    shared: &Arc<Shared>,
-    chunk: &Chunk,
-) -> Result<(Arc<OpenedEngine>, Arc<std::sync::Mutex<Vec<u64>>>), CopyError> {
+async fn engine_for(shared: &Arc<Shared>, chunk: &Chunk) -> Result<EngineTicket, CopyError> {
     let mut slot = shared.slot.lock().await;
     if slot.rows_assigned >= shared.job.engine_rows {
         let next_id = slot.id + 1;
@@ -555,7 +565,7 @@ async fn engine_for(
     }
     current.upper = encoded(chunk.upper.as_ref());
     current.dispatched.push(chunk.id);
-    Ok((current.engine.clone(), current.written.clone()))
+    Ok((current.engine.claim(), current.written.clone()))
 }
 
 async fn read_chunk(conn: &mut Conn, shared: &Shared, sql: &str) -> Result<Vec<Row>, CopyError> {

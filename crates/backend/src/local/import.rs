@@ -13,7 +13,7 @@ use crate::engine::ImportStats;
 use crate::error::BackendError;
 use crate::key::{decode_key, format_key};
 use crate::load_data::{write_load_field, LoadData};
-use crate::sql::prepare_session;
+use crate::write::prepare_session;
 
 /// One key range, as load text.
 struct Range {

@@ -78,7 +78,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::Pool;
@@ -708,14 +707,6 @@ impl Backend for LocalBackend {
                 last_seq: 0,
             })
         })
-    }
-
-    fn should_post_process(&self) -> bool {
-        true
-    }
-
-    fn retry_import_delay(&self) -> Duration {
-        Duration::from_secs(1)
     }
 
     async fn close(&self) {

@@ -14,9 +14,10 @@
 //! marker row in [`super::REGIONS_TABLE`] (with the region's sums under
 //! `verify = "checksum"`) are committed in one transaction, so a region is
 //! in the table entirely, with its marker and sums, or not at all.
-//! Rows are written with the same exact literals as the sql backend
-//! ([`wraith_backend::Value::write_sql_literal`] on a `SET NAMES binary`,
-//! UTC, strict session), as multi-row statements of at most 1 MiB:
+//! Rows are written with the session, statement builder and duplicate
+//! reading every writer shares ([`wraith_backend::write`]: exact literals
+//! on a `SET NAMES binary`, UTC, strict session), as multi-row statements
+//! of at most 1 MiB:
 //! `INSERT` (`on_duplicate = "error"`: error 1062 names the key), `REPLACE`,
 //! or `INSERT … ON DUPLICATE KEY UPDATE c = c` for `ignore` (unlike `INSERT
 //! IGNORE` it leaves strict mode's errors errors).
@@ -25,7 +26,8 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
-use wraith_backend::{parse_duplicate_message, BackendError, LoadData, TargetTable};
+use wraith_backend::write::{self, BatchStatement, MAX_STATEMENT_BYTES};
+use wraith_backend::{is_data_error_code, BackendError, LoadData, TargetTable};
 use wraith_checkpoints::RowsChecksum;
 
 use super::config::OnDuplicate;
@@ -34,7 +36,6 @@ use super::region::{line_of, Batch, TableShape};
 use super::{conn, ImportError, REGIONS_TABLE};
 use crate::server::{quote_ident, DbError};
 
-const MAX_STATEMENT: usize = 1 << 20;
 /// Load text gathered before one `LOAD DATA` statement.
 const LOAD_BYTES: usize = 16 << 20;
 
@@ -46,8 +47,7 @@ pub(super) struct RegionWriter {
     /// The file's name (for messages).
     file: String,
     data_file: DataFile,
-    stmt: Vec<u8>,
-    /// Where each row of `stmt` starts in the file.
+    /// Where each row of the statement being written starts in the file.
     stmt_offsets: Vec<u64>,
     row: Vec<u8>,
     /// Rows go by `LOAD DATA LOCAL` (see the module comment).
@@ -64,16 +64,6 @@ struct PendingLoad {
     /// Where each row of `text` starts in the file.
     offsets: Vec<u64>,
 }
-
-/// Server errors (and `LOAD DATA` warnings) that refuse a value of a row:
-/// reported at the row's file and line, like a parse error. 1048 NULL into
-/// NOT NULL, 1263 the same in a load, 1264 out of range, 1265 truncated,
-/// 1292 bad date or time, 1366 bad number or string, 1367 illegal value,
-/// 1406 too long, 1411 bad value for a function, 1452 foreign key, 1690
-/// out of range in an expression, 3140 bad JSON, 3819 and 4025 CHECK.
-pub(super) const REJECTED_VALUE: &[u32] = &[
-    1048, 1138, 1263, 1264, 1265, 1292, 1366, 1367, 1406, 1411, 1452, 1690, 3140, 3819, 4025,
-];
 
 impl RegionWriter {
     pub(super) async fn begin(
@@ -108,7 +98,6 @@ impl RegionWriter {
             mode,
             file: file.name.clone(),
             data_file: file.clone(),
-            stmt: Vec::new(),
             stmt_offsets: Vec::new(),
             row: Vec::with_capacity(1024),
             use_load: load_data && mode == OnDuplicate::Error,
@@ -196,33 +185,22 @@ impl RegionWriter {
                     file: self.file.clone(),
                 })
             }
-            Err(BackendError::LoadWarning { code, message, .. })
-                if REJECTED_VALUE.contains(&code) =>
-            {
-                Err(rejected(&self.data_file, &offsets, code, &message).await)
-            }
-            Err(BackendError::Sql {
-                source: mysql_async::Error::Server(s),
-                ..
-            }) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
-                Err(rejected(&self.data_file, &offsets, u32::from(s.code), &s.message).await)
-            }
-            Err(e) => Err(ImportError::Backend(e)),
+            // The server refused a value: report it at its row.
+            Err(e) => match e.refused_value() {
+                Some((code, message)) => {
+                    Err(rejected(&self.data_file, &offsets, code, message).await)
+                }
+                None => Err(ImportError::Backend(e)),
+            },
         }
     }
 
-    fn head(&self, columns: &[String]) -> Vec<u8> {
+    fn head(&self, columns: &[String]) -> String {
         let verb = match self.mode {
-            OnDuplicate::Replace => "REPLACE INTO ",
-            _ => "INSERT INTO ",
+            OnDuplicate::Replace => "REPLACE",
+            _ => "INSERT",
         };
-        let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        format!(
-            "{verb}{} ({}) VALUES ",
-            self.target.quoted_name(),
-            cols.join(",")
-        )
-        .into_bytes()
+        write::insert_head(verb, &self.target, columns.iter().map(String::as_str))
     }
 
     fn tail(&self, columns: &[String]) -> String {
@@ -235,50 +213,38 @@ impl RegionWriter {
         }
     }
 
-    async fn send(&mut self, tail: &str) -> Result<(), ImportError> {
-        self.stmt.extend_from_slice(tail.as_bytes());
-        // ASCII outside X'..' literals, which are hex: valid UTF-8.
-        let text = String::from_utf8(std::mem::take(&mut self.stmt)).map_err(|_| {
-            ImportError::Worker("internal: an INSERT statement is not UTF-8".into())
-        })?;
+    /// Sends one statement of the region (inside its transaction): a value
+    /// the server refuses is reported at its row.
+    async fn send(&mut self, stmt: &BatchStatement) -> Result<(), ImportError> {
         let Some(c) = self.conn.as_mut() else {
             return Err(ImportError::Worker(
                 "the region's connection is gone".into(),
             ));
         };
-        let r = c.query_drop(&text).await;
-        self.stmt = text.into_bytes();
-        self.stmt.clear();
-        match r {
+        match c.query_drop(stmt.sql().as_ref()).await {
             Ok(()) => {
                 self.stmt_offsets.clear();
                 Ok(())
             }
-            Err(mysql_async::Error::Server(s)) if REJECTED_VALUE.contains(&u32::from(s.code)) => {
-                Err(rejected(
-                    &self.data_file,
-                    &self.stmt_offsets,
-                    u32::from(s.code),
-                    &s.message,
-                )
-                .await)
-            }
+            Err(mysql_async::Error::Server(s)) if is_data_error_code(s.code) => Err(rejected(
+                &self.data_file,
+                &self.stmt_offsets,
+                u32::from(s.code),
+                &s.message,
+            )
+            .await),
             Err(e) => Err(self.map_error(e)),
         }
     }
 
     fn map_error(&self, e: mysql_async::Error) -> ImportError {
-        if let mysql_async::Error::Server(s) = &e {
-            if s.code == 1062 {
-                let (key, index) = parse_duplicate_message(&s.message)
-                    .unwrap_or_else(|| (s.message.clone(), String::new()));
-                return ImportError::Duplicate {
-                    table: self.target.display_name(),
-                    key,
-                    index,
-                    file: self.file.clone(),
-                };
-            }
+        if let Some((key, index)) = write::duplicate_of(&e) {
+            return ImportError::Duplicate {
+                table: self.target.display_name(),
+                key,
+                index,
+                file: self.file.clone(),
+            };
         }
         db_err(
             e,
@@ -304,36 +270,20 @@ impl RegionWriter {
             .map_err(ImportError::Plan)?;
         let head = self.head(&batch.columns);
         let tail = self.tail(&batch.columns);
-        self.stmt.clear();
+        let mut stmt = BatchStatement::values(&head, &tail, MAX_STATEMENT_BYTES);
         self.stmt_offsets.clear();
-        self.stmt.extend_from_slice(&head);
-        let mut in_stmt = 0usize;
         for (r, &at) in batch.rows.iter().zip(&batch.offsets) {
             self.row.clear();
-            self.row.push(b'(');
-            for (i, (v, spec)) in r.iter().zip(&specs).enumerate() {
-                if i > 0 {
-                    self.row.push(b',');
-                }
-                v.write_sql_literal(spec, &mut self.row);
+            write::write_tuple(r.iter().zip(&specs), &mut self.row);
+            if !stmt.fits(self.row.len()) {
+                self.send(&stmt).await?;
+                stmt.clear();
             }
-            self.row.push(b')');
-            if in_stmt > 0 && self.stmt.len() + self.row.len() + tail.len() + 1 > MAX_STATEMENT {
-                self.send(&tail).await?;
-                self.stmt.extend_from_slice(&head);
-                in_stmt = 0;
-            }
-            if in_stmt > 0 {
-                self.stmt.push(b',');
-            }
-            let row = std::mem::take(&mut self.row);
-            self.stmt.extend_from_slice(&row);
-            self.row = row;
+            stmt.push(&self.row);
             self.stmt_offsets.push(at);
-            in_stmt += 1;
         }
-        if in_stmt > 0 {
-            self.send(&tail).await?;
+        if !stmt.is_empty() {
+            self.send(&stmt).await?;
         }
         Ok(())
     }
