@@ -330,7 +330,7 @@ async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
         tracing::info!(engine = %uuid, rows = stats.rows, ranges = stats.ranges, "engine imported");
         closed.cleanup().await?;
         if let Some(online) = online {
-            if let Ok(mut marks) = online.marks.lock() {
+            if let Ok(mut marks) = online.marks() {
                 for id in written {
                     marks.durable(id);
                 }
@@ -388,7 +388,7 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
             match chunker.next(&mut conn).await? {
                 Some(c) => {
                     if let Some(online) = &shared.job.online {
-                        if let Ok(mut marks) = online.marks.lock() {
+                        if let Ok(mut marks) = online.marks() {
                             marks.dispatched(c.id, encoded(c.upper.as_ref()));
                         }
                     }
@@ -519,7 +519,7 @@ fn log_chunk(shared: &Shared, index: usize, chunk: &Chunk, rows: u64, elapsed: D
 
 fn mark_durable(shared: &Shared, chunk_id: u64) {
     if let Some(online) = &shared.job.online {
-        if let Ok(mut marks) = online.marks.lock() {
+        if let Ok(mut marks) = online.marks() {
             marks.durable(chunk_id);
         }
     }

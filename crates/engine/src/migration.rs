@@ -41,9 +41,10 @@ use crate::cutover::{
     self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError, DrainTarget,
 };
 use crate::db::{self, quote_ident, Context, DbError, Flavor};
+use crate::events::RunEvent;
 use crate::hooks::{HookError, HookEvent};
 use crate::inspect::{inspect_table, TableInfo};
-use crate::online::{self, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
+use crate::online::{self, ChangesError, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
@@ -104,8 +105,12 @@ pub enum RunError {
     Backend { backend: String, message: String },
     #[error("planning {table}: {message}")]
     Layout { table: String, message: String },
-    #[error("following changes to {table}: {message}; the source is untouched")]
-    Changes { table: String, message: String },
+    #[error("following changes to {table}: {source}; the source is untouched")]
+    Changes {
+        table: String,
+        #[source]
+        source: Box<ChangesError>,
+    },
     #[error("interrupted; the source {table} is untouched, and `wraith run` with the same config resumes")]
     Interrupted { table: String },
     #[error("{table}: aborted ({reason}); the source is untouched, and `wraith run` with the same config resumes")]
@@ -266,14 +271,13 @@ pub async fn run_with(
         .unwrap_or_else(|| crate::control::default_socket_path(config));
     let socket = ControlSocket::bind(&socket_path, ops.clone())?;
     ops.set_socket_path(socket.path());
-    eprintln!(
-        "control socket: {} (`help` lists the commands)",
-        socket.path().display()
-    );
+    progress.emit(RunEvent::ControlSocket {
+        path: socket.path().to_path_buf(),
+    });
     let port = match config.control.tcp_port {
         Some(port) => {
             let bound = ControlPort::bind(port, ops.clone()).await?;
-            eprintln!("control port: {}", bound.addr());
+            progress.emit(RunEvent::ControlPort { addr: bound.addr() });
             Some(bound)
         }
         None => None,
@@ -326,7 +330,7 @@ async fn run_inner(
 ) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
     if !options.fresh {
-        if let Some(tables) = finish_interrupted_cutover(config).await? {
+        if let Some(tables) = finish_interrupted_cutover(config, progress).await? {
             progress.set_state(State::Close);
             return Ok(RunReport { tables });
         }
@@ -383,7 +387,10 @@ async fn run_inner(
 /// A run killed during or after its cut-over: the source may already be the
 /// rebuilt table, so preflight's ALTER check would fail. Look at the tables
 /// first; when every table's swap has happened, finish the job here.
-async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableReport>>, RunError> {
+async fn finish_interrupted_cutover(
+    config: &Config,
+    progress: &ProgressHandle,
+) -> Result<Option<Vec<TableReport>>, RunError> {
     let target_opts = db::connection_opts(config.target()).map_err(RunError::Connection)?;
     let pool = db::pool(target_opts, 2);
     let result = async {
@@ -425,10 +432,9 @@ async fn finish_interrupted_cutover(config: &Config) -> Result<Option<Vec<TableR
             }
             let _ = std::fs::remove_dir_all(changes_dir(config, t));
             let _ = std::fs::remove_dir_all(engines_dir(config, t));
-            eprintln!(
-                "{}: the interrupted run had cut over already; finished",
-                t.name
-            );
+            progress.emit(RunEvent::InterruptedRunFinished {
+                table: t.name.clone(),
+            });
         }
         conn.query_drop(format!(
             "DROP TABLE IF EXISTS {qs}.{}",
@@ -470,7 +476,7 @@ async fn run_job(
         .await
         .context(|| "connecting to the source".into())?;
     if options.fresh {
-        start_over(config, &mut sconn, saved.as_ref()).await?;
+        start_over(config, &mut sconn, saved.as_ref(), progress).await?;
         store.remove(&key).await.map_err(RunError::Checkpoint)?;
     }
     let saved = if options.fresh { None } else { saved };
@@ -501,13 +507,12 @@ async fn run_job(
                 config.checkpoint.max_age.0,
             )
             .map_err(|e| RunError::InvalidCheckpoint(Box::new(e)))?;
-            eprintln!(
-                "resuming migration {} (started {}) from its checkpoint in {}: {}",
-                task.migration_id,
-                task.started_at,
-                store.describe(),
-                task.summary_status()
-            );
+            progress.emit(RunEvent::Resuming {
+                migration_id: task.migration_id.to_string(),
+                started_at: task.started_at.to_string(),
+                store: store.describe(),
+                status: task.summary_status(),
+            });
             task
         }
         None => TaskCheckpoint::new(
@@ -555,6 +560,7 @@ async fn start_over(
     config: &Config,
     conn: &mut Conn,
     saved: Option<&TaskCheckpoint>,
+    progress: &ProgressHandle,
 ) -> Result<(), RunError> {
     for t in &config.tables {
         if let Some(task) = saved {
@@ -568,11 +574,10 @@ async fn start_over(
         cutover::drop_markers(conn, &config.source.database, &t.name).await?;
         let _ = std::fs::remove_dir_all(changes_dir(config, t));
         let _ = std::fs::remove_dir_all(engines_dir(config, t));
-        eprintln!(
-            "--fresh: dropped {} and the local state of {}",
-            shadow::shadow_name(&t.name),
-            t.name
-        );
+        progress.emit(RunEvent::FreshDropped {
+            table: t.name.clone(),
+            shadow: shadow::shadow_name(&t.name),
+        });
     }
     Ok(())
 }
@@ -658,13 +663,10 @@ struct Following {
 
 impl Following {
     fn check(&self, table: &str) -> Result<(), RunError> {
-        match self.state.error() {
-            Some(message) => Err(RunError::Changes {
-                table: table.to_string(),
-                message,
-            }),
-            None => Ok(()),
-        }
+        self.state.check().map_err(|source| RunError::Changes {
+            table: table.to_string(),
+            source: Box::new(source),
+        })
     }
 }
 
@@ -719,20 +721,16 @@ impl TableRun<'_> {
             .await?
             {
                 CutoverState::Done => {
-                    eprintln!(
-                        "{}: the interrupted cut-over had completed; finishing up",
-                        self.table.name
-                    );
+                    self.progress.emit(RunEvent::InterruptedCutoverDone {
+                        table: self.table.name.clone(),
+                    });
                     self.advance(TableStage::CutOver).await?;
                     self.cleanup_after_cutover(&mut tconn).await;
                     return Ok(self.finished_report(&old, stage));
                 }
-                CutoverState::NotDone => {
-                    eprintln!(
-                        "{}: the interrupted cut-over renamed nothing; it is done again",
-                        self.table.name
-                    )
-                }
+                CutoverState::NotDone => self.progress.emit(RunEvent::InterruptedCutoverUndone {
+                    table: self.table.name.clone(),
+                }),
             }
         }
         if stage >= TableStage::CutOver {
@@ -780,7 +778,10 @@ impl TableRun<'_> {
                 .map_err(RunError::Checkpoint)?;
             self.advance(TableStage::ShadowCreated).await?;
         } else {
-            eprintln!("{}: resuming at stage {stage}", self.table.name);
+            self.progress.emit(RunEvent::ResumingAtStage {
+                table: self.table.name.clone(),
+                stage,
+            });
             // Whatever the killed run still had running must end before this
             // run writes anything, or a late statement could undo newer work.
             resume::wait_out_killed_writers(
@@ -869,7 +870,7 @@ impl TableRun<'_> {
             })
             .await
             .map_err(RunError::Checkpoint)?
-            .map_err(|e| self.changes_error(format!("checkpoint: {e}")))
+            .map_err(|e| self.setup_error(format!("checkpoint: {e}")))
     }
 
     /// Records an engine closed with all its chunks: a resumed run imports
@@ -895,7 +896,7 @@ impl TableRun<'_> {
             .await
             .map_err(RunError::Checkpoint)?
             .map_err(|e: wraith_checkpoints::TransitionError| {
-                self.changes_error(format!("checkpoint: {e}"))
+                self.setup_error(format!("checkpoint: {e}"))
             })?;
         tracing::info!(table = %self.table.name, engine = closed.engine_id, "engine closed; recorded for resume");
         Ok(())
@@ -954,7 +955,7 @@ impl TableRun<'_> {
             let stats = closed
                 .import(96 << 20, 1 << 20)
                 .await
-                .map_err(|e| self.changes_error(format!("importing a reopened engine: {e}")))?;
+                .map_err(|e| self.changes_error(ChangesError::ImportEngine(e)))?;
             let _ = closed.cleanup().await;
             imported += 1;
             rows += stats.rows;
@@ -979,10 +980,11 @@ impl TableRun<'_> {
             .await
             .map_err(RunError::Checkpoint)?;
         if imported > 0 {
-            eprintln!(
-                "{}: imported {imported} engine(s) ({rows} rows) the killed run had closed, by UUID",
-                self.table.name
-            );
+            self.progress.emit(RunEvent::EnginesImported {
+                table: self.table.name.clone(),
+                engines: imported,
+                rows,
+            });
         }
         Ok(low)
     }
@@ -999,10 +1001,10 @@ impl TableRun<'_> {
             .state
             .persist()
             .await
-            .map_err(|m| self.changes_error(m))?;
-        let (low, high) = match following.state.marks.lock() {
-            Ok(m) => (m.low(), m.high()),
-            Err(_) => (None, None),
+            .map_err(|e| self.changes_error(e))?;
+        let (low, high) = {
+            let m = following.state.marks().map_err(|e| self.changes_error(e))?;
+            (m.low(), m.high())
         };
         let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
         self.checkpoint
@@ -1055,11 +1057,11 @@ impl TableRun<'_> {
             },
             None => binlog::current_position(sconn, self.flavor)
                 .await
-                .map_err(|e| self.changes_error(e.to_string()))?,
+                .map_err(|e| self.changes_error(ChangesError::Start(e)))?,
         };
         tracing::info!(position = %from, "following the binlog from here");
-        let mut stream_config =
-            ChangeStreamConfig::for_table(old).map_err(|e| self.changes_error(e.to_string()))?;
+        let mut stream_config = ChangeStreamConfig::for_table(old)
+            .map_err(|e| self.changes_error(ChangesError::Start(e)))?;
         stream_config.token_table = Some((
             self.source_schema().to_string(),
             CHANGELOG_TABLE.to_string(),
@@ -1071,7 +1073,7 @@ impl TableRun<'_> {
             stream_config,
         )
         .await
-        .map_err(|e| self.changes_error(e.to_string()))?;
+        .map_err(|e| self.changes_error(ChangesError::Start(e)))?;
 
         let source_positions = layout
             .source_columns
@@ -1080,7 +1082,7 @@ impl TableRun<'_> {
                 old.columns
                     .iter()
                     .position(|c| &c.name == name)
-                    .ok_or_else(|| self.changes_error(format!("column {name} vanished")))
+                    .ok_or_else(|| self.setup_error(format!("column {name} vanished")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mapping = RowMapping {
@@ -1125,7 +1127,7 @@ impl TableRun<'_> {
         let _ = std::fs::remove_dir_all(&spill_dir);
         let buffer =
             ChangeBuffer::with_spill(self.config.changes.memory_limit.0 as usize, spill_dir)
-                .map_err(|e| self.changes_error(e.to_string()))?;
+                .map_err(|e| self.changes_error(e.into()))?;
         let state = OnlineState::new(
             buffer,
             mapping,
@@ -1135,7 +1137,9 @@ impl TableRun<'_> {
             self.source_schema(),
             &self.table.name,
         );
-        state.set_position(from.clone());
+        state
+            .set_position(from.clone())
+            .map_err(|e| self.changes_error(e))?;
         let (consumer, apply_loop) = online::spawn(state.clone(), stream);
         Ok(Following {
             start: from,
@@ -1144,11 +1148,16 @@ impl TableRun<'_> {
         })
     }
 
-    fn changes_error(&self, message: String) -> RunError {
+    fn changes_error(&self, source: ChangesError) -> RunError {
         RunError::Changes {
             table: self.table.name.clone(),
-            message,
+            source: Box::new(source),
         }
+    }
+
+    /// A failure to set up or record the following of changes, in words.
+    fn setup_error(&self, message: String) -> RunError {
+        self.changes_error(ChangesError::Setup(message))
     }
 
     fn interrupted(&self) -> Result<(), RunError> {
@@ -1214,10 +1223,10 @@ impl TableRun<'_> {
                 .await?;
                 let low = self.import_closed_engines(saved, low, &layout).await?;
                 let _ = std::fs::remove_dir_all(engines_dir(config, table));
-                eprintln!(
-                    "{}: resuming the copy after its durable prefix; {deleted} rows above it are copied again",
-                    table.name
-                );
+                self.progress.emit(RunEvent::CopyResumed {
+                    table: table.name.clone(),
+                    recopied: deleted,
+                });
                 let everything = low.as_deref() == Some(&[0xFF][..]);
                 match &low {
                     // The reopened engines reached the table's end.
@@ -1225,12 +1234,13 @@ impl TableRun<'_> {
                     Some(low) => {
                         start_after =
                             Some(wraith_backend::decode_key(low).map_err(|e| {
-                                self.changes_error(format!("saved low watermark: {e}"))
+                                self.setup_error(format!("saved low watermark: {e}"))
                             })?)
                     }
                     None => {}
                 }
-                if let Ok(mut marks) = following.state.marks.lock() {
+                {
+                    let mut marks = following.state.marks().map_err(|e| self.changes_error(e))?;
                     *marks = if everything {
                         crate::changes::Watermarks::resumed(None)
                     } else {
@@ -1283,7 +1293,7 @@ impl TableRun<'_> {
         let stats = loop {
             tokio::select! {
                 r = &mut copy => break r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
-                _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error("stopped".into()))),
+                _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error(ChangesError::Stopped))),
                 Some(closed) = closed_rx.recv() => self.record_closed_engine(closed).await?,
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
@@ -1298,9 +1308,11 @@ impl TableRun<'_> {
         };
         backend.close().await;
         following.check(&table.name)?;
-        if let Ok(mut marks) = following.state.marks.lock() {
-            marks.copy_done();
-        }
+        following
+            .state
+            .marks()
+            .map_err(|e| self.changes_error(e))?
+            .copy_done();
         handle.set_total(stats.rows);
         self.ops
             .hook_logged(HookEvent::OnRowCopyComplete, None)
@@ -1368,10 +1380,10 @@ impl TableRun<'_> {
 
         if !config.cutover.enabled {
             if config.cutover.keep_in_sync {
-                eprintln!(
-                    "{}: verified; cut-over is disabled, so {} is kept in sync with {} until interrupted (Ctrl-C)",
-                    table.name, shadow_name, table.name
-                );
+                self.progress.emit(RunEvent::KeptInSync {
+                    table: table.name.clone(),
+                    shadow: shadow_name.clone(),
+                });
                 let mut shutdown = self.control.shutdown.clone();
                 let verifier =
                     RowVerifier::new(old, &new, plan).map_err(|e| RunError::Verify(Box::new(e)))?;
@@ -1505,8 +1517,8 @@ impl TableRun<'_> {
                             s.zone_shift = self.plan.zone_shift(&to);
                             s
                         })
-                        .ok_or_else(|| self.changes_error(format!("key column {k}"))),
-                    _ => Err(self.changes_error(format!(
+                        .ok_or_else(|| self.setup_error(format!("key column {k}"))),
+                    _ => Err(self.setup_error(format!(
                         "the chunk key column {k} is not in the new table, so a resumed copy cannot find its place; run `wraith run --fresh CONFIG`"
                     ))),
                 }
@@ -1529,7 +1541,7 @@ impl TableRun<'_> {
     /// A drain's failure as the run's error.
     fn drain_error(&self, e: DrainError) -> RunError {
         match e {
-            DrainError::Retry(m) => self.changes_error(m),
+            DrainError::Retry(e) => self.changes_error(e),
             DrainError::Stop(v) => RunError::Verify(v),
         }
     }
@@ -1590,7 +1602,12 @@ impl TableRun<'_> {
         following: &Following,
         verifier: &RowVerifier,
     ) -> Result<(), RunError> {
-        if following.state.changed_since_verified() == 0 {
+        if following
+            .state
+            .changed_since_verified()
+            .map_err(|e| self.changes_error(e))?
+            == 0
+        {
             return Ok(());
         }
         let what = "found while the cut-over waited";
@@ -1685,7 +1702,10 @@ impl TableRun<'_> {
                 .await
                 .context(|| "opening the shadow snapshot".into())?;
             // Rows written from here on are verified at a later point.
-            Ok::<_, RunError>(following.state.track_changes())
+            following
+                .state
+                .track_changes()
+                .map_err(|e| self.changes_error(e))
         }
         .await;
         let unlocked = lock.query_drop("UNLOCK TABLES").await;
@@ -1716,14 +1736,12 @@ impl TableRun<'_> {
 
     async fn wait_for_catch_up(&self, following: &Following) -> Result<(), RunError> {
         let deadline = Instant::now() + Duration::from_secs(600);
-        while following.state.backlog() > 1000 {
+        let backlog = || following.state.backlog().map_err(|e| self.changes_error(e));
+        while backlog()? > 1000 {
             following.check(&self.table.name)?;
             self.interrupted()?;
             if Instant::now() > deadline {
-                return Err(self.changes_error(format!(
-                    "the backlog stayed above 1000 changes for 10 minutes ({} now): the applier cannot keep up",
-                    following.state.backlog()
-                )));
+                return Err(self.changes_error(ChangesError::Backlog(backlog()?)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1775,10 +1793,10 @@ impl TableRun<'_> {
                     }
                     None => format!("the sentinel table {SENTINEL_TABLE} exists"),
                 };
-                eprintln!(
-                    "{}: cut-over postponed while {why}; changes keep being applied",
-                    self.table.name
-                );
+                self.progress.emit(RunEvent::CutoverPostponed {
+                    table: self.table.name.clone(),
+                    why,
+                });
                 announced = true;
                 self.ops
                     .hook_logged(HookEvent::OnBeginPostponed, None)
@@ -1821,14 +1839,16 @@ impl Drain for RunDrain<'_, '_> {
     }
 
     fn verification_backlog(&self) -> usize {
-        self.following.state.changed_since_verified()
+        // A poisoned lock is the state's error: the drain fails on it.
+        self.following.state.changed_since_verified().unwrap_or(0)
     }
 
     async fn verify_unlocked(&mut self) -> Result<(), DrainError> {
         match self.run.reverify(self.following, &self.verifier).await {
             Ok(()) => Ok(()),
             Err(RunError::Verify(v)) => Err(DrainError::Stop(v)),
-            Err(e) => Err(DrainError::Retry(e.to_string())),
+            Err(RunError::Changes { source, .. }) => Err(DrainError::Retry(*source)),
+            Err(e) => Err(DrainError::Retry(ChangesError::Verifying(Box::new(e)))),
         }
     }
 }
@@ -1862,29 +1882,14 @@ fn is_resumable(e: &RunError) -> bool {
         // mismatch is not: the shadow is wrong, so it is rebuilt from scratch.
         RunError::Checksum(c) => matches!(c, ChecksumError::Db(_)),
         RunError::Verify(v) => v.is_resumable(),
-        RunError::Changes { message, .. } => {
-            !message.contains("a statement changed the source table") && !refuses_a_value(message)
-        }
+        RunError::Changes { source, .. } => source.resumable(),
         RunError::Abandoned { .. } => false,
         _ => true,
     }
 }
 
-/// Whether an applier's error text is the server refusing a value (its
-/// `ERROR <code> (<state>)` form): the change would be refused again on resume.
-fn refuses_a_value(message: &str) -> bool {
-    message.match_indices("ERROR ").any(|(at, _)| {
-        let code: String = message[at + 6..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        code.parse()
-            .is_ok_and(|c: u16| wraith_backend::is_data_error_code(c))
-    })
-}
-
 async fn wait_for_error(following: &Following) {
-    while following.state.error().is_none() {
+    while following.state.check().is_ok() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
