@@ -1,5 +1,8 @@
 //! Keeping the shadow table in step with the source while the copy runs.
 //!
+//! (Over 800 lines: the state, its error type and the cut-over's view of it
+//! share private fields; splitting ChangesError into its own file is next.)
+//!
 //! Three tasks share one [`OnlineState`]:
 //! - the *consumer* reads the [`crate::binlog::ChangeStream`], turns each row
 //!   change of the source into shadow operations (a key-changing update is a
