@@ -4,6 +4,9 @@
 use super::*;
 
 impl TableRun<'_> {
+    /// The stages after the shadow exists, each its own function: prepare
+    /// the copy, copy, restore indexes, analyze and checksum, then keep in
+    /// sync or await the cut-over and cut over.
     pub(super) async fn online(
         &self,
         old: &TableInfo,
@@ -13,13 +16,10 @@ impl TableRun<'_> {
         let stage = saved
             .map(|t| t.stage())
             .unwrap_or(TableStage::ShadowCreated);
-        let config = self.config;
-        let table = self.table;
-        let plan = self.plan;
         let target_schema = self.target_schema().to_string();
         let layout =
-            shadow::layout(old, plan, &target_schema).map_err(|message| RunError::Layout {
-                table: table.name.clone(),
+            shadow::layout(old, self.plan, &target_schema).map_err(|message| RunError::Layout {
+                table: self.table.name.clone(),
                 message,
             })?;
         let following = self.start_following(old, &layout, sconn, saved).await?;
@@ -29,8 +29,82 @@ impl TableRun<'_> {
             .get_conn()
             .await
             .context(|| "connecting to the target".into())?;
-        let shadow_name = shadow::shadow_name(&table.name);
+        let (copy_needed, start_after) = self
+            .prepare_copy(old, &layout, &mut tconn, saved, stage, &following)
+            .await?;
+        let (stats, handle) = self
+            .copy(old, &layout, &following, copy_needed, start_after)
+            .await?;
+        let index_restore = self
+            .restore_indexes(&mut tconn, stage, &following, stats.rows)
+            .await?;
+        let (new, checksum, checksum_lock) = self
+            .analyze_and_checksum(old, &mut tconn, &following, stats.rows)
+            .await?;
+        handle.complete();
+        following.check(&self.table.name)?;
+        let mut report = TableReport {
+            table: self.table.name.clone(),
+            shadow: shadow::shadow_name(&self.table.name),
+            backend: self.plan.backend,
+            rows_copied: stats.rows,
+            chunks: stats.chunks,
+            engines: stats.engines,
+            copy_secs: stats.elapsed.as_secs_f64(),
+            copy_rows_per_sec: stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6),
+            index_restore_secs: index_restore.as_secs_f64(),
+            checksum_rows: checksum.rows,
+            checksum_secs: checksum.elapsed.as_secs_f64(),
+            changes_received: 0,
+            changes_applied: 0,
+            apply_changes_per_sec: 0.0,
+            change_buffer_spills: 0,
+            checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
+            rows_reverified: 0,
+            cut_over: false,
+            cutover_blocked_ms: None,
+            cutover_attempts: None,
+            cutover: None,
+            total_secs: 0.0,
+        };
+        if !self.config.cutover.enabled {
+            if self.config.cutover.keep_in_sync {
+                self.keep_in_sync(old, &new, &following).await?;
+            }
+            self.fill_change_figures(&mut report, &following).await;
+            return Ok(report);
+        }
+        let verifier = Arc::new(
+            RowVerifier::new(old, &new, self.plan).map_err(|e| RunError::Verify(Box::new(e)))?,
+        );
+        self.await_cutover(&following, &verifier, stats.rows)
+            .await?;
+        let cut = self.cut_over(&following, verifier).await?;
+        self.fill_change_figures(&mut report, &following).await;
+        drop(following);
+        report.cut_over = true;
+        report.cutover_blocked_ms = Some(cut.blocked_ms);
+        report.cutover_attempts = Some(cut.attempts);
+        report.cutover = Some(cut);
+        self.cleanup_after_cutover(&mut tconn).await;
+        Ok(report)
+    }
 
+    /// Where the copy starts: after the saved low watermark of a resumed
+    /// run (rows above it deleted, closed engines imported). Returns whether
+    /// a copy is needed and the key it starts after.
+    async fn prepare_copy(
+        &self,
+        old: &TableInfo,
+        layout: &CopyLayout,
+        tconn: &mut Conn,
+        saved: Option<&TableCheckpoint>,
+        stage: TableStage,
+        following: &Following,
+    ) -> Result<(bool, Option<Vec<wraith_backend::Value>>), RunError> {
+        let (config, table) = (self.config, self.table);
+        let target_schema = self.target_schema().to_string();
+        let shadow_name = shadow::shadow_name(&table.name);
         // Where the copy starts: after the saved low watermark of a resumed run.
         let all_copied =
             saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
@@ -43,14 +117,14 @@ impl TableRun<'_> {
             if saved.is_some_and(|t| t.change_stream.position.is_some()) {
                 let shadow_key = self.shadow_chunk_key(old)?;
                 let deleted = resume::delete_above(
-                    &mut tconn,
+                    tconn,
                     &target_schema,
                     &shadow_name,
                     &shadow_key,
                     low.as_deref(),
                 )
                 .await?;
-                let low = self.import_closed_engines(saved, low, &layout).await?;
+                let low = self.import_closed_engines(saved, low, layout).await?;
                 let _ = std::fs::remove_dir_all(engines_dir(config, table));
                 self.progress.emit(RunEvent::CopyResumed {
                     table: table.name.clone(),
@@ -80,10 +154,23 @@ impl TableRun<'_> {
                     }
                 }
             }
-            self.save_progress(&following, 0).await?;
+            self.save_progress(following, 0).await?;
             self.advance(TableStage::Copying).await?;
         }
+        Ok((copy_needed, start_after))
+    }
 
+    /// Copies the rows (or nothing when a resumed run is past the copy),
+    /// saving progress on the way.
+    async fn copy(
+        &self,
+        old: &TableInfo,
+        layout: &CopyLayout,
+        following: &Following,
+        copy_needed: bool,
+        start_after: Option<Vec<wraith_backend::Value>>,
+    ) -> Result<(CopyStats, crate::progress::TableHandle), RunError> {
+        let (config, table, plan) = (self.config, self.table, self.plan);
         let backend = make_backend(config, table, plan.backend, self.target_pool)?;
         let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
@@ -122,16 +209,16 @@ impl TableRun<'_> {
         let stats = loop {
             tokio::select! {
                 r = &mut copy => break r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
-                _ = wait_for_error(&following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error(ChangesError::Stopped))),
+                _ = wait_for_error(following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error(ChangesError::Stopped))),
                 Some(closed) = closed_rx.recv() => self.record_closed_engine(closed).await?,
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
-                        self.save_progress(&following, handle.rows_copied()).await?;
+                        self.save_progress(following, handle.rows_copied()).await?;
                         self.interrupted()?;
                     }
                 }
                 _ = tokio::time::sleep(config.checkpoint.interval.0) => {
-                    self.save_progress(&following, handle.rows_copied()).await?;
+                    self.save_progress(following, handle.rows_copied()).await?;
                 }
             }
         };
@@ -148,20 +235,45 @@ impl TableRun<'_> {
             .await;
         tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
             secs = stats.elapsed.as_secs_f64(), "copy done");
-        self.save_progress(&following, stats.rows).await?;
+        self.save_progress(following, stats.rows).await?;
         self.advance(TableStage::CopyDone).await?;
         self.interrupted()?;
+        Ok((stats, handle))
+    }
 
+    /// Restores the secondary indexes the copy left out; returns how long it took.
+    async fn restore_indexes(
+        &self,
+        tconn: &mut Conn,
+        stage: TableStage,
+        following: &Following,
+        rows: u64,
+    ) -> Result<Duration, RunError> {
         self.progress.set_state(State::RestoreSecondaryIndexes);
         let t0 = Instant::now();
         if stage < TableStage::IndexesRestored {
-            shadow::restore_indexes(&mut tconn, &target_schema, &table.name, plan).await?;
-            self.save_progress(&following, stats.rows).await?;
+            shadow::restore_indexes(tconn, self.target_schema(), &self.table.name, self.plan)
+                .await?;
+            self.save_progress(following, rows).await?;
             self.advance(TableStage::IndexesRestored).await?;
         }
         let index_restore = t0.elapsed();
-        following.check(&table.name)?;
+        following.check(&self.table.name)?;
+        Ok(index_restore)
+    }
 
+    /// Analyzes the shadow, then compares it with the source at a
+    /// consistent point. Returns the shadow as inspected, the checksum and
+    /// how long the source was locked.
+    async fn analyze_and_checksum(
+        &self,
+        old: &TableInfo,
+        tconn: &mut Conn,
+        following: &Following,
+        rows: u64,
+    ) -> Result<(TableInfo, crate::checksum::ChecksumReport, Duration), RunError> {
+        let target_schema = self.target_schema().to_string();
+        let shadow_name = shadow::shadow_name(&self.table.name);
         self.progress.set_state(State::AnalyzeTable);
         tconn
             .query_drop(format!(
@@ -174,92 +286,88 @@ impl TableRun<'_> {
         self.interrupted()?;
 
         self.progress.set_state(State::Checksum);
-        let new = inspect_table(&mut tconn, &target_schema, &shadow_name).await?;
-        let (checksum, checksum_lock) = self.consistent_checksum(old, &new, &following).await?;
-        self.save_progress(&following, stats.rows).await?;
+        let new = inspect_table(tconn, &target_schema, &shadow_name).await?;
+        let (checksum, checksum_lock) = self.consistent_checksum(old, &new, following).await?;
+        self.save_progress(following, rows).await?;
         self.advance(TableStage::Checksummed).await?;
         self.progress.set_state(State::PostChecksum);
-        handle.complete();
-        following.check(&table.name)?;
+        Ok((new, checksum, checksum_lock))
+    }
 
-        let mut report = TableReport {
+    /// The cut-over is disabled: keeps the shadow in step and verified until
+    /// the run is interrupted.
+    async fn keep_in_sync(
+        &self,
+        old: &TableInfo,
+        new: &TableInfo,
+        following: &Following,
+    ) -> Result<(), RunError> {
+        let (table, plan) = (self.table, self.plan);
+        self.progress.emit(RunEvent::KeptInSync {
             table: table.name.clone(),
-            shadow: shadow_name.clone(),
-            backend: plan.backend,
-            rows_copied: stats.rows,
-            chunks: stats.chunks,
-            engines: stats.engines,
-            copy_secs: stats.elapsed.as_secs_f64(),
-            copy_rows_per_sec: stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6),
-            index_restore_secs: index_restore.as_secs_f64(),
-            checksum_rows: checksum.rows,
-            checksum_secs: checksum.elapsed.as_secs_f64(),
-            changes_received: 0,
-            changes_applied: 0,
-            apply_changes_per_sec: 0.0,
-            change_buffer_spills: 0,
-            checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
-            rows_reverified: 0,
-            cut_over: false,
-            cutover_blocked_ms: None,
-            cutover_attempts: None,
-            cutover: None,
-            total_secs: 0.0,
-        };
-
-        if !config.cutover.enabled {
-            if config.cutover.keep_in_sync {
-                self.progress.emit(RunEvent::KeptInSync {
-                    table: table.name.clone(),
-                    shadow: shadow_name.clone(),
-                });
-                let mut shutdown = self.control.shutdown.clone();
-                let verifier =
-                    RowVerifier::new(old, &new, plan).map_err(|e| RunError::Verify(Box::new(e)))?;
-                let mut verified = Instant::now();
-                loop {
-                    following.check(&table.name)?;
-                    // Kept in sync is kept verified: what changed is compared again.
-                    if verified.elapsed() >= REVERIFY_INTERVAL {
-                        self.reverify(&following, &verifier).await?;
-                        verified = Instant::now();
-                    }
-                    tokio::select! {
-                        _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    if *shutdown.borrow() {
-                        break;
-                    }
-                }
-                // Leave the shadow exactly in step as of this moment.
-                following
-                    .state
-                    .drain(Duration::from_secs(30), "when the run was stopped")
-                    .await
-                    .map_err(|e| self.drain_error(e))?;
-            }
-            self.fill_change_figures(&mut report, &following).await;
-            return Ok(report);
-        }
-
+            shadow: shadow::shadow_name(&table.name),
+        });
+        let mut shutdown = self.control.shutdown.clone();
         let verifier =
-            Arc::new(RowVerifier::new(old, &new, plan).map_err(|e| RunError::Verify(Box::new(e)))?);
-        self.wait_for_catch_up(&following).await?;
-        self.wait_while_postponed(&following, &verifier).await?;
+            RowVerifier::new(old, new, plan).map_err(|e| RunError::Verify(Box::new(e)))?;
+        let mut verified = Instant::now();
+        loop {
+            following.check(&table.name)?;
+            // Kept in sync is kept verified: what changed is compared again.
+            if verified.elapsed() >= REVERIFY_INTERVAL {
+                self.reverify(following, &verifier).await?;
+                verified = Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Leave the shadow exactly in step as of this moment.
+        following
+            .state
+            .drain(Duration::from_secs(30), "when the run was stopped")
+            .await
+            .map_err(|e| self.drain_error(e))?;
+        Ok(())
+    }
+
+    /// Waits until the cut-over may go: the stream caught up, no
+    /// postponement, the `on-before-cut-over` hook passed, the rows changed
+    /// meanwhile verified. Then records that the cut-over starts.
+    async fn await_cutover(
+        &self,
+        following: &Following,
+        verifier: &RowVerifier,
+        rows: u64,
+    ) -> Result<(), RunError> {
+        self.wait_for_catch_up(following).await?;
+        self.wait_while_postponed(following, verifier).await?;
         self.ops
             .hook(HookEvent::OnBeforeCutOver)
             .await
             .map_err(|source| RunError::Hook {
-                table: table.name.clone(),
+                table: self.table.name.clone(),
                 source,
             })?;
         // What changed while the cut-over waited is verified outside the
         // cut-over's lock; under it only the last moments remain.
-        self.reverify(&following, &verifier).await?;
+        self.reverify(following, verifier).await?;
         self.progress.set_state(State::CutOver);
-        self.save_progress(&following, stats.rows).await?;
-        self.advance(TableStage::CuttingOver).await?;
+        self.save_progress(following, rows).await?;
+        self.advance(TableStage::CuttingOver).await
+    }
+
+    /// The cut-over itself; records it done.
+    async fn cut_over(
+        &self,
+        following: &Following,
+        verifier: Arc<RowVerifier>,
+    ) -> Result<crate::cutover::CutoverReport, RunError> {
+        let (config, table) = (self.config, self.table);
         let mut drain = RunDrain {
             online: OnlineDrain {
                 state: following.state.clone(),
@@ -268,7 +376,7 @@ impl TableRun<'_> {
                 target_pool: self.target_pool.clone(),
             },
             run: self,
-            following: &following,
+            following,
             verifier,
         };
         let stop = || {
@@ -302,14 +410,7 @@ impl TableRun<'_> {
         };
         tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
         self.advance(TableStage::CutOver).await?;
-        self.fill_change_figures(&mut report, &following).await;
-        drop(following);
-        report.cut_over = true;
-        report.cutover_blocked_ms = Some(cut.blocked_ms);
-        report.cutover_attempts = Some(cut.attempts);
-        report.cutover = Some(cut);
-        self.cleanup_after_cutover(&mut tconn).await;
-        Ok(report)
+        Ok(cut)
     }
 
     /// The copy, or nothing when a resumed run is past it.
