@@ -318,7 +318,7 @@ async fn run_reloadable(
     options: RunOptions,
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<Outcome, Failure> {
-    let progress = ProgressHandle::new();
+    let progress = ProgressHandle::with_events(progress_display::stderr_events());
     if let Some(addr) = metrics_addr {
         let bound = metrics::serve(addr, progress.clone())
             .await

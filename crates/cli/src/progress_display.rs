@@ -1,5 +1,6 @@
 //! Draws a run's progress: an indicatif bar on a terminal, a plain log line
-//! every 10 seconds otherwise (CI logs, `nohup`), with the same fields.
+//! every 10 seconds otherwise (CI logs, `nohup`), with the same fields; and
+//! the run's events ([`RunEvent`]), one line each on stderr.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -7,7 +8,79 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wraith_engine::events::{EventSink, RunEvent};
 use wraith_engine::progress::ProgressHandle;
+
+/// The sink that writes each event as one line on stderr.
+pub fn stderr_events() -> EventSink {
+    std::sync::Arc::new(|event: &RunEvent| eprintln!("{}", render(event)))
+}
+
+/// An event's line (scripts and tests read these words: keep them).
+pub fn render(event: &RunEvent) -> String {
+    match event {
+        RunEvent::ControlSocket { path } => format!(
+            "control socket: {} (`help` lists the commands)",
+            path.display()
+        ),
+        RunEvent::ControlPort { addr } => format!("control port: {addr}"),
+        RunEvent::InterruptedRunFinished { table } => {
+            format!("{table}: the interrupted run had cut over already; finished")
+        }
+        RunEvent::Resuming {
+            migration_id,
+            started_at,
+            store,
+            status,
+        } => format!(
+            "resuming migration {migration_id} (started {started_at}) from its checkpoint in {store}: {status}"
+        ),
+        RunEvent::FreshDropped { table, shadow } => {
+            format!("--fresh: dropped {shadow} and the local state of {table}")
+        }
+        RunEvent::InterruptedCutoverDone { table } => {
+            format!("{table}: the interrupted cut-over had completed; finishing up")
+        }
+        RunEvent::InterruptedCutoverUndone { table } => {
+            format!("{table}: the interrupted cut-over renamed nothing; it is done again")
+        }
+        RunEvent::ResumingAtStage { table, stage } => {
+            format!("{table}: resuming at stage {stage}")
+        }
+        RunEvent::EnginesImported {
+            table,
+            engines,
+            rows,
+        } => format!(
+            "{table}: imported {engines} engine(s) ({rows} rows) the killed run had closed, by UUID"
+        ),
+        RunEvent::CopyResumed { table, recopied } => format!(
+            "{table}: resuming the copy after its durable prefix; {recopied} rows above it are copied again"
+        ),
+        RunEvent::KeptInSync { table, shadow } => format!(
+            "{table}: verified; cut-over is disabled, so {shadow} is kept in sync with {table} until interrupted (Ctrl-C)"
+        ),
+        RunEvent::CutoverPostponed { table, why } => {
+            format!("{table}: cut-over postponed while {why}; changes keep being applied")
+        }
+        RunEvent::HookFailed { error } => format!("warning: {error}"),
+        RunEvent::Throttled { label, reason } => format!("{}throttled: {reason}", prefix(label)),
+        RunEvent::ThrottleEnded { label, was } => {
+            format!("{}throttling ended (was: {was})", prefix(label))
+        }
+        // Events added to the library later still reach the operator.
+        other => format!("{other:?}"),
+    }
+}
+
+/// `label: `, or nothing before a table is known.
+fn prefix(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    }
+}
 
 pub struct Display {
     stop: oneshot::Sender<()>,

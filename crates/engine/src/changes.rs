@@ -170,12 +170,6 @@ impl Watermarks {
     }
 }
 
-impl From<ChangeStoreError> for String {
-    fn from(e: ChangeStoreError) -> String {
-        e.to_string()
-    }
-}
-
 /// The on-disk part of the change buffer: a RocksDB keyed by the shadow key,
 /// written with its WAL, so what is spilled survives a crash (a resumed run
 /// reads it back).

@@ -43,8 +43,9 @@ use tokio::task::JoinHandle;
 
 use crate::chunker::Chunker;
 use crate::config::Config;
+use crate::events::RunEvent;
 use crate::hooks::{HookError, HookEvent, Hooks};
-use crate::progress::ProgressHandle;
+use crate::progress::{plain, ProgressHandle};
 use crate::throttle::Throttler;
 
 /// The most copy workers `threads=N` may ask for, whatever `[copy] threads` is below it.
@@ -132,45 +133,34 @@ impl Operations {
     }
 
     pub fn set_table(&self, table: &str) {
-        if let Ok(mut t) = self.table.lock() {
-            *t = table.to_string();
-        }
+        *plain(&self.table) = table.to_string();
         self.throttler.set_label(table);
     }
 
     pub fn set_migration_id(&self, id: &str) {
-        if let Ok(mut m) = self.migration_id.lock() {
-            *m = id.to_string();
-        }
+        *plain(&self.migration_id) = id.to_string();
     }
 
     /// Where this run's control socket listens (recorded in the checkpoint).
     pub fn set_socket_path(&self, path: &Path) {
-        if let Ok(mut p) = self.socket_path.lock() {
-            *p = Some(path.display().to_string());
-        }
+        *plain(&self.socket_path) = Some(path.display().to_string());
     }
 
     pub fn socket_path(&self) -> Option<String> {
-        self.socket_path.lock().ok().and_then(|p| p.clone())
+        plain(&self.socket_path).clone()
     }
 
     /// The run identity's timestamp (the checkpoint's `started_at`).
     pub fn set_started_at(&self, started_at: &str) {
-        if let Ok(mut m) = self.started_at.lock() {
-            *m = started_at.to_string();
-        }
+        *plain(&self.started_at) = started_at.to_string();
     }
 
     fn started_at(&self) -> String {
-        self.started_at
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        plain(&self.started_at).clone()
     }
 
     fn table(&self) -> String {
-        self.table.lock().map(|t| t.clone()).unwrap_or_default()
+        plain(&self.table).clone()
     }
 
     /// Whether the operator holds the cut-over (`postpone-cutover`).
@@ -260,13 +250,7 @@ impl Operations {
         let mut env = BTreeMap::from([
             ("WRAITH_DATABASE", self.database.clone()),
             ("WRAITH_TABLE", self.table()),
-            (
-                "WRAITH_MIGRATION_UUID",
-                self.migration_id
-                    .lock()
-                    .map(|m| m.clone())
-                    .unwrap_or_default(),
-            ),
+            ("WRAITH_MIGRATION_UUID", plain(&self.migration_id).clone()),
             ("WRAITH_STARTED_AT", self.started_at()),
             ("WRAITH_STATE", p.current_state.to_string()),
             ("WRAITH_ROWS_COPIED", copied.to_string()),
@@ -291,7 +275,9 @@ impl Operations {
     pub async fn hook_logged(&self, event: HookEvent, error: Option<&str>) {
         if let Err(e) = self.hooks.run(event, &self.hook_env(error)).await {
             tracing::warn!(error = %e, "hook failed; the run goes on");
-            eprintln!("warning: {e}");
+            self.progress.emit(RunEvent::HookFailed {
+                error: e.to_string(),
+            });
         }
     }
 
@@ -309,7 +295,7 @@ impl Operations {
         serde_json::json!({
             "database": self.database,
             "table": self.table(),
-            "migration_uuid": self.migration_id.lock().map(|m| m.clone()).unwrap_or_default(),
+            "migration_uuid": plain(&self.migration_id).clone(),
             "started_at": self.started_at(),
             "state": p.current_state,
             // Spirit's `Progress` shape: current_state, summary, tables.

@@ -327,7 +327,7 @@ async fn spawn_closer(shared: &Arc<Shared>, current: CurrentEngine) {
         tracing::info!(engine = %uuid, rows = stats.rows, ranges = stats.ranges, "engine imported");
         closed.cleanup().await?;
         if let Some(online) = online {
-            if let Ok(mut marks) = online.marks.lock() {
+            if let Ok(mut marks) = online.marks() {
                 for id in written {
                     marks.durable(id);
                 }
@@ -447,7 +447,7 @@ async fn next_chunk(
         return Ok(None);
     };
     if let Some(online) = &shared.job.online {
-        if let Ok(mut marks) = online.marks.lock() {
+        if let Ok(mut marks) = online.marks() {
             marks.dispatched(c.id, encoded(c.upper.as_ref()));
         }
     }
@@ -528,7 +528,7 @@ fn log_chunk(shared: &Shared, index: usize, chunk: &Chunk, rows: u64, elapsed: D
 
 fn mark_durable(shared: &Shared, chunk_id: u64) {
     if let Some(online) = &shared.job.online {
-        if let Ok(mut marks) = online.marks.lock() {
+        if let Ok(mut marks) = online.marks() {
             marks.durable(chunk_id);
         }
     }

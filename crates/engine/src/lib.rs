@@ -48,6 +48,7 @@ pub mod control;
 pub mod copy;
 pub mod cutover;
 pub mod datacheck;
+pub mod events;
 pub mod hooks;
 pub mod import;
 pub mod migration;

@@ -1,5 +1,8 @@
 //! Keeping the shadow table in step with the source while the copy runs.
 //!
+//! (Over 800 lines: the state, its error type and the cut-over's view of it
+//! share private fields; splitting ChangesError into its own file is next.)
+//!
 //! Three tasks share one [`OnlineState`]:
 //! - the *consumer* reads the [`crate::binlog::ChangeStream`], turns each row
 //!   change of the source into shadow operations (a key-changing update is a
@@ -23,10 +26,20 @@
 //! After the checksum's consistent point ([`OnlineState::track_changes`]),
 //! the key of every row written is recorded, so that the rows changed after
 //! the checksum can be verified again ([`crate::verify`]).
+//!
+//! **Errors.** The consumer's or the apply loop's first failure is kept as
+//! the state's error ([`OnlineState::error`], a [`ChangesError`]); every
+//! later check and drain reports it. [`ChangesError::resumable`] decides by
+//! variant whether a rerun can continue: a DDL on the source or a value the
+//! server refuses would fail again, a lost connection would not. A poisoned
+//! lock (a task panicked while holding it) is recorded the same way, so the
+//! run stops at its next check instead of going on with half-written state.
+//! Making the buffer durable ([`OnlineState::persist`]) fsyncs RocksDB: it
+//! runs on a blocking thread, not on an async worker.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -36,8 +49,8 @@ use tokio::task::JoinHandle;
 use wraith_backend::{Row, Value};
 
 use crate::applier::Applier;
-use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, StreamEvent};
-use crate::changes::{encode_row_key, ChangeBuffer, Pending, Watermarks};
+use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, ChangeStreamError, StreamEvent};
+use crate::changes::{encode_row_key, ChangeBuffer, ChangeStoreError, Pending, Watermarks};
 use crate::copy::read_conn;
 use crate::cutover::DrainError;
 use crate::server::{quote_ident, Context, DbError};
@@ -57,6 +70,93 @@ pub async fn ensure_changelog(conn: &mut Conn, schema: &str) -> Result<(), DbErr
     ))
     .await
     .context(|| format!("creating {schema}.{CHANGELOG_TABLE}"))
+}
+
+/// Why keeping the shadow table in step with the source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    /// The change stream stopped (a DDL on the source table is one cause).
+    #[error("change stream: {0}")]
+    Stream(#[source] ChangeStreamError),
+    /// The apply loop stopped.
+    #[error("applying changes: {0}")]
+    ApplyLoop(#[source] Box<ChangesError>),
+    /// A statement of the applier failed (a value the server refuses, a
+    /// lost connection, ...).
+    #[error(transparent)]
+    Apply(DbError),
+    /// Any other statement failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] ChangeStoreError),
+    /// A task panicked while holding this lock: what it guards may be half
+    /// written.
+    #[error("{0} poisoned")]
+    Poisoned(&'static str),
+    #[error("a row image has fewer columns than the table")]
+    ShortRowImage,
+    #[error("a {0:?} event without the row image it needs")]
+    MissingImage(ChangeKind),
+    #[error("connecting to write a token: {0}")]
+    TokenConnection(mysql_async::Error),
+    #[error("writing the drain token: {0}")]
+    TokenWrite(mysql_async::Error),
+    #[error("the change stream did not deliver the token within {0:?}")]
+    TokenTimeout(Duration),
+    #[error("{0} changes were still to apply when the hold budget ran out")]
+    HoldBudget(usize),
+    #[error("the backlog stayed above 1000 changes for 10 minutes ({0} now): the applier cannot keep up")]
+    Backlog(usize),
+    /// A resumed run could not import an engine the killed run had closed.
+    #[error("importing a reopened engine: {0}")]
+    ImportEngine(#[source] wraith_backend::BackendError),
+    /// Starting the change stream failed.
+    #[error(transparent)]
+    Start(ChangeStreamError),
+    /// Verifying the changed rows outside the cut-over's lock failed.
+    #[error(transparent)]
+    Verifying(Box<crate::migration::RunError>),
+    /// The state's first error, reported again.
+    #[error(transparent)]
+    Failed(Arc<ChangesError>),
+    /// The run could not set up or record what following the changes needs
+    /// (a checkpoint transition, a key a resumed copy cannot place, ...).
+    #[error("{0}")]
+    Setup(String),
+    #[error("stopped")]
+    Stopped,
+}
+
+impl ChangesError {
+    /// Whether a rerun can resume after this: not after a DDL on the source
+    /// nor a value the server refuses (both would fail again).
+    pub fn resumable(&self) -> bool {
+        match self {
+            ChangesError::Stream(ChangeStreamError::DdlOnSource { .. })
+            | ChangesError::Start(ChangeStreamError::DdlOnSource { .. }) => false,
+            ChangesError::Stream(ChangeStreamError::Db(e))
+            | ChangesError::Start(ChangeStreamError::Db(e))
+            | ChangesError::Apply(e)
+            | ChangesError::Db(e) => !refuses_a_value(&e.error),
+            ChangesError::TokenConnection(e) | ChangesError::TokenWrite(e) => !refuses_a_value(e),
+            ChangesError::ImportEngine(e) => !e.is_data_error(),
+            ChangesError::ApplyLoop(e) => e.resumable(),
+            ChangesError::Failed(e) => e.resumable(),
+            ChangesError::Verifying(e) => e.is_resumable(),
+            _ => true,
+        }
+    }
+}
+
+/// Whether the server refused a value (the statement would be refused again).
+fn refuses_a_value(e: &mysql_async::Error) -> bool {
+    crate::server::server_error_code(e).is_some_and(wraith_backend::is_data_error_code)
+}
+
+/// Locks `m`; a poisoned lock is [`ChangesError::Poisoned`].
+fn lock<'a, T>(m: &'a Mutex<T>, what: &'static str) -> Result<MutexGuard<'a, T>, ChangesError> {
+    m.lock().map_err(|_| ChangesError::Poisoned(what))
 }
 
 /// How a source row image becomes a shadow row.
@@ -87,14 +187,15 @@ impl RowMapping {
 /// State shared by the consumer, the apply loop, the copier and the cut-over.
 pub struct OnlineState {
     buffer: Mutex<ChangeBuffer>,
-    pub marks: Mutex<Watermarks>,
+    marks: Mutex<Watermarks>,
     use_watermarks: bool,
     mapping: RowMapping,
     applier: tokio::sync::Mutex<Applier>,
     position: Mutex<Option<BinlogPosition>>,
     last_token: Mutex<String>,
     token_seen: Notify,
-    error: Mutex<Option<String>>,
+    /// The first error of the consumer or the apply loop.
+    error: OnceLock<Arc<ChangesError>>,
     stop: AtomicBool,
     /// Set while the cut-over runs: wraith's own RENAME then ends the stream.
     cutting_over: AtomicBool,
@@ -137,7 +238,8 @@ impl crate::progress::StreamFigures for OnlineState {
         crate::progress::StreamProgress {
             changes_received: self.received(),
             changes_applied: self.applied_total.load(Ordering::Relaxed),
-            changes_backlog: self.backlog() as u64,
+            // A poisoned buffer is the state's error; the figure shows 0.
+            changes_backlog: self.backlog().unwrap_or(0) as u64,
             binlog_position: self.position().map(|p| p.to_string()),
             lag_secs: self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         }
@@ -176,7 +278,7 @@ impl OnlineState {
             position: Mutex::new(None),
             last_token: Mutex::new(String::new()),
             token_seen: Notify::new(),
-            error: Mutex::new(None),
+            error: OnceLock::new(),
             stop: AtomicBool::new(false),
             cutting_over: AtomicBool::new(false),
             token_seq: AtomicU64::new(0),
@@ -196,64 +298,89 @@ impl OnlineState {
     /// From now on, records the key of every row written; returns the keys
     /// recorded since the last call (none on the first). Called with the
     /// source locked and the stream drained: a consistent point.
-    pub fn track_changes(&self) -> Vec<Vec<Value>> {
-        match self.touched.lock() {
-            Ok(mut t) => t
-                .replace(BTreeMap::new())
-                .map(|m| m.into_values().collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
+    pub fn track_changes(&self) -> Result<Vec<Vec<Value>>, ChangesError> {
+        Ok(self
+            .guard(&self.touched, "verification keys")?
+            .replace(BTreeMap::new())
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default())
     }
 
     /// Keys written since the last [`OnlineState::track_changes`].
-    pub fn changed_since_verified(&self) -> usize {
-        self.touched
-            .lock()
-            .ok()
-            .and_then(|t| t.as_ref().map(BTreeMap::len))
-            .unwrap_or(0)
+    pub fn changed_since_verified(&self) -> Result<usize, ChangesError> {
+        Ok(self
+            .guard(&self.touched, "verification keys")?
+            .as_ref()
+            .map(BTreeMap::len)
+            .unwrap_or(0))
     }
 
-    pub(crate) fn fail(&self, e: String) {
-        if let Ok(mut slot) = self.error.lock() {
-            if slot.is_none() {
-                tracing::error!(error = %e, "change stream or applier failed");
-                *slot = Some(e);
-            }
+    /// Locks `m`. A poisoned lock also becomes the state's error, so the run
+    /// stops at its next check whoever asked.
+    fn guard<'a, T>(
+        &self,
+        m: &'a Mutex<T>,
+        what: &'static str,
+    ) -> Result<MutexGuard<'a, T>, ChangesError> {
+        lock(m, what).inspect_err(|_| self.fail(ChangesError::Poisoned(what)))
+    }
+
+    /// The copy's watermarks (the copier reports chunks through them).
+    pub fn marks(&self) -> Result<MutexGuard<'_, Watermarks>, ChangesError> {
+        self.guard(&self.marks, "watermarks")
+    }
+
+    /// Records the first failure: every later check reports it.
+    pub(crate) fn fail(&self, e: ChangesError) {
+        let e = Arc::new(e);
+        if self.error.set(e.clone()).is_ok() {
+            tracing::error!(error = %e, "change stream or applier failed");
         }
         self.token_seen.notify_waiters();
     }
 
     /// The first error of the consumer or the apply loop.
-    pub fn error(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|e| e.clone())
+    pub fn error(&self) -> Option<ChangesError> {
+        self.error.get().cloned().map(ChangesError::Failed)
+    }
+
+    /// Fails with the state's error, if there is one.
+    pub fn check(&self) -> Result<(), ChangesError> {
+        self.error().map_or(Ok(()), Err)
     }
 
     /// Changes waiting, after deduplication.
-    pub fn backlog(&self) -> usize {
-        self.buffer.lock().map(|b| b.len()).unwrap_or(0)
+    pub fn backlog(&self) -> Result<usize, ChangesError> {
+        Ok(self.guard(&self.buffer, "change buffer")?.len())
     }
 
-    /// Changes received from the stream (before deduplication).
+    /// Changes received from the stream (before deduplication); 0 once the
+    /// buffer's lock is poisoned (which is the state's error then).
     pub fn received(&self) -> u64 {
-        self.buffer.lock().map(|b| b.received).unwrap_or(0)
+        self.guard(&self.buffer, "change buffer")
+            .map(|b| b.received)
+            .unwrap_or(0)
     }
 
-    /// Times the change buffer spilled to disk.
+    /// Times the change buffer spilled to disk (0 as for `received`).
     pub fn spills(&self) -> u64 {
-        self.buffer.lock().map(|b| b.spills).unwrap_or(0)
+        self.guard(&self.buffer, "change buffer")
+            .map(|b| b.spills)
+            .unwrap_or(0)
     }
 
     /// Where the stream starts (before any commit was seen).
-    pub fn set_position(&self, position: BinlogPosition) {
-        if let Ok(mut p) = self.position.lock() {
-            *p = Some(position);
-        }
+    pub fn set_position(&self, position: BinlogPosition) -> Result<(), ChangesError> {
+        *self.guard(&self.position, "stream position")? = Some(position);
+        Ok(())
     }
 
+    /// The stream's position (`None` too once its lock is poisoned, which is
+    /// the state's error then).
     pub fn position(&self) -> Option<BinlogPosition> {
-        self.position.lock().ok().and_then(|p| p.clone())
+        self.guard(&self.position, "stream position")
+            .ok()
+            .and_then(|p| p.clone())
     }
 
     /// `(applied changes, changes per second of applying)`.
@@ -272,23 +399,20 @@ impl OnlineState {
         kind: ChangeKind,
         before: Option<Row>,
         after: Option<Row>,
-    ) -> Result<(), String> {
-        let map = |r: Option<Row>| -> Result<Option<Row>, String> {
+    ) -> Result<(), ChangesError> {
+        let map = |r: Option<Row>| -> Result<Option<Row>, ChangesError> {
             match r {
                 None => Ok(None),
                 Some(r) => self
                     .mapping
                     .shadow_row(&r)
                     .map(Some)
-                    .ok_or_else(|| "a row image has fewer columns than the table".to_string()),
+                    .ok_or(ChangesError::ShortRowImage),
             }
         };
         let before = map(before)?;
         let after = map(after)?;
-        let mut buffer = self
-            .buffer
-            .lock()
-            .map_err(|_| "change buffer poisoned".to_string())?;
+        let mut buffer = lock(&self.buffer, "change buffer")?;
         let kp = &self.mapping.key_positions;
         match (kind, before, after) {
             (ChangeKind::Insert, _, Some(row)) => {
@@ -306,27 +430,23 @@ impl OnlineState {
                 }
                 buffer.push(new_key, Pending::Upsert(new))?;
             }
-            (kind, _, _) => return Err(format!("a {kind:?} event without the row image it needs")),
+            (kind, _, _) => return Err(ChangesError::MissingImage(kind)),
         }
         Ok(())
     }
 
     /// Applies what may be applied now. With `on`, on that session only.
     /// Rows that clash on a unique index go back into the buffer.
-    async fn apply_ready_on(&self, max: usize, on: Option<&mut Conn>) -> Result<Pass, String> {
+    async fn apply_ready_on(
+        &self,
+        max: usize,
+        on: Option<&mut Conn>,
+    ) -> Result<Pass, ChangesError> {
         let mut applier = self.applier.lock().await;
         let batch = {
-            let marks = self
-                .marks
-                .lock()
-                .map_err(|_| "watermarks poisoned".to_string())?;
-            let mut buffer = self
-                .buffer
-                .lock()
-                .map_err(|_| "change buffer poisoned".to_string())?;
-            buffer
-                .take_ready(&marks, self.use_watermarks, max)
-                .map_err(|e| e.to_string())?
+            let marks = lock(&self.marks, "watermarks")?;
+            let mut buffer = lock(&self.buffer, "change buffer")?;
+            buffer.take_ready(&marks, self.use_watermarks, max)?
         };
         let changes: Vec<(Vec<u8>, Pending)> = batch
             .iter()
@@ -344,16 +464,11 @@ impl OnlineState {
                 // put it back, so that a retried drain (the cut-over's next
                 // attempt) applies it again instead of finding nothing to do.
                 // Delete-then-insert by key is safe to repeat.
-                let mut buffer = self
-                    .buffer
-                    .lock()
-                    .map_err(|_| "change buffer poisoned".to_string())?;
+                let mut buffer = lock(&self.buffer, "change buffer")?;
                 for (key, seq, change) in batch {
-                    buffer
-                        .requeue(key, seq, change)
-                        .map_err(|e| e.to_string())?;
+                    buffer.requeue(key, seq, change)?;
                 }
-                return Err(e.to_string());
+                return Err(ChangesError::Apply(e));
             }
         };
         let mut clashed = vec![None; batch.len()];
@@ -367,14 +482,8 @@ impl OnlineState {
             clashes: Vec::new(),
         };
         let mut done = Vec::with_capacity(batch.len());
-        let mut buffer = self
-            .buffer
-            .lock()
-            .map_err(|_| "change buffer poisoned".to_string())?;
-        let mut touched = self
-            .touched
-            .lock()
-            .map_err(|_| "verification keys poisoned".to_string())?;
+        let mut buffer = lock(&self.buffer, "change buffer")?;
+        let mut touched = lock(&self.touched, "verification keys")?;
         for ((key, seq, change), clash) in batch.into_iter().zip(clashed) {
             match clash {
                 Some(index) => {
@@ -405,22 +514,25 @@ impl OnlineState {
 
     /// Makes the buffer durable and returns the stream position it covers:
     /// every change before it is applied or stored on disk. For checkpoints.
-    pub async fn persist(&self) -> Result<Option<BinlogPosition>, String> {
+    /// The write fsyncs: it runs on a blocking thread.
+    pub async fn persist(self: &Arc<Self>) -> Result<Option<BinlogPosition>, ChangesError> {
         // No batch may be in flight: its changes have left memory but are not
         // yet in the shadow table.
         let _applying = self.applier.lock().await;
-        let mut buffer = self
-            .buffer
-            .lock()
-            .map_err(|_| "change buffer poisoned".to_string())?;
-        // Read under the buffer lock: the consumer moves the position only
-        // after the transaction's rows are in the buffer.
-        let position = self.position();
-        buffer.persist()?;
-        Ok(position)
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buffer = state.guard(&state.buffer, "change buffer")?;
+            // Read under the buffer lock: the consumer moves the position only
+            // after the transaction's rows are in the buffer.
+            let position = state.guard(&state.position, "stream position")?.clone();
+            buffer.persist()?;
+            Ok(position)
+        })
+        .await
+        .map_err(|_| ChangesError::Poisoned("change buffer (its persist panicked)"))?
     }
 
-    async fn apply_ready(&self, max: usize) -> Result<usize, String> {
+    async fn apply_ready(&self, max: usize) -> Result<usize, ChangesError> {
         Ok(self.apply_ready_on(max, None).await?.applied)
     }
 
@@ -452,10 +564,8 @@ impl OnlineState {
         loop {
             if let Some(d) = deadline {
                 if Instant::now() > d {
-                    return Err(DrainError::Retry(format!(
-                        "{} changes were still to apply when the hold budget ran out",
-                        self.backlog()
-                    )));
+                    let backlog = self.backlog().map_err(DrainError::Retry)?;
+                    return Err(DrainError::Retry(ChangesError::HoldBudget(backlog)));
                 }
             }
             let pass = self
@@ -484,7 +594,7 @@ impl OnlineState {
                 None => {
                     let mut conn = read_conn(&pool)
                         .await
-                        .map_err(|e| DrainError::Retry(e.to_string()))?;
+                        .map_err(|e| DrainError::Retry(e.into()))?;
                     describe_clash(&mut conn, &target, &self.table, &row, &index, point).await
                 }
             };
@@ -493,7 +603,7 @@ impl OnlineState {
     }
 
     /// Writes a token and waits until the stream has delivered it.
-    async fn read_to_token(&self, timeout: Duration) -> Result<(), String> {
+    async fn read_to_token(&self, timeout: Duration) -> Result<(), ChangesError> {
         let token = format!(
             "{}:{}",
             self.run_id,
@@ -503,7 +613,7 @@ impl OnlineState {
             .pool
             .get_conn()
             .await
-            .map_err(|e| format!("connecting to write a token: {e}"))?;
+            .map_err(ChangesError::TokenConnection)?;
         conn.exec_drop(
             format!(
                 "INSERT INTO {}.{} (token) VALUES (?)",
@@ -513,7 +623,7 @@ impl OnlineState {
             (token.as_str(),),
         )
         .await
-        .map_err(|e| format!("writing the drain token: {e}"))?;
+        .map_err(ChangesError::TokenWrite)?;
         drop(conn);
         let deadline = Instant::now() + timeout;
         loop {
@@ -521,14 +631,12 @@ impl OnlineState {
             if let Some(e) = self.error() {
                 return Err(e);
             }
-            if self.last_token.lock().map(|t| *t == token).unwrap_or(false) {
+            if *self.guard(&self.last_token, "last token")? == token {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!(
-                    "the change stream did not deliver the token within {timeout:?}"
-                ));
+                return Err(ChangesError::TokenTimeout(timeout));
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
         }
@@ -558,16 +666,18 @@ pub fn spawn(
                     }
                 }
                 Ok(StreamEvent::Commit { position }) | Ok(StreamEvent::Heartbeat { position }) => {
-                    if let Ok(mut p) = state.position.lock() {
-                        *p = Some(position);
+                    if let Err(e) = state.set_position(position) {
+                        state.fail(e);
+                        return;
                     }
                     state
                         .lag_ms
                         .store(stream.lag().as_millis() as u64, Ordering::Relaxed);
                 }
                 Ok(StreamEvent::Token(token)) => {
-                    if let Ok(mut t) = state.last_token.lock() {
-                        *t = token;
+                    match state.guard(&state.last_token, "last token") {
+                        Ok(mut t) => *t = token,
+                        Err(_) => return, // the state's error now
                     }
                     state.token_seen.notify_waiters();
                 }
@@ -579,7 +689,7 @@ pub fn spawn(
                     return;
                 }
                 Err(e) => {
-                    state.fail(format!("change stream: {e}"));
+                    state.fail(ChangesError::Stream(e));
                     return;
                 }
             }
@@ -593,7 +703,7 @@ pub fn spawn(
                 Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Ok(_) => {}
                 Err(e) => {
-                    state.fail(format!("applying changes: {e}"));
+                    state.fail(ChangesError::ApplyLoop(Box::new(e)));
                     return;
                 }
             }
@@ -661,19 +771,19 @@ impl OnlineDrain {
             return Ok(());
         };
         // A failed attempt keeps its keys: they are verified by the next one.
-        let keys: Vec<Vec<Value>> = match self.state.touched.lock() {
-            Ok(t) => t
-                .as_ref()
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default(),
-            Err(_) => return Err(DrainError::Retry("verification keys poisoned".into())),
-        };
+        let keys: Vec<Vec<Value>> = self
+            .state
+            .guard(&self.state.touched, "verification keys")
+            .map_err(DrainError::Retry)?
+            .as_ref()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         if keys.is_empty() {
             return Ok(());
         }
-        let retry = |e: DbError| DrainError::Retry(e.to_string());
+        let retry = |e: DbError| DrainError::Retry(e.into());
         let stop = |e: VerifyError| match e {
-            VerifyError::Db(e) => DrainError::Retry(e.to_string()),
+            VerifyError::Db(e) => DrainError::Retry(e.into()),
             e => DrainError::Stop(Box::new(e)),
         };
         // Both sides read in one time zone, the one the shadow's readers use.
@@ -700,7 +810,7 @@ impl OnlineDrain {
             .verify(session, shadow_side, &keys, UNDER_THE_LOCK)
             .await
             .map_err(stop)?;
-        self.state.track_changes();
+        self.state.track_changes().map_err(DrainError::Retry)?;
         self.state.reverified.fetch_add(n, Ordering::Relaxed);
         tracing::info!(
             rows = n,

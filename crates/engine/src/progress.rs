@@ -5,14 +5,29 @@
 //! status without a glossary. The shape of [`Progress`] is Spirit's
 //! `Progress { current_state, summary, tables }`, so wrappers written for one
 //! read the other.
+//!
+//! The handle also carries the caller's event sink ([`crate::events`]): every
+//! part of a run holds the handle, so each can tell the operator what happens
+//! ([`ProgressHandle::emit`]) without printing.
+//!
+//! Locks here guard plain values that are replaced whole (a state, a list, a
+//! reason): a task that panicked elsewhere cannot leave one half-written, so a
+//! poisoned lock's value is used as it is ([`plain`]) rather than dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::blockers::Blocker;
+use crate::events::{EventSink, RunEvent};
+
+/// Locks a mutex that guards a plain value replaced whole: a poisoned lock's
+/// value is still whole, so it is used (see the module's page).
+pub(crate) fn plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,6 +122,16 @@ struct Inner {
     /// When the copy moved its first rows, for the ETA.
     copy_started: Mutex<Option<Instant>>,
     blockers: Mutex<Vec<Blocker>>,
+    events: Events,
+}
+
+/// The caller's sink (not `Debug` itself).
+struct Events(EventSink);
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
 }
 
 /// Counters of one table, handed to its workers.
@@ -137,7 +162,13 @@ impl Default for ProgressHandle {
 }
 
 impl ProgressHandle {
+    /// A handle whose events are dropped.
     pub fn new() -> ProgressHandle {
+        ProgressHandle::with_events(crate::events::discard())
+    }
+
+    /// A handle whose events go to `sink`.
+    pub fn with_events(sink: EventSink) -> ProgressHandle {
         ProgressHandle {
             inner: Arc::new(Inner {
                 started: Instant::now(),
@@ -147,46 +178,41 @@ impl ProgressHandle {
                 stream: Mutex::new(None),
                 copy_started: Mutex::new(None),
                 blockers: Mutex::new(Vec::new()),
+                events: Events(sink),
             }),
         }
     }
 
+    /// Tells the caller's sink.
+    pub fn emit(&self, event: RunEvent) {
+        (self.inner.events.0)(&event);
+    }
+
     pub fn set_state(&self, state: State) {
-        if let Ok(mut s) = self.inner.state.lock() {
-            if *s != state {
-                tracing::info!(from = %*s, to = %state, "state");
-            }
-            *s = state;
+        let mut s = plain(&self.inner.state);
+        if *s != state {
+            tracing::info!(from = %*s, to = %state, "state");
         }
+        *s = state;
     }
 
     pub fn state(&self) -> State {
-        self.inner
-            .state
-            .lock()
-            .map(|s| *s)
-            .unwrap_or(State::ErrCleanup)
+        *plain(&self.inner.state)
     }
 
     /// Shows the figures of `stream` from now on.
     pub fn attach_stream(&self, stream: Arc<dyn StreamFigures>) {
-        if let Ok(mut s) = self.inner.stream.lock() {
-            *s = Some(Arc::downgrade(&stream));
-        }
+        *plain(&self.inner.stream) = Some(Arc::downgrade(&stream));
     }
 
     /// Records why the copy is paused (`None`: it is not).
     pub fn set_throttled(&self, reason: Option<String>) {
-        if let Ok(mut t) = self.inner.throttled.lock() {
-            *t = reason;
-        }
+        *plain(&self.inner.throttled) = reason;
     }
 
     /// Records the sessions the cut-over waits for (empty: none).
     pub fn set_blockers(&self, blockers: Vec<Blocker>) {
-        if let Ok(mut b) = self.inner.blockers.lock() {
-            *b = blockers;
-        }
+        *plain(&self.inner.blockers) = blockers;
     }
 
     pub fn add_table(&self, name: &str, rows_total: u64) -> TableHandle {
@@ -196,28 +222,20 @@ impl ProgressHandle {
             rows_copied: AtomicU64::new(0),
             complete: std::sync::atomic::AtomicBool::new(false),
         });
-        if let Ok(mut t) = self.inner.tables.lock() {
-            t.push(counters.clone());
-        }
+        plain(&self.inner.tables).push(counters.clone());
         TableHandle { counters }
     }
 
     pub fn snapshot(&self) -> Progress {
-        let tables: Vec<TableProgress> = self
-            .inner
-            .tables
-            .lock()
-            .map(|t| {
-                t.iter()
-                    .map(|c| TableProgress {
-                        table_name: c.name.clone(),
-                        rows_copied: c.rows_copied.load(Ordering::Relaxed),
-                        rows_total: c.rows_total.load(Ordering::Relaxed),
-                        is_complete: c.complete.load(Ordering::Relaxed),
-                    })
-                    .collect()
+        let tables: Vec<TableProgress> = plain(&self.inner.tables)
+            .iter()
+            .map(|c| TableProgress {
+                table_name: c.name.clone(),
+                rows_copied: c.rows_copied.load(Ordering::Relaxed),
+                rows_total: c.rows_total.load(Ordering::Relaxed),
+                is_complete: c.complete.load(Ordering::Relaxed),
             })
-            .unwrap_or_default();
+            .collect();
         let elapsed = self.inner.started.elapsed().as_secs_f64();
         let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
         let total: u64 = tables.iter().map(|t| t.rows_total).sum();
@@ -227,20 +245,18 @@ impl ProgressHandle {
         } else {
             0.0
         };
-        let throttled = self.inner.throttled.lock().ok().and_then(|t| t.clone());
-        let stream = self
-            .inner
-            .stream
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().and_then(|s| s.upgrade()))
+        let throttled = plain(&self.inner.throttled).clone();
+        let stream = plain(&self.inner.stream)
+            .as_ref()
+            .and_then(|s| s.upgrade())
             .map(|s| s.figures());
-        let copy_started = self.inner.copy_started.lock().ok().and_then(|mut c| {
+        let copy_started = {
+            let mut c = plain(&self.inner.copy_started);
             if c.is_none() && copied > 0 {
                 *c = Some(Instant::now());
             }
             *c
-        });
+        };
         let copy_done = !tables.is_empty() && tables.iter().all(|t| t.is_complete)
             || matches!(
                 state,
@@ -269,12 +285,7 @@ impl ProgressHandle {
         if let Some(reason) = &throttled {
             summary.push_str(&format!(" throttled: {reason}"));
         }
-        let blockers = self
-            .inner
-            .blockers
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or_default();
+        let blockers = plain(&self.inner.blockers).clone();
         if !blockers.is_empty() {
             let ids: Vec<String> = blockers.iter().map(|b| b.id.to_string()).collect();
             summary.push_str(&format!(" waiting for blockers: {}", ids.join(",")));

@@ -47,10 +47,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::ThrottleConfig;
 use crate::server::{self, quote_ident, Context, DbError};
+use crate::events::RunEvent;
+use crate::progress::{plain, ProgressHandle};
 
 /// The heartbeat table, next to the source table, while replicas are watched.
 pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";
-use crate::progress::ProgressHandle;
 
 /// Shared throttle state; cheap to clone.
 #[derive(Clone)]
@@ -90,9 +91,7 @@ impl Throttler {
 
     /// Prefixes messages with `label: ` (the table being copied).
     pub fn set_label(&self, label: &str) {
-        if let Ok(mut l) = self.inner.label.lock() {
-            *l = label.to_string();
-        }
+        *plain(&self.inner.label) = label.to_string();
     }
 
     /// The operator's `throttle` (`true`) or `no-throttle` (`false`).
@@ -105,22 +104,14 @@ impl Throttler {
     /// at the next check for load.
     pub fn reload(&self, settings: ThrottleConfig) {
         if settings.load_limits().is_empty() {
-            if let Ok(mut l) = self.inner.load_reason.lock() {
-                *l = None;
-            }
+            *plain(&self.inner.load_reason) = None;
         }
-        if let Ok(mut s) = self.inner.settings.lock() {
-            *s = settings;
-        }
+        *plain(&self.inner.settings) = settings;
         self.refresh();
     }
 
     fn settings(&self) -> ThrottleConfig {
-        self.inner
-            .settings
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        plain(&self.inner.settings).clone()
     }
 
     /// Recomputes the reason from the commanded flag, the flag files and the
@@ -132,19 +123,10 @@ impl Throttler {
         } else if settings.flag_file.0.iter().any(|f| f.exists()) {
             Some("flag-file".to_string())
         } else {
-            self.inner.load_reason.lock().ok().and_then(|l| l.clone())
+            plain(&self.inner.load_reason).clone()
         };
-        let label = self
-            .inner
-            .label
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
-        let prefix = if label.is_empty() {
-            String::new()
-        } else {
-            format!("{label}: ")
-        };
+        let label = plain(&self.inner.label).clone();
+        let progress = &self.inner.progress;
         self.inner.reason.send_if_modified(|current| {
             if *current == reason {
                 return false;
@@ -152,11 +134,17 @@ impl Throttler {
             match (&*current, &reason) {
                 (_, Some(now)) => {
                     tracing::info!(reason = %now, "throttled");
-                    eprintln!("{prefix}throttled: {now}");
+                    progress.emit(RunEvent::Throttled {
+                        label: label.clone(),
+                        reason: now.clone(),
+                    });
                 }
                 (Some(was), None) => {
                     tracing::info!(was = %was, "throttling ended");
-                    eprintln!("{prefix}throttling ended (was: {was})");
+                    progress.emit(RunEvent::ThrottleEnded {
+                        label: label.clone(),
+                        was: was.clone(),
+                    });
                 }
                 (None, None) => {}
             }
@@ -197,9 +185,7 @@ impl Throttler {
                         Some(reason) => Some(reason),
                         None => replica_lag(&settings, &database, &mut replicas).await,
                     };
-                    if let Ok(mut l) = throttler.inner.load_reason.lock() {
-                        *l = verdict;
-                    }
+                    *plain(&throttler.inner.load_reason) = verdict;
                     throttler.refresh();
                     next_check = Instant::now() + settings.interval.0;
                 }
@@ -247,7 +233,7 @@ impl Throttler {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "throttler: cannot read the server's status; keeping the last verdict");
-                self.inner.load_reason.lock().ok().and_then(|l| l.clone())
+                plain(&self.inner.load_reason).clone()
             }
         }
     }

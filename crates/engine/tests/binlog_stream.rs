@@ -556,7 +556,7 @@ async fn decode_rate_is_reported() {
     }
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(n, 200_000);
-    eprintln!(
+    println!(
         "change stream: {n} rows in {secs:.2}s = {:.0} rows/s",
         n as f64 / secs
     );

@@ -143,7 +143,7 @@ pub const VERIFY_UNDER_LOCK_MAX: usize = 2_000;
 #[derive(Debug)]
 pub enum DrainError {
     /// Worth another attempt (the stream was slow, a connection failed).
-    Retry(String),
+    Retry(crate::online::ChangesError),
     /// The shadow cannot become the table: stop, rename nothing.
     Stop(Box<VerifyError>),
 }
@@ -151,7 +151,7 @@ pub enum DrainError {
 impl std::fmt::Display for DrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DrainError::Retry(m) => f.write_str(m),
+            DrainError::Retry(m) => m.fmt(f),
             DrainError::Stop(e) => e.fmt(f),
         }
     }

@@ -1,0 +1,577 @@
+//! The run: the state machine that takes a table from preflight to cut-over.
+//!
+//! Initial (preflight, shadow table, binlog position, change stream) →
+//! CopyRows (chunker, readers, engines, import; changes applied below the low
+//! watermark all along) → RestoreSecondaryIndexes → AnalyzeTable → Checksum
+//! (source briefly locked, shadow caught up, both sides compared in snapshots
+//! of that one point) → PostChecksum (catch-up) → WaitingOnSentinelTable (while
+//! a postpone flag file or the sentinel table exists) → CutOver → Close.
+//!
+//! A failure before the cut-over that a rerun can resume from keeps the
+//! shadow table, engines and change store. One that cannot be resumed (a
+//! duplicate, a value the server refuses, a checksum mismatch, ...) cleans up
+//! (ErrCleanup): the shadow and changelog tables, the checkpoint and the
+//! local state are dropped, and the error says so ([`RunError::Abandoned`]);
+//! the source was never written.
+//!
+//! Operating a run: [`run_with`] opens the control socket ([`crate::control`]),
+//! starts the throttler ([`crate::throttle`]) and runs the hooks
+//! ([`crate::hooks`]) around the state machine. `panic` on the socket and a
+//! `critical_load` stop the run like Ctrl-C does, as [`RunError::Aborted`]; a
+//! failing `on-before-cut-over` hook stops it before the cut-over as
+//! [`RunError::Hook`]. Both leave a checkpoint a rerun resumes from.
+//!
+//! Errors: [`RunError`] says why a run stopped; [`RunError::is_resumable`]
+//! decides by variant (a change-pipeline failure by its
+//! [`crate::online::ChangesError`]). The run never prints: what the operator
+//! should hear of goes to the caller's sink as [`crate::events::RunEvent`]s.
+//!
+//! Layout: this file holds the job (control socket, hooks, preflight,
+//! checkpoint, one [`TableRun`] per table); `table.rs` a table's start and
+//! its checkpoint updates, `stages.rs` its stages from the copy to the
+//! cut-over, `points.rs` the consistent points (checksum, re-verification)
+//! and the waits before the cut-over, `cleanup.rs` what is dropped after
+//! `--fresh`, an abandoned run and the cut-over, `report.rs` the report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, Pool};
+use serde::Serialize;
+use tokio::sync::watch;
+use wraith_backend::{Backend, LocalBackend, LocalBackendConfig, SqlBackend, SqlBackendConfig};
+
+use crate::applier::Applier;
+use crate::binlog::{self, ChangeStream, ChangeStreamConfig};
+use crate::changes::{key_orders_by_bytes, ChangeBuffer};
+use crate::checksum::{checksum_on, ChecksumError};
+use crate::config::{BackendKind, Compression, Config, TableConfig};
+use crate::control::{ControlPort, ControlSocket, Operations};
+use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
+use crate::cutover::{
+    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError,
+};
+use crate::server::{self, quote_ident, Context, DbError, Flavor};
+use crate::events::RunEvent;
+use crate::hooks::{HookError, HookEvent};
+use crate::server::inspect::{inspect_table, TableInfo};
+use crate::online::{self, ChangesError, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
+use crate::plan::TablePlan;
+use crate::preflight::{self, Report};
+use crate::progress::{ProgressHandle, State};
+use crate::resume::{self, Checkpointer};
+use crate::shadow::{self, CopyLayout, ShadowError};
+use crate::verify::{RowVerifier, VerifyError};
+use std::time::SystemTime;
+use wraith_checkpoints::{
+    validate, EngineCheckpoint, EngineStatus, KeyRange, TableCheckpoint, TableStage, TaskCheckpoint,
+};
+
+mod cleanup;
+mod points;
+mod report;
+mod stages;
+mod table;
+
+use cleanup::{finish_interrupted_cutover, start_over};
+use points::wait_for_error;
+pub use report::{RunReport, TableReport};
+
+/// How often the rows changed after the checksum are verified while the
+/// cut-over waits (each time the source is locked for a moment, as for the
+/// checksum).
+const REVERIFY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The sessions of a consistent point (see `consistent_point`).
+struct ConsistentPoint {
+    /// A snapshot of the source at the point.
+    source: Conn,
+    /// A snapshot of the shadow at the point.
+    shadow: Conn,
+    /// How long the source was locked.
+    held: Duration,
+    /// Keys written between the previous point and this one.
+    changed: Vec<Vec<wraith_backend::Value>>,
+}
+
+/// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
+pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preflight refused: {}", .0.failures().map(|c| format!("{}: {}", c.name, c.detail)).collect::<Vec<_>>().join("; "))]
+    Refused(Box<Report>),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Connection(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error("copying {table}: {source}")]
+    Copy {
+        table: String,
+        #[source]
+        source: Box<CopyError>,
+    },
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+    #[error(transparent)]
+    Verify(Box<VerifyError>),
+    #[error(transparent)]
+    Cutover(#[from] CutoverError),
+    #[error("setting up the {backend} backend: {message}")]
+    Backend { backend: String, message: String },
+    #[error("planning {table}: {message}")]
+    Layout { table: String, message: String },
+    #[error("following changes to {table}: {source}; the source is untouched")]
+    Changes {
+        table: String,
+        #[source]
+        source: Box<ChangesError>,
+    },
+    #[error("interrupted; the source {table} is untouched, and `wraith run` with the same config resumes")]
+    Interrupted { table: String },
+    #[error("{table}: aborted ({reason}); the source is untouched, and `wraith run` with the same config resumes")]
+    Aborted { table: String, reason: String },
+    #[error("{table}: the cut-over was not attempted because a hook failed: {source}; the source is untouched, and `wraith run` with the same config resumes and runs the hook again")]
+    Hook {
+        table: String,
+        #[source]
+        source: HookError,
+    },
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Checkpoint(wraith_checkpoints::CheckpointError),
+    #[error(transparent)]
+    InvalidCheckpoint(Box<wraith_checkpoints::InvalidCheckpoint>),
+    /// A failure that cannot be resumed, after wraith dropped what it had
+    /// created for the table.
+    #[error("{error}\nthis run cannot be resumed, so wraith dropped what it had created: {dropped}; the source table is untouched")]
+    Abandoned {
+        error: Box<RunError>,
+        /// What was dropped (and what could not be, with the statement to do it by hand).
+        dropped: String,
+    },
+}
+
+/// How the caller steers a run.
+#[derive(Clone)]
+pub struct RunControl {
+    /// Becomes `true` when the run should stop (Ctrl-C, SIGTERM).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl RunControl {
+    /// A control that never asks to stop.
+    pub fn none() -> RunControl {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        RunControl { shutdown: rx }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// How a run starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Drop the old shadow table, engines, change store and checkpoint, and start over.
+    pub fresh: bool,
+}
+
+/// Runs the job, resuming from its checkpoint when there is a valid one.
+/// Progress is published through `progress`.
+pub async fn run(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+) -> Result<RunReport, RunError> {
+    let ops = Operations::new(config, progress.clone());
+    run_with(config, progress, control, options, ops).await
+}
+
+/// [`run`] with the caller's live [`Operations`] (to reload its throttle
+/// settings on SIGHUP, say): opens the control socket, runs the hooks.
+pub async fn run_with(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+    ops: Arc<Operations>,
+) -> Result<RunReport, RunError> {
+    // The config's paths are judged before the socket or anything else is created.
+    let checks = crate::paths::check(config);
+    if checks.iter().any(|c| c.status == preflight::Status::Fail) {
+        return Err(RunError::Refused(Box::new(Report {
+            server: config.source.describe(),
+            checks,
+            ..Report::default()
+        })));
+    }
+    let socket_path = config
+        .control
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::control::default_socket_path(config));
+    let socket = ControlSocket::bind(&socket_path, ops.clone())?;
+    ops.set_socket_path(socket.path());
+    progress.emit(RunEvent::ControlSocket {
+        path: socket.path().to_path_buf(),
+    });
+    let port = match config.control.tcp_port {
+        Some(port) => {
+            let bound = ControlPort::bind(port, ops.clone()).await?;
+            progress.emit(RunEvent::ControlPort { addr: bound.addr() });
+            Some(bound)
+        }
+        None => None,
+    };
+    // Ctrl-C, SIGTERM, `panic` and critical load all stop the run the same way.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forwarder = {
+        let outer = control.shutdown.clone();
+        let abort = ops.subscribe_abort();
+        tokio::spawn(async move {
+            while !*outer.borrow() && abort.borrow().is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
+    let status_hooks = {
+        let ops = ops.clone();
+        let every = config.hooks.status_interval.0;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ops.hook_logged(HookEvent::OnStatus, None).await;
+            }
+        })
+    };
+    ops.hook_logged(HookEvent::OnStartup, None).await;
+    let control = RunControl { shutdown: stop_rx };
+    let result = run_inner(config, progress, &control, options, &ops).await;
+    status_hooks.abort();
+    forwarder.abort();
+    match &result {
+        Ok(_) => ops.hook_logged(HookEvent::OnSuccess, None).await,
+        Err(e) => {
+            ops.hook_logged(HookEvent::OnFailure, Some(&e.to_string()))
+                .await
+        }
+    }
+    drop(socket);
+    drop(port);
+    result
+}
+
+async fn run_inner(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+    ops: &Arc<Operations>,
+) -> Result<RunReport, RunError> {
+    progress.set_state(State::Initial);
+    if !options.fresh {
+        if let Some(tables) = finish_interrupted_cutover(config, progress).await? {
+            progress.set_state(State::Close);
+            return Ok(RunReport { tables });
+        }
+    }
+    let report = preflight::run(config).await;
+    if !report.passed() {
+        return Err(RunError::Refused(Box::new(report)));
+    }
+    let flavor = report
+        .flavor
+        .ok_or_else(|| RunError::Connection("preflight did not learn the server flavor".into()))?;
+    if config.target.is_some() && !same_server(config) {
+        return Err(RunError::Unsupported(
+            "a [target] on another server is not supported for online rebuilds yet (the cut-over renames \
+             tables within one server); remove [target]"
+                .into(),
+        ));
+    }
+    let source_opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
+    let source_pool = server::pool(source_opts.clone(), pool_size);
+    let target_pool = server::pool(target_opts, pool_size);
+    let throttle_checker =
+        ops.throttler
+            .spawn_checker(source_pool.clone(), config.source.database.clone(), {
+                let ops = ops.clone();
+                move |reason| ops.abort(reason)
+            });
+    let result = run_job(
+        config,
+        &report,
+        flavor,
+        &source_opts,
+        &source_pool,
+        &target_pool,
+        progress,
+        control,
+        options,
+        ops,
+    )
+    .await;
+    throttle_checker.abort();
+    if !config.throttle.replicas.is_empty() {
+        crate::throttle::drop_heartbeat(&source_pool, &config.source.database).await;
+    }
+    let _ = source_pool.disconnect().await;
+    let _ = target_pool.disconnect().await;
+    let tables = result?;
+    progress.set_state(State::Close);
+    Ok(RunReport { tables })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_job(
+    config: &Config,
+    report: &Report,
+    flavor: Flavor,
+    source_opts: &Opts,
+    source_pool: &Pool,
+    target_pool: &Pool,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    options: RunOptions,
+    ops: &Arc<Operations>,
+) -> Result<Vec<TableReport>, RunError> {
+    let store = resume::open_store(config, target_pool);
+    let key = resume::job_key(config);
+    let saved = store.load(&key).await.map_err(RunError::Checkpoint)?;
+    let mut sconn = source_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the source".into())?;
+    if options.fresh {
+        start_over(config, &mut sconn, saved.as_ref(), progress).await?;
+        store.remove(&key).await.map_err(RunError::Checkpoint)?;
+    }
+    let saved = if options.fresh { None } else { saved };
+    let task = match saved {
+        Some(task) => {
+            let mut tables = Vec::new();
+            for t in &config.tables {
+                let old = inspect_table(&mut sconn, &config.source.database, &t.name).await?;
+                let shadow_name = shadow::shadow_name(&t.name);
+                let shadow = if crate::server::inspect::table_exists(
+                    &mut sconn,
+                    &config.target().database,
+                    &shadow_name,
+                )
+                .await?
+                {
+                    Some(inspect_table(&mut sconn, &config.target().database, &shadow_name).await?)
+                } else {
+                    None
+                };
+                tables.push((old, shadow));
+            }
+            let current = resume::current_state(&mut sconn, config, &tables).await?;
+            validate(
+                &task,
+                &current,
+                SystemTime::now(),
+                config.checkpoint.max_age.0,
+            )
+            .map_err(|e| RunError::InvalidCheckpoint(Box::new(e)))?;
+            progress.emit(RunEvent::Resuming {
+                migration_id: task.migration_id.to_string(),
+                started_at: task.started_at.to_string(),
+                store: store.describe(),
+                status: task.summary_status(),
+            });
+            task
+        }
+        None => TaskCheckpoint::new(
+            env!("CARGO_PKG_VERSION"),
+            resume::fingerprint(config),
+            SystemTime::now(),
+        ),
+    };
+    drop(sconn);
+    let mut task = task;
+    task.control_socket = ops.socket_path();
+    ops.set_migration_id(&task.migration_id.to_string());
+    ops.set_started_at(&task.started_at);
+    tracing::info!(migration = %task.migration_id, started_at = %task.started_at, "run identity");
+    ops.hook_logged(HookEvent::OnValidated, None).await;
+    let checkpointer = Checkpointer::new(store, key, task);
+    let mut tables = Vec::new();
+    for (table, plan) in config.tables.iter().zip(&report.plans) {
+        let ctx = TableRun {
+            config,
+            table,
+            plan,
+            flavor,
+            source_opts,
+            source_pool,
+            target_pool,
+            progress,
+            control,
+            checkpoint: &checkpointer,
+            ops,
+        };
+        tables.push(ctx.run().await?);
+    }
+    checkpointer.remove().await.map_err(RunError::Checkpoint)?;
+    for t in &config.tables {
+        let _ = std::fs::remove_dir_all(changes_dir(config, t));
+        let _ = std::fs::remove_dir_all(engines_dir(config, t));
+    }
+    Ok(tables)
+}
+
+/// Where a table's spilled changes live.
+fn changes_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
+    config.changes.dir.clone().unwrap_or_else(|| {
+        config
+            .local
+            .sort_dir
+            .join(format!("changes-{}-{}", config.source.database, table.name))
+    })
+}
+
+/// Where a table's local-backend engines live.
+fn engines_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
+    config
+        .local
+        .sort_dir
+        .join(format!("engines-{}-{}", config.source.database, table.name))
+}
+
+fn make_backend(
+    config: &Config,
+    table: &TableConfig,
+    kind: BackendKind,
+    target: &Pool,
+) -> Result<Arc<dyn Backend>, RunError> {
+    Ok(match kind {
+        BackendKind::Sql | BackendKind::Auto => {
+            Arc::new(SqlBackend::new(target.clone(), SqlBackendConfig::default()))
+        }
+        BackendKind::Local => Arc::new(
+            LocalBackend::new(
+                target.clone(),
+                LocalBackendConfig {
+                    sort_dir: engines_dir(config, table),
+                    memory_limit: config.local.memory_limit.0,
+                    compression: config.local.compression == Compression::Zstd,
+                    import_threads: config.copy.threads,
+                },
+            )
+            .map_err(|e| RunError::Backend {
+                backend: "local".into(),
+                message: e.to_string(),
+            })?,
+        ),
+    })
+}
+
+/// Whether the shadow table lives on the source server.
+fn same_server(config: &Config) -> bool {
+    match &config.target {
+        None => true,
+        Some(t) => {
+            let s = &config.source;
+            t.host == s.host && t.port == s.port && t.socket == s.socket
+        }
+    }
+}
+
+struct TableRun<'a> {
+    config: &'a Config,
+    table: &'a TableConfig,
+    plan: &'a TablePlan,
+    flavor: Flavor,
+    source_opts: &'a Opts,
+    source_pool: &'a Pool,
+    target_pool: &'a Pool,
+    progress: &'a ProgressHandle,
+    control: &'a RunControl,
+    checkpoint: &'a Checkpointer,
+    ops: &'a Arc<Operations>,
+}
+
+/// The online machinery of one table, stopped on drop.
+struct Following {
+    state: Arc<OnlineState>,
+    /// Where the change stream started (kept across resumes).
+    start: binlog::BinlogPosition,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Following {
+    fn check(&self, table: &str) -> Result<(), RunError> {
+        self.state.check().map_err(|source| RunError::Changes {
+            table: table.to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.state.stop();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The cut-over's drain: the online state's steps under the lock, and the
+/// run's own consistent points to verify outside it.
+struct RunDrain<'r, 'a> {
+    online: OnlineDrain,
+    run: &'r TableRun<'a>,
+    following: &'r Following,
+    verifier: Arc<RowVerifier>,
+}
+
+/// Whether a rerun can continue from the checkpoint after `e` (else the
+/// shadow table and checkpoint are dropped, since nothing good can come of them).
+impl RunError {
+    /// Whether a rerun with the same config resumes from the checkpoint (the
+    /// shadow table, engines and change store were kept).
+    pub fn is_resumable(&self) -> bool {
+        is_resumable(self)
+    }
+}
+
+fn is_resumable(e: &RunError) -> bool {
+    match e {
+        RunError::Refused(_)
+        | RunError::Unsupported(_)
+        | RunError::Shadow(ShadowError::Exists { .. })
+        | RunError::Layout { .. }
+        | RunError::InvalidCheckpoint(_) => false,
+        RunError::Copy { source, .. } => {
+            !matches!(
+                source.as_ref(),
+                CopyError::Backend(b) if b.is_duplicate()
+            ) && !matches!(source.as_ref(), CopyError::Value { .. })
+                // The server refused a value: a rerun copies it again and fails again.
+                && !source.is_data_error()
+        }
+        // A lost connection during the checksum is worth resuming; a
+        // mismatch is not: the shadow is wrong, so it is rebuilt from scratch.
+        RunError::Checksum(c) => matches!(c, ChecksumError::Db(_)),
+        RunError::Verify(v) => v.is_resumable(),
+        RunError::Changes { source, .. } => source.resumable(),
+        RunError::Abandoned { .. } => false,
+        _ => true,
+    }
+}

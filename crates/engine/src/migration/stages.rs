@@ -1,0 +1,474 @@
+//! A table's stages after its shadow exists: copy, restore indexes, analyze,
+//! checksum, keep in sync or await and perform the cut-over.
+
+use super::*;
+
+impl TableRun<'_> {
+    /// The stages after the shadow exists, each its own function: prepare
+    /// the copy, copy, restore indexes, analyze and checksum, then keep in
+    /// sync or await the cut-over and cut over.
+    pub(super) async fn online(
+        &self,
+        old: &TableInfo,
+        sconn: &mut Conn,
+        saved: Option<&TableCheckpoint>,
+    ) -> Result<TableReport, RunError> {
+        let stage = saved
+            .map(|t| t.stage())
+            .unwrap_or(TableStage::ShadowCreated);
+        let target_schema = self.target_schema().to_string();
+        let layout =
+            shadow::layout(old, self.plan, &target_schema).map_err(|message| RunError::Layout {
+                table: self.table.name.clone(),
+                message,
+            })?;
+        let following = self.start_following(old, &layout, sconn, saved).await?;
+        self.progress.attach_stream(following.state.clone());
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        let (copy_needed, start_after) = self
+            .prepare_copy(old, &layout, &mut tconn, saved, stage, &following)
+            .await?;
+        let (stats, handle) = self
+            .copy(old, &layout, &following, copy_needed, start_after)
+            .await?;
+        let index_restore = self
+            .restore_indexes(&mut tconn, stage, &following, stats.rows)
+            .await?;
+        let (new, checksum, checksum_lock) = self
+            .analyze_and_checksum(old, &mut tconn, &following, stats.rows)
+            .await?;
+        handle.complete();
+        following.check(&self.table.name)?;
+        let mut report = TableReport {
+            table: self.table.name.clone(),
+            shadow: shadow::shadow_name(&self.table.name),
+            backend: self.plan.backend,
+            rows_copied: stats.rows,
+            chunks: stats.chunks,
+            engines: stats.engines,
+            copy_secs: stats.elapsed.as_secs_f64(),
+            copy_rows_per_sec: stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6),
+            index_restore_secs: index_restore.as_secs_f64(),
+            checksum_rows: checksum.rows,
+            checksum_secs: checksum.elapsed.as_secs_f64(),
+            changes_received: 0,
+            changes_applied: 0,
+            apply_changes_per_sec: 0.0,
+            change_buffer_spills: 0,
+            checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
+            rows_reverified: 0,
+            cut_over: false,
+            cutover_blocked_ms: None,
+            cutover_attempts: None,
+            cutover: None,
+            total_secs: 0.0,
+        };
+        if !self.config.cutover.enabled {
+            if self.config.cutover.keep_in_sync {
+                self.keep_in_sync(old, &new, &following).await?;
+            }
+            self.fill_change_figures(&mut report, &following).await;
+            return Ok(report);
+        }
+        let verifier = Arc::new(
+            RowVerifier::new(old, &new, self.plan).map_err(|e| RunError::Verify(Box::new(e)))?,
+        );
+        self.await_cutover(&following, &verifier, stats.rows)
+            .await?;
+        let cut = self.cut_over(&following, verifier).await?;
+        self.fill_change_figures(&mut report, &following).await;
+        drop(following);
+        report.cut_over = true;
+        report.cutover_blocked_ms = Some(cut.blocked_ms);
+        report.cutover_attempts = Some(cut.attempts);
+        report.cutover = Some(cut);
+        self.cleanup_after_cutover(&mut tconn).await;
+        Ok(report)
+    }
+
+    /// Where the copy starts: after the saved low watermark of a resumed
+    /// run (rows above it deleted, closed engines imported). Returns whether
+    /// a copy is needed and the key it starts after.
+    async fn prepare_copy(
+        &self,
+        old: &TableInfo,
+        layout: &CopyLayout,
+        tconn: &mut Conn,
+        saved: Option<&TableCheckpoint>,
+        stage: TableStage,
+        following: &Following,
+    ) -> Result<(bool, Option<Vec<wraith_backend::Value>>), RunError> {
+        let (config, table) = (self.config, self.table);
+        let target_schema = self.target_schema().to_string();
+        let shadow_name = shadow::shadow_name(&table.name);
+        // Where the copy starts: after the saved low watermark of a resumed run.
+        let all_copied =
+            saved.is_some_and(|t| t.change_stream.low_watermark.as_deref() == Some(&[0xFF][..]));
+        let mut copy_needed = stage < TableStage::CopyDone && !all_copied;
+        let mut start_after = None;
+        if copy_needed {
+            let low = saved
+                .filter(|t| t.change_stream.position.is_some())
+                .and_then(|t| t.change_stream.low_watermark.clone());
+            if saved.is_some_and(|t| t.change_stream.position.is_some()) {
+                let shadow_key = self.shadow_chunk_key(old)?;
+                let deleted = resume::delete_above(
+                    tconn,
+                    &target_schema,
+                    &shadow_name,
+                    &shadow_key,
+                    low.as_deref(),
+                )
+                .await?;
+                let low = self.import_closed_engines(saved, low, layout).await?;
+                let _ = std::fs::remove_dir_all(engines_dir(config, table));
+                self.progress.emit(RunEvent::CopyResumed {
+                    table: table.name.clone(),
+                    recopied: deleted,
+                });
+                let everything = low.as_deref() == Some(&[0xFF][..]);
+                match &low {
+                    // The reopened engines reached the table's end.
+                    Some(_) if everything => copy_needed = false,
+                    Some(low) => {
+                        start_after =
+                            Some(wraith_backend::decode_key(low).map_err(|e| {
+                                self.setup_error(format!("saved low watermark: {e}"))
+                            })?)
+                    }
+                    None => {}
+                }
+                {
+                    let mut marks = following.state.marks().map_err(|e| self.changes_error(e))?;
+                    *marks = if everything {
+                        crate::changes::Watermarks::resumed(None)
+                    } else {
+                        crate::changes::Watermarks::resumed(low.clone())
+                    };
+                    if everything {
+                        marks.copy_done();
+                    }
+                }
+            }
+            self.save_progress(following, 0).await?;
+            self.advance(TableStage::Copying).await?;
+        }
+        Ok((copy_needed, start_after))
+    }
+
+    /// Copies the rows (or nothing when a resumed run is past the copy),
+    /// saving progress on the way.
+    async fn copy(
+        &self,
+        old: &TableInfo,
+        layout: &CopyLayout,
+        following: &Following,
+        copy_needed: bool,
+        start_after: Option<Vec<wraith_backend::Value>>,
+    ) -> Result<(CopyStats, crate::progress::TableHandle), RunError> {
+        let (config, table, plan) = (self.config, self.table, self.plan);
+        let backend = make_backend(config, table, plan.backend, self.target_pool)?;
+        let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
+        let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
+        let handle = self.progress.add_table(&table.name, old.estimated_rows);
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.progress.set_state(State::CopyRows);
+        self.ops
+            .hook_logged(HookEvent::OnRowcountComplete, None)
+            .await;
+        let copy = self.copy_or_skip(
+            copy_needed,
+            copy_table(
+                CopyJob {
+                    source_schema: config.source.database.clone(),
+                    table: table.name.clone(),
+                    layout: layout.clone(),
+                    threads: config.copy.threads,
+                    chunk_target: config.copy.chunk_target.0,
+                    initial_chunk_rows: config.copy.initial_chunk_rows,
+                    engine_rows,
+                    server_side: config.copy.server_side_copy
+                        && plan.backend != BackendKind::Local
+                        && same_server(config),
+                    online: Some(following.state.clone()),
+                    start_after,
+                    closed_engines: Some(closed_tx),
+                    ops: Some(self.ops.clone()),
+                },
+                self.source_pool,
+                backend.clone(),
+                handle.clone(),
+            ),
+        );
+        tokio::pin!(copy);
+        let mut shutdown = self.control.shutdown.clone();
+        let stats = loop {
+            tokio::select! {
+                r = &mut copy => break r.map_err(|source| RunError::Copy { table: table.name.clone(), source: Box::new(source) })?,
+                _ = wait_for_error(following) => return Err(following.check(&table.name).err().unwrap_or_else(|| self.changes_error(ChangesError::Stopped))),
+                Some(closed) = closed_rx.recv() => self.record_closed_engine(closed).await?,
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        self.save_progress(following, handle.rows_copied()).await?;
+                        self.interrupted()?;
+                    }
+                }
+                _ = tokio::time::sleep(config.checkpoint.interval.0) => {
+                    self.save_progress(following, handle.rows_copied()).await?;
+                }
+            }
+        };
+        backend.close().await;
+        following.check(&table.name)?;
+        following
+            .state
+            .marks()
+            .map_err(|e| self.changes_error(e))?
+            .copy_done();
+        handle.set_total(stats.rows);
+        self.ops
+            .hook_logged(HookEvent::OnRowCopyComplete, None)
+            .await;
+        tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
+            secs = stats.elapsed.as_secs_f64(), "copy done");
+        self.save_progress(following, stats.rows).await?;
+        self.advance(TableStage::CopyDone).await?;
+        self.interrupted()?;
+        Ok((stats, handle))
+    }
+
+    /// Restores the secondary indexes the copy left out; returns how long it took.
+    async fn restore_indexes(
+        &self,
+        tconn: &mut Conn,
+        stage: TableStage,
+        following: &Following,
+        rows: u64,
+    ) -> Result<Duration, RunError> {
+        self.progress.set_state(State::RestoreSecondaryIndexes);
+        let t0 = Instant::now();
+        if stage < TableStage::IndexesRestored {
+            shadow::restore_indexes(tconn, self.target_schema(), &self.table.name, self.plan)
+                .await?;
+            self.save_progress(following, rows).await?;
+            self.advance(TableStage::IndexesRestored).await?;
+        }
+        let index_restore = t0.elapsed();
+        following.check(&self.table.name)?;
+        Ok(index_restore)
+    }
+
+    /// Analyzes the shadow, then compares it with the source at a
+    /// consistent point. Returns the shadow as inspected, the checksum and
+    /// how long the source was locked.
+    async fn analyze_and_checksum(
+        &self,
+        old: &TableInfo,
+        tconn: &mut Conn,
+        following: &Following,
+        rows: u64,
+    ) -> Result<(TableInfo, crate::checksum::ChecksumReport, Duration), RunError> {
+        let target_schema = self.target_schema().to_string();
+        let shadow_name = shadow::shadow_name(&self.table.name);
+        self.progress.set_state(State::AnalyzeTable);
+        tconn
+            .query_drop(format!(
+                "ANALYZE TABLE {}.{}",
+                quote_ident(&target_schema),
+                quote_ident(&shadow_name)
+            ))
+            .await
+            .context(|| format!("analyzing {shadow_name}"))?;
+        self.interrupted()?;
+
+        self.progress.set_state(State::Checksum);
+        let new = inspect_table(tconn, &target_schema, &shadow_name).await?;
+        let (checksum, checksum_lock) = self.consistent_checksum(old, &new, following).await?;
+        self.save_progress(following, rows).await?;
+        self.advance(TableStage::Checksummed).await?;
+        self.progress.set_state(State::PostChecksum);
+        Ok((new, checksum, checksum_lock))
+    }
+
+    /// The cut-over is disabled: keeps the shadow in step and verified until
+    /// the run is interrupted.
+    async fn keep_in_sync(
+        &self,
+        old: &TableInfo,
+        new: &TableInfo,
+        following: &Following,
+    ) -> Result<(), RunError> {
+        let (table, plan) = (self.table, self.plan);
+        self.progress.emit(RunEvent::KeptInSync {
+            table: table.name.clone(),
+            shadow: shadow::shadow_name(&table.name),
+        });
+        let mut shutdown = self.control.shutdown.clone();
+        let verifier =
+            RowVerifier::new(old, new, plan).map_err(|e| RunError::Verify(Box::new(e)))?;
+        let mut verified = Instant::now();
+        loop {
+            following.check(&table.name)?;
+            // Kept in sync is kept verified: what changed is compared again.
+            if verified.elapsed() >= REVERIFY_INTERVAL {
+                self.reverify(following, &verifier).await?;
+                verified = Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        // Leave the shadow exactly in step as of this moment.
+        following
+            .state
+            .drain(Duration::from_secs(30), "when the run was stopped")
+            .await
+            .map_err(|e| self.drain_error(e))?;
+        Ok(())
+    }
+
+    /// Waits until the cut-over may go: the stream caught up, no
+    /// postponement, the `on-before-cut-over` hook passed, the rows changed
+    /// meanwhile verified. Then records that the cut-over starts.
+    async fn await_cutover(
+        &self,
+        following: &Following,
+        verifier: &RowVerifier,
+        rows: u64,
+    ) -> Result<(), RunError> {
+        self.wait_for_catch_up(following).await?;
+        self.wait_while_postponed(following, verifier).await?;
+        self.ops
+            .hook(HookEvent::OnBeforeCutOver)
+            .await
+            .map_err(|source| RunError::Hook {
+                table: self.table.name.clone(),
+                source,
+            })?;
+        // What changed while the cut-over waited is verified outside the
+        // cut-over's lock; under it only the last moments remain.
+        self.reverify(following, verifier).await?;
+        self.progress.set_state(State::CutOver);
+        self.save_progress(following, rows).await?;
+        self.advance(TableStage::CuttingOver).await
+    }
+
+    /// The cut-over itself; records it done.
+    async fn cut_over(
+        &self,
+        following: &Following,
+        verifier: Arc<RowVerifier>,
+    ) -> Result<crate::cutover::CutoverReport, RunError> {
+        let (config, table) = (self.config, self.table);
+        let mut drain = RunDrain {
+            online: OnlineDrain {
+                state: following.state.clone(),
+                timeout: config.cutover.lock_wait_timeout.0,
+                verifier: Some(verifier.clone()),
+                target_pool: self.target_pool.clone(),
+            },
+            run: self,
+            following,
+            verifier,
+        };
+        let stop = || {
+            self.interrupted()
+                .and_then(|()| following.check(&table.name))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let cut = cut_over(
+            self.source_pool,
+            self.flavor,
+            self.source_schema(),
+            &table.name,
+            &self.cutover_settings(),
+            &mut drain,
+            &cutover::Observer {
+                progress: self.progress,
+                stop: &stop,
+            },
+        )
+        .await;
+        let cut = match cut {
+            Err(CutoverError::Stopped { .. }) => {
+                // Say why in the run's own terms (Ctrl-C, `panic`, the stream).
+                self.interrupted()?;
+                following.check(&table.name)?;
+                cut.map_err(RunError::Cutover)?
+            }
+            Err(CutoverError::Verify(v)) => return Err(RunError::Verify(v)),
+            cut => cut.map_err(RunError::Cutover)?,
+        };
+        tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
+        self.advance(TableStage::CutOver).await?;
+        Ok(cut)
+    }
+
+    /// The copy, or nothing when a resumed run is past it.
+    pub(super) async fn copy_or_skip(
+        &self,
+        needed: bool,
+        copy: impl std::future::Future<Output = Result<CopyStats, CopyError>>,
+    ) -> Result<CopyStats, CopyError> {
+        if needed {
+            copy.await
+        } else {
+            Ok(CopyStats::default())
+        }
+    }
+
+    /// The source's chunk key as named in the shadow table (to delete above a watermark).
+    pub(super) fn shadow_chunk_key(
+        &self,
+        old: &TableInfo,
+    ) -> Result<Vec<wraith_backend::ColumnSpec>, RunError> {
+        let copied = self.plan.copied_columns();
+        self.plan
+            .chunk_key
+            .iter()
+            .map(|k| {
+                let to = copied
+                    .iter()
+                    .find(|(from, _)| from.eq_ignore_ascii_case(k))
+                    .map(|(_, to)| to.to_string());
+                match (to, old.column(k)) {
+                    (Some(to), Some(c)) => c
+                        .spec(&to)
+                        .map(|mut s| {
+                            s.zone_shift = self.plan.zone_shift(&to);
+                            s
+                        })
+                        .ok_or_else(|| self.setup_error(format!("key column {k}"))),
+                    _ => Err(self.setup_error(format!(
+                        "the chunk key column {k} is not in the new table, so a resumed copy cannot find its place; run `wraith run --fresh CONFIG`"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) async fn fill_change_figures(
+        &self,
+        report: &mut TableReport,
+        following: &Following,
+    ) {
+        let (applied, rate) = following.state.applied().await;
+        report.changes_received = following.state.received();
+        report.changes_applied = applied;
+        report.apply_changes_per_sec = rate;
+        report.change_buffer_spills = following.state.spills();
+        report.rows_reverified = following
+            .state
+            .reverified
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
+}
