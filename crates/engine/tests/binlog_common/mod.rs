@@ -14,7 +14,7 @@ use wraith_engine::binlog::{
 };
 use wraith_engine::db::{self, Flavor};
 use wraith_engine::inspect::inspect_table;
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 static SERVER: OnceLock<ScratchServer> = OnceLock::new();
 
