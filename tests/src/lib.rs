@@ -2,7 +2,7 @@
 //! schema per test, and helpers to run the real `wraith` binary against it.
 //!
 //! Nothing here mocks the database. The server is started on first use and
-//! dies with the test process (see `wraith_engine::scratch`).
+//! dies with the test process (see `wraith_engine::testkit::scratch`).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 /// The server shared by every test of this run.
 pub fn server() -> &'static ScratchServer {
@@ -361,7 +361,7 @@ impl WraithChild {
 /// of what `sbtest` must contain after a rebuild.
 pub async fn sysbench_with_mirror(s: &Schema, rows: u64) {
     let mut c = s.conn().await;
-    wraith_engine::workload::create_sysbench_table(&mut c, &s.name, "sbtest", rows)
+    wraith_engine::testkit::workload::create_sysbench_table(&mut c, &s.name, "sbtest", rows)
         .await
         .expect("create sbtest");
     c.query_drop("CREATE TABLE mirror LIKE sbtest; INSERT INTO mirror SELECT * FROM sbtest")
@@ -373,8 +373,12 @@ pub async fn sysbench_with_mirror(s: &Schema, rows: u64) {
 /// every statement also written to `mirror` in the same transaction, primary
 /// keys changed too, 200 tx/s on 2 connections over ids up to `rows`. Tests
 /// adjust fields with struct update syntax.
-pub fn mirrored_load(s: &Schema, rows: u64, seed: u64) -> wraith_engine::workload::LoadConfig {
-    wraith_engine::workload::LoadConfig {
+pub fn mirrored_load(
+    s: &Schema,
+    rows: u64,
+    seed: u64,
+) -> wraith_engine::testkit::workload::LoadConfig {
+    wraith_engine::testkit::workload::LoadConfig {
         schema: s.name.clone(),
         table: "sbtest".into(),
         rate: 200,

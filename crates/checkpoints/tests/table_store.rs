@@ -10,7 +10,7 @@ use wraith_checkpoints::{
     CheckpointError, CheckpointStore, SourceIdentity, StoreFailure, TableCheckpoint, TableStage,
     TableStore, TaskCheckpoint, CHECKPOINT_COLUMNS, CHECKPOINT_TABLE, FORMAT_VERSION,
 };
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 static SERVER: OnceLock<ScratchServer> = OnceLock::new();
 

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use clap::Args;
 use wraith_engine::config::Config;
 use wraith_engine::mysql_async::prelude::Queryable;
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
-use wraith_engine::workload::{self, Load, LoadConfig};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::workload::{self, Load, LoadConfig};
 
 use crate::{Failure, Outcome};
 

@@ -2,8 +2,14 @@
 //! and maps errors to exit codes; everything else lives in `wraith-engine`.
 //!
 //! Exit codes: 0 done, 1 runtime failure, 2 usage or config error, 3 preflight refusal.
+//!
+//! Feature `demo` (on by default) adds `wraith demo` and `wraith bench`, which
+//! start scratch servers through `wraith-engine`'s test kit; a build with
+//! `--no-default-features` has only the operator's commands.
 
+#[cfg(feature = "demo")]
 mod bench;
+#[cfg(feature = "demo")]
 mod demo;
 mod import_cmd;
 mod metrics;
@@ -38,12 +44,14 @@ enum Command {
     /// Runs the rebuild described by CONFIG (preflight first).
     Run(RunArgs),
     /// Starts a scratch MariaDB, creates a sysbench-like table and rebuilds it.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Shows the checkpoint of CONFIG's job: state, progress, position, age.
     Status(StatusArgs),
     /// Loads dump files (mydumper, mysqldump, CSV, TSV) described by CONFIG's [import].
     Import(ImportArgs),
     /// Benchmarks wraith's backends against native ALTER TABLE and pt-online-schema-change.
+    #[cfg(feature = "demo")]
     Bench(bench::BenchArgs),
 }
 
@@ -206,9 +214,11 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             let config = load_config(&args.config)?;
             status(&config, args.json).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::demo(args).await,
         Command::Import(args) if args.check => import_cmd::check(&args.config, args.json).await,
         Command::Import(args) => import_cmd::import(&args.config, args.json).await,
+        #[cfg(feature = "demo")]
         Command::Bench(args) => bench::bench(args).await,
     }
 }
@@ -306,6 +316,8 @@ fn reload_throttle_on_hangup(path: PathBuf, ops: std::sync::Arc<Operations>) {
     });
 }
 
+/// A run without SIGHUP reloads or metrics (`wraith demo`'s).
+#[cfg(feature = "demo")]
 async fn run(config: &Config, json: bool, options: RunOptions) -> Result<Outcome, Failure> {
     run_reloadable(config, None, json, options, None).await
 }

@@ -29,15 +29,14 @@
 //!   socket and the live settings it changes; [`hooks`]: operator executables
 //!   run at points of a run.
 //! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same engines and checkpoints.
-//! - [`scratch`]: a private MariaDB for tests, demos and benchmarks.
-//! - [`workload`]: generated tables and write loads.
-//! - [`bench`]: `wraith bench`'s tables, pristine copies, fingerprints and write load.
+//! - `testkit` (feature `testkit`, off by default): a private MariaDB for
+//!   tests, demos and benchmarks, generated tables and write loads, and
+//!   `wraith bench`'s harness.
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
 pub mod alter;
 pub mod applier;
-pub mod bench;
 pub mod binlog;
 pub mod blockers;
 pub mod changes;
@@ -58,12 +57,12 @@ pub mod plan;
 pub mod preflight;
 pub mod progress;
 pub mod resume;
-pub mod scratch;
 pub mod server;
 pub mod shadow;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod throttle;
 pub mod verify;
-pub mod workload;
 
 /// The driver, re-exported so callers use the same version.
 pub use mysql_async;

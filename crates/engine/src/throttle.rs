@@ -46,9 +46,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ThrottleConfig;
-use crate::server::{self, quote_ident, Context, DbError};
 use crate::events::RunEvent;
 use crate::progress::{plain, ProgressHandle};
+use crate::server::{self, quote_ident, Context, DbError};
 
 /// The heartbeat table, next to the source table, while replicas are watched.
 pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";

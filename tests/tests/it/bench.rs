@@ -160,9 +160,9 @@ async fn bench_import_loads_a_mydumper_dump_with_every_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fingerprints_catch_a_changed_value_and_replays_reproduce_the_load() {
     use mysql_async::prelude::Queryable;
-    use wraith_engine::bench::load::{WriteLoad, WriteLoadConfig};
-    use wraith_engine::bench::pristine::{fingerprint, Pristine};
-    use wraith_engine::bench::tables::TableKind;
+    use wraith_engine::testkit::bench::load::{WriteLoad, WriteLoadConfig};
+    use wraith_engine::testkit::bench::pristine::{fingerprint, Pristine};
+    use wraith_engine::testkit::bench::tables::TableKind;
 
     let pristine_schema = wraith_tests::Schema::new("bench_pristine").await;
     let loaded = wraith_tests::Schema::new("bench_loaded").await;

@@ -5,7 +5,7 @@ use mysql_async::prelude::Queryable;
 use wraith_engine::checksum::{checksum_table, ChecksumError};
 use wraith_engine::config::Config;
 use wraith_engine::server::inspect::inspect_table;
-use wraith_engine::workload::create_sysbench_table;
+use wraith_engine::testkit::workload::create_sysbench_table;
 use wraith_tests::{wraith_with_config, Schema};
 
 /// Each way rows can travel: the sql backend server-side (`INSERT ... SELECT`),

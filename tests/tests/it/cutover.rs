@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
-use wraith_engine::workload::Load;
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::workload::Load;
 use wraith_tests::{
     assert_matches_mirror, mirrored_load, note_column_exists, sysbench_with_mirror, PostponeFlag,
     Schema, WraithChild,

@@ -151,7 +151,7 @@ async fn dumps_of_every_type_by_mydumper_and_mariadb_dump_round_trip() {
 async fn compressed_and_chunked_mydumper_output() {
     let src = Schema::new("imp_mydumper_chunks_src").await;
     let mut c = src.conn().await;
-    wraith_engine::workload::create_sysbench_table(&mut c, &src.name, "sbtest", 30_000)
+    wraith_engine::testkit::workload::create_sysbench_table(&mut c, &src.name, "sbtest", 30_000)
         .await
         .expect("sbtest");
     drop(c);

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use wraith_engine::workload::{Load, LoadConfig};
+use wraith_engine::testkit::workload::{Load, LoadConfig};
 use wraith_tests::{
     assert_matches_mirror, assert_table_matches_mirror, mirrored_load, note_column_exists,
     sysbench_with_mirror, wraith_with_config, PostponeFlag, Schema, WraithChild,
@@ -630,7 +630,7 @@ async fn a_table_named_in_non_ascii_letters_is_rebuilt_under_load() {
     let rows = 5_000;
     {
         let mut c = s.conn().await;
-        wraith_engine::workload::create_sysbench_table(&mut c, &s.name, table, rows)
+        wraith_engine::testkit::workload::create_sysbench_table(&mut c, &s.name, table, rows)
             .await
             .expect("create the table");
         c.query_drop(format!(

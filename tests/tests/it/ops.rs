@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use wraith_engine::workload::{Load, LoadConfig};
+use wraith_engine::testkit::workload::{Load, LoadConfig};
 use wraith_tests::{
     assert_matches_mirror, mirrored_load, note_column_exists, sysbench_with_mirror, Schema,
     WraithChild,
@@ -658,8 +658,8 @@ async fn a_failing_before_cut_over_hook_blocks_the_cut_over() {
 
 /// A replica of the shared server that applies only `schema`'s heartbeat
 /// table, from the source's current position on.
-async fn heartbeat_replica(s: &Schema) -> wraith_engine::scratch::ScratchServer {
-    use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+async fn heartbeat_replica(s: &Schema) -> wraith_engine::testkit::scratch::ScratchServer {
+    use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
     let replica = ScratchServer::start(ScratchOptions {
         buffer_pool: "64M".into(),
         extra_args: vec![
@@ -691,7 +691,7 @@ async fn heartbeat_replica(s: &Schema) -> wraith_engine::scratch::ScratchServer 
     replica
 }
 
-async fn on_replica(replica: &wraith_engine::scratch::ScratchServer, sql: &str) {
+async fn on_replica(replica: &wraith_engine::testkit::scratch::ScratchServer, sql: &str) {
     let pool = mysql_async::Pool::new(replica.opts(None));
     let mut c = pool.get_conn().await.expect("connect to the replica");
     c.query_drop(sql)

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
-use wraith_engine::workload::{Load, LoadConfig};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::workload::{Load, LoadConfig};
 use wraith_tests::{
     assert_matches_mirror, mirrored_load, sysbench_with_mirror, wraith_with_config, PostponeFlag,
     Schema, WraithChild,
@@ -330,12 +330,13 @@ async fn a_recreated_source_table_collides_with_the_checkpoint() {
 #[tokio::test]
 async fn a_purged_binlog_position_is_refused() {
     // Purging binlogs would break the other tests' streams: its own server.
-    let server =
-        wraith_engine::scratch::ScratchServer::start(wraith_engine::scratch::ScratchOptions {
+    let server = wraith_engine::testkit::scratch::ScratchServer::start(
+        wraith_engine::testkit::scratch::ScratchOptions {
             buffer_pool: "64M".into(),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let s = Schema::on(&server, "rs_purged").await;
     sysbench_with_mirror(&s, 2_000).await;
     let flag = PostponeFlag::new();

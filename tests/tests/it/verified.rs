@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use wraith_engine::workload::{Load, LoadConfig};
+use wraith_engine::testkit::workload::{Load, LoadConfig};
 use wraith_tests::{
     assert_matches_mirror, mirrored_load, sysbench_with_mirror, PostponeFlag, Schema, WraithChild,
 };

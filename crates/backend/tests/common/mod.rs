@@ -12,7 +12,7 @@ use wraith_backend::{
     Backend, ColumnKind, ColumnSpec, LocalBackend, LocalBackendConfig, Row, SqlBackend,
     SqlBackendConfig, Value,
 };
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 static SERVER: OnceLock<ScratchServer> = OnceLock::new();
 

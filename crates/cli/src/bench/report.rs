@@ -1,245 +1,206 @@
-//! The benchmark's results: per-run lines, the summary per method (median,
-//! min, max, ratios), the markdown table, the JSON shape and the SVG plot.
+//! How `wraith bench` shows its results: a line per event and per run as it
+//! finishes, the markdown tables of the summary, and the SVG plot. The data
+//! (runs, summary, the JSON shape) is `wraith_engine::testkit::bench::results`.
 
 use std::path::Path;
 
-use serde::Serialize;
-use wraith_engine::bench::tables::TableKind;
+use wraith_engine::testkit::bench::harness::{
+    BenchEvent, BENCH_SCHEMA, EXPECTED_SCHEMA, PRISTINE_SCHEMA,
+};
+use wraith_engine::testkit::bench::results::{
+    median, ApplyRun, BenchResults, Condition, ImportRun, Method, MethodRun, MethodSummary,
+    TableInfo, LOADERS,
+};
 
-use super::{ApplyRun, Condition, ImportRun, Method, MethodRun, Skipped, TableInfo};
-
-/// The knobs a result was measured with.
-#[derive(Debug, Clone, Serialize)]
-pub struct Settings {
-    pub repeat: u32,
-    pub load_rate: u32,
-    pub load_connections: usize,
-    pub baseline_secs: f64,
-    pub scratch_server: bool,
-}
-
-/// One method under one condition on one table, over the rounds.
-#[derive(Debug, Clone, Serialize)]
-pub struct MethodSummary {
-    pub table: TableKind,
-    pub method: Method,
-    pub condition: Condition,
-    pub runs: usize,
-    /// Every run finished with the right content.
-    pub all_correct: bool,
-    pub wall_secs_median: f64,
-    pub wall_secs_min: f64,
-    pub wall_secs_max: f64,
-    /// Rows and table bytes over the median time.
-    pub rows_per_sec: f64,
-    pub mb_per_sec: f64,
-    pub ratio_to_native_inplace: Option<f64>,
-    pub cutover_blocked_ms: Option<f64>,
-    pub server_cpu_secs: Option<f64>,
-    pub peak_rss_mib: Option<f64>,
-    /// Medians over the rounds of the load's p95 before and during the method.
-    pub load_p95_before_ms: Option<f64>,
-    pub load_p95_during_ms: Option<f64>,
-    /// During minus before.
-    pub load_p95_change_ms: Option<f64>,
-    pub load_p99_during_ms: Option<f64>,
-    pub load_tps_during: Option<f64>,
-    /// Failed load transactions during the method, over all rounds.
-    pub load_errors_during: Option<u64>,
-}
-
-/// Everything `--json` writes.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchResults {
-    pub wraith_version: &'static str,
-    pub server_version: String,
-    pub settings: Settings,
-    pub tables: Vec<TableInfo>,
-    pub skipped: Vec<Skipped>,
-    pub summary: Vec<MethodSummary>,
-    pub runs: Vec<MethodRun>,
-    /// The change apply rate, per table and round.
-    pub apply: Vec<ApplyRun>,
-    /// `--import`: dump loads, per table, round and loader.
-    pub import: Vec<ImportRun>,
-}
-
-impl BenchResults {
-    pub fn new(
-        server_version: String,
-        settings: &Settings,
-        tables: Vec<TableInfo>,
-        skipped: Vec<Skipped>,
-        runs: Vec<MethodRun>,
-        apply: Vec<ApplyRun>,
-        import: Vec<ImportRun>,
-    ) -> BenchResults {
-        let mut summary = Vec::new();
-        for table in &tables {
-            for condition in [Condition::Idle, Condition::Load] {
-                for method in Method::ALL {
-                    let group: Vec<&MethodRun> = runs
-                        .iter()
-                        .filter(|r| {
-                            r.table == table.kind && r.condition == condition && r.method == method
-                        })
-                        .collect();
-                    if !group.is_empty() {
-                        summary.push(summarise(table, &group));
-                    }
-                }
-            }
+/// The line an event prints on stderr.
+pub fn event_line(event: &BenchEvent<'_>) -> String {
+    match event {
+        BenchEvent::Skipped(s) => format!("note: {}; skipping {}", s.reason, s.method.name()),
+        BenchEvent::OnServer(server) => format!(
+            "benchmarking on {server} (schemas {BENCH_SCHEMA}, {PRISTINE_SCHEMA}, {EXPECTED_SCHEMA})"
+        ),
+        BenchEvent::StartingScratch { buffer_pool } => {
+            format!("starting a scratch MariaDB (buffer pool {buffer_pool}) ...")
         }
-        BenchResults {
-            wraith_version: env!("CARGO_PKG_VERSION"),
-            server_version,
-            settings: settings.clone(),
-            tables,
-            skipped,
-            summary,
-            runs,
-            apply,
-            import,
+        BenchEvent::ScratchStarted { port } => format!("scratch server on 127.0.0.1:{port}"),
+        BenchEvent::NoServerCpu => {
+            "note: the server's process is not on this machine; its CPU time is not reported".into()
         }
+        BenchEvent::Generating { kind, table, rows } => {
+            format!("\ngenerating {kind} table {table} with {rows} rows ...")
+        }
+        BenchEvent::Generated(info) => format!(
+            "generated {} rows ({:.1} MiB of data and indexes) in {:.1}s; restores by {}",
+            info.rows,
+            info.table_bytes as f64 / 1048576.0,
+            info.generate_secs,
+            info.restore
+        ),
+        BenchEvent::Dumped { bytes, secs } => format!(
+            "mydumper wrote {:.1} MiB in {secs:.1}s",
+            *bytes as f64 / 1048576.0
+        ),
+        BenchEvent::LoaderRetry { loader, reason } => {
+            format!("{loader}: {reason}; running it again")
+        }
+        BenchEvent::Run(run) => run_line(run),
+        BenchEvent::Apply(run) => apply_line(run),
+        BenchEvent::Import(run) => import_line(run),
     }
+}
 
-    /// The summary as markdown tables, one per table and condition.
-    pub fn render_markdown(&self) -> String {
-        let mut out = String::new();
-        for table in &self.tables {
-            for condition in [Condition::Idle, Condition::Load] {
-                let rows: Vec<&MethodSummary> = self
-                    .summary
-                    .iter()
-                    .filter(|s| s.table == table.kind && s.condition == condition)
-                    .collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                out += &format!(
-                    "\n{} ({} rows, {:.0} MiB), {}, {} round(s), server {}:\n\n",
-                    table.table,
-                    table.rows,
-                    table.table_bytes as f64 / 1048576.0,
-                    match condition {
-                        Condition::Idle => "idle".to_string(),
-                        Condition::Load => format!(
-                            "under {} tx/s of writes on {} connections",
-                            self.settings.load_rate, self.settings.load_connections
-                        ),
-                    },
-                    self.settings.repeat,
-                    self.server_version
-                );
-                out += "| method | median s | min s | max s | rows/s | MiB/s | × INPLACE | cut-over ms | server CPU s | peak RSS MiB |";
-                if condition == Condition::Load {
-                    out += " load p95 before → during ms | load p99 during ms | load tx/s | load errors |";
-                }
-                out += " result |\n";
-                out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
-                if condition == Condition::Load {
-                    out += " ---: | ---: | ---: | ---: |";
-                }
-                out += " --- |\n";
-                for s in rows {
-                    out += &format!(
-                        "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} | {} |",
-                        s.method.name(),
-                        s.wall_secs_median,
-                        s.wall_secs_min,
-                        s.wall_secs_max,
-                        s.rows_per_sec,
-                        s.mb_per_sec,
-                        opt(s.ratio_to_native_inplace, |v| format!("{v:.2}×")),
-                        opt(s.cutover_blocked_ms, |v| format!("{v:.1}")),
-                        opt(s.server_cpu_secs, |v| format!("{v:.1}")),
-                        opt(s.peak_rss_mib, |v| format!("{v:.0}")),
-                    );
-                    if condition == Condition::Load {
-                        out += &format!(
-                            " {} → {} | {} | {} | {} |",
-                            opt(s.load_p95_before_ms, |v| format!("{v:.1}")),
-                            opt(s.load_p95_during_ms, |v| format!("{v:.1}")),
-                            opt(s.load_p99_during_ms, |v| format!("{v:.1}")),
-                            opt(s.load_tps_during, |v| format!("{v:.0}")),
-                            opt(s.load_errors_during, |v| v.to_string()),
-                        );
-                    }
-                    out += &format!(" {} |\n", if s.all_correct { "correct" } else { "WRONG" });
-                }
-            }
-        }
-        if !self.apply.is_empty() {
-            out += "\nchange apply (wraith-sql, bursts of single-statement updates while the cut-over is held):\n\n";
-            out += "| table | round | changes | apply s | changes/s | result |\n| --- | ---: | ---: | ---: | ---: | --- |\n";
-            for a in &self.apply {
-                out += &format!(
-                    "| {} | {} | {} | {:.2} | {:.0} | {} |\n",
-                    a.table.as_str(),
-                    a.round,
-                    a.changes,
-                    a.apply_secs,
-                    a.changes_per_sec,
-                    if a.correct { "correct" } else { "WRONG" }
-                );
-            }
-        }
-        for table in &self.tables {
-            let loads: Vec<&ImportRun> = self
-                .import
+/// The summary as markdown tables, one per table and condition.
+pub fn render_markdown(results: &BenchResults) -> String {
+    let mut out = String::new();
+    method_tables(results, &mut out);
+    apply_table(results, &mut out);
+    import_tables(results, &mut out);
+    for s in &results.skipped {
+        out += &format!("\nskipped {}: {}\n", s.method.name(), s.reason);
+    }
+    out
+}
+
+/// One table per generated table and condition: the methods' summaries.
+fn method_tables(results: &BenchResults, out: &mut String) {
+    for table in &results.tables {
+        for condition in [Condition::Idle, Condition::Load] {
+            let rows: Vec<&MethodSummary> = results
+                .summary
                 .iter()
-                .filter(|r| r.table == table.kind)
+                .filter(|s| s.table == table.kind && s.condition == condition)
                 .collect();
-            if loads.is_empty() {
+            if rows.is_empty() {
                 continue;
             }
-            out += &format!(
-                "\nimport of a mydumper dump of {} ({} rows) into an empty schema, binlog on, 2 threads each, {} round(s), server {}:\n\n",
-                table.table, table.rows, self.settings.repeat, self.server_version
+            *out += &format!(
+                "\n{} ({} rows, {:.0} MiB), {}, {} round(s), server {}:\n\n",
+                table.table,
+                table.rows,
+                table.table_bytes as f64 / 1048576.0,
+                match condition {
+                    Condition::Idle => "idle".to_string(),
+                    Condition::Load => format!(
+                        "under {} tx/s of writes on {} connections",
+                        results.settings.load_rate, results.settings.load_connections
+                    ),
+                },
+                results.settings.repeat,
+                results.server_version
             );
-            out += "| loader | median s | min s | max s | rows/s | × myloader speed | server CPU s | peak RSS MiB | result |\n";
-            out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
-            for loader in ["myloader", "wraith-import-sql", "wraith-import-local"] {
-                let group: Vec<&&ImportRun> = loads.iter().filter(|r| r.loader == loader).collect();
-                if group.is_empty() {
-                    continue;
-                }
-                let walls: Vec<f64> = group.iter().map(|r| r.wall_secs).collect();
-                let wall = median(walls.clone()).unwrap_or(0.0);
-                let min = walls.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = walls.iter().copied().fold(0.0, f64::max);
-                out += &format!(
-                    "| {loader} | {wall:.2} | {min:.2} | {max:.2} | {:.0} | {} | {} | {} | {} |\n",
-                    table.rows as f64 / wall.max(1e-9),
-                    opt(
-                        median(
-                            group
-                                .iter()
-                                .filter_map(|r| r.speedup_over_myloader)
-                                .collect()
-                        ),
-                        |v| format!("{v:.2}×")
-                    ),
-                    opt(
-                        median(group.iter().filter_map(|r| r.server_cpu_secs).collect()),
-                        |v| format!("{v:.1}")
-                    ),
-                    opt(
-                        median(group.iter().filter_map(|r| r.peak_rss_mib).collect()),
-                        |v| format!("{v:.0}")
-                    ),
-                    if group.iter().all(|r| r.correct) {
-                        "correct"
-                    } else {
-                        "WRONG"
-                    }
+            *out += "| method | median s | min s | max s | rows/s | MiB/s | × INPLACE | cut-over ms | server CPU s | peak RSS MiB |";
+            if condition == Condition::Load {
+                *out +=
+                    " load p95 before → during ms | load p99 during ms | load tx/s | load errors |";
+            }
+            *out += " result |\n";
+            *out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+            if condition == Condition::Load {
+                *out += " ---: | ---: | ---: | ---: |";
+            }
+            *out += " --- |\n";
+            for s in rows {
+                *out += &format!(
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                    s.method.name(),
+                    s.wall_secs_median,
+                    s.wall_secs_min,
+                    s.wall_secs_max,
+                    s.rows_per_sec,
+                    s.mb_per_sec,
+                    opt(s.ratio_to_native_inplace, |v| format!("{v:.2}×")),
+                    opt(s.cutover_blocked_ms, |v| format!("{v:.1}")),
+                    opt(s.server_cpu_secs, |v| format!("{v:.1}")),
+                    opt(s.peak_rss_mib, |v| format!("{v:.0}")),
                 );
+                if condition == Condition::Load {
+                    *out += &format!(
+                        " {} → {} | {} | {} | {} |",
+                        opt(s.load_p95_before_ms, |v| format!("{v:.1}")),
+                        opt(s.load_p95_during_ms, |v| format!("{v:.1}")),
+                        opt(s.load_p99_during_ms, |v| format!("{v:.1}")),
+                        opt(s.load_tps_during, |v| format!("{v:.0}")),
+                        opt(s.load_errors_during, |v| v.to_string()),
+                    );
+                }
+                *out += &format!(" {} |\n", if s.all_correct { "correct" } else { "WRONG" });
             }
         }
-        for s in &self.skipped {
-            out += &format!("\nskipped {}: {}\n", s.method.name(), s.reason);
+    }
+}
+
+/// The change apply measurements.
+fn apply_table(results: &BenchResults, out: &mut String) {
+    if !results.apply.is_empty() {
+        *out += "\nchange apply (wraith-sql, bursts of single-statement updates while the cut-over is held):\n\n";
+        *out += "| table | round | changes | apply s | changes/s | result |\n| --- | ---: | ---: | ---: | ---: | --- |\n";
+        for a in &results.apply {
+            *out += &format!(
+                "| {} | {} | {} | {:.2} | {:.0} | {} |\n",
+                a.table.as_str(),
+                a.round,
+                a.changes,
+                a.apply_secs,
+                a.changes_per_sec,
+                if a.correct { "correct" } else { "WRONG" }
+            );
         }
-        out
+    }
+}
+
+/// `--import`: one table per generated table, a row per loader.
+fn import_tables(results: &BenchResults, out: &mut String) {
+    for table in &results.tables {
+        let loads: Vec<&ImportRun> = results
+            .import
+            .iter()
+            .filter(|r| r.table == table.kind)
+            .collect();
+        if loads.is_empty() {
+            continue;
+        }
+        *out += &format!(
+            "\nimport of a mydumper dump of {} ({} rows) into an empty schema, binlog on, 2 threads each, {} round(s), server {}:\n\n",
+            table.table, table.rows, results.settings.repeat, results.server_version
+        );
+        *out += "| loader | median s | min s | max s | rows/s | × myloader speed | server CPU s | peak RSS MiB | result |\n";
+        *out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+        for loader in LOADERS {
+            let group: Vec<&&ImportRun> = loads.iter().filter(|r| r.loader == loader).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let walls: Vec<f64> = group.iter().map(|r| r.wall_secs).collect();
+            let wall = median(walls.clone()).unwrap_or(0.0);
+            let min = walls.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = walls.iter().copied().fold(0.0, f64::max);
+            *out += &format!(
+                "| {loader} | {wall:.2} | {min:.2} | {max:.2} | {:.0} | {} | {} | {} | {} |\n",
+                table.rows as f64 / wall.max(1e-9),
+                opt(
+                    median(
+                        group
+                            .iter()
+                            .filter_map(|r| r.speedup_over_myloader)
+                            .collect()
+                    ),
+                    |v| format!("{v:.2}×")
+                ),
+                opt(
+                    median(group.iter().filter_map(|r| r.server_cpu_secs).collect()),
+                    |v| format!("{v:.1}")
+                ),
+                opt(
+                    median(group.iter().filter_map(|r| r.peak_rss_mib).collect()),
+                    |v| format!("{v:.0}")
+                ),
+                if group.iter().all(|r| r.correct) {
+                    "correct"
+                } else {
+                    "WRONG"
+                }
+            );
+        }
     }
 }
 
@@ -260,81 +221,6 @@ fn opt<T: Copy>(value: Option<T>, show: impl Fn(T) -> String) -> String {
     value.map(show).unwrap_or_else(|| "—".into())
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    })
-}
-
-fn summarise(table: &TableInfo, group: &[&MethodRun]) -> MethodSummary {
-    let first = group[0];
-    let walls: Vec<f64> = group.iter().map(|r| r.wall_secs).collect();
-    let wall = median(walls.clone()).unwrap_or(0.0);
-    let collect = |f: &dyn Fn(&MethodRun) -> Option<f64>| -> Option<f64> {
-        median(group.iter().filter_map(|r| f(r)).collect())
-    };
-    let before = collect(&|r| r.load_before.as_ref().map(|w| w.p95_ms));
-    let during = collect(&|r| r.load_during.as_ref().map(|w| w.p95_ms));
-    let changes =
-        collect(&|r| Some(r.load_during.as_ref()?.p95_ms - r.load_before.as_ref()?.p95_ms));
-    let errors: Vec<u64> = group
-        .iter()
-        .filter_map(|r| r.load_during.as_ref().map(|w| w.error_count()))
-        .collect();
-    MethodSummary {
-        table: first.table,
-        method: first.method,
-        condition: first.condition,
-        runs: group.len(),
-        all_correct: group.iter().all(|r| r.correct),
-        wall_secs_median: wall,
-        wall_secs_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
-        wall_secs_max: walls.iter().copied().fold(0.0, f64::max),
-        rows_per_sec: if wall > 0.0 {
-            table.rows as f64 / wall
-        } else {
-            0.0
-        },
-        mb_per_sec: if wall > 0.0 {
-            table.table_bytes as f64 / 1048576.0 / wall
-        } else {
-            0.0
-        },
-        ratio_to_native_inplace: collect(&|r| r.ratio_to_native_inplace),
-        cutover_blocked_ms: collect(&|r| r.cutover_blocked_ms),
-        server_cpu_secs: collect(&|r| r.server_cpu_secs),
-        peak_rss_mib: group.iter().filter_map(|r| r.peak_rss_mib).reduce(f64::max),
-        load_p95_before_ms: before,
-        load_p95_during_ms: during,
-        load_p95_change_ms: changes,
-        load_p99_during_ms: collect(&|r| r.load_during.as_ref().map(|w| w.p99_ms)),
-        load_tps_during: collect(&|r| r.load_during.as_ref().map(|w| w.transactions_per_sec)),
-        load_errors_during: (!errors.is_empty()).then(|| errors.iter().sum()),
-    }
-}
-
-/// Each run's time over native INPLACE's in the same round and condition
-/// (`runs` holds one round of one condition).
-pub fn set_ratios(runs: &mut [MethodRun]) {
-    let native = runs
-        .iter()
-        .find(|r| r.method == Method::NativeInplace && r.correct && r.wall_secs > 0.0)
-        .map(|r| r.wall_secs);
-    if let Some(native) = native {
-        for r in runs.iter_mut().filter(|r| r.correct) {
-            r.ratio_to_native_inplace = Some(r.wall_secs / native);
-        }
-    }
-}
-
-/// One line per run, as it finishes.
 /// One line per dump load, printed as it finishes.
 pub fn import_line(r: &ImportRun) -> String {
     match &r.error {
@@ -381,6 +267,7 @@ pub fn apply_line(a: &ApplyRun) -> String {
     }
 }
 
+/// One line per run, as it finishes.
 pub fn run_line(r: &MethodRun) -> String {
     let mut line = format!(
         "{:<8} {:<4} round {} {:<14} {:>7.2}s {:>8.0} rows/s {:>6.1} MiB/s",
@@ -616,14 +503,4 @@ fn plot_latency(
         ))
     }))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn medians() {
-        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(super::median(vec![4.0, 1.0]), Some(2.5));
-        assert_eq!(super::median(vec![]), None);
-    }
 }

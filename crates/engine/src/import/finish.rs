@@ -17,8 +17,8 @@ use super::job::Job;
 use super::plan::TablePlan;
 use super::report::TableImportReport;
 use super::{conn, engine_table_name, indexes, load, probe, verify, ImportError};
-use crate::server::{quote_ident, Context};
 use crate::resume::Checkpointer;
+use crate::server::{quote_ident, Context};
 
 /// After the regions: import the engine (local), restore indexes, verify.
 pub(super) async fn finish_table(

@@ -10,9 +10,9 @@ use wraith_checkpoints::{TableCheckpoint, TableStage};
 use super::job::Job;
 use super::plan::TablePlan;
 use super::{conn, ImportError};
-use crate::server::{quote_ident, Context};
-use crate::server::inspect::inspect_table;
 use crate::resume::Checkpointer;
+use crate::server::inspect::inspect_table;
+use crate::server::{quote_ident, Context};
 
 /// Drops non-unique secondary indexes (recorded first in the checkpoint, so
 /// a resumed run restores them).

@@ -20,8 +20,8 @@ use super::plan::{self, TablePlan};
 use super::report::{ImportProgress, ImportReport};
 use super::{conn, finish, indexes, job_key, load, markers, ImportError, REGIONS_TABLE};
 use crate::config::{BackendKind, CheckpointStore as StoreKind, Compression};
-use crate::server::{quote_ident, Context};
 use crate::resume::Checkpointer;
+use crate::server::{quote_ident, Context};
 
 /// The stages of an import, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -29,8 +29,8 @@ use super::plan::TablePlan;
 use super::region::{self, Batch, FileReader, TableShape};
 use super::report::ImportProgress;
 use super::{conn, engine_table_name, job_key, verify, writer, ImportError};
-use crate::server::Context;
 use crate::resume::Checkpointer;
+use crate::server::Context;
 
 /// One region to load.
 struct Work {

@@ -9,8 +9,8 @@ use mysql_async::{Conn, Pool};
 use wraith_checkpoints::{ChunkStatus, RowsChecksum};
 
 use super::{conn, indexes, ImportError, REGIONS_TABLE};
-use crate::server::{quote_ident, Context};
 use crate::resume::Checkpointer;
+use crate::server::{quote_ident, Context};
 
 /// Creates the sql path's marker table (adding the sums column to one an
 /// older wraith left).

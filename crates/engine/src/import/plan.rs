@@ -18,8 +18,8 @@ use super::files::{self, DataFile, DumpListing};
 use super::region::{self, FileReader, TableShape};
 use super::{engine_table_name, sql, ImportError};
 use crate::config::BackendKind;
-use crate::server::{quote_ident, Context};
 use crate::server::inspect::{inspect_table, table_exists, TableInfo};
+use crate::server::{quote_ident, Context};
 
 /// A table being imported.
 pub(super) struct TablePlan {

@@ -52,15 +52,15 @@ use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob,
 use crate::cutover::{
     self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError,
 };
-use crate::server::{self, quote_ident, Context, DbError, Flavor};
 use crate::events::RunEvent;
 use crate::hooks::{HookError, HookEvent};
-use crate::server::inspect::{inspect_table, TableInfo};
 use crate::online::{self, ChangesError, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
 use crate::plan::TablePlan;
 use crate::preflight::{self, Report};
 use crate::progress::{ProgressHandle, State};
 use crate::resume::{self, Checkpointer};
+use crate::server::inspect::{inspect_table, TableInfo};
+use crate::server::{self, quote_ident, Context, DbError, Flavor};
 use crate::shadow::{self, CopyLayout, ShadowError};
 use crate::verify::{RowVerifier, VerifyError};
 use std::time::SystemTime;

@@ -216,9 +216,12 @@ impl TableRun<'_> {
                 .get_conn()
                 .await
                 .context(|| "connecting to look for the sentinel table".into())?;
-            let sentinel =
-                crate::server::inspect::table_exists(&mut conn, self.source_schema(), SENTINEL_TABLE)
-                    .await?;
+            let sentinel = crate::server::inspect::table_exists(
+                &mut conn,
+                self.source_schema(),
+                SENTINEL_TABLE,
+            )
+            .await?;
             drop(conn);
             let commanded = self.ops.cutover_postponed();
             if flag.is_none() && !sentinel && !commanded {

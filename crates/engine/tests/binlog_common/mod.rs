@@ -12,9 +12,9 @@ use wraith_backend::{ColumnKind, ColumnSpec, Row, Value};
 use wraith_engine::binlog::{
     current_position, BinlogPosition, ChangeStream, ChangeStreamConfig, RowChange, StreamEvent,
 };
-use wraith_engine::scratch::{ScratchOptions, ScratchServer};
 use wraith_engine::server::inspect::inspect_table;
 use wraith_engine::server::{self, Flavor};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 static SERVER: OnceLock<ScratchServer> = OnceLock::new();
 

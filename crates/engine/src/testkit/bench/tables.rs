@@ -1,6 +1,6 @@
 //! The benchmark's generated tables.
 //!
-//! - `sysbench`: sysbench's `sbtest` layout ([`crate::workload::create_sysbench_table`]),
+//! - `sysbench`: sysbench's `sbtest` layout ([`crate::testkit::workload::create_sysbench_table`]),
 //!   so figures compare with the peers measured in `shared/bench/peers`.
 //! - `wide`: 30 columns of mixed types (integers, floats, decimals, temporal
 //!   types, strings, binaries, TEXT, BLOB, JSON, ENUM, SET, BIT), an integer
@@ -16,7 +16,7 @@ use mysql_async::Conn;
 
 use super::BenchError;
 use crate::server::{quote_ident, Context};
-use crate::workload;
+use crate::testkit::workload;
 
 /// Which table to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
