@@ -1,6 +1,8 @@
 //! The checkpoint model: task → table → engine → chunk, plus the change
 //! stream's position and the copy's watermarks.
 //!
+//! (Over 800 lines with its tests; the model itself is ~670 lines.)
+//!
 //! Statuses are ordered and only move forward. The status fields are private:
 //! the only ways to change them are `advance` (forward, or staying put), and
 //! for a table `fail` and `retry`. A resumed run that repeats a step may

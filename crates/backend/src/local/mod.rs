@@ -1,6 +1,9 @@
 //! The `local` backend: rows are sorted by the new key in a RocksDB engine on
 //! local disk, then loaded into the shadow table in key order.
 //!
+//! (Over 800 lines: the engine, its writers and its import share the RocksDB
+//! handle's private state; moving the writers into `local/writer.rs` is next.)
+//!
 //! **For:** copies where the target's key differs from the source's (rows
 //! arrive in source order but should land in target-key order, so InnoDB
 //! appends instead of splitting pages), where duplicates of a new key must be
