@@ -22,9 +22,13 @@
 //! - [`cutover`]: the atomic swap under bounded lock attempts; [`blockers`]:
 //!   the sessions that would make its lock wait.
 //! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
-//! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them.
-//! - [`migration`]: the state machine of a run; [`progress`]: its counters;
-//!   [`resume`]: its checkpoints and resuming from them.
+//! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them;
+//!   [`online`]: the stream, buffer and applier kept running beside the copy,
+//!   and the cut-over's view of them.
+//! - [`datacheck`]: bounded checks of the data against what the new table can hold.
+//! - [`migration`]: the run, one function per stage; [`progress`]: its counters;
+//!   [`events`]: what it reports for the caller to render (the library never
+//!   prints); [`resume`]: its checkpoints and resuming from them.
 //! - [`throttle`]: when the copy pauses and why; [`control`]: the control
 //!   socket and the live settings it changes; [`hooks`]: operator executables
 //!   run at points of a run.
