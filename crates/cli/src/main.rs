@@ -387,6 +387,14 @@ async fn run_reloadable(
                     t.checksum_secs,
                     t.total_secs
                 );
+                if !t.stages.is_empty() {
+                    let stages: Vec<String> = t
+                        .stages
+                        .iter()
+                        .map(|s| format!("{} {:.2}s", s.stage, s.secs))
+                        .collect();
+                    eprintln!("{}: stages: {}", t.table, stages.join(", "));
+                }
                 if !t.cut_over {
                     eprintln!(
                         "{}: the verified shadow table {} stands beside the untouched source (cut-over disabled)",

@@ -153,7 +153,48 @@ fn check_cutover_report(report: &serde_json::Value, bound_ms: f64) -> &serde_jso
         assert!(held - rename < HOLD_MS + 50.0, "{cut}");
     }
     assert_eq!(attempts.last().unwrap()["outcome"], "renamed", "{cut}");
+    check_stages(t);
     cut
+}
+
+/// The report's stages: every stage of a run that cut over, once each and
+/// in order, their times within the run's total and the copy's own time
+/// within its stage.
+fn check_stages(t: &serde_json::Value) {
+    let stages = t["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["stage"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "create_shadow",
+            "prepare_copy",
+            "copy",
+            "restore_indexes",
+            "analyze",
+            "checksum",
+            "await_cutover",
+            "cut_over",
+            "cleanup"
+        ],
+        "{t}"
+    );
+    let secs = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["stage"] == name)
+            .and_then(|s| s["secs"].as_f64())
+            .expect("stage secs")
+    };
+    let sum: f64 = stages.iter().filter_map(|s| s["secs"].as_f64()).sum();
+    let total = t["total_secs"].as_f64().expect("total_secs");
+    assert!(
+        sum <= total + 0.001,
+        "stages {sum} s > total {total} s: {t}"
+    );
+    let copy = t["copy_secs"].as_f64().expect("copy_secs");
+    assert!(copy <= secs("copy") + 0.001, "{t}");
+    let checksum = t["checksum_secs"].as_f64().expect("checksum_secs");
+    assert!(checksum <= secs("checksum") + 0.001, "{t}");
 }
 
 #[tokio::test]

@@ -1,7 +1,154 @@
-//! Dropping what wraith made: after `--fresh`, after a run killed during or
-//! after its cut-over, and after the cut-over itself.
+//! Dropping what wraith made, in one place: [`clean_up`] is called after
+//! `--fresh`, after a failure that cannot be resumed, after the cut-over
+//! (also of a run killed during it) and when a job ends. The moment
+//! ([`Moment`]) decides which of wraith's objects go; the source table is
+//! never among them. Each object is dropped on its own, so one that cannot
+//! be dropped does not keep the others, and the result says which were
+//! left with the statement to drop them by hand.
 
 use super::*;
+
+/// What wraith makes for a table, as cleanup sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owned {
+    /// `_t_new`, the shadow table.
+    Shadow,
+    /// The cut-over's sentry and swap marker tables.
+    Markers,
+    /// `_t_old`, the source table renamed away by the cut-over.
+    OldTable,
+    /// The changelog table the stream's tokens are written to.
+    Changelog,
+    /// The local change store and the local backend's engines.
+    LocalState,
+}
+
+/// When a cleanup runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Moment {
+    /// `--fresh`: what an earlier run left before its cut-over.
+    Fresh,
+    /// A failure no rerun can resume from, before the cut-over.
+    Abandoned,
+    /// The tables are swapped (by this run, or by a run killed during it).
+    AfterCutover,
+    /// The job ended without a cut-over (it is disabled): the shadow stays.
+    Finished,
+}
+
+impl Moment {
+    fn drops(self, config: &Config) -> Vec<Owned> {
+        match self {
+            Moment::Fresh => vec![Owned::Shadow, Owned::Markers, Owned::LocalState],
+            Moment::Abandoned => vec![Owned::Shadow, Owned::Changelog, Owned::LocalState],
+            Moment::AfterCutover if config.cutover.drop_old_table => {
+                vec![Owned::OldTable, Owned::Changelog, Owned::LocalState]
+            }
+            Moment::AfterCutover => vec![Owned::Changelog, Owned::LocalState],
+            Moment::Finished => vec![Owned::LocalState],
+        }
+    }
+}
+
+/// What one cleanup did.
+#[derive(Debug, Default)]
+pub(super) struct Cleaned {
+    /// What was dropped, in words.
+    pub dropped: Vec<String>,
+    /// What could not be dropped, with the statement to do it by hand.
+    pub left: Vec<(String, RunError)>,
+}
+
+impl Cleaned {
+    /// The first failure, as the caller's error.
+    pub(super) fn into_result(self) -> Result<(), RunError> {
+        match self.left.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs what could not be dropped (when nothing waits on it).
+    fn warn(&self) {
+        for (what, e) in &self.left {
+            tracing::warn!(error = %e, "could not drop {what}; drop it by hand");
+        }
+    }
+
+    /// In words, for an error message.
+    fn describe(&self) -> String {
+        let mut parts = self.dropped.clone();
+        for (what, e) in &self.left {
+            parts.push(format!("NOT {what} ({e})"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Drops what `moment` says of wraith's objects for `table`.
+pub(super) async fn clean_up(
+    conn: &mut Conn,
+    config: &Config,
+    table: &TableConfig,
+    moment: Moment,
+) -> Cleaned {
+    let mut cleaned = Cleaned::default();
+    let (source, target) = (&config.source.database, &config.target().database);
+    for owned in moment.drops(config) {
+        let (what, result): (String, Result<(), RunError>) = match owned {
+            Owned::Shadow => (
+                format!(
+                    "the shadow table {}.{}",
+                    quote_ident(target),
+                    quote_ident(&shadow::shadow_name(&table.name))
+                ),
+                shadow::drop_shadow(conn, target, &table.name)
+                    .await
+                    .map_err(RunError::from),
+            ),
+            Owned::Markers => (
+                "the cut-over's marker tables".to_string(),
+                cutover::drop_markers(conn, source, &table.name)
+                    .await
+                    .map_err(RunError::from),
+            ),
+            Owned::OldTable => {
+                let old = shadow::old_name(&table.name);
+                drop_table(conn, source, &old, "the old table").await
+            }
+            Owned::Changelog => {
+                drop_table(conn, source, CHANGELOG_TABLE, "the changelog table").await
+            }
+            Owned::LocalState => {
+                // Gone already is as good as removed.
+                let _ = std::fs::remove_dir_all(changes_dir(config, table));
+                let _ = std::fs::remove_dir_all(engines_dir(config, table));
+                ("its local change store and engines".to_string(), Ok(()))
+            }
+        };
+        match result {
+            Ok(()) => cleaned.dropped.push(what),
+            Err(e) => cleaned.left.push((what, e)),
+        }
+    }
+    cleaned
+}
+
+/// `DROP TABLE IF EXISTS schema.name`, said as `label schema.name`.
+async fn drop_table(
+    conn: &mut Conn,
+    schema: &str,
+    name: &str,
+    label: &str,
+) -> (String, Result<(), RunError>) {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let result = conn
+        .query_drop(format!("DROP TABLE IF EXISTS {qualified}"))
+        .await
+        .context(|| format!("dropping {qualified}; run DROP TABLE {qualified}"))
+        .map_err(RunError::from);
+    (format!("{label} {qualified}"), result)
+}
 
 /// A run killed during or after its cut-over: the source may already be the
 /// rebuilt table, so preflight's ALTER check would fail. Look at the tables
@@ -33,39 +180,29 @@ pub(super) async fn finish_interrupted_cutover(
             if !done {
                 return Ok(None);
             }
-            reports.push(t.name.clone());
+            reports.push(t);
         }
         let mut conn = pool
             .get_conn()
             .await
             .context(|| "connecting to the target".into())?;
-        let qs = quote_ident(&config.source.database);
         for t in &config.tables {
-            if config.cutover.drop_old_table {
-                conn.query_drop(format!(
-                    "DROP TABLE IF EXISTS {qs}.{}",
-                    quote_ident(&shadow::old_name(&t.name))
-                ))
+            clean_up(&mut conn, config, t, Moment::AfterCutover)
                 .await
-                .context(|| "dropping the old table".into())?;
-            }
-            let _ = std::fs::remove_dir_all(changes_dir(config, t));
-            let _ = std::fs::remove_dir_all(engines_dir(config, t));
+                .into_result()?;
             progress.emit(RunEvent::InterruptedRunFinished {
                 table: t.name.clone(),
             });
         }
-        conn.query_drop(format!(
-            "DROP TABLE IF EXISTS {qs}.{}",
-            quote_ident(CHANGELOG_TABLE)
-        ))
-        .await
-        .context(|| "dropping the changelog table".into())?;
         store.remove(&key).await.map_err(RunError::Checkpoint)?;
         Ok(Some(
             reports
                 .into_iter()
-                .map(|table| TableReport::already_done(&table, config.copy.backend, true))
+                .map(|table| {
+                    let mut report = TableReport::new(table, config.copy.backend);
+                    report.cut_over = true;
+                    report
+                })
                 .collect(),
         ))
     }
@@ -90,10 +227,9 @@ pub(super) async fn start_over(
                 }
             }
         }
-        shadow::drop_shadow(conn, &config.target().database, &t.name).await?;
-        cutover::drop_markers(conn, &config.source.database, &t.name).await?;
-        let _ = std::fs::remove_dir_all(changes_dir(config, t));
-        let _ = std::fs::remove_dir_all(engines_dir(config, t));
+        clean_up(conn, config, t, Moment::Fresh)
+            .await
+            .into_result()?;
         progress.emit(RunEvent::FreshDropped {
             table: t.name.clone(),
             shadow: shadow::shadow_name(&t.name),
@@ -103,76 +239,34 @@ pub(super) async fn start_over(
 }
 
 impl TableRun<'_> {
-    pub(super) async fn cleanup_after_cutover(&self, conn: &mut Conn) {
-        let qs = quote_ident(self.source_schema());
-        if self.config.cutover.drop_old_table {
-            let old = shadow::old_name(&self.table.name);
-            if let Err(e) = conn
-                .query_drop(format!("DROP TABLE IF EXISTS {qs}.{}", quote_ident(&old)))
-                .await
-            {
-                tracing::warn!(error = %e, "could not drop {old}; drop it by hand");
-            }
-        }
-        if let Err(e) = conn
-            .query_drop(format!(
-                "DROP TABLE IF EXISTS {qs}.{}",
-                quote_ident(CHANGELOG_TABLE)
-            ))
+    /// [`Stage::Cleanup`]: what the swap left behind; a table that cannot
+    /// be dropped is logged, since the swap itself is done.
+    pub(super) async fn cleanup_after_cutover(&self, conn: &mut Conn) -> Result<(), RunError> {
+        clean_up(conn, self.config, self.table, Moment::AfterCutover)
             .await
-        {
-            tracing::warn!(error = %e, "could not drop {CHANGELOG_TABLE}");
-        }
+            .warn();
+        Ok(())
     }
 
     /// A failure that cannot be resumed: drops what this run created for the
-    /// table (shadow, changelog table, checkpoint, local state) so a rerun
+    /// table (shadow, changelog table, local state, checkpoint) so a rerun
     /// starts clean, and says what was dropped.
     pub(super) async fn abandon(&self, e: RunError, tconn: &mut Conn) -> RunError {
-        // This cannot be resumed: drop what this run created so a
-        // rerun starts clean, and say what was dropped.
-        let mut dropped = Vec::new();
-        let shadow_name = format!(
-            "{}.{}",
-            quote_ident(self.target_schema()),
-            quote_ident(&shadow::shadow_name(&self.table.name))
-        );
-        match shadow::drop_shadow(tconn, self.target_schema(), &self.table.name).await {
-            Ok(()) => dropped.push(format!("the shadow table {shadow_name}")),
-            Err(drop_err) => {
-                tracing::error!(error = %drop_err, "could not drop the shadow table after a failure");
-                dropped.push(format!(
-                    "NOT the shadow table ({drop_err}: run DROP TABLE {shadow_name})"
-                ));
-            }
-        }
-        let changelog = format!(
-            "{}.{}",
-            quote_ident(self.source_schema()),
-            quote_ident(CHANGELOG_TABLE)
-        );
-        match tconn
-            .query_drop(format!("DROP TABLE IF EXISTS {changelog}"))
-            .await
-        {
-            Ok(()) => dropped.push(format!("the changelog table {changelog}")),
-            Err(drop_err) => dropped.push(format!(
-                "NOT the changelog table ({drop_err}: run DROP TABLE {changelog})"
-            )),
-        }
+        let mut cleaned = clean_up(tconn, self.config, self.table, Moment::Abandoned).await;
         match self.checkpoint.remove().await {
-            Ok(()) => dropped.push(format!("its checkpoint in {}", self.checkpoint.describe())),
-            Err(cp_err) => {
-                tracing::error!(error = %cp_err, "could not remove the checkpoint after a failure");
-                dropped.push(format!("NOT its checkpoint ({cp_err})"));
-            }
+            Ok(()) => cleaned
+                .dropped
+                .push(format!("its checkpoint in {}", self.checkpoint.describe())),
+            Err(cp_err) => cleaned
+                .left
+                .push(("its checkpoint".into(), RunError::Checkpoint(cp_err))),
         }
-        let _ = std::fs::remove_dir_all(changes_dir(self.config, self.table));
-        let _ = std::fs::remove_dir_all(engines_dir(self.config, self.table));
-        dropped.push("its local change store and engines".into());
+        for (what, e) in &cleaned.left {
+            tracing::error!(error = %e, "could not drop {what} after a failure");
+        }
         RunError::Abandoned {
             error: Box::new(e),
-            dropped: dropped.join(", "),
+            dropped: cleaned.describe(),
         }
     }
 }

@@ -71,12 +71,15 @@ use wraith_checkpoints::{
 mod cleanup;
 mod points;
 mod report;
+mod stage;
 mod stages;
 mod table;
 
-use cleanup::{finish_interrupted_cutover, start_over};
+use cleanup::{clean_up, finish_interrupted_cutover, start_over, Moment};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
+pub use stage::StageTiming;
+use stage::{Stage, StageLog};
 
 /// How often the rows changed after the checksum are verified while the
 /// cut-over waits (each time the source is locked for a moment, as for the
@@ -424,13 +427,19 @@ async fn run_job(
             control,
             checkpoint: &checkpointer,
             ops,
+            stages: StageLog::default(),
         };
         tables.push(ctx.run().await?);
     }
     checkpointer.remove().await.map_err(RunError::Checkpoint)?;
+    let mut conn = target_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the target".into())?;
     for t in &config.tables {
-        let _ = std::fs::remove_dir_all(changes_dir(config, t));
-        let _ = std::fs::remove_dir_all(engines_dir(config, t));
+        clean_up(&mut conn, config, t, Moment::Finished)
+            .await
+            .into_result()?;
     }
     Ok(tables)
 }
@@ -504,6 +513,8 @@ struct TableRun<'a> {
     control: &'a RunControl,
     checkpoint: &'a Checkpointer,
     ops: &'a Arc<Operations>,
+    /// The stages finished so far, with their times.
+    stages: StageLog,
 }
 
 /// The online machinery of one table, stopped on drop.

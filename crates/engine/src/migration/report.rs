@@ -1,5 +1,6 @@
 //! What a run reports, per table and for the job.
 
+use super::stage::StageTiming;
 use super::*;
 
 /// What a run did, per table.
@@ -34,15 +35,17 @@ pub struct TableReport {
     pub cutover_attempts: Option<u32>,
     /// The cut-over in detail: each lock attempt, the blockers waited for, the AUTO_INCREMENT carried over.
     pub cutover: Option<crate::cutover::CutoverReport>,
+    /// Each stage this run went through, in order, with its time.
+    pub stages: Vec<StageTiming>,
     pub total_secs: f64,
 }
 
 impl TableReport {
-    /// The report of a table a resumed run found already finished.
-    pub(super) fn already_done(table: &str, backend: BackendKind, cut_over: bool) -> TableReport {
+    /// A report with nothing done yet; the stages fill it in.
+    pub(super) fn new(table: &TableConfig, backend: BackendKind) -> TableReport {
         TableReport {
-            table: table.to_string(),
-            shadow: shadow::shadow_name(table),
+            table: table.name.clone(),
+            shadow: shadow::shadow_name(&table.name),
             backend,
             rows_copied: 0,
             chunks: 0,
@@ -58,10 +61,11 @@ impl TableReport {
             change_buffer_spills: 0,
             checksum_lock_ms: 0.0,
             rows_reverified: 0,
-            cut_over,
+            cut_over: false,
             cutover_blocked_ms: None,
             cutover_attempts: None,
             cutover: None,
+            stages: Vec::new(),
             total_secs: 0.0,
         }
     }

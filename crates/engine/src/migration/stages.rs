@@ -4,9 +4,10 @@
 use super::*;
 
 impl TableRun<'_> {
-    /// The stages after the shadow exists, each its own function: prepare
-    /// the copy, copy, restore indexes, analyze and checksum, then keep in
-    /// sync or await the cut-over and cut over.
+    /// The stages after the shadow exists, each its own function run
+    /// through [`TableRun::stage`]: prepare the copy, copy, restore indexes,
+    /// analyze, checksum, then keep in sync or await the cut-over and cut
+    /// over.
     pub(super) async fn online(
         &self,
         old: &TableInfo,
@@ -22,86 +23,95 @@ impl TableRun<'_> {
                 table: self.table.name.clone(),
                 message,
             })?;
-        let following = self.start_following(old, &layout, sconn, saved).await?;
-        self.progress.attach_stream(following.state.clone());
         let mut tconn = self
             .target_pool
             .get_conn()
             .await
             .context(|| "connecting to the target".into())?;
-        let (copy_needed, start_after) = self
-            .prepare_copy(old, &layout, &mut tconn, saved, stage, &following)
+        let (following, copy_needed, start_after) = self
+            .stage(
+                Stage::PrepareCopy,
+                self.prepare_copy(old, &layout, sconn, &mut tconn, saved, stage),
+            )
             .await?;
         let (stats, handle) = self
-            .copy(old, &layout, &following, copy_needed, start_after)
+            .stage(
+                Stage::Copy,
+                self.copy(old, &layout, &following, copy_needed, start_after),
+            )
             .await?;
-        let index_restore = self
-            .restore_indexes(&mut tconn, stage, &following, stats.rows)
-            .await?;
+        self.interrupted()?;
+        self.stage(
+            Stage::RestoreIndexes,
+            self.restore_indexes(&mut tconn, stage, &following, stats.rows),
+        )
+        .await?;
+        self.stage(Stage::Analyze, self.analyze(&mut tconn)).await?;
         let (new, checksum, checksum_lock) = self
-            .analyze_and_checksum(old, &mut tconn, &following, stats.rows)
+            .stage(
+                Stage::Checksum,
+                self.checksum(old, &mut tconn, &following, stats.rows),
+            )
             .await?;
         handle.complete();
         following.check(&self.table.name)?;
-        let mut report = TableReport {
-            table: self.table.name.clone(),
-            shadow: shadow::shadow_name(&self.table.name),
-            backend: self.plan.backend,
-            rows_copied: stats.rows,
-            chunks: stats.chunks,
-            engines: stats.engines,
-            copy_secs: stats.elapsed.as_secs_f64(),
-            copy_rows_per_sec: stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6),
-            index_restore_secs: index_restore.as_secs_f64(),
-            checksum_rows: checksum.rows,
-            checksum_secs: checksum.elapsed.as_secs_f64(),
-            changes_received: 0,
-            changes_applied: 0,
-            apply_changes_per_sec: 0.0,
-            change_buffer_spills: 0,
-            checksum_lock_ms: checksum_lock.as_secs_f64() * 1000.0,
-            rows_reverified: 0,
-            cut_over: false,
-            cutover_blocked_ms: None,
-            cutover_attempts: None,
-            cutover: None,
-            total_secs: 0.0,
-        };
+        let mut report = TableReport::new(self.table, self.plan.backend);
+        report.rows_copied = stats.rows;
+        report.chunks = stats.chunks;
+        report.engines = stats.engines;
+        report.copy_secs = stats.elapsed.as_secs_f64();
+        report.copy_rows_per_sec = stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6);
+        report.index_restore_secs = self.stages.took(Stage::RestoreIndexes).await.as_secs_f64();
+        report.checksum_rows = checksum.rows;
+        report.checksum_secs = checksum.elapsed.as_secs_f64();
+        report.checksum_lock_ms = checksum_lock.as_secs_f64() * 1000.0;
         if !self.config.cutover.enabled {
             if self.config.cutover.keep_in_sync {
-                self.keep_in_sync(old, &new, &following).await?;
+                self.stage(Stage::KeepInSync, self.keep_in_sync(old, &new, &following))
+                    .await?;
             }
             self.fill_change_figures(&mut report, &following).await;
+            report.stages = self.stages.timings().await;
             return Ok(report);
         }
         let verifier = Arc::new(
             RowVerifier::new(old, &new, self.plan).map_err(|e| RunError::Verify(Box::new(e)))?,
         );
-        self.await_cutover(&following, &verifier, stats.rows)
+        self.stage(
+            Stage::AwaitCutover,
+            self.await_cutover(&following, &verifier, stats.rows),
+        )
+        .await?;
+        let cut = self
+            .stage(Stage::CutOver, self.cut_over(&following, verifier))
             .await?;
-        let cut = self.cut_over(&following, verifier).await?;
         self.fill_change_figures(&mut report, &following).await;
         drop(following);
         report.cut_over = true;
         report.cutover_blocked_ms = Some(cut.blocked_ms);
         report.cutover_attempts = Some(cut.attempts);
         report.cutover = Some(cut);
-        self.cleanup_after_cutover(&mut tconn).await;
+        self.stage(Stage::Cleanup, self.cleanup_after_cutover(&mut tconn))
+            .await?;
+        report.stages = self.stages.timings().await;
         Ok(report)
     }
 
-    /// Where the copy starts: after the saved low watermark of a resumed
-    /// run (rows above it deleted, closed engines imported). Returns whether
-    /// a copy is needed and the key it starts after.
+    /// Starts following the changes, and finds where the copy starts: after
+    /// the saved low watermark of a resumed run (rows above it deleted,
+    /// closed engines imported). Returns the following, whether a copy is
+    /// needed and the key it starts after.
     async fn prepare_copy(
         &self,
         old: &TableInfo,
         layout: &CopyLayout,
+        sconn: &mut Conn,
         tconn: &mut Conn,
         saved: Option<&TableCheckpoint>,
         stage: TableStage,
-        following: &Following,
-    ) -> Result<(bool, Option<Vec<wraith_backend::Value>>), RunError> {
+    ) -> Result<(Following, bool, Option<Vec<wraith_backend::Value>>), RunError> {
+        let following = self.start_following(old, layout, sconn, saved).await?;
+        self.progress.attach_stream(following.state.clone());
         let (config, table) = (self.config, self.table);
         let target_schema = self.target_schema().to_string();
         let shadow_name = shadow::shadow_name(&table.name);
@@ -154,10 +164,9 @@ impl TableRun<'_> {
                     }
                 }
             }
-            self.save_progress(following, 0).await?;
-            self.advance(TableStage::Copying).await?;
+            self.save_progress(&following, 0).await?;
         }
-        Ok((copy_needed, start_after))
+        Ok((following, copy_needed, start_after))
     }
 
     /// Copies the rows (or nothing when a resumed run is past the copy),
@@ -176,7 +185,6 @@ impl TableRun<'_> {
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
         let handle = self.progress.add_table(&table.name, old.estimated_rows);
         let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
-        self.progress.set_state(State::CopyRows);
         self.ops
             .hook_logged(HookEvent::OnRowcountComplete, None)
             .await;
@@ -236,61 +244,54 @@ impl TableRun<'_> {
         tracing::info!(table = %table.name, rows = stats.rows, chunks = stats.chunks, engines = stats.engines,
             secs = stats.elapsed.as_secs_f64(), "copy done");
         self.save_progress(following, stats.rows).await?;
-        self.advance(TableStage::CopyDone).await?;
-        self.interrupted()?;
         Ok((stats, handle))
     }
 
-    /// Restores the secondary indexes the copy left out; returns how long it took.
+    /// Restores the secondary indexes the copy left out (unless a resumed
+    /// run is past them).
     async fn restore_indexes(
         &self,
         tconn: &mut Conn,
         stage: TableStage,
         following: &Following,
         rows: u64,
-    ) -> Result<Duration, RunError> {
-        self.progress.set_state(State::RestoreSecondaryIndexes);
-        let t0 = Instant::now();
+    ) -> Result<(), RunError> {
         if stage < TableStage::IndexesRestored {
             shadow::restore_indexes(tconn, self.target_schema(), &self.table.name, self.plan)
                 .await?;
             self.save_progress(following, rows).await?;
-            self.advance(TableStage::IndexesRestored).await?;
         }
-        let index_restore = t0.elapsed();
-        following.check(&self.table.name)?;
-        Ok(index_restore)
+        following.check(&self.table.name)
     }
 
-    /// Analyzes the shadow, then compares it with the source at a
-    /// consistent point. Returns the shadow as inspected, the checksum and
-    /// how long the source was locked.
-    async fn analyze_and_checksum(
+    /// Analyzes the shadow, so the optimizer knows it from the swap on.
+    async fn analyze(&self, tconn: &mut Conn) -> Result<(), RunError> {
+        let shadow_name = shadow::shadow_name(&self.table.name);
+        tconn
+            .query_drop(format!(
+                "ANALYZE TABLE {}.{}",
+                quote_ident(self.target_schema()),
+                quote_ident(&shadow_name)
+            ))
+            .await
+            .context(|| format!("analyzing {shadow_name}"))?;
+        self.interrupted()
+    }
+
+    /// Compares the shadow with the source at a consistent point. Returns
+    /// the shadow as inspected, the checksum and how long the source was
+    /// locked.
+    async fn checksum(
         &self,
         old: &TableInfo,
         tconn: &mut Conn,
         following: &Following,
         rows: u64,
     ) -> Result<(TableInfo, crate::checksum::ChecksumReport, Duration), RunError> {
-        let target_schema = self.target_schema().to_string();
         let shadow_name = shadow::shadow_name(&self.table.name);
-        self.progress.set_state(State::AnalyzeTable);
-        tconn
-            .query_drop(format!(
-                "ANALYZE TABLE {}.{}",
-                quote_ident(&target_schema),
-                quote_ident(&shadow_name)
-            ))
-            .await
-            .context(|| format!("analyzing {shadow_name}"))?;
-        self.interrupted()?;
-
-        self.progress.set_state(State::Checksum);
-        let new = inspect_table(tconn, &target_schema, &shadow_name).await?;
+        let new = inspect_table(tconn, self.target_schema(), &shadow_name).await?;
         let (checksum, checksum_lock) = self.consistent_checksum(old, &new, following).await?;
         self.save_progress(following, rows).await?;
-        self.advance(TableStage::Checksummed).await?;
-        self.progress.set_state(State::PostChecksum);
         Ok((new, checksum, checksum_lock))
     }
 
@@ -337,7 +338,7 @@ impl TableRun<'_> {
 
     /// Waits until the cut-over may go: the stream caught up, no
     /// postponement, the `on-before-cut-over` hook passed, the rows changed
-    /// meanwhile verified. Then records that the cut-over starts.
+    /// meanwhile verified.
     async fn await_cutover(
         &self,
         following: &Following,
@@ -356,12 +357,10 @@ impl TableRun<'_> {
         // What changed while the cut-over waited is verified outside the
         // cut-over's lock; under it only the last moments remain.
         self.reverify(following, verifier).await?;
-        self.progress.set_state(State::CutOver);
-        self.save_progress(following, rows).await?;
-        self.advance(TableStage::CuttingOver).await
+        self.save_progress(following, rows).await
     }
 
-    /// The cut-over itself; records it done.
+    /// The cut-over itself.
     async fn cut_over(
         &self,
         following: &Following,
@@ -409,7 +408,6 @@ impl TableRun<'_> {
             cut => cut.map_err(RunError::Cutover)?,
         };
         tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
-        self.advance(TableStage::CutOver).await?;
         Ok(cut)
     }
 

@@ -12,6 +12,9 @@ impl TableRun<'_> {
         &self.config.target().database
     }
 
+    /// Runs the table from where its checkpoint says it is: every stage in
+    /// order through [`TableRun::stage`]. A failure a rerun can resume from
+    /// keeps what was made; any other drops it ([`TableRun::abandon`]).
     pub(super) async fn run(&self) -> Result<TableReport, RunError> {
         let started = Instant::now();
         self.ops.set_table(&self.table.name);
@@ -36,88 +39,20 @@ impl TableRun<'_> {
             .as_ref()
             .map(|t| t.stage())
             .unwrap_or(TableStage::Pending);
-        if stage == TableStage::CuttingOver {
-            match cutover::resolve_interrupted(
-                self.source_pool,
-                self.source_schema(),
-                &self.table.name,
-            )
-            .await?
-            {
-                CutoverState::Done => {
-                    self.progress.emit(RunEvent::InterruptedCutoverDone {
-                        table: self.table.name.clone(),
-                    });
-                    self.advance(TableStage::CutOver).await?;
-                    self.cleanup_after_cutover(&mut tconn).await;
-                    return Ok(self.finished_report(&old, stage));
-                }
-                CutoverState::NotDone => self.progress.emit(RunEvent::InterruptedCutoverUndone {
-                    table: self.table.name.clone(),
-                }),
-            }
+        if self.swapped_before(stage).await? {
+            self.stage(Stage::Cleanup, self.cleanup_after_cutover(&mut tconn))
+                .await?;
+            let mut report = TableReport::new(self.table, self.plan.backend);
+            report.cut_over = true;
+            report.stages = self.stages.timings().await;
+            return Ok(report);
         }
-        if stage >= TableStage::CutOver {
-            self.cleanup_after_cutover(&mut tconn).await;
-            return Ok(self.finished_report(&old, stage));
-        }
-        if stage == TableStage::Pending {
-            if saved.is_some() {
-                // Killed before the shadow table was recorded: it may be half made.
-                shadow::drop_shadow(&mut tconn, self.target_schema(), &self.table.name).await?;
-            }
-            // Record the table before making anything, so that a kill from here
-            // on finds a checkpoint that owns what it left.
-            let identity = resume::source_identity(&mut sconn, &old).await?;
-            let mut tc = TableCheckpoint::new(identity, String::new(), &self.table.alter);
-            tc.rows_total = old.estimated_rows;
-            self.checkpoint
-                .update(|task| {
-                    task.tables.retain(|t| {
-                        t.source.table != tc.source.table || t.source.schema != tc.source.schema
-                    });
-                    task.tables.push(tc);
-                })
-                .await
-                .map_err(RunError::Checkpoint)?;
-            let shadow = shadow::create(
-                &mut tconn,
-                self.source_schema(),
-                self.target_schema(),
-                &self.table.name,
-                &self.table.alter,
-                self.plan,
-            )
-            .await?;
-            tracing::info!(table = %self.table.name, shadow = %shadow.name, "shadow table created");
-            let fingerprint = resume::shadow_fingerprint(&shadow);
-            let (schema, name) = (self.source_schema().to_string(), self.table.name.clone());
-            self.checkpoint
-                .update(|task| {
-                    if let Some(t) = task.table_mut(&schema, &name) {
-                        t.shadow_fingerprint = fingerprint;
-                    }
-                })
-                .await
-                .map_err(RunError::Checkpoint)?;
-            self.advance(TableStage::ShadowCreated).await?;
-        } else {
-            self.progress.emit(RunEvent::ResumingAtStage {
-                table: self.table.name.clone(),
-                stage,
-            });
-            // Whatever the killed run still had running must end before this
-            // run writes anything, or a late statement could undo newer work.
-            resume::wait_out_killed_writers(
-                &mut tconn,
-                self.target_schema(),
-                &shadow::shadow_name(&self.table.name),
-            )
-            .await?;
-        }
-
-        let outcome = self.online(&old, &mut sconn, saved.as_ref()).await;
-        match outcome {
+        self.stage(
+            Stage::CreateShadow,
+            self.create_shadow(&old, &mut sconn, &mut tconn, saved.is_some(), stage),
+        )
+        .await?;
+        match self.online(&old, &mut sconn, saved.as_ref()).await {
             Ok(mut report) => {
                 report.total_secs = started.elapsed().as_secs_f64();
                 Ok(report)
@@ -134,7 +69,98 @@ impl TableRun<'_> {
         }
     }
 
-    /// Moves the table's checkpoint to `stage` and saves it.
+    /// Whether an earlier run already swapped the tables: its checkpoint is
+    /// past the cut-over, or it was killed during the cut-over and the
+    /// tables say the RENAME happened (recorded here). A cut-over that did
+    /// not happen is said, and the run goes on.
+    async fn swapped_before(&self, stage: TableStage) -> Result<bool, RunError> {
+        if stage != TableStage::CuttingOver {
+            return Ok(stage >= TableStage::CutOver);
+        }
+        let table = self.table.name.clone();
+        match cutover::resolve_interrupted(self.source_pool, self.source_schema(), &table).await? {
+            CutoverState::Done => {
+                self.progress
+                    .emit(RunEvent::InterruptedCutoverDone { table });
+                self.stage(Stage::CutOver, async { Ok(()) }).await?;
+                Ok(true)
+            }
+            CutoverState::NotDone => {
+                self.progress
+                    .emit(RunEvent::InterruptedCutoverUndone { table });
+                Ok(false)
+            }
+        }
+    }
+
+    /// [`Stage::CreateShadow`]: records the table in the checkpoint, then
+    /// creates the shadow table. On resume (the shadow exists) waits out
+    /// whatever the killed run still had running instead.
+    async fn create_shadow(
+        &self,
+        old: &TableInfo,
+        sconn: &mut Conn,
+        tconn: &mut Conn,
+        recorded: bool,
+        stage: TableStage,
+    ) -> Result<(), RunError> {
+        if stage != TableStage::Pending {
+            self.progress.emit(RunEvent::ResumingAtStage {
+                table: self.table.name.clone(),
+                stage,
+            });
+            // Whatever the killed run still had running must end before this
+            // run writes anything, or a late statement could undo newer work.
+            resume::wait_out_killed_writers(
+                tconn,
+                self.target_schema(),
+                &shadow::shadow_name(&self.table.name),
+            )
+            .await?;
+            return Ok(());
+        }
+        if recorded {
+            // Killed before the shadow table was recorded: it may be half made.
+            shadow::drop_shadow(tconn, self.target_schema(), &self.table.name).await?;
+        }
+        // Record the table before making anything, so that a kill from here
+        // on finds a checkpoint that owns what it left.
+        let identity = resume::source_identity(sconn, old).await?;
+        let mut tc = TableCheckpoint::new(identity, String::new(), &self.table.alter);
+        tc.rows_total = old.estimated_rows;
+        self.checkpoint
+            .update(|task| {
+                task.tables.retain(|t| {
+                    t.source.table != tc.source.table || t.source.schema != tc.source.schema
+                });
+                task.tables.push(tc);
+            })
+            .await
+            .map_err(RunError::Checkpoint)?;
+        let shadow = shadow::create(
+            tconn,
+            self.source_schema(),
+            self.target_schema(),
+            &self.table.name,
+            &self.table.alter,
+            self.plan,
+        )
+        .await?;
+        tracing::info!(table = %self.table.name, shadow = %shadow.name, "shadow table created");
+        let fingerprint = resume::shadow_fingerprint(&shadow);
+        let (schema, name) = (self.source_schema().to_string(), self.table.name.clone());
+        self.checkpoint
+            .update(|task| {
+                if let Some(t) = task.table_mut(&schema, &name) {
+                    t.shadow_fingerprint = fingerprint;
+                }
+            })
+            .await
+            .map_err(RunError::Checkpoint)
+    }
+
+    /// Moves the table's checkpoint to `stage` and saves it; only
+    /// [`TableRun::stage`] calls it.
     pub(super) async fn advance(&self, stage: TableStage) -> Result<(), RunError> {
         let (schema, table) = (self.source_schema().to_string(), self.table.name.clone());
         self.checkpoint
@@ -311,14 +337,6 @@ impl TableRun<'_> {
             })
             .await
             .map_err(RunError::Checkpoint)
-    }
-
-    pub(super) fn finished_report(&self, _old: &TableInfo, stage: TableStage) -> TableReport {
-        TableReport::already_done(
-            &self.table.name,
-            self.plan.backend,
-            stage >= TableStage::CuttingOver,
-        )
     }
 
     pub(super) async fn start_following(
