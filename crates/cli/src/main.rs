@@ -360,7 +360,7 @@ async fn run_reloadable(
                         t.table,
                         t.cutover_attempts.unwrap_or(0),
                         t.cutover_blocked_ms.unwrap_or(0.0),
-                        if config.cutover.drop_old_table { "dropped".to_string() } else { format!("kept as _{}_old", t.table) }
+                        if config.cutover.drop_old_table { "dropped".to_string() } else { format!("kept as {}", t.old_table) }
                     );
                     if let Some(c) = &t.cutover {
                         print_cutover_details(&t.table, c);

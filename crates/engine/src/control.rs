@@ -475,22 +475,7 @@ commands (one per line):
   panic                   stop now; the source is untouched and a rerun resumes
 ";
 
-/// Where a run's socket goes when `[control] socket` is not set.
-pub fn default_socket_path(config: &Config) -> PathBuf {
-    let table = config
-        .tables
-        .first()
-        .map(|t| t.name.as_str())
-        .unwrap_or("job");
-    let name = format!("wraith-{}-{}.sock", config.source.database, table);
-    let preferred = config.local.sort_dir.join(&name);
-    // sun_path holds 108 bytes.
-    if preferred.as_os_str().len() < 100 {
-        preferred
-    } else {
-        std::env::temp_dir().join(name)
-    }
-}
+pub use crate::names::default_socket_path;
 
 /// A listening control socket; removed on drop.
 pub struct ControlSocket {

@@ -55,6 +55,7 @@ pub mod events;
 pub mod hooks;
 pub mod import;
 pub mod migration;
+mod names;
 pub mod online;
 pub mod paths;
 pub mod plan;

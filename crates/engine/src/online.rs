@@ -56,8 +56,7 @@ use crate::cutover::DrainError;
 use crate::server::{quote_ident, Context, DbError};
 use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
-/// Name of wraith's changelog table (tokens and heartbeats), next to the source.
-pub const CHANGELOG_TABLE: &str = "_wraith_changelog";
+pub use crate::names::CHANGELOG_TABLE;
 
 /// Creates the changelog table if needed.
 pub async fn ensure_changelog(conn: &mut Conn, schema: &str) -> Result<(), DbError> {

@@ -51,6 +51,13 @@ impl std::fmt::Display for State {
     }
 }
 
+/// How long one stage of a run or an import took, in its report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: &'static str,
+    pub secs: f64,
+}
+
 /// Progress of one table.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TableProgress {

@@ -16,15 +16,7 @@ use crate::plan::TablePlan;
 use crate::server::inspect::{inspect_table, table_exists, TableInfo};
 use crate::server::{quote_ident, Context, DbError};
 
-/// Name of the shadow table of `table`.
-pub fn shadow_name(table: &str) -> String {
-    format!("_{table}_new")
-}
-
-/// Name `table` gets at cut-over.
-pub fn old_name(table: &str) -> String {
-    format!("_{table}_old")
-}
+pub use crate::names::{old_name, shadow_name};
 
 /// What the copy reads from the source and writes to the shadow.
 #[derive(Debug, Clone)]

@@ -50,8 +50,7 @@ use crate::events::RunEvent;
 use crate::progress::{plain, ProgressHandle};
 use crate::server::{self, quote_ident, Context, DbError};
 
-/// The heartbeat table, next to the source table, while replicas are watched.
-pub const HEARTBEAT_TABLE: &str = "_wraith_heartbeat";
+pub use crate::names::HEARTBEAT_TABLE;
 
 /// Shared throttle state; cheap to clone.
 #[derive(Clone)]

@@ -135,6 +135,27 @@ async fn dumps_of_every_type_by_mydumper_and_mariadb_dump_round_trip() {
             assert_eq!(report["tables"][0]["checksum_verified"], true, "{report}");
             assert_eq!(report["tables"][0]["created"], true, "{report}");
             assert_eq!(report["tables"][0]["rows_in_table"], 4);
+            let stages: Vec<&str> = report["stages"]
+                .as_array()
+                .expect("stages")
+                .iter()
+                .filter_map(|s| s["stage"].as_str())
+                .collect();
+            assert_eq!(
+                stages,
+                ["plan", "checkpoint", "load", "finish", "cleanup"],
+                "{report}"
+            );
+            let staged: f64 = report["stages"]
+                .as_array()
+                .expect("stages")
+                .iter()
+                .filter_map(|s| s["secs"].as_f64())
+                .sum();
+            assert!(
+                staged <= report["elapsed_secs"].as_f64().expect("elapsed") + 0.001,
+                "{report}"
+            );
             assert_eq!(
                 want,
                 hex_rows(&dst, "types").await,

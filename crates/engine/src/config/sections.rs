@@ -21,7 +21,8 @@ pub struct ChangesConfig {
     /// Memory for buffered changes; beyond it they spill to disk.
     #[serde(default = "default_changes_memory")]
     pub memory_limit: ByteSize,
-    /// Where spilled changes go; default `<sort_dir>/changes-<table>`.
+    /// The directory under which spilled changes go (in
+    /// `changes-<schema>-<table>`, see `names::changes_dir`); default `sort_dir`.
     pub dir: Option<PathBuf>,
 }
 

@@ -43,17 +43,7 @@ impl SwapNames {
     }
 }
 
-/// The sentry's name: `t` followed by more, so it sorts after `t`. The
-/// server takes a statement's metadata locks in name order; a RENAME must
-/// queue on `t` itself while A still holds it (see the module comment).
-pub fn sentry_name(table: &str) -> String {
-    format!("{table}_wraith_sentry")
-}
-
-/// The marker table the RENAME moves onto the sentry's name.
-pub fn swap_name(table: &str) -> String {
-    format!("{table}_wraith_swap")
-}
+pub use crate::names::{sentry_name, swap_name};
 
 /// Of `_t_new` and `_t_old`, the last that sorts before `t` in the server's
 /// lock order, if any: once the RENAME holds it, it is waiting on `t`.

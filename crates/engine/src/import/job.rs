@@ -17,9 +17,10 @@ use wraith_checkpoints::{ChunkStatus, FileStore, TableStore, TaskCheckpoint};
 use super::config::ImportJobConfig;
 use super::files::{self, DumpListing};
 use super::plan::{self, TablePlan};
-use super::report::{ImportProgress, ImportReport};
+use super::report::{ImportProgress, ImportReport, TableImportReport};
 use super::{conn, finish, indexes, job_key, load, markers, ImportError, REGIONS_TABLE};
 use crate::config::{BackendKind, CheckpointStore as StoreKind, Compression};
+use crate::progress::StageTiming;
 use crate::resume::Checkpointer;
 use crate::server::{quote_ident, Context};
 
@@ -74,14 +75,29 @@ pub(super) struct Job<'a> {
     pub progress: Arc<ImportProgress>,
     /// Turns true to stop at the next region boundary (resumable).
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The stages finished so far, with their times.
+    pub stages: tokio::sync::Mutex<Vec<StageTiming>>,
 }
 
 impl Job<'_> {
-    fn enter(&self, stage: Stage) {
+    /// Runs `body` as `stage`: shows its phase, and records its time once
+    /// it succeeded (as the rebuild's stages do).
+    async fn stage<T>(
+        &self,
+        stage: Stage,
+        body: impl std::future::Future<Output = Result<T, ImportError>>,
+    ) -> Result<T, ImportError> {
         tracing::debug!(stage = stage.name(), "import stage");
         if let Some(phase) = stage.phase() {
             self.progress.phase.store(phase, Ordering::Relaxed);
         }
+        let started = Instant::now();
+        let out = body.await?;
+        self.stages.lock().await.push(StageTiming {
+            stage: stage.name(),
+            secs: started.elapsed().as_secs_f64(),
+        });
+        Ok(out)
     }
 
     /// Whether the operator asked to stop.
@@ -117,13 +133,38 @@ pub(super) struct Loaded {
 
 /// Runs every stage in order.
 pub(super) async fn run(job: &Job<'_>, started: Instant) -> Result<ImportReport, ImportError> {
-    job.enter(Stage::Plan);
-    let planned = plan(job).await?;
-    job.enter(Stage::Checkpoint);
-    let opened = open_checkpoint(job, &planned).await?;
-    job.enter(Stage::Load);
-    let loaded = load(job, &planned, &opened).await?;
-    job.enter(Stage::Finish);
+    let planned = job.stage(Stage::Plan, plan(job)).await?;
+    let opened = job
+        .stage(Stage::Checkpoint, open_checkpoint(job, &planned))
+        .await?;
+    let loaded = job.stage(Stage::Load, load(job, &planned, &opened)).await?;
+    let tables = job
+        .stage(Stage::Finish, finish(job, &planned, &opened, &loaded))
+        .await?;
+    job.stage(Stage::Cleanup, clean_up(job, &planned, &opened))
+        .await?;
+    let mut report = ImportReport::new(
+        job.cfg,
+        &planned.listing,
+        planned.backend,
+        tables,
+        loaded.max_concurrent,
+        loaded.load_data,
+        opened.resumed,
+        started,
+    );
+    report.stages = job.stages.lock().await.clone();
+    Ok(report)
+}
+
+/// [`Stage::Finish`]: each table's engine imported, indexes restored, rows
+/// verified.
+async fn finish(
+    job: &Job<'_>,
+    planned: &Planned,
+    opened: &Opened,
+    loaded: &Loaded,
+) -> Result<Vec<TableImportReport>, ImportError> {
     let mut tables = Vec::new();
     for t in &planned.tables {
         if job.stopped() {
@@ -143,18 +184,7 @@ pub(super) async fn run(job: &Job<'_>, started: Instant) -> Result<ImportReport,
     if let Some(b) = &loaded.backend {
         b.close().await;
     }
-    job.enter(Stage::Cleanup);
-    clean_up(job, &planned, &opened).await?;
-    Ok(ImportReport::new(
-        job.cfg,
-        &planned.listing,
-        planned.backend,
-        tables,
-        loaded.max_concurrent,
-        loaded.load_data,
-        opened.resumed,
-        started,
-    ))
+    Ok(tables)
 }
 
 /// [`Stage::Plan`]: the files, the tables (created from schema files when
@@ -282,7 +312,7 @@ async fn load(job: &Job<'_>, planned: &Planned, opened: &Opened) -> Result<Loade
             LocalBackend::new(
                 job.pool.clone(),
                 LocalBackendConfig {
-                    sort_dir: cfg.local.sort_dir.join(format!("import-{}", job.db)),
+                    sort_dir: crate::names::import_engines_dir(&cfg.local.sort_dir, job.db),
                     memory_limit: cfg.local.memory_limit.0,
                     compression: cfg.local.compression == Compression::Zstd,
                     import_threads: cfg.import.threads.min(4),
@@ -326,13 +356,13 @@ async fn clean_up(job: &Job<'_>, planned: &Planned, opened: &Opened) -> Result<(
     let mut helpers = vec![REGIONS_TABLE];
     if planned.backend == BackendKind::Local {
         // The engines are cleaned up; their directory goes too when empty.
-        let _ = std::fs::remove_dir(cfg.local.sort_dir.join(format!("import-{db}")));
+        let _ = std::fs::remove_dir(crate::names::import_engines_dir(&cfg.local.sort_dir, db));
     }
     if !matches!(
         (cfg.checkpoint.store, &cfg.checkpoint.path),
         (StoreKind::File, Some(_))
     ) {
-        helpers.push(wraith_checkpoints::CHECKPOINT_TABLE);
+        helpers.push(crate::names::CHECKPOINT_TABLE);
     }
     for table in helpers {
         if let Err(e) = markers::drop_if_empty(&mut c, db, table).await {

@@ -131,8 +131,7 @@ impl SyntaxError {
     }
 }
 
-/// Marker table of the sql path: one row per committed region.
-pub const REGIONS_TABLE: &str = "_wraith_import_regions";
+pub use crate::names::REGIONS_TABLE;
 
 /// The checkpoint key of an import job.
 pub fn job_key(cfg: &ImportJobConfig) -> String {
@@ -200,6 +199,7 @@ pub async fn run_import(
         pool: &pool,
         progress,
         stop,
+        stages: Default::default(),
     };
     let result = job::run(&job, started).await;
     pool.disconnect().await.ok();

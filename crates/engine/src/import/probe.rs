@@ -15,8 +15,7 @@ use super::plan::TablePlan;
 use super::{conn, region, writer, ImportError};
 use crate::server::{quote_ident, Context};
 
-/// Name of the temporary table [`locate_rejected_value`] writes into.
-pub const PROBE_TABLE: &str = "_wraith_probe";
+pub use crate::names::PROBE_TABLE;
 
 /// The local engine loads rows in key order, far from their files: when
 /// the server refuses a value there, the table's regions are written once

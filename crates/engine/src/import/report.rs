@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::config::ImportJobConfig;
 use super::files::DumpListing;
 use crate::config::BackendKind;
+use crate::progress::StageTiming;
 
 /// Live counters of an import, for progress display.
 #[derive(Debug, Default)]
@@ -69,6 +70,8 @@ pub struct ImportReport {
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
     pub resumed: bool,
+    /// Each stage of the job, in order, with its time.
+    pub stages: Vec<StageTiming>,
 }
 
 impl ImportReport {
@@ -108,6 +111,7 @@ impl ImportReport {
                 0.0
             },
             resumed,
+            stages: Vec::new(),
         }
     }
 }

@@ -75,10 +75,10 @@ mod stage;
 mod stages;
 mod table;
 
+pub use crate::progress::StageTiming;
 use cleanup::{clean_up, finish_interrupted_cutover, start_over, Moment};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
-pub use stage::StageTiming;
 use stage::{Stage, StageLog};
 
 /// How often the rows changed after the checksum are verified while the
@@ -98,8 +98,7 @@ struct ConsistentPoint {
     changed: Vec<Vec<wraith_backend::Value>>,
 }
 
-/// Name of the table whose existence postpones the cut-over (Spirit's sentinel).
-pub const SENTINEL_TABLE: &str = "_wraith_sentinel";
+pub use crate::names::SENTINEL_TABLE;
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -444,23 +443,7 @@ async fn run_job(
     Ok(tables)
 }
 
-/// Where a table's spilled changes live.
-fn changes_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
-    config.changes.dir.clone().unwrap_or_else(|| {
-        config
-            .local
-            .sort_dir
-            .join(format!("changes-{}-{}", config.source.database, table.name))
-    })
-}
-
-/// Where a table's local-backend engines live.
-fn engines_dir(config: &Config, table: &TableConfig) -> std::path::PathBuf {
-    config
-        .local
-        .sort_dir
-        .join(format!("engines-{}-{}", config.source.database, table.name))
-}
+use crate::names::{changes_dir, engines_dir};
 
 fn make_backend(
     config: &Config,

@@ -1,13 +1,15 @@
 //! What a run reports, per table and for the job.
 
-use super::stage::StageTiming;
 use super::*;
+use crate::progress::StageTiming;
 
 /// What a run did, per table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
     pub shadow: String,
+    /// The name the source table got at the cut-over.
+    pub old_table: String,
     pub backend: BackendKind,
     pub rows_copied: u64,
     pub chunks: u64,
@@ -46,6 +48,7 @@ impl TableReport {
         TableReport {
             table: table.name.clone(),
             shadow: shadow::shadow_name(&table.name),
+            old_table: shadow::old_name(&table.name),
             backend,
             rows_copied: 0,
             chunks: 0,

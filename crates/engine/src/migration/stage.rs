@@ -17,11 +17,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use wraith_checkpoints::TableStage;
 
 use super::{RunError, TableRun};
-use crate::progress::State;
+use crate::progress::{StageTiming, State};
 
 /// The stages of one table's rebuild, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,13 +97,6 @@ impl Stage {
             Stage::Cleanup => Some(TableStage::Done),
         }
     }
-}
-
-/// How long one stage took, in the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageTiming {
-    pub stage: &'static str,
-    pub secs: f64,
 }
 
 /// The stages a table run finished, in order, with their times.

@@ -410,13 +410,7 @@ impl TableRun<'_> {
             layout.target.clone(),
             self.config.copy.threads,
         );
-        let spill_dir = self.config.changes.dir.clone().unwrap_or_else(|| {
-            self.config.local.sort_dir.join(format!(
-                "changes-{}-{}",
-                self.source_schema(),
-                self.table.name
-            ))
-        });
+        let spill_dir = changes_dir(self.config, self.table);
         // A fresh run starts with an empty store (resume comes with checkpoints).
         let _ = std::fs::remove_dir_all(&spill_dir);
         let buffer =

@@ -183,10 +183,7 @@ pub fn render_plan(p: &TablePlan) -> String {
 /// known to be wraith's.
 const CHECK_TABLE_MARK: &str = "wraith: throwaway preflight check table";
 
-/// Name of the throwaway table preflight applies the ALTER to.
-pub fn check_table_name(table: &str) -> String {
-    format!("_{table}_chk")
-}
+pub use crate::names::check_table_name;
 
 /// Runs every check: the config's paths, then the configured servers. Fails
 /// only when it could not run at all; refusals are in the report.
