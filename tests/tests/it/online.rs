@@ -71,8 +71,16 @@ async fn rebuild_under_random_load_is_exact_on_both_backends() {
                 "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
                 "",
             );
+            // ... into a directory that also holds the operator's own file,
+            // which wraith must leave alone.
+            let changes_dir = tempfile::tempdir().expect("changes dir");
+            let operators_file = changes_dir.path().join("keep-me.txt");
+            std::fs::write(&operators_file, "not wraith's").expect("operator's file");
             if backend == "local" {
-                cfg.push_str("\n[changes]\nmemory_limit = \"4KiB\"\n");
+                cfg.push_str(&format!(
+                    "\n[changes]\nmemory_limit = \"4KiB\"\ndir = {:?}\n",
+                    changes_dir.path().display().to_string()
+                ));
             }
             let child = WraithChild::spawn(&["run", "--json"], &cfg);
             let run = child.finish(Duration::from_secs(240)).await;
@@ -89,6 +97,20 @@ async fn rebuild_under_random_load_is_exact_on_both_backends() {
                 run.stdout
             );
             if backend == "local" {
+                assert_eq!(
+                    std::fs::read_to_string(&operators_file).ok().as_deref(),
+                    Some("not wraith's"),
+                    "wraith touched a file of [changes] dir it did not make"
+                );
+                let left: Vec<_> = std::fs::read_dir(changes_dir.path())
+                    .expect("read changes dir")
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .collect();
+                assert_eq!(
+                    left,
+                    [std::ffi::OsString::from("keep-me.txt")],
+                    "wraith left its change store"
+                );
                 assert!(
                     report["tables"][0]["change_buffer_spills"]
                         .as_u64()

@@ -26,12 +26,19 @@
 //! [`crate::online::ChangesError`]). The run never prints: what the operator
 //! should hear of goes to the caller's sink as [`crate::events::RunEvent`]s.
 //!
+//! Stages: [`stage::Stage`] names each step of a table's run; every step
+//! runs through `TableRun::stage`, which shows its progress state, saves
+//! the checkpoint stage it completes and records its time (the report's
+//! `stages`), so the three never disagree. What wraith made is dropped by
+//! one function, `cleanup::clean_up`, whose `Moment` (fresh, abandoned,
+//! after the cut-over, finished) decides what goes.
+//!
 //! Layout: this file holds the job (control socket, hooks, preflight,
-//! checkpoint, one [`TableRun`] per table); `table.rs` a table's start and
-//! its checkpoint updates, `stages.rs` its stages from the copy to the
-//! cut-over, `points.rs` the consistent points (checksum, re-verification)
-//! and the waits before the cut-over, `cleanup.rs` what is dropped after
-//! `--fresh`, an abandoned run and the cut-over, `report.rs` the report.
+//! checkpoint, one [`TableRun`] per table); `stage.rs` the stages and their
+//! tracker; `table.rs` a table's start and its checkpoint updates,
+//! `stages.rs` its stages from the copy to the cut-over, `points.rs` the
+//! consistent points (checksum, re-verification) and the waits before the
+//! cut-over, `cleanup.rs` what is dropped and when, `report.rs` the report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
