@@ -356,10 +356,45 @@ fn column_checks(
         Some(s) => s.wrap_expr(&col),
         None => col.clone(),
     };
-    let (ot, nt) = (oc.data_type.as_str(), nc.data_type.as_str());
-    let args = type_args(&nc.column_type);
-    let change = format!("{} -> {}", oc.column_type, nc.column_type);
+    let conv = Conversion {
+        oc,
+        nc,
+        ot: oc.data_type.as_str(),
+        nt: nc.data_type.as_str(),
+        args: type_args(&nc.column_type),
+        change: format!("{} -> {}", oc.column_type, nc.column_type),
+        col,
+        value,
+        shift,
+    };
+    int_checks(&conv, refusals, lossy);
+    decimal_checks(&conv, refusals, lossy);
+    text_checks(&conv, refusals);
+    temporal_checks(&conv, refusals, lossy);
+}
 
+/// One column's conversion, as the checks of each type family need it.
+struct Conversion<'a> {
+    oc: &'a ColumnInfo,
+    nc: &'a ColumnInfo,
+    /// The old and new `DATA_TYPE`.
+    ot: &'a str,
+    nt: &'a str,
+    /// The new type's arguments (length, precision and scale).
+    args: Vec<u64>,
+    /// `old type -> new type`, for the messages.
+    change: String,
+    /// The old column, quoted.
+    col: String,
+    /// The value as the server converts it on its way (time zone first).
+    value: String,
+    shift: Option<&'a ZoneShift>,
+}
+
+/// Into an integer type: the range, and rounding of fractions.
+fn int_checks(conv: &Conversion<'_>, refusals: &mut Vec<RowCheck>, lossy: &mut Vec<RowCheck>) {
+    let (nc, ot, nt, change, col) = (conv.nc, conv.ot, conv.nt, &conv.change, &conv.col);
+    let name = &conv.nc.name;
     if let Some((min, max)) = int_range(nt, nc.is_unsigned()) {
         if is_numeric(ot) {
             let rounded = if is_exact_int(ot) {
@@ -383,6 +418,19 @@ fn column_checks(
             }
         }
     }
+}
+
+/// Into DECIMAL: digits before the point, and rounding to the scale.
+fn decimal_checks(conv: &Conversion<'_>, refusals: &mut Vec<RowCheck>, lossy: &mut Vec<RowCheck>) {
+    let (oc, ot, nt, args, change, col) = (
+        conv.oc,
+        conv.ot,
+        conv.nt,
+        &conv.args,
+        &conv.change,
+        &conv.col,
+    );
+    let name = &conv.nc.name;
     if matches!(nt, "decimal" | "numeric") && is_numeric(ot) {
         let precision = args.first().copied().unwrap_or(10);
         let scale = args.get(1).copied().unwrap_or(0);
@@ -414,6 +462,21 @@ fn column_checks(
             });
         }
     }
+}
+
+/// Into a string type: the length, and characters the new charset lacks.
+fn text_checks(conv: &Conversion<'_>, refusals: &mut Vec<RowCheck>) {
+    let (oc, nc, ot, nt, args, change, col, value) = (
+        conv.oc,
+        conv.nc,
+        conv.ot,
+        conv.nt,
+        &conv.args,
+        &conv.change,
+        &conv.col,
+        &conv.value,
+    );
+    let name = &conv.nc.name;
     if is_text(nt) || is_binary(nt) {
         let bytes_limit = match nt {
             "tinytext" | "tinyblob" => Some(255u64),
@@ -463,6 +526,21 @@ fn column_checks(
             }
         }
     }
+}
+
+/// Into a temporal type: fractional seconds, the time of day, the TIMESTAMP range.
+fn temporal_checks(conv: &Conversion<'_>, refusals: &mut Vec<RowCheck>, lossy: &mut Vec<RowCheck>) {
+    let (oc, nc, ot, nt, change, col, value, shift) = (
+        conv.oc,
+        conv.nc,
+        conv.ot,
+        conv.nt,
+        &conv.change,
+        &conv.col,
+        &conv.value,
+        conv.shift,
+    );
+    let name = &conv.nc.name;
     if matches!(nt, "datetime" | "timestamp" | "time")
         && matches!(ot, "datetime" | "timestamp" | "time")
     {
