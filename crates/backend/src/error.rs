@@ -140,34 +140,11 @@ pub enum BackendError {
     },
 }
 
-/// Times [`query_retrying_lock_conflicts`] sends a statement at most.
-pub const LOCK_CONFLICT_ATTEMPTS: u64 = 20;
-
 /// A deadlock (1213) or lock wait timeout (1205): what failed was rolled back
 /// and may be tried again. Writers of the shadow table (copy, change applier,
 /// import) meet on unique secondary indexes and their gaps.
 pub fn is_lock_conflict(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(se) if se.code == 1213 || se.code == 1205)
-}
-
-/// Runs one autocommit statement, again (with a growing pause) after a lock
-/// conflict; any other outcome is returned as is.
-pub async fn query_retrying_lock_conflicts(
-    conn: &mut mysql_async::Conn,
-    sql: &str,
-) -> Result<(), mysql_async::Error> {
-    use mysql_async::prelude::Queryable;
-    let mut attempt = 0u64;
-    loop {
-        attempt += 1;
-        match conn.query_drop(sql).await {
-            Err(e) if is_lock_conflict(&e) && attempt < LOCK_CONFLICT_ATTEMPTS => {
-                tracing::debug!(attempt, error = %e, "statement sent again after a lock conflict");
-                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 impl BackendError {

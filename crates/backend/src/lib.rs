@@ -50,6 +50,7 @@ mod error;
 pub mod key;
 pub mod load_data;
 pub mod local;
+pub mod retry;
 pub mod sql;
 pub mod value;
 pub mod write;
@@ -60,12 +61,12 @@ pub use engine::{
     TargetTable,
 };
 pub use error::{
-    is_data_error_code, is_lock_conflict, parse_duplicate_message, query_retrying_lock_conflicts,
-    refuses_value, BackendError, LOCK_CONFLICT_ATTEMPTS,
+    is_data_error_code, is_lock_conflict, parse_duplicate_message, refuses_value, BackendError,
 };
 pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;
 pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
+pub use retry::{query_retrying_lock_conflicts, RetryOn, RetryPolicy};
 pub use sql::{SqlBackend, SqlBackendConfig};
 pub use value::{quote_str, ColumnKind, ColumnSpec, Row, Value, ValueError, ZoneShift};
 

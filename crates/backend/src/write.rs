@@ -38,7 +38,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use crate::engine::{quote_ident, TargetTable};
-use crate::error::{parse_duplicate_message, query_retrying_lock_conflicts, BackendError};
+use crate::error::{parse_duplicate_message, BackendError};
+use crate::retry::query_retrying_lock_conflicts;
 use crate::value::{ColumnSpec, Value};
 
 /// The session settings every wraith writer (and reader) uses, as one

@@ -4,7 +4,9 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::model::{unix_seconds, BinlogPosition, SourceIdentity, TableStage, TaskCheckpoint};
+use crate::model::{
+    unix_seconds, BinlogPosition, SourceIdentity, TableCheckpoint, TableStage, TaskCheckpoint,
+};
 
 /// What to tell an operator who wants to discard a checkpoint.
 const FRESH: &str = "run `wraith run --fresh CONFIG` to drop the old shadow table, engines and \
@@ -161,7 +163,36 @@ pub fn validate(
     now: SystemTime,
     max_age: Duration,
 ) -> Result<(), InvalidCheckpoint> {
-    // 1. Same tables.
+    same_tables(cp, current)?;
+
+    // 2. Config.
+    if cp.config_fingerprint != current.config_fingerprint {
+        return Err(InvalidCheckpoint::ConfigChanged {
+            changed: fingerprint_changes(&cp.config_fingerprint, &current.config_fingerprint),
+            saved: cp.config_fingerprint.clone(),
+            now: current.config_fingerprint.clone(),
+        });
+    }
+
+    same_statements(cp, current)?;
+
+    // 4. Age.
+    let age = Duration::from_secs(unix_seconds(now).saturating_sub(cp.updated_at));
+    if age > max_age {
+        return Err(InvalidCheckpoint::CheckpointTooOld { age, max_age });
+    }
+
+    for saved in &cp.tables {
+        if let Some(c) = find(current, &saved.source) {
+            check_table(saved, c, current)?;
+        }
+    }
+    tracing::debug!(migration_id = %cp.migration_id, "checkpoint is valid");
+    Ok(())
+}
+
+/// Step 1 of [`validate`]: the saved tables are the current ones.
+fn same_tables(cp: &TaskCheckpoint, current: &CurrentState) -> Result<(), InvalidCheckpoint> {
     for (i, saved) in cp.tables.iter().enumerate() {
         let found = current.tables.iter().find(|c| {
             c.source.schema == saved.source.schema && c.source.table == saved.source.table
@@ -199,16 +230,11 @@ pub fn validate(
         }
     }
 
-    // 2. Config.
-    if cp.config_fingerprint != current.config_fingerprint {
-        return Err(InvalidCheckpoint::ConfigChanged {
-            changed: fingerprint_changes(&cp.config_fingerprint, &current.config_fingerprint),
-            saved: cp.config_fingerprint.clone(),
-            now: current.config_fingerprint.clone(),
-        });
-    }
+    Ok(())
+}
 
-    // 3. Statement.
+/// Step 3 of [`validate`]: each table's statement is the saved one.
+fn same_statements(cp: &TaskCheckpoint, current: &CurrentState) -> Result<(), InvalidCheckpoint> {
     for saved in &cp.tables {
         let Some(c) = find(current, &saved.source) else {
             continue;
@@ -222,80 +248,73 @@ pub fn validate(
             });
         }
     }
+    Ok(())
+}
 
-    // 4. Age.
-    let age = Duration::from_secs(unix_seconds(now).saturating_sub(cp.updated_at));
-    if age > max_age {
-        return Err(InvalidCheckpoint::CheckpointTooOld { age, max_age });
+/// Steps 5 to 7 of [`validate`] for one saved table and its current state.
+fn check_table(
+    saved: &TableCheckpoint,
+    c: &CurrentTable,
+    current: &CurrentState,
+) -> Result<(), InvalidCheckpoint> {
+    let stage = saved.stage();
+    let table = saved.source.qualified_name();
+
+    // 5. Shadow table.
+    if (TableStage::ShadowCreated..=TableStage::Checksummed).contains(&stage)
+        && c.shadow_fingerprint.as_deref() != Some(saved.shadow_fingerprint.as_str())
+    {
+        return Err(InvalidCheckpoint::ShadowChanged {
+            table,
+            saved: saved.shadow_fingerprint.clone(),
+            now: c.shadow_fingerprint.clone(),
+        });
     }
 
-    for saved in &cp.tables {
-        let Some(c) = find(current, &saved.source) else {
-            continue;
-        };
-        let stage = saved.stage();
-        let table = saved.source.qualified_name();
-
-        // 5. Shadow table.
-        if (TableStage::ShadowCreated..=TableStage::Checksummed).contains(&stage)
-            && c.shadow_fingerprint.as_deref() != Some(saved.shadow_fingerprint.as_str())
-        {
-            return Err(InvalidCheckpoint::ShadowChanged {
-                table,
-                saved: saved.shadow_fingerprint.clone(),
-                now: c.shadow_fingerprint.clone(),
-            });
-        }
-
-        // 6. Copy frontier.
-        let stream = &saved.change_stream;
-        let not_ready = |reason: &str| InvalidCheckpoint::WatermarkNotReady {
-            table: table.clone(),
-            reason: reason.to_string(),
-        };
-        if (TableStage::Copying..TableStage::CutOver).contains(&stage) && stream.position.is_none()
-        {
-            return Err(not_ready(&format!(
-                "the table is {stage} but no binlog position was saved"
-            )));
-        }
-        if stage == TableStage::Copying {
-            match (&stream.low_watermark, &stream.high_watermark) {
-                (Some(_), None) => {
-                    return Err(not_ready("a low watermark without a high watermark"))
-                }
-                (Some(low), Some(high)) if low > high => {
-                    return Err(not_ready("the low watermark is above the high watermark"))
-                }
-                (_, None) if saved.rows_copied > 0 => {
-                    return Err(not_ready(&format!(
-                        "{} rows copied but no high watermark",
-                        saved.rows_copied
-                    )))
-                }
-                _ => {}
+    // 6. Copy frontier.
+    let stream = &saved.change_stream;
+    let not_ready = |reason: &str| InvalidCheckpoint::WatermarkNotReady {
+        table: table.clone(),
+        reason: reason.to_string(),
+    };
+    if (TableStage::Copying..TableStage::CutOver).contains(&stage) && stream.position.is_none() {
+        return Err(not_ready(&format!(
+            "the table is {stage} but no binlog position was saved"
+        )));
+    }
+    if stage == TableStage::Copying {
+        match (&stream.low_watermark, &stream.high_watermark) {
+            (Some(_), None) => return Err(not_ready("a low watermark without a high watermark")),
+            (Some(low), Some(high)) if low > high => {
+                return Err(not_ready("the low watermark is above the high watermark"))
             }
+            (_, None) if saved.rows_copied > 0 => {
+                return Err(not_ready(&format!(
+                    "{} rows copied but no high watermark",
+                    saved.rows_copied
+                )))
+            }
+            _ => {}
         }
+    }
 
-        // 7. Binlog retention.
-        if stage < TableStage::CutOver {
-            if let Some(position) = &stream.position {
-                let on_server = current
-                    .binlog
-                    .oldest_file
-                    .as_deref()
-                    .is_some_and(|oldest| compare_binlog_files(&position.file, oldest).is_ge());
-                if !on_server && !current.binlog.local_store_covers {
-                    return Err(InvalidCheckpoint::BinlogNotFound {
-                        table,
-                        position: position.clone(),
-                        oldest_available: current.binlog.oldest_file.clone(),
-                    });
-                }
+    // 7. Binlog retention.
+    if stage < TableStage::CutOver {
+        if let Some(position) = &stream.position {
+            let on_server = current
+                .binlog
+                .oldest_file
+                .as_deref()
+                .is_some_and(|oldest| compare_binlog_files(&position.file, oldest).is_ge());
+            if !on_server && !current.binlog.local_store_covers {
+                return Err(InvalidCheckpoint::BinlogNotFound {
+                    table,
+                    position: position.clone(),
+                    oldest_available: current.binlog.oldest_file.clone(),
+                });
             }
         }
     }
-    tracing::debug!(migration_id = %cp.migration_id, "checkpoint is valid");
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use wraith_backend::write::{self, BatchStatement, SessionOptions, MAX_STATEMENT_
 use wraith_backend::{ColumnSpec, Row, TargetTable, Value};
 
 use crate::changes::Pending;
-use crate::server::{quote_ident, Context, DbError};
+use crate::server::{quote_ident, Context, DbError, RetryPolicy};
 
 /// A row of a batch that could not be inserted because another row holds
 /// its values of a unique index.
@@ -214,9 +214,9 @@ async fn run_shard(
     target: &TargetTable,
     work: Work,
 ) -> Result<Vec<Clash>, DbError> {
-    let mut attempt = 0;
+    let policy = RetryPolicy::LOCK_CONFLICT;
+    let mut failures = 0;
     loop {
-        attempt += 1;
         let applied = async {
             let clashes = match &work {
                 Work::Delete(keys) => {
@@ -232,15 +232,13 @@ async fn run_shard(
         }
         .await;
         match applied {
-            Err(e)
-                if wraith_backend::is_lock_conflict(&e.error)
-                    && attempt < wraith_backend::LOCK_CONFLICT_ATTEMPTS =>
-            {
-                tracing::debug!(attempt, error = %e, "retrying a shard after a lock conflict");
+            Err(e) if policy.retries(&e.error, failures + 1) => {
+                failures += 1;
+                tracing::debug!(attempt = failures, error = %e, "retrying a shard after a lock conflict");
                 conn.query_drop("ROLLBACK")
                     .await
                     .context(|| format!("rolling back changes to {}", target.display_name()))?;
-                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                policy.pause(failures).await;
             }
             other => return other,
         }

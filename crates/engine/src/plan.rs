@@ -164,6 +164,53 @@ pub fn plan_table(
     defer_secondary_indexes: bool,
 ) -> Result<TablePlan, PlanError> {
     let facts = crate::alter::parse(alter, &old.name).map_err(|e| refuse(e.problem, e.fix))?;
+    let renames = merged_renames(&facts, configured_renames, old, new)?;
+    let mut columns = map_old_columns(old, new, &facts, &renames)?;
+    add_new_columns(new, &mut columns)?;
+    let (chunk, new_key_index) = keys(old, new, &columns)?;
+
+    let deferred_indexes = if defer_secondary_indexes {
+        new.indexes
+            .iter()
+            .filter(|i| !i.primary && !i.unique && !i.definition.is_empty())
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let (backend, backend_reason) = choose_backend(
+        backend,
+        old,
+        &chunk.columns,
+        &new_key_index.columns,
+        &renames,
+    );
+    Ok(TablePlan {
+        transient_unique_indexes: transient_unique_indexes(old, new, &columns),
+        zone_shifts: BTreeMap::new(),
+        data: Default::default(),
+        table: old.name.clone(),
+        chunk_key: chunk.columns.clone(),
+        chunk_key_name: chunk.name.clone(),
+        new_key: new_key_index.columns.clone(),
+        columns,
+        deferred_indexes,
+        backend,
+        backend_reason,
+        estimated_rows: old.estimated_rows,
+        estimated_bytes: old.estimated_bytes,
+    })
+}
+
+/// The ALTER's renames and the configured ones, which must agree, each
+/// naming a column of the old table and one of the new.
+fn merged_renames(
+    facts: &crate::alter::Alter,
+    configured_renames: &BTreeMap<String, String>,
+    old: &TableInfo,
+    new: &TableInfo,
+) -> Result<BTreeMap<String, String>, PlanError> {
     let mut renames = facts.renames.clone();
     for (from, to) in configured_renames {
         if let Some(other) = renames.get(from) {
@@ -195,7 +242,17 @@ pub fn plan_table(
             ));
         }
     }
+    Ok(renames)
+}
 
+/// What becomes of each (stored) column of the old table: kept, renamed,
+/// retyped, dropped, or turned into a generated one.
+fn map_old_columns(
+    old: &TableInfo,
+    new: &TableInfo,
+    facts: &crate::alter::Alter,
+    renames: &BTreeMap<String, String>,
+) -> Result<Vec<ColumnChange>, PlanError> {
     let new_name_of = |old_name: &str| -> Option<String> {
         renames
             .iter()
@@ -210,7 +267,6 @@ pub fn plan_table(
     };
 
     let mut columns = Vec::new();
-    let mut mapped_new: Vec<String> = Vec::new();
     for oc in &old.columns {
         if oc.is_generated() {
             continue;
@@ -219,51 +275,70 @@ pub fn plan_table(
         // another column (the server gives it its default), not this one.
         let dropped = facts.dropped.contains(&oc.name.to_lowercase())
             && !renames.keys().any(|f| f.eq_ignore_ascii_case(&oc.name));
-        match new_name_of(&oc.name).filter(|_| !dropped) {
-            Some(new_name) => {
-                let nc = new.column(&new_name).ok_or_else(|| {
-                    refuse(
-                        format!("column {new_name} vanished"),
-                        "report this as a bug",
-                    )
-                })?;
-                mapped_new.push(nc.name.to_ascii_lowercase());
-                if nc.is_generated() {
-                    columns.push(ColumnChange::Generated {
-                        name: nc.name.clone(),
-                    });
-                    continue;
-                }
-                let same_type = oc.column_type.eq_ignore_ascii_case(&nc.column_type)
-                    && oc.charset == nc.charset
-                    && oc.collation == nc.collation;
-                let renamed = !oc.name.eq_ignore_ascii_case(&nc.name);
-                columns.push(match (renamed, same_type) {
-                    (false, true) => ColumnChange::Kept {
-                        name: oc.name.clone(),
-                    },
-                    (true, true) => ColumnChange::Renamed {
-                        from: oc.name.clone(),
-                        to: nc.name.clone(),
-                    },
-                    (false, false) => ColumnChange::TypeChanged {
-                        name: oc.name.clone(),
-                        from_type: type_label(oc),
-                        to_type: type_label(nc),
-                    },
-                    (true, false) => ColumnChange::RenamedTypeChanged {
-                        from: oc.name.clone(),
-                        to: nc.name.clone(),
-                        from_type: type_label(oc),
-                        to_type: type_label(nc),
-                    },
-                });
-            }
-            None => columns.push(ColumnChange::Dropped {
+        let Some(new_name) = new_name_of(&oc.name).filter(|_| !dropped) else {
+            columns.push(ColumnChange::Dropped {
                 name: oc.name.clone(),
-            }),
-        }
+            });
+            continue;
+        };
+        let nc = new.column(&new_name).ok_or_else(|| {
+            refuse(
+                format!("column {new_name} vanished"),
+                "report this as a bug",
+            )
+        })?;
+        columns.push(column_change(oc, nc));
     }
+    Ok(columns)
+}
+
+/// What old column `oc` becomes as new column `nc`.
+fn column_change(
+    oc: &crate::server::inspect::ColumnInfo,
+    nc: &crate::server::inspect::ColumnInfo,
+) -> ColumnChange {
+    if nc.is_generated() {
+        return ColumnChange::Generated {
+            name: nc.name.clone(),
+        };
+    }
+    let same_type = oc.column_type.eq_ignore_ascii_case(&nc.column_type)
+        && oc.charset == nc.charset
+        && oc.collation == nc.collation;
+    let renamed = !oc.name.eq_ignore_ascii_case(&nc.name);
+    match (renamed, same_type) {
+        (false, true) => ColumnChange::Kept {
+            name: oc.name.clone(),
+        },
+        (true, true) => ColumnChange::Renamed {
+            from: oc.name.clone(),
+            to: nc.name.clone(),
+        },
+        (false, false) => ColumnChange::TypeChanged {
+            name: oc.name.clone(),
+            from_type: type_label(oc),
+            to_type: type_label(nc),
+        },
+        (true, false) => ColumnChange::RenamedTypeChanged {
+            from: oc.name.clone(),
+            to: nc.name.clone(),
+            from_type: type_label(oc),
+            to_type: type_label(nc),
+        },
+    }
+}
+
+/// The new table's columns no old column maps to: added (with a default,
+/// or refused) or generated.
+fn add_new_columns(new: &TableInfo, columns: &mut Vec<ColumnChange>) -> Result<(), PlanError> {
+    let mapped_new: Vec<String> = columns
+        .iter()
+        .filter_map(|c| match c {
+            ColumnChange::Dropped { .. } => None,
+            ColumnChange::Generated { name } => Some(name.to_ascii_lowercase()),
+            c => c.copied().map(|(_, to)| to.to_ascii_lowercase()),
+        })
+        .collect();
     for nc in &new.columns {
         if mapped_new.contains(&nc.name.to_ascii_lowercase()) {
             continue;
@@ -293,7 +368,16 @@ pub fn plan_table(
             default,
         });
     }
+    Ok(())
+}
 
+/// The old table's key to copy by and the new table's key to apply changes
+/// with, whose columns must all be copied.
+fn keys<'a>(
+    old: &'a TableInfo,
+    new: &'a TableInfo,
+    columns: &[ColumnChange],
+) -> Result<(&'a IndexInfo, &'a IndexInfo), PlanError> {
     let chunk = old.identity_key().ok_or_else(|| {
         refuse(
             format!(
@@ -330,43 +414,36 @@ pub fn plan_table(
             ));
         }
     }
+    Ok((chunk, new_key_index))
+}
 
-    let deferred_indexes = if defer_secondary_indexes {
-        new.indexes
-            .iter()
-            .filter(|i| !i.primary && !i.unique && !i.definition.is_empty())
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
-    };
-
-    let (backend, backend_reason) = choose_backend(
-        backend,
-        old,
-        &chunk.columns,
-        &new_key_index.columns,
-        &renames,
-    );
+/// The new table's unique secondary indexes on which a clash may be a row
+/// that moved while the copy read it, not a duplicate: those the old table
+/// has too, on the same copied columns compared alike.
+fn transient_unique_indexes(
+    old: &TableInfo,
+    new: &TableInfo,
+    columns: &[ColumnChange],
+) -> Vec<String> {
     let to_old: BTreeMap<String, String> = columns
         .iter()
         .filter_map(ColumnChange::copied)
         .map(|(o, n)| (n.to_ascii_lowercase(), o.to_ascii_lowercase()))
         .collect();
-    let transient_unique_indexes =
-        new.indexes
-            .iter()
-            .filter(|i| i.unique && !i.primary)
-            .filter(|i| {
-                let mapped: Option<Vec<String>> = i
-                    .columns
-                    .iter()
-                    .map(|c| to_old.get(&c.to_ascii_lowercase()).cloned())
-                    .collect();
-                // Only where the ALTER keeps what the index compares: a changed
-                // type, length or collation (rounding, case folding) can make two
-                // values equal, and a clash on such an index is a real duplicate.
-                let compares_alike = i.columns.iter().zip(mapped.iter().flatten()).all(|(n, o)| {
+    new.indexes
+        .iter()
+        .filter(|i| i.unique && !i.primary)
+        .filter(|i| {
+            let mapped: Option<Vec<String>> = i
+                .columns
+                .iter()
+                .map(|c| to_old.get(&c.to_ascii_lowercase()).cloned())
+                .collect();
+            // Only where the ALTER keeps what the index compares: a changed
+            // type, length or collation (rounding, case folding) can make two
+            // values equal, and a clash on such an index is a real duplicate.
+            let compares_alike =
+                i.columns.iter().zip(mapped.iter().flatten()).all(|(n, o)| {
                     match (new.column(n), old.column(o)) {
                         (Some(n), Some(o)) => {
                             n.column_type.eq_ignore_ascii_case(&o.column_type)
@@ -376,38 +453,23 @@ pub fn plan_table(
                         _ => false,
                     }
                 });
-                let prefix = |d: &str| d.find('(').map(|p| d[p..].to_string());
-                compares_alike
-                    && mapped.is_some_and(|mapped| {
-                        old.indexes.iter().any(|o| {
-                            o.unique
-                                && o.has_prefix == i.has_prefix
-                                && (!i.has_prefix || prefix(&o.definition) == prefix(&i.definition))
-                                && o.columns.len() == mapped.len()
-                                && o.columns
-                                    .iter()
-                                    .zip(&mapped)
-                                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
-                        })
+            let prefix = |d: &str| d.find('(').map(|p| d[p..].to_string());
+            compares_alike
+                && mapped.is_some_and(|mapped| {
+                    old.indexes.iter().any(|o| {
+                        o.unique
+                            && o.has_prefix == i.has_prefix
+                            && (!i.has_prefix || prefix(&o.definition) == prefix(&i.definition))
+                            && o.columns.len() == mapped.len()
+                            && o.columns
+                                .iter()
+                                .zip(&mapped)
+                                .all(|(a, b)| a.eq_ignore_ascii_case(b))
                     })
-            })
-            .map(|i| i.name.clone())
-            .collect();
-    Ok(TablePlan {
-        transient_unique_indexes,
-        zone_shifts: BTreeMap::new(),
-        data: Default::default(),
-        table: old.name.clone(),
-        chunk_key: chunk.columns.clone(),
-        chunk_key_name: chunk.name.clone(),
-        new_key: new_key_index.columns.clone(),
-        columns,
-        deferred_indexes,
-        backend,
-        backend_reason,
-        estimated_rows: old.estimated_rows,
-        estimated_bytes: old.estimated_bytes,
-    })
+                })
+        })
+        .map(|i| i.name.clone())
+        .collect()
 }
 
 fn type_label(c: &crate::server::inspect::ColumnInfo) -> String {

@@ -65,22 +65,22 @@ pub(super) async fn import(
                 let Some(range) = next else { break };
                 let Range { index, data, rows } = range;
                 let data = Bytes::from(data);
-                let mut attempt = 0u64;
+                let policy = crate::retry::RetryPolicy::LOCK_CONFLICT;
+                let mut failures = 0;
                 loop {
-                    attempt += 1;
                     match load_range(&mut conn, &load, index, rows, data.clone()).await {
                         // A deadlock with the change applier rolled the range back.
-                        Err(e)
-                            if e.is_lock_conflict()
-                                && attempt < crate::error::LOCK_CONFLICT_ATTEMPTS =>
+                        Err(BackendError::Sql { source, .. })
+                            if policy.retries(&source, failures + 1) =>
                         {
+                            failures += 1;
                             tracing::debug!(
-                                attempt,
+                                attempt = failures,
                                 range = index,
+                                error = %source,
                                 "retrying a range after a lock conflict"
                             );
-                            tokio::time::sleep(std::time::Duration::from_millis(10 * attempt))
-                                .await;
+                            policy.pause(failures).await;
                         }
                         other => break other?,
                     }

@@ -11,7 +11,7 @@ use super::markers::{drop_markers, passed_before_table, SwapNames, SENTRY_COMMEN
 use super::report::{ms, Ledger};
 use super::{attempt_outcome, Attempt, Attempting, CutoverError, CutoverSettings, Drain};
 use crate::server::{
-    self, quote_ident, set_lock_wait_timeout, BinlogPosition, Context, DbError, Flavor,
+    self, quote_ident, set_lock_wait_timeout, BinlogPosition, Context, DbError, Flavor, TablesLock,
 };
 use crate::shadow::{old_name, shadow_name};
 
@@ -233,20 +233,23 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
         &|| drain.verification_backlog(),
     )
     .await?;
+    // Held from the grant (the request's queueing is in the ledger already).
+    let mut lock = TablesLock::granted(a, Duration::ZERO);
     let budget = HoldBudget::new(granted, settings.lock_hold_budget);
     let result = async {
-        let target = locked_position(&mut a, ctx.flavor).await?;
+        let a = lock.conn();
+        let target = locked_position(a, ctx.flavor).await?;
         drain
-            .drain_to(target.clone(), Some(&mut a), budget.deadline)
+            .drain_to(target.clone(), Some(&mut *a), budget.deadline)
             .await
             .map_err(|e| e.into_attempt("draining under the lock"))?;
         budget.check("draining the change stream")?;
         drain
-            .verify_locked(&mut a, true)
+            .verify_locked(a, true)
             .await
             .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
         budget.check("re-verifying the last changes")?;
-        ledger.auto_increment = carry_auto_increment(&mut a, ctx.flavor, schema, table).await?;
+        ledger.auto_increment = carry_auto_increment(a, ctx.flavor, schema, table).await?;
         budget.check("carrying the AUTO_INCREMENT counter")?;
         ledger.let_through = Some(Instant::now());
         a.query_drop(format!("RENAME TABLE {qt} TO {qold}, {qnew} TO {qt}"))
@@ -255,7 +258,8 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
         Ok::<_, Attempt>(target)
     }
     .await;
-    let _ = a.query_drop("UNLOCK TABLES").await;
+    // Its own result is of no use: the session goes back to the pool either way.
+    let _ = lock.unlock().await;
     match &result {
         Ok(_) => ledger.released(granted, "renamed"),
         Err(e) => ledger.released(granted, &attempt_outcome(e)),

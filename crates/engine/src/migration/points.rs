@@ -129,7 +129,7 @@ impl TableRun<'_> {
         )
         .await
         .map_err(RunError::Cutover)?;
-        let locked = Instant::now();
+        let locked = server::TablesLock::granted(lock, queued);
         let result = async {
             following
                 .state
@@ -151,11 +151,11 @@ impl TableRun<'_> {
                 .map_err(|e| self.changes_error(e))
         }
         .await;
-        let unlocked = lock.query_drop("UNLOCK TABLES").await;
         // Writes waited while the requests queued and while the lock was held.
-        let held = locked.elapsed() + queued;
+        let unlocked = locked.unlock().await;
         let changed = result?;
-        unlocked.context(|| "UNLOCK TABLES".into())?;
+        unlocked.result?;
+        let held = unlocked.blocked;
         Ok(ConsistentPoint {
             source: sconn,
             shadow: tconn,

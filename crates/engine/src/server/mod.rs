@@ -8,8 +8,9 @@
 //! ([`quote_ident`], [`quote_str`]: the backend's, one escaping rule for both
 //! crates), one retry policy ([`RetryPolicy`]: attempts, a pause doubling
 //! to a cap, and which failures are transient), the session's
-//! `lock_wait_timeout` ([`set_lock_wait_timeout`]), and what a table looks
-//! like ([`inspect`]). The checksum, the
+//! `lock_wait_timeout` ([`set_lock_wait_timeout`]), a `LOCK TABLES` held
+//! on one session and released on every path ([`TablesLock`]), and what a
+//! table looks like ([`inspect`]). The checksum, the
 //! cut-over, the copy, the applier, the change stream and the import use it
 //! instead of sniffing version strings or spelling statements themselves.
 //!
@@ -50,6 +51,7 @@
 mod conn;
 mod flavor;
 pub mod inspect;
+mod lock;
 mod position;
 mod retry;
 
@@ -57,6 +59,7 @@ pub use self::conn::{
     connection_opts, pool, server_error_code, set_lock_wait_timeout, Context, DbError,
 };
 pub use self::flavor::{flavor, Flavor};
+pub use self::lock::{TablesLock, Unlocked};
 pub use self::position::{binlog_status, mariadb_gtid_at, BinlogPosition};
 pub use self::retry::{is_lock_conflict, reconnect_may_help, RetryOn, RetryPolicy};
 

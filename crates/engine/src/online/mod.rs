@@ -1,8 +1,5 @@
 //! Keeping the shadow table in step with the source while the copy runs.
 //!
-//! (Over 800 lines: the state, its error type and the cut-over's view of it
-//! share private fields; splitting ChangesError into its own file is next.)
-//!
 //! Three tasks share one [`OnlineState`]:
 //! - the *consumer* reads the [`crate::binlog::ChangeStream`], turns each row
 //!   change of the source into shadow operations (a key-changing update is a
@@ -11,7 +8,8 @@
 //!   applies it ([`crate::applier`]), continuously during the copy;
 //! - the copier reports chunks dispatched and durable ([`Watermarks`]).
 //!
-//! [`OnlineState::drain`] is the synchronisation point used by the checksum
+//! [`OnlineState::drain`] (in `drain.rs`, with the cut-over's view of the
+//! state, [`OnlineDrain`]) is the synchronisation point used by the checksum
 //! and the cut-over: it writes a token row to wraith's changelog table (after
 //! the caller has locked the source), waits until the stream has delivered
 //! it — so every change committed before it has been read — and applies the
@@ -21,7 +19,7 @@
 //! [`crate::applier`]) goes back into the buffer and is retried by every
 //! later pass: the clash may be transient. At a drain nothing else can
 //! change, so a clash that remains after the buffer is otherwise empty is
-//! real, and the drain stops with [`VerifyError::UniqueClash`].
+//! real, and the drain stops with [`VerifyError::UniqueClash`](crate::verify::VerifyError::UniqueClash).
 //!
 //! After the checksum's consistent point ([`OnlineState::track_changes`]),
 //! the key of every row written is recorded, so that the rows changed after
@@ -40,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
@@ -51,10 +49,11 @@ use wraith_backend::{Row, Value};
 use crate::applier::Applier;
 use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, ChangeStreamError, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, ChangeStoreError, Pending, Watermarks};
-use crate::copy::read_conn;
-use crate::cutover::DrainError;
 use crate::server::{quote_ident, Context, DbError};
-use crate::verify::{describe_clash, RowVerifier, VerifyError};
+
+mod drain;
+
+pub use self::drain::OnlineDrain;
 
 pub use crate::names::CHANGELOG_TABLE;
 
@@ -534,113 +533,6 @@ impl OnlineState {
     async fn apply_ready(&self, max: usize) -> Result<usize, ChangesError> {
         Ok(self.apply_ready_on(max, None).await?.applied)
     }
-
-    /// Writes a token to the changelog table, waits until the stream delivers
-    /// it, then applies everything buffered. The copy must be done, and the
-    /// source locked: a row that still clashes on a unique index then is a
-    /// real duplicate (`point` says where, for the message).
-    pub async fn drain(&self, timeout: Duration, point: &str) -> Result<(), DrainError> {
-        self.drain_on(timeout, None, point, None).await
-    }
-
-    /// [`OnlineState::drain`], applying on `locked` when given. With a
-    /// `deadline` (the cut-over's hold budget) the drain gives up between
-    /// batches once it is past: what was applied stays applied, the rest
-    /// stays buffered, and the caller lets go of its lock.
-    pub async fn drain_on(
-        &self,
-        timeout: Duration,
-        mut locked: Option<&mut Conn>,
-        point: &str,
-        deadline: Option<Instant>,
-    ) -> Result<(), DrainError> {
-        let wait = match deadline {
-            Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
-            None => timeout,
-        };
-        self.read_to_token(wait).await.map_err(DrainError::Retry)?;
-        let mut max = 20_000;
-        loop {
-            if let Some(d) = deadline {
-                if Instant::now() > d {
-                    let backlog = self.backlog().map_err(DrainError::Retry)?;
-                    return Err(DrainError::Retry(ChangesError::HoldBudget(backlog)));
-                }
-            }
-            let pass = self
-                .apply_ready_on(max, locked.as_deref_mut())
-                .await
-                .map_err(DrainError::Retry)?;
-            if pass.applied > 0 {
-                max = 20_000;
-                continue;
-            }
-            let Some((row, index)) = pass.clashes.into_iter().next() else {
-                return Ok(());
-            };
-            if max != usize::MAX {
-                // Retry every pending row at once before judging.
-                max = usize::MAX;
-                continue;
-            }
-            // Nothing else can change: the clash is real.
-            let (target, pool) = {
-                let applier = self.applier.lock().await;
-                (applier.target().clone(), applier.pool().clone())
-            };
-            let error = match locked.as_deref_mut() {
-                Some(conn) => describe_clash(conn, &target, &self.table, &row, &index, point).await,
-                None => {
-                    let mut conn = read_conn(&pool)
-                        .await
-                        .map_err(|e| DrainError::Retry(e.into()))?;
-                    describe_clash(&mut conn, &target, &self.table, &row, &index, point).await
-                }
-            };
-            return Err(DrainError::Stop(Box::new(error)));
-        }
-    }
-
-    /// Writes a token and waits until the stream has delivered it.
-    async fn read_to_token(&self, timeout: Duration) -> Result<(), ChangesError> {
-        let token = format!(
-            "{}:{}",
-            self.run_id,
-            self.token_seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(ChangesError::TokenConnection)?;
-        conn.exec_drop(
-            format!(
-                "INSERT INTO {}.{} (token) VALUES (?)",
-                quote_ident(&self.changelog_schema),
-                quote_ident(CHANGELOG_TABLE)
-            ),
-            (token.as_str(),),
-        )
-        .await
-        .map_err(ChangesError::TokenWrite)?;
-        drop(conn);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.token_seen.notified();
-            if let Some(e) = self.error() {
-                return Err(e);
-            }
-            if *self.guard(&self.last_token, "last token")? == token {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ChangesError::TokenTimeout(timeout));
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
-        }
-        Ok(())
-    }
 }
 
 /// Starts the consumer and the apply loop.
@@ -709,112 +601,4 @@ pub fn spawn(
         }
     });
     (consumer, apply_loop)
-}
-
-/// The cut-over's view of the online state.
-pub struct OnlineDrain {
-    pub state: Arc<OnlineState>,
-    pub timeout: Duration,
-    /// Verifies the rows changed since the last verification; `None` when
-    /// there is nothing to verify against (no checksum ran).
-    pub verifier: Option<Arc<RowVerifier>>,
-    /// Where the shadow table is read when the locking session cannot.
-    pub target_pool: Pool,
-}
-
-const UNDER_THE_LOCK: &str = "found under the cut-over's lock, after the final catch-up";
-
-/// The cut-over's steps on the online state; the run wraps them in a
-/// [`Drain`] that can also verify outside the lock (it owns the consistent
-/// points).
-impl OnlineDrain {
-    pub async fn drain_to(
-        &mut self,
-        target: BinlogPosition,
-        locked: Option<&mut Conn>,
-        deadline: Instant,
-    ) -> Result<(), DrainError> {
-        tracing::debug!(file = %target.file, pos = target.pos, "draining under the lock");
-        self.state.cutting_over.store(true, Ordering::Relaxed);
-        self.state
-            .drain_on(self.timeout, locked, UNDER_THE_LOCK, Some(deadline))
-            .await
-    }
-
-    /// Reads the stream up to the server's present and applies what is
-    /// ready, without any lock: what is left for the lock is then only what
-    /// the application writes in the next instants. A clash here is not
-    /// judged (nothing is consistent yet); the drain under the lock does.
-    pub async fn catch_up(&mut self) -> Result<(), DrainError> {
-        self.state
-            .read_to_token(self.timeout)
-            .await
-            .map_err(DrainError::Retry)?;
-        while self
-            .state
-            .apply_ready_on(20_000, None)
-            .await
-            .map_err(DrainError::Retry)?
-            .applied
-            > 0
-        {}
-        Ok(())
-    }
-
-    pub async fn verify_locked(
-        &mut self,
-        session: &mut Conn,
-        shadow_locked: bool,
-    ) -> Result<(), DrainError> {
-        let Some(verifier) = &self.verifier else {
-            return Ok(());
-        };
-        // A failed attempt keeps its keys: they are verified by the next one.
-        let keys: Vec<Vec<Value>> = self
-            .state
-            .guard(&self.state.touched, "verification keys")
-            .map_err(DrainError::Retry)?
-            .as_ref()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let retry = |e: DbError| DrainError::Retry(e.into());
-        let stop = |e: VerifyError| match e {
-            VerifyError::Db(e) => DrainError::Retry(e.into()),
-            e => DrainError::Stop(Box::new(e)),
-        };
-        // Both sides read in one time zone, the one the shadow's readers use.
-        let mut tconn = read_conn(&self.target_pool).await.map_err(retry)?;
-        let tz: Option<String> = tconn
-            .query_first("SELECT @@session.time_zone")
-            .await
-            .context(|| "reading the session time zone".into())
-            .map_err(retry)?;
-        if let Some(tz) = tz {
-            session
-                .exec_drop("SET time_zone = ?", (tz,))
-                .await
-                .context(|| "setting the locked session's time zone".into())
-                .map_err(retry)?;
-        }
-        // MySQL's one session holds both tables: only it may read them.
-        let shadow_side = if shadow_locked {
-            None
-        } else {
-            Some(&mut tconn)
-        };
-        let n = verifier
-            .verify(session, shadow_side, &keys, UNDER_THE_LOCK)
-            .await
-            .map_err(stop)?;
-        self.state.track_changes().map_err(DrainError::Retry)?;
-        self.state.reverified.fetch_add(n, Ordering::Relaxed);
-        tracing::info!(
-            rows = n,
-            "rows changed since the last verification verified under the lock"
-        );
-        Ok(())
-    }
 }
