@@ -39,34 +39,45 @@
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
-pub mod alter;
-pub mod applier;
+mod alter;
+mod applier;
 pub mod binlog;
-pub mod blockers;
-pub mod changes;
-pub mod checksum;
-pub mod chunker;
+mod blockers;
+mod changes;
+mod checksum;
+mod chunker;
 pub mod config;
-pub mod control;
-pub mod copy;
-pub mod cutover;
-pub mod datacheck;
-pub mod events;
-pub mod hooks;
+mod control;
+mod copy;
+mod cutover;
+mod datacheck;
+mod events;
+mod hooks;
 pub mod import;
-pub mod migration;
-pub mod online;
-pub mod paths;
-pub mod plan;
-pub mod preflight;
-pub mod progress;
-pub mod resume;
+mod migration;
+mod online;
+mod paths;
+mod plan;
+mod preflight;
+mod progress;
+mod resume;
 pub mod server;
-pub mod shadow;
+mod shadow;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod throttle;
-pub mod verify;
+mod throttle;
+mod verify;
+
+pub use crate::{
+    control::Operations,
+    cutover::CutoverReport,
+    events::{EventSink, RunEvent},
+    progress::{Progress, ProgressHandle},
+};
+pub use checksum::{checksum_table, ChecksumError};
+pub use migration::{run, run_with, RunControl, RunError, RunOptions, RunReport, TableReport};
+pub use preflight::{run as preflight, Report as PreflightReport};
+pub use resume::{status, StatusError, StatusReport};
 
 /// The driver, re-exported so callers use the same version.
 pub use mysql_async;
