@@ -20,10 +20,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use wraith_engine::config::Config;
-use wraith_engine::control::Operations;
-use wraith_engine::migration::{self, RunError, RunOptions};
-use wraith_engine::preflight;
-use wraith_engine::progress::ProgressHandle;
+use wraith_engine::{Operations, ProgressHandle, RunControl, RunError, RunOptions};
 
 /// wraith: online table rebuilds and bulk imports for MySQL-family databases.
 #[derive(Parser)]
@@ -235,7 +232,7 @@ pub(crate) fn print_json(report: &impl serde::Serialize) -> Result<(), Failure> 
 }
 
 async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
-    let report = preflight::run(config).await;
+    let report = wraith_engine::preflight(config).await;
     if json {
         print_json(&report)?;
     } else {
@@ -252,7 +249,7 @@ async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
 }
 
 async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
-    let report = wraith_engine::resume::status(config)
+    let report = wraith_engine::status(config)
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
     if json {
@@ -264,7 +261,7 @@ async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
 }
 
 /// The cut-over's attempts, blockers and AUTO_INCREMENT, after its summary line.
-fn print_cutover_details(table: &str, c: &wraith_engine::cutover::CutoverReport) {
+fn print_cutover_details(table: &str, c: &wraith_engine::CutoverReport) {
     if c.lock_attempts.len() > 1 {
         let each: Vec<String> = c
             .lock_attempts
@@ -348,8 +345,8 @@ async fn run_reloadable(
         eprintln!("\nstopping at the next safe point (the source table is never touched)...");
         let _ = stop_tx.send(true);
     });
-    let control = migration::RunControl { shutdown: stop_rx };
-    let result = migration::run_with(config, &progress, &control, options, ops).await;
+    let control = RunControl { shutdown: stop_rx };
+    let result = wraith_engine::run_with(config, &progress, &control, options, ops).await;
     display.finish().await;
     match result {
         Ok(report) => {

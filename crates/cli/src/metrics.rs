@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wraith_engine::progress::{Progress, ProgressHandle};
+use wraith_engine::{Progress, ProgressHandle};
 
 /// Binds `addr` and serves until the process ends.
 pub async fn serve(addr: SocketAddr, progress: ProgressHandle) -> std::io::Result<SocketAddr> {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wraith_engine::events::{EventSink, RunEvent};
-use wraith_engine::progress::ProgressHandle;
+use wraith_engine::{EventSink, ProgressHandle, RunEvent};
 
 /// The sink that writes each event as one line on stderr.
 pub fn stderr_events() -> EventSink {

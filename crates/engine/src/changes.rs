@@ -150,10 +150,6 @@ impl Watermarks {
         self.low = Some(None);
     }
 
-    pub fn is_copy_done(&self) -> bool {
-        self.copy_done
-    }
-
     /// Whether a change for `key` may be applied now.
     pub fn applicable(&self, key: &[u8], use_watermarks: bool) -> bool {
         if self.copy_done {
@@ -344,7 +340,8 @@ pub struct ChangeBuffer {
 }
 
 impl ChangeBuffer {
-    /// A buffer held in memory only.
+    /// A buffer held in memory only (the run always gives it a spill directory).
+    #[cfg(test)]
     pub fn new() -> ChangeBuffer {
         ChangeBuffer::default()
     }
@@ -413,11 +410,13 @@ impl ChangeBuffer {
         self.entries.len() + self.store.as_ref().map(|s| s.keys).unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Approximate memory held.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

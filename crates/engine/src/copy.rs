@@ -82,7 +82,6 @@ pub struct CopyStats {
     pub rows: u64,
     pub chunks: u64,
     pub engines: u64,
-    pub imported: ImportStats,
     pub elapsed: Duration,
 }
 
@@ -274,20 +273,15 @@ pub async fn copy_table(
     if let Some(last) = last {
         spawn_closer(&shared, last).await;
     }
-    let mut imported = ImportStats::default();
     let mut closers = std::mem::take(&mut *shared.closers.lock().await);
     while let Some(joined) = closers.join_next().await {
-        let stats = joined.map_err(|e| CopyError::Worker(e.to_string()))??;
-        imported.rows += stats.rows;
-        imported.bytes += stats.bytes;
-        imported.ranges += stats.ranges;
+        joined.map_err(|e| CopyError::Worker(e.to_string()))??;
     }
 
     Ok(CopyStats {
         rows: shared.progress.rows_copied(),
         chunks: shared.chunks.load(Ordering::Relaxed),
         engines: shared.engines.load(Ordering::Relaxed),
-        imported,
         elapsed: started.elapsed(),
     })
 }

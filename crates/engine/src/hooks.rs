@@ -30,6 +30,8 @@ use std::time::Duration;
 
 /// The points of a run that have a hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The variants spell gh-ost's hook names (`on-startup`, ...), which operators know.
+#[allow(clippy::enum_variant_names)]
 pub enum HookEvent {
     OnStartup,
     OnValidated,

@@ -6,68 +6,122 @@
 //! (`wraith-checkpoints`) keep what a resumed run needs; this crate knows the
 //! order of things and the rules that keep data safe (see DESIGN.md).
 //!
-//! Modules:
+//! ## The data flow
+//!
+//! ```text
+//! Config ─► preflight() ─► PreflightReport: every check and the plan; nothing is changed
+//!        ─► run() / run_with() ─► shadow table, binlog position, change stream
+//!             ─► copy (chunker, readers, engines) ─► applier ─► checksum ─► cut-over
+//!             ─► Ok(RunReport: a TableReport per table, with its CutoverReport) or RunError
+//!           while it runs: Progress (polled through a ProgressHandle), RunEvents (pushed
+//!           to an EventSink), steered by Operations (the control socket) and RunControl
+//!        ─► status() ─► StatusReport: what a checkpointed run has done, read without running
+//! ```
+//!
+//! ## The front door (public)
+//!
 //! - [`config`]: the TOML job description, strictly parsed.
-//! - [`server`]: connections, the server [`server::Flavor`] and the
-//!   statements spelled by it, quoting, and [`server::inspect`]: what a table
-//!   looks like (columns, keys, indexes).
-//! - [`alter`]: the `alter` clause read as data: one alteration of one table.
-//! - [`plan`]: column mapping, chunk key, new key, deferred indexes.
-//! - [`preflight`]: every check that must pass before a run, and the plan;
-//!   [`paths`]: the files and directories the config names.
-//! - [`shadow`]: the shadow table, its layout, deferred indexes.
-//! - [`chunker`], [`copy`]: key ranges, readers and engine writers.
-//! - [`checksum`]: chunked comparison of source and shadow; [`verify`]: the
-//!   rows changed after it, compared again before the rename.
-//! - [`cutover`]: the atomic swap under bounded lock attempts; [`blockers`]:
-//!   the sessions that would make its lock wait.
-//! - [`binlog`]: the change stream: the source table's committed row changes from the binlog.
-//! - [`changes`]: the change buffer and the copy's watermarks; [`applier`]: writes them;
-//!   [`online`]: the stream, buffer and applier kept running beside the copy,
-//!   and the cut-over's view of them.
-//! - [`datacheck`]: bounded checks of the data against what the new table can hold.
-//! - [`migration`]: the run, one function per stage; [`progress`]: its counters;
-//!   [`events`]: what it reports for the caller to render (the library never
-//!   prints); [`resume`]: its checkpoints and resuming from them.
-//! - [`throttle`]: when the copy pauses and why; [`control`]: the control
-//!   socket and the live settings it changes; [`hooks`]: operator executables
-//!   run at points of a run.
-//! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same engines and checkpoints.
+//! - [`preflight()`] → [`PreflightReport`]: every check that must pass before
+//!   a run, and the plan.
+//! - [`run`], [`run_with`] ([`RunOptions`], [`RunControl`], [`Operations`]) →
+//!   [`RunReport`] of [`TableReport`]s, each with its [`CutoverReport`], or a
+//!   [`RunError`] that says whether a rerun resumes.
+//! - [`Progress`] / [`ProgressHandle`]: the counters a display polls;
+//!   [`RunEvent`]s to an [`EventSink`]: what a run reports for the caller to
+//!   render (the library never prints).
+//! - [`status`] → [`StatusReport`] / [`StatusError`]: a run's checkpoint.
+//! - [`checksum_table`] / [`ChecksumError`]: source against shadow, chunk by
+//!   chunk (the tests' oracle).
+//! - [`import`]: `wraith import`: dump files (SQL, CSV, TSV) through the same
+//!   engines and checkpoints, with its own config, preflight and run.
+//! - [`server`]: connections (multi-statements off), the server
+//!   [`server::Flavor`] and the statements spelled by it, quoting, and
+//!   [`server::inspect`]: what a table looks like (columns, keys, indexes).
+//! - [`binlog`]: the change stream: the source table's committed row changes
+//!   from the binlog (public for its own tests in `tests/`).
 //! - `testkit` (feature `testkit`, off by default): a private MariaDB for
 //!   tests, demos and benchmarks, generated tables and write loads, and
 //!   `wraith bench`'s harness.
+//! - [`mysql_async`]: the driver, re-exported so callers use the same version.
+//!
+//! ## Inside (crate-private)
+//!
+//! - `alter`: the `alter` clause read as data: one alteration of one table.
+//! - `plan`: column mapping, chunk key, new key, deferred indexes.
+//! - `preflight`: the checks behind [`preflight()`]; `paths`: the files and
+//!   directories the config names; `datacheck`: bounded checks of the data
+//!   against what the new table can hold.
+//! - `shadow`: the shadow table, its layout, deferred indexes.
+//! - `chunker`, `copy`: key ranges, readers and engine writers.
+//! - `changes`: the change buffer and the copy's watermarks; `applier`:
+//!   writes them; `online`: the stream, buffer and applier kept running beside
+//!   the copy, and the cut-over's view of them.
+//! - `checksum`: chunked comparison of source and shadow; `verify`: the rows
+//!   changed after it, compared again before the rename.
+//! - `cutover`: the atomic swap under bounded lock attempts; `blockers`: the
+//!   sessions that would make its lock wait.
+//! - `migration`: the run, one function per stage, moved through by one
+//!   stage tracker; `progress`: its counters; `events`: what it reports;
+//!   `resume`: its checkpoints and resuming from them.
+//! - `names`: every object wraith creates, named in one place (listed in
+//!   `config/README.md`).
+//! - `throttle`: when the copy pauses and why; `control`: the control socket
+//!   and the live settings it changes; `hooks`: operator executables run at
+//!   points of a run.
 //!
 //! Errors are typed per module; the CLI maps them to exit codes.
 
-pub mod alter;
-pub mod applier;
-pub mod binlog;
-pub mod blockers;
-pub mod changes;
-pub mod checksum;
-pub mod chunker;
+// The front door, in the order of the data flow.
 pub mod config;
-pub mod control;
-pub mod copy;
-pub mod cutover;
-pub mod datacheck;
-pub mod events;
-pub mod hooks;
+
+pub use preflight::{run as preflight, Report as PreflightReport};
+
+pub use migration::{run, run_with, RunControl, RunError, RunOptions, RunReport, TableReport};
+
+// What a run reports, and how it is steered while it runs.
+pub use crate::{
+    control::Operations,
+    cutover::CutoverReport,
+    events::{EventSink, RunEvent},
+    progress::{Progress, ProgressHandle, StageTiming},
+};
+
+pub use resume::{status, StatusError, StatusReport};
+
+pub use checksum::{checksum_table, ChecksumError};
+
 pub mod import;
-pub mod migration;
-mod names;
-pub mod online;
-pub mod paths;
-pub mod plan;
-pub mod preflight;
-pub mod progress;
-pub mod resume;
+
 pub mod server;
-pub mod shadow;
+
+pub mod binlog;
+
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod throttle;
-pub mod verify;
 
-/// The driver, re-exported so callers use the same version.
 pub use mysql_async;
+
+// Inside: crate-private.
+mod alter;
+mod applier;
+mod blockers;
+mod changes;
+mod checksum;
+mod chunker;
+mod control;
+mod copy;
+mod cutover;
+mod datacheck;
+mod events;
+mod hooks;
+mod migration;
+mod names;
+mod online;
+mod paths;
+mod plan;
+mod preflight;
+mod progress;
+mod resume;
+mod shadow;
+mod throttle;
+mod verify;

@@ -2,10 +2,10 @@
 //! backends, compared with the source by queries of the tests' own.
 
 use mysql_async::prelude::Queryable;
-use wraith_engine::checksum::{checksum_table, ChecksumError};
 use wraith_engine::config::Config;
 use wraith_engine::server::inspect::inspect_table;
 use wraith_engine::testkit::workload::create_sysbench_table;
+use wraith_engine::{checksum_table, ChecksumError};
 use wraith_tests::{wraith_with_config, Schema};
 
 /// Each way rows can travel: the sql backend server-side (`INSERT ... SELECT`),
@@ -237,7 +237,7 @@ async fn million_rows_both_backends_and_checksum_catches_corruption() {
         s.exec("UPDATE _sbtest_new SET c = 'tampered' WHERE id = 654321")
             .await;
         let config = Config::parse(&cfg, "test").unwrap();
-        let report = wraith_engine::preflight::run(&config).await;
+        let report = wraith_engine::preflight(&config).await;
         let plan = &report.plans[0];
         let mut c = s.conn().await;
         let old = inspect_table(&mut c, &s.name, "sbtest").await.unwrap();

@@ -82,7 +82,6 @@ mod stage;
 mod stages;
 mod table;
 
-pub use crate::progress::StageTiming;
 use cleanup::{clean_up, finish_interrupted_cutover, start_over, Moment};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};

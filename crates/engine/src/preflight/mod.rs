@@ -39,8 +39,6 @@ use crate::plan::TablePlan;
 use crate::server::{self, Context, DbError, Flavor};
 
 use grants::check_privileges;
-pub use grants::{parse_grant, Grant};
-pub use table::apply_alter_to_copy;
 use table::check_table;
 
 /// Outcome of one check.

@@ -1392,7 +1392,6 @@ mod test {
         FutureExt,
     };
     use mysql_common::constants::{MariadbCapabilities, MAX_PAYLOAD_LEN};
-    use rand::RngExt as _;
     use tokio::{io::AsyncWriteExt, net::TcpListener};
 
     use crate::{
@@ -1765,8 +1764,9 @@ mod test {
         ];
 
         fn random_pass() -> String {
-            let mut rng = rand::rng();
-            let pass: [u8; 10] = rng.random();
+            let mut pass = [0u8; 10];
+            pass.iter_mut()
+                .for_each(|b| *b = crate::opts::random_u64() as u8);
 
             IntoIterator::into_iter(pass)
                 .map(|x| ((x % (123 - 97)) + 97) as char)
@@ -2616,9 +2616,10 @@ mod test {
         if is_mariadb && version >= (11, 4, 1) {
             // Creating random password so in case of test failure user won't have
             // known password left behind.
-            let mut rng = rand::rng();
             let mut pass_bytes = [0u8; 16];
-            rng.fill(&mut pass_bytes);
+            pass_bytes
+                .iter_mut()
+                .for_each(|b| *b = crate::opts::random_u64() as u8);
             pass_bytes.iter_mut().for_each(|b| {
                 *b = match *b % 3 {
                     0 => b'A' + (*b % 26),

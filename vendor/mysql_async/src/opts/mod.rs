@@ -17,7 +17,6 @@ pub use native_tls_opts::ClientIdentity;
 pub use rustls_opts::ClientIdentity;
 
 use percent_encoding::percent_decode;
-use rand::RngExt as _;
 use tokio::sync::OnceCell;
 use url::{Host, Url};
 
@@ -357,6 +356,17 @@ pub struct PoolOpts {
     reset_connection: bool,
 }
 
+
+/// A random `u64` from the standard library alone (wraith's vendored change: no
+/// `rand` dependency). `RandomState` is seeded from the OS once per thread and
+/// changes its keys on every call; good enough for TTL jitter, not for secrets.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 impl PoolOpts {
     /// Calls `Self::default`.
     pub fn new() -> Self {
@@ -453,7 +463,9 @@ impl PoolOpts {
     pub(crate) fn new_connection_ttl_deadline(&self) -> Option<Instant> {
         if let Some(ttl) = self.abs_conn_ttl {
             let jitter = if let Some(jitter) = self.abs_conn_ttl_jitter {
-                Duration::from_secs(rand::rng().random_range(0..=jitter.as_secs()))
+                let secs = jitter.as_secs();
+                let r = random_u64();
+                Duration::from_secs(secs.checked_add(1).map_or(r, |n| r % n))
             } else {
                 Duration::ZERO
             };

@@ -974,7 +974,7 @@ mod test {
 
             // we need to cancel the op in the middle
             // this should not lead to the `packet out of order` error.
-            let delay_micros = rand::random::<u128>() % max_delay;
+            let delay_micros = u128::from(crate::opts::random_u64()) % max_delay;
             select(
                 sleep(Duration::from_micros(delay_micros as u64)).boxed(),
                 fut,
