@@ -111,8 +111,14 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
             .unwrap_or((1, 1));
         let mut message = e.message().trim().to_string();
         let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-        // A wrong-typed password would be quoted in the message: never show it.
-        if line_text.contains("password") && !message.starts_with("unknown field") {
+        // A wrong-typed password would be quoted in the message: never show
+        // it. The error's place decides, not its words: one that points
+        // past the line's `=` is about a value (an unknown key points at
+        // the key, and is shown).
+        let about_value = line_text
+            .find('=')
+            .is_some_and(|eq| column > line_text[..eq].chars().count());
+        if line_text.contains("password") && about_value {
             message = "invalid value for a password key (the value is not shown); \
                        a password must be a string"
                 .into();
@@ -400,5 +406,14 @@ alter = "ADD COLUMN note TEXT"
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+        // An unknown key that names a password is about the key: said as is.
+        let e = Config::parse(
+            &GOOD.replace("user = \"root\"", "user = \"root\"\npassword_fil = \"x\""),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("password_fil"), "{e}");
+        assert!(!e.contains("value is not shown"), "{e}");
     }
 }
