@@ -210,6 +210,7 @@ async fn unique_key_on_duplicate_data_stops_with_keys_named() {
 
 #[tokio::test]
 async fn million_rows_both_backends_and_checksum_catches_corruption() {
+    let _bulk = crate::LATENCY_JUDGED.read().await;
     let s = Schema::new("cp_million").await;
     {
         let mut c = s.conn().await;

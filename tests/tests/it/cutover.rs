@@ -199,6 +199,7 @@ fn check_stages(t: &serde_json::Value) {
 
 #[tokio::test]
 async fn a_blocker_is_waited_for_without_stalling_the_writes() {
+    let _alone = crate::LATENCY_JUDGED.write().await;
     let s = Schema::new("co_wait").await;
     let rows = 5_000;
     sysbench_with_mirror(&s, rows).await;
