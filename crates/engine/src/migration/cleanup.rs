@@ -96,16 +96,10 @@ pub(super) async fn clean_up(
     let (source, target) = (&config.source.database, &config.target().database);
     for owned in moment.drops(config) {
         let (what, result): (String, Result<(), RunError>) = match owned {
-            Owned::Shadow => (
-                format!(
-                    "the shadow table {}.{}",
-                    quote_ident(target),
-                    quote_ident(&shadow::shadow_name(&table.name))
-                ),
-                shadow::drop_shadow(conn, target, &table.name)
-                    .await
-                    .map_err(RunError::from),
-            ),
+            Owned::Shadow => {
+                let shadow = shadow::shadow_name(&table.name);
+                drop_table(conn, target, &shadow, "the shadow table").await
+            }
             Owned::Markers => (
                 "the cut-over's marker tables".to_string(),
                 cutover::drop_markers(conn, source, &table.name)
