@@ -90,6 +90,22 @@ pub struct Operations {
     worker_last_chunk: Vec<AtomicU64>,
     postponed: AtomicBool,
     abort: watch::Sender<Option<String>>,
+    /// Chunks being copied now, by every table of the job: together they
+    /// stay within `threads` (the job's one thread budget).
+    copying: AtomicUsize,
+    slot_freed: tokio::sync::Notify,
+}
+
+/// One chunk's share of the job's thread budget; given back on drop.
+pub struct CopySlot<'a> {
+    ops: &'a Operations,
+}
+
+impl Drop for CopySlot<'_> {
+    fn drop(&mut self) {
+        self.ops.copying.fetch_sub(1, Ordering::AcqRel);
+        self.ops.slot_freed.notify_waiters();
+    }
 }
 
 impl Operations {
@@ -124,6 +140,8 @@ impl Operations {
             worker_last_chunk: (0..max_threads).map(|_| AtomicU64::new(0)).collect(),
             postponed: AtomicBool::new(false),
             abort: watch::Sender::new(None),
+            copying: AtomicUsize::new(0),
+            slot_freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -201,6 +219,27 @@ impl Operations {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a share of the job's thread budget for one chunk: at most
+    /// `threads` chunks are copied at once over all tables of the job, so
+    /// tables copied together share it and a table done early hands its
+    /// share to the others.
+    pub async fn copy_slot(&self) -> CopySlot<'_> {
+        loop {
+            let freed = self.slot_freed.notified();
+            let now = self.copying.load(Ordering::Acquire);
+            if now < self.threads.load(Ordering::Relaxed).max(1)
+                && self
+                    .copying
+                    .compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return CopySlot { ops: self };
+            }
+            // A live `threads=N` raises the budget without freeing a slot.
+            let _ = tokio::time::timeout(Duration::from_millis(50), freed).await;
         }
     }
 

@@ -16,8 +16,10 @@
 //!
 //! Operating (`CopyJob::ops`): before each chunk a worker waits its turn
 //! ([`crate::control::Operations::wait_turn`]) while the copy is throttled or
-//! while its index is beyond the live `threads=N`, and the chunker is handed
-//! the operator's chunk size or target.
+//! while its index is beyond the live `threads=N`, then for a share of the
+//! job's thread budget ([`crate::control::Operations::copy_slot`]: tables
+//! copied together never run more than `threads` chunks at once), and the
+//! chunker is handed the operator's chunk size or target.
 //!
 //! Reads use the same session settings as the writers
 //! (`wraith_backend::write::SESSION_SETUP`: binary strings, UTC time zone), so
@@ -395,6 +397,11 @@ async fn worker(shared: Arc<Shared>, pool: Pool, index: usize) -> Result<(), Cop
     };
     loop {
         wait_turn(&shared, index).await;
+        // Tables copied together share the job's thread budget, chunk by chunk.
+        let _slot = match &shared.job.ops {
+            Some(ops) => Some(ops.copy_slot().await),
+            None => None,
+        };
         let Some((chunk, engine)) = next_chunk(&shared, &mut conn).await? else {
             return Ok(());
         };

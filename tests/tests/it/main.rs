@@ -17,5 +17,6 @@ mod online;
 mod ops;
 mod preflight;
 mod resume;
+mod together;
 mod values;
 mod verified;

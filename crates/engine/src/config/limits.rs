@@ -55,6 +55,10 @@ pub struct CutoverConfig {
     /// interrupted (`true`), or stop at once leaving the verified shadow (`false`).
     #[serde(default = "default_true")]
     pub keep_in_sync: bool,
+    /// Several `[[table]]`s: swap them all in one atomic RENAME (`true`, the
+    /// default), or each on its own, one after another (`false`, for
+    /// unrelated tables).
+    pub together: Option<bool>,
 }
 
 fn default_lock_wait_timeout() -> HumanDuration {
@@ -87,6 +91,7 @@ impl Default for CutoverConfig {
             postpone_flag_file: None,
             drop_old_table: false,
             keep_in_sync: true,
+            together: None,
         }
     }
 }

@@ -148,6 +148,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether the tables are cut over together (one group, one RENAME).
+    pub fn together(&self) -> bool {
+        self.cutover.together.unwrap_or(true)
+    }
+
     fn validate(&self) -> Result<(), String> {
         validate_connection("source", &self.source)?;
         if let Some(t) = &self.target {

@@ -7,13 +7,13 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 
 use super::lock::acquire;
-use super::markers::{drop_markers, passed_before_table, SwapNames, SENTRY_COMMENT, SWAP_COMMENT};
+use super::markers::{drop_markers, SwapNames, SENTRY_COMMENT, SWAP_COMMENT};
 use super::report::{ms, Ledger};
 use super::{attempt_outcome, Attempt, Attempting, CutoverError, CutoverSettings, Drain};
 use crate::server::{
     self, quote_ident, set_lock_wait_timeout, BinlogPosition, Context, DbError, Flavor, TablesLock,
 };
-use crate::shadow::{old_name, shadow_name};
+use crate::shadow::shadow_name;
 
 /// The binlog position under the lock: every change to the table is before it.
 /// (The GTID state is not read: the drain needs only file:pos.)
@@ -35,9 +35,7 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
-    let (pool, schema, table) = (ctx.pool, ctx.schema, ctx.table);
-    let qs = quote_ident(schema);
-    let names = SwapNames::new(schema, table);
+    let (pool, schema) = (ctx.pool, ctx.schema);
     let timeout = lock_timeout_secs(ctx.settings);
 
     let mut a = pool
@@ -49,86 +47,102 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         .query_first("SELECT @@lower_case_table_names")
         .await
         .context(|| "reading lower_case_table_names".into())?;
-    drop_markers(&mut a, schema, table)
+    let names = SwapNames::new(schema, ctx.tables, lower_case.unwrap_or(0) != 0);
+    drop_all_markers(&mut a, ctx).await?;
+    for t in &names.tables {
+        a.query_drop(format!(
+            "CREATE TABLE {} (id INT PRIMARY KEY) COMMENT '{SWAP_COMMENT}: drop it if no wraith runs'",
+            t.swap
+        ))
         .await
-        .map_err(|e| match e {
-            CutoverError::Db(e) => Attempt::Retry(e.to_string()),
-            e => Attempt::Fatal(e),
-        })?;
-    a.query_drop(format!(
-        "CREATE TABLE {} (id INT PRIMARY KEY) COMMENT '{SWAP_COMMENT}: drop it if no wraith runs'",
-        names.swap
-    ))
-    .await
-    .context(|| "creating the cut-over swap marker".into())?;
-    a.query_drop(format!(
-        "CREATE TABLE {} (id INT PRIMARY KEY) COMMENT '{SENTRY_COMMENT}: drop it if no wraith runs'",
-        names.sentry
-    ))
-    .await
-    .context(|| "creating the cut-over sentry table".into())?;
+        .context(|| "creating the cut-over swap marker".into())?;
+        a.query_drop(format!(
+            "CREATE TABLE {} (id INT PRIMARY KEY) COMMENT '{SENTRY_COMMENT}: drop it if no wraith runs'",
+            t.sentry
+        ))
+        .await
+        .context(|| "creating the cut-over sentry table".into())?;
+    }
 
-    let lock_sql = format!("LOCK TABLES {} WRITE, {} WRITE", names.table, names.sentry);
-    let helpers = match Helpers::connect(pool, timeout).await {
+    let helpers = match Helpers::connect(pool, timeout, names.tables.len() - 1).await {
         Ok(h) => h,
         Err(e) => {
-            let _ = drop_markers(&mut a, schema, table).await;
+            let _ = drop_all_markers(&mut a, ctx).await;
             return Err(e.into());
         }
     };
-    let granted = match acquire(ctx, &mut a, &lock_sql, ledger, &|| {
+    let granted = match acquire(ctx, &mut a, &names.lock_all(), ledger, &|| {
         drain.verification_backlog()
     })
     .await
     {
         Ok(granted) => granted,
         Err(e) => {
-            let _ = drop_markers(&mut a, schema, table).await;
+            let _ = drop_all_markers(&mut a, ctx).await;
             return Err(e);
         }
     };
-    let outcome = locked_phase(
-        ctx,
-        &mut a,
-        helpers,
-        &names,
-        passed_before_table(table, lower_case.unwrap_or(0) != 0)
-            .map(|n| format!("{qs}.{}", quote_ident(&n))),
-        drain,
-        ledger,
-    )
-    .await;
+    let outcome = locked_phase(ctx, &mut a, helpers, &names, drain, ledger).await;
     match outcome {
         Ok(target) => {
             ledger.released(granted, "renamed");
-            // The marker took the sentry's name in the RENAME: it is litter now.
-            let _ = a
-                .query_drop(format!("DROP TABLE IF EXISTS {}", names.sentry))
-                .await;
+            // The markers took the sentries' names in the RENAME: litter now.
+            for t in &names.tables {
+                let _ = a
+                    .query_drop(format!("DROP TABLE IF EXISTS {}", t.sentry))
+                    .await;
+            }
             Ok(target)
         }
         Err(e) => {
-            // Unlock with the sentry in place: a queued RENAME fails harmlessly.
+            // The locked phase let go of everything it took; the sentries
+            // left in place make a RENAME still queued fail harmlessly.
             let _ = a.query_drop("UNLOCK TABLES").await;
             ledger.released(granted, &attempt_outcome(&e));
-            let _ = drop_markers(&mut a, schema, table).await;
+            let _ = drop_all_markers(&mut a, ctx).await;
             Err(e)
         }
     }
 }
 
-/// Steps 2 to 5 of the module comment, with the lock held.
-#[allow(clippy::too_many_arguments)]
+/// Drops the markers of every table of the swap.
+async fn drop_all_markers(a: &mut Conn, ctx: &Attempting<'_>) -> Result<(), Attempt> {
+    for table in ctx.tables {
+        drop_markers(a, ctx.schema, table)
+            .await
+            .map_err(|e| match e {
+                CutoverError::Db(e) => Attempt::Retry(e.to_string()),
+                e => Attempt::Fatal(e),
+            })?;
+    }
+    Ok(())
+}
+
+/// A session queued for one table's lock behind session A (the hand-off
+/// of the tables after the first, see the module page).
+struct HandOff {
+    /// Index of the table in the swap's lock order.
+    table: usize,
+    id: u32,
+    task: tokio::task::JoinHandle<(Conn, Result<(), mysql_async::Error>)>,
+}
+
+/// Steps 2 to 5 of the module comment, with the lock held. On an error,
+/// everything the phase took is let go except A's lock (the caller's), and
+/// the RENAME, if issued, is stopped.
 pub(super) async fn locked_phase<D: Drain + Sync>(
     ctx: &Attempting<'_>,
     a: &mut Conn,
     helpers: Helpers,
     names: &SwapNames,
-    passed_before_table: Option<String>,
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
-    let Helpers { mut b, mut probe } = helpers;
+    let Helpers {
+        mut b,
+        mut probe,
+        hand_off,
+    } = helpers;
     let locked = Instant::now();
     let budget = HoldBudget::new(locked, ctx.settings.lock_hold_budget);
     let target = locked_position(a, ctx.flavor).await?;
@@ -144,68 +158,218 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     budget.check("re-verifying the last changes")?;
     let drained = locked.elapsed();
 
-    // Before B holds any name: the shadow's ALTER cannot wait on the RENAME.
-    ledger.auto_increment = carry_auto_increment(&mut b, ctx.flavor, ctx.schema, ctx.table).await?;
-    budget.check("carrying the AUTO_INCREMENT counter")?;
+    // Before B holds any name: the shadows' ALTERs cannot wait on the RENAME.
+    for t in &names.tables {
+        if let Some(n) = carry_auto_increment(&mut b, ctx.flavor, ctx.schema, &t.name).await? {
+            ledger.auto_increment = Some(n);
+        }
+    }
+    budget.check("carrying the AUTO_INCREMENT counters")?;
+    // Every table after the first is handed to the RENAME by a session of
+    // its own, queued now behind A: its request is served before the
+    // application's writes when A lets go.
+    let mut queued = Vec::new();
+    for (k, mut conn) in (1..names.tables.len()).zip(hand_off) {
+        let t = &names.tables[k];
+        let sql = format!("LOCK TABLES {} WRITE, {} WRITE", t.table, t.sentry);
+        queued.push(HandOff {
+            table: k,
+            id: conn.id(),
+            task: tokio::spawn(async move {
+                let r = conn.query_drop(sql).await;
+                (conn, r)
+            }),
+        });
+    }
     let b_id = b.id();
     let rename_sql = names.rename();
     let rename = tokio::spawn(async move {
         let r = b.query_drop(rename_sql).await;
         (b, r)
     });
-
-    // Confirm B is queued on `t` itself before letting go of it: it waits on
-    // a metadata lock, and holds every name that sorts before `t`. Only then
-    // does its exclusive request take `t` ahead of the application's writes.
-    loop {
-        let waiting: Option<u64> = a
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? AND STATE LIKE '%metadata lock%'",
-                (b_id,),
-            )
-            .await
-            .context(|| "looking for the waiting RENAME".into())?;
-        let on_table = match &passed_before_table {
-            Some(name) if waiting.unwrap_or(0) > 0 => locked_by_other(&mut probe, name).await?,
-            _ => waiting.unwrap_or(0) > 0,
-        };
-        if on_table {
-            break;
+    let queued_up = async {
+        // B queued on the first table itself, and every hand-off session
+        // queued behind A, before A lets go.
+        loop {
+            let mut ready = queued_on(a, &mut probe, b_id, names.passed_before(0)).await?;
+            for h in &queued {
+                ready = ready && waiting_on_lock(a, h.id).await?;
+            }
+            if ready {
+                return Ok(());
+            }
+            if rename.is_finished() || queued.iter().any(|h| h.task.is_finished()) {
+                return Err(Attempt::Retry(
+                    "the RENAME or a hand-off lock did not queue behind the lock".into(),
+                ));
+            }
+            budget.check("waiting for the RENAME to queue")?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if rename.is_finished() {
-            return Err(Attempt::Retry(
-                "the RENAME did not queue behind the lock".into(),
-            ));
-        }
-        budget.check("waiting for the RENAME to queue")?;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    drop(probe);
+    .await;
+    if let Err(e) = queued_up {
+        stop_rename(a, b_id, &rename).await;
+        // A still holds every table: the hand-off sessions get theirs once
+        // A lets go (the caller), and give them back at once.
+        for h in queued {
+            tokio::spawn(async move {
+                if let Ok((mut conn, _)) = h.task.await {
+                    let _ = conn.query_drop("UNLOCK TABLES").await;
+                }
+            });
+        }
+        return Err(e);
+    }
     tracing::debug!(
         drained_ms = ms(drained),
         rename_queued_ms = ms(locked.elapsed()),
         "cut-over: under the lock"
     );
     ledger.let_through = Some(Instant::now());
-    a.query_drop(format!("DROP TABLE {}", names.sentry))
+    let first = names
+        .tables
+        .first()
+        .map(|t| t.sentry.clone())
+        .unwrap_or_default();
+    a.query_drop(format!("DROP TABLE {first}"))
         .await
         .context(|| "dropping the sentry".into())?;
     a.query_drop("UNLOCK TABLES")
         .await
         .context(|| "UNLOCK TABLES".into())?;
+    hand_over(ctx, a, &mut probe, names, b_id, &rename, queued).await?;
     let (_b, result) = rename
         .await
         .map_err(|e| Attempt::Retry(format!("the RENAME task failed: {e}")))?;
     match result {
         Ok(()) => Ok(target),
         Err(e) => {
-            // The sentry is gone now, so the state needs looking at.
-            let state = describe_tables(ctx.pool, &names.table, &names.old, &names.new).await;
+            // The sentries are gone now, so the state needs looking at.
+            let state = describe_all(ctx.pool, names).await;
             Err(Attempt::Fatal(CutoverError::Unknown {
-                table: names.table.clone(),
+                table: names
+                    .tables
+                    .iter()
+                    .map(|t| t.table.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 state: format!("{state} (RENAME error: {e})"),
             }))
         }
+    }
+}
+
+/// Hands the tables after the first to the RENAME, in lock order: a table's
+/// session, once granted (ahead of the application's writes), waits until
+/// the RENAME queues on its table, drops its sentry and lets go, so the
+/// RENAME's request is served first again. A step that fails stops the
+/// RENAME and lets every table go: the sentries not yet dropped make a
+/// RENAME that still runs fail, so nothing is renamed.
+async fn hand_over(
+    ctx: &Attempting<'_>,
+    a: &mut Conn,
+    probe: &mut Conn,
+    names: &SwapNames,
+    b_id: u32,
+    rename: &tokio::task::JoinHandle<(Conn, Result<(), mysql_async::Error>)>,
+    queued: Vec<HandOff>,
+) -> Result<(), Attempt> {
+    let mut queued = queued.into_iter();
+    let deadline = Instant::now() + ctx.settings.lock_wait_timeout;
+    let mut failure = None;
+    for h in queued.by_ref() {
+        let step = async {
+            let table = &names.tables[h.table];
+            let (mut conn, granted) = h
+                .task
+                .await
+                .map_err(|e| Attempt::Retry(format!("a hand-off session failed: {e}")))?;
+            if let Err(e) = granted {
+                return Err(Attempt::Retry(format!(
+                    "the hand-off lock on {} failed: {e}",
+                    table.table
+                )));
+            }
+            let result = async {
+                loop {
+                    if queued_on(a, probe, b_id, names.passed_before(h.table)).await? {
+                        break;
+                    }
+                    if rename.is_finished() || Instant::now() > deadline {
+                        return Err(Attempt::Retry(format!(
+                            "the RENAME did not queue on {} within lock_wait_timeout",
+                            table.table
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                conn.query_drop(format!("DROP TABLE {}", table.sentry))
+                    .await
+                    .context(|| "dropping a sentry".into())?;
+                Ok(())
+            }
+            .await;
+            let _ = conn.query_drop("UNLOCK TABLES").await;
+            result
+        }
+        .await;
+        if let Err(e) = step {
+            failure = Some(e);
+            break;
+        }
+    }
+    let Some(e) = failure else {
+        return Ok(());
+    };
+    stop_rename(a, b_id, rename).await;
+    for h in queued {
+        if let Ok((mut conn, _)) = h.task.await {
+            let _ = conn.query_drop("UNLOCK TABLES").await;
+        }
+    }
+    Err(e)
+}
+
+/// Whether session `b_id` waits on a metadata lock and holds `passed` (the
+/// name before the one it should wait on), so it queues on that one.
+async fn queued_on(
+    a: &mut Conn,
+    probe: &mut Conn,
+    b_id: u32,
+    passed: Option<String>,
+) -> Result<bool, Attempt> {
+    if !waiting_on_lock(a, b_id).await? {
+        return Ok(false);
+    }
+    Ok(match passed {
+        Some(name) => locked_by_other(probe, &name).await?,
+        None => true,
+    })
+}
+
+/// Whether session `id` waits on a metadata lock.
+async fn waiting_on_lock(conn: &mut Conn, id: u32) -> Result<bool, Attempt> {
+    let waiting: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? AND STATE LIKE '%metadata lock%'",
+            (id,),
+        )
+        .await
+        .context(|| "looking for the waiting RENAME".into())?;
+    Ok(waiting.unwrap_or(0) > 0)
+}
+
+/// Stops a RENAME that must not run (a failed attempt): it has renamed
+/// nothing while it waits, and must not stay queued ahead of the
+/// application's writes. Its own end is awaited by no one.
+async fn stop_rename(
+    conn: &mut Conn,
+    b_id: u32,
+    rename: &tokio::task::JoinHandle<(Conn, Result<(), mysql_async::Error>)>,
+) {
+    if !rename.is_finished() {
+        let _ = conn.query_drop(format!("KILL QUERY {b_id}")).await;
     }
 }
 
@@ -214,21 +378,23 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
-    let (pool, schema, table, settings) = (ctx.pool, ctx.schema, ctx.table, ctx.settings);
-    let qs = quote_ident(schema);
-    let qt = format!("{qs}.{}", quote_ident(table));
-    let qold = format!("{qs}.{}", quote_ident(&old_name(table)));
-    let qnew = format!("{qs}.{}", quote_ident(&shadow_name(table)));
+    let (pool, schema, settings) = (ctx.pool, ctx.schema, ctx.settings);
+    let names = SwapNames::new(schema, ctx.tables, false);
     let timeout = lock_timeout_secs(settings);
     let mut a = pool
         .get_conn()
         .await
         .context(|| "connecting for the cut-over".into())?;
     set_lock_wait_timeout(&mut a, timeout).await?;
+    let locks: Vec<String> = names
+        .tables
+        .iter()
+        .map(|t| format!("{} WRITE, {} WRITE", t.table, t.new))
+        .collect();
     let granted = acquire(
         ctx,
         &mut a,
-        &format!("LOCK TABLES {qt} WRITE, {qnew} WRITE"),
+        &format!("LOCK TABLES {}", locks.join(", ")),
         ledger,
         &|| drain.verification_backlog(),
     )
@@ -249,10 +415,19 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             .await
             .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
         budget.check("re-verifying the last changes")?;
-        ledger.auto_increment = carry_auto_increment(a, ctx.flavor, schema, table).await?;
-        budget.check("carrying the AUTO_INCREMENT counter")?;
+        for t in &names.tables {
+            if let Some(n) = carry_auto_increment(a, ctx.flavor, schema, &t.name).await? {
+                ledger.auto_increment = Some(n);
+            }
+        }
+        budget.check("carrying the AUTO_INCREMENT counters")?;
         ledger.let_through = Some(Instant::now());
-        a.query_drop(format!("RENAME TABLE {qt} TO {qold}, {qnew} TO {qt}"))
+        let pairs: Vec<String> = names
+            .tables
+            .iter()
+            .map(|t| format!("{} TO {}, {} TO {}", t.table, t.old, t.new, t.table))
+            .collect();
+        a.query_drop(format!("RENAME TABLE {}", pairs.join(", ")))
             .await
             .context(|| "RENAME TABLE".into())?;
         Ok::<_, Attempt>(target)
@@ -274,10 +449,12 @@ pub(super) struct Helpers {
     b: Conn,
     /// Looks, without waiting, at which names B holds.
     probe: Conn,
+    /// One per table after the first: hands it to the RENAME.
+    hand_off: Vec<Conn>,
 }
 
 impl Helpers {
-    async fn connect(pool: &Pool, timeout: u64) -> Result<Helpers, DbError> {
+    async fn connect(pool: &Pool, timeout: u64, hand_offs: usize) -> Result<Helpers, DbError> {
         let mut b = pool
             .get_conn()
             .await
@@ -288,7 +465,16 @@ impl Helpers {
             .await
             .context(|| "connecting the lock probe".into())?;
         set_lock_wait_timeout(&mut probe, 0).await?;
-        Ok(Helpers { b, probe })
+        let mut hand_off = Vec::with_capacity(hand_offs);
+        for _ in 0..hand_offs {
+            let mut conn = pool
+                .get_conn()
+                .await
+                .context(|| "connecting a hand-off session".into())?;
+            set_lock_wait_timeout(&mut conn, timeout).await?;
+            hand_off.push(conn);
+        }
+        Ok(Helpers { b, probe, hand_off })
     }
 }
 
@@ -398,6 +584,15 @@ pub(super) async fn carry_auto_increment(
         "AUTO_INCREMENT counter carried over to {shadow}"
     );
     Ok(Some(source))
+}
+
+/// Which of every table's three names exist, for an operator.
+async fn describe_all(pool: &Pool, names: &SwapNames) -> String {
+    let mut parts = Vec::new();
+    for t in &names.tables {
+        parts.push(describe_tables(pool, &t.table, &t.old, &t.new).await);
+    }
+    parts.join("; ")
 }
 
 /// Which of the three names exist, for an operator after a lost connection.

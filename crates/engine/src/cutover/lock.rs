@@ -28,7 +28,7 @@ pub(super) async fn acquire(
     ledger: &mut Ledger,
     verification_backlog: &(dyn Fn() -> usize + Sync),
 ) -> Result<Instant, Attempt> {
-    let table = ctx.table;
+    let table = ctx.label();
     let own = [a.id()];
     let mut watch = Watchlist::default();
     let mut waiting_since: Option<Instant> = None;
@@ -57,8 +57,14 @@ pub(super) async fn acquire(
                 }
             }
         }
-        let found =
-            blockers::find(a, ctx.flavor, ledger.detection, ctx.schema, table, &own).await?;
+        let mut found: Vec<Blocker> = Vec::new();
+        for t in ctx.tables {
+            for b in blockers::find(a, ctx.flavor, ledger.detection, ctx.schema, t, &own).await? {
+                if !found.iter().any(|f| f.id == b.id) {
+                    found.push(b);
+                }
+            }
+        }
         if found.is_empty() {
             let waited = waiting_since.is_some();
             end_wait(ctx, ledger, &mut waiting_since);
@@ -75,7 +81,7 @@ pub(super) async fn acquire(
         if let Some(reason) = (ctx.observer.stop)() {
             end_wait(ctx, ledger, &mut waiting_since);
             return Err(Attempt::Fatal(CutoverError::Stopped {
-                table: table.to_string(),
+                table: table.clone(),
                 reason,
             }));
         }
@@ -135,7 +141,7 @@ async fn kill_overdue(
     let (true, Some(grace)) = (ctx.settings.kill_blockers, ctx.settings.blocker_grace) else {
         return Ok(());
     };
-    let table = ctx.table;
+    let table = ctx.label();
     let overdue = watch.overdue(found, grace);
     if !overdue.is_empty() && !ledger.detection.is_exact() {
         if !*kill_warned {
@@ -256,7 +262,7 @@ pub(super) fn end_wait(
         ledger.blocker_wait += since.elapsed();
         ctx.observer.progress.set_blockers(Vec::new());
         tracing::info!(
-            table = ctx.table,
+            table = ctx.label(),
             waited_ms = ms(since.elapsed()),
             "the sessions that blocked the cut-over are gone"
         );

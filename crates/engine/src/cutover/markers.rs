@@ -9,56 +9,119 @@ use super::CutoverError;
 use crate::server::{quote_ident, Context};
 use crate::shadow::{old_name, shadow_name};
 
-/// The quoted names one two-session swap touches.
-pub(super) struct SwapNames {
+/// The quoted names of one table in a swap.
+pub(super) struct TableNames {
+    /// The table's name as given (unquoted).
+    pub(super) name: String,
     pub(super) table: String,
     pub(super) old: String,
     pub(super) new: String,
-    /// Exists while A holds the lock; the RENAME's last pair renames `swap`
-    /// onto it, so the RENAME fails as long as it exists.
+    /// Exists while wraith holds the table; the RENAME's marker pair
+    /// renames `swap` onto it, so the RENAME fails as long as it exists.
     pub(super) sentry: String,
     pub(super) swap: String,
 }
 
+/// The quoted names a two-session swap touches: every table of the group,
+/// each with its own sentry, in the server's lock order.
+pub(super) struct SwapNames {
+    /// In the order the server takes the RENAME's locks: the RENAME queues
+    /// on the first, and is handed the others one after another.
+    pub(super) tables: Vec<TableNames>,
+    /// Every name of the RENAME (unquoted), for the lock order.
+    all: Vec<String>,
+    lower_case: bool,
+    schema: String,
+}
+
 impl SwapNames {
-    pub(super) fn new(schema: &str, table: &str) -> SwapNames {
+    pub(super) fn new(schema: &str, tables: &[String], lower_case: bool) -> SwapNames {
         let qs = quote_ident(schema);
         let q = |name: &str| format!("{qs}.{}", quote_ident(name));
+        let mut sorted: Vec<&String> = tables.iter().collect();
+        sorted.sort_by(|a, b| lock_key(a, lower_case).cmp(&lock_key(b, lower_case)));
+        let all = sorted
+            .iter()
+            .flat_map(|t| {
+                [
+                    t.to_string(),
+                    old_name(t),
+                    shadow_name(t),
+                    sentry_name(t),
+                    swap_name(t),
+                ]
+            })
+            .collect();
         SwapNames {
-            table: q(table),
-            old: q(&old_name(table)),
-            new: q(&shadow_name(table)),
-            sentry: q(&sentry_name(table)),
-            swap: q(&swap_name(table)),
+            tables: sorted
+                .into_iter()
+                .map(|t| TableNames {
+                    name: t.clone(),
+                    table: q(t),
+                    old: q(&old_name(t)),
+                    new: q(&shadow_name(t)),
+                    sentry: q(&sentry_name(t)),
+                    swap: q(&swap_name(t)),
+                })
+                .collect(),
+            all,
+            lower_case,
+            schema: schema.to_string(),
         }
     }
 
+    /// The one statement that swaps every table.
     pub(super) fn rename(&self) -> String {
-        // The marker pair first: while the sentry exists the statement fails
-        // at its first pair, before renaming anything.
+        // The marker pairs first: while any sentry exists the statement
+        // fails at its pair, before renaming a table.
+        let markers = self
+            .tables
+            .iter()
+            .map(|t| format!("{} TO {}", t.swap, t.sentry));
+        let pairs = self
+            .tables
+            .iter()
+            .map(|t| format!("{} TO {}, {} TO {}", t.table, t.old, t.new, t.table));
         format!(
-            "RENAME TABLE {} TO {}, {} TO {}, {} TO {}",
-            self.swap, self.sentry, self.table, self.old, self.new, self.table
+            "RENAME TABLE {}",
+            markers.chain(pairs).collect::<Vec<_>>().join(", ")
         )
+    }
+
+    /// Session A's lock: every table and every sentry, in one statement.
+    pub(super) fn lock_all(&self) -> String {
+        let names = self
+            .tables
+            .iter()
+            .map(|t| format!("{} WRITE", t.table))
+            .chain(self.tables.iter().map(|t| format!("{} WRITE", t.sentry)));
+        format!("LOCK TABLES {}", names.collect::<Vec<_>>().join(", "))
+    }
+
+    /// Of the RENAME's names, the last that sorts before table `k` in the
+    /// server's lock order, quoted: once the RENAME holds it, it waits on
+    /// that table.
+    pub(super) fn passed_before(&self, k: usize) -> Option<String> {
+        let target = lock_key(&self.tables.get(k)?.name, self.lower_case);
+        self.all
+            .iter()
+            .filter(|n| lock_key(n, self.lower_case) < target)
+            .max_by(|a, b| lock_key(a, self.lower_case).cmp(&lock_key(b, self.lower_case)))
+            .map(|n| format!("{}.{}", quote_ident(&self.schema), quote_ident(n)))
+    }
+}
+
+/// A name as the server orders metadata locks (bytes, lowercased under
+/// `lower_case_table_names`).
+fn lock_key(name: &str, lower_case: bool) -> Vec<u8> {
+    if lower_case {
+        name.to_lowercase().into_bytes()
+    } else {
+        name.as_bytes().to_vec()
     }
 }
 
 pub use crate::names::{sentry_name, swap_name};
-
-/// Of `_t_new` and `_t_old`, the last that sorts before `t` in the server's
-/// lock order, if any: once the RENAME holds it, it is waiting on `t`.
-pub(super) fn passed_before_table(table: &str, lower_case: bool) -> Option<String> {
-    let key = |n: &str| {
-        if lower_case {
-            n.to_lowercase()
-        } else {
-            n.to_string()
-        }
-    };
-    [old_name(table), shadow_name(table)]
-        .into_iter()
-        .find(|n| key(n).as_bytes() < key(table).as_bytes())
-}
 
 /// Drops the sentry and swap marker an earlier attempt or run left; a table
 /// of that name without wraith's comment is someone else's and stops the
@@ -165,18 +228,42 @@ mod tests {
 
     #[test]
     fn the_last_name_before_the_table_is_probed() {
+        let probe = |tables: &[&str], lower: bool, k: usize| {
+            let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+            SwapNames::new("db", &tables, lower).passed_before(k)
+        };
         // `_sbtest_new` < `_sbtest_old` < `sbtest`: holding `_sbtest_old` means
         // the RENAME queues on `sbtest`.
         assert_eq!(
-            passed_before_table("sbtest", false).as_deref(),
-            Some("_sbtest_old")
+            probe(&["sbtest"], false, 0).as_deref(),
+            Some("`db`.`_sbtest_old`")
         );
         // `Users` < `_Users_new`: the RENAME queues on `Users` first.
-        assert_eq!(passed_before_table("Users", false), None);
+        assert_eq!(probe(&["Users"], false, 0), None);
         // With lower_case_table_names the server compares `users`.
         assert_eq!(
-            passed_before_table("Users", true).as_deref(),
-            Some("_Users_old")
+            probe(&["Users"], true, 0).as_deref(),
+            Some("`db`.`_Users_old`")
+        );
+        // Several tables: `order` first, then `order_items`, reached after
+        // `order` (whose sentry sorts after `order_items`).
+        let names = SwapNames::new("db", &["order_items".into(), "order".into()], false);
+        assert_eq!(names.tables[0].name, "order");
+        assert_eq!(names.passed_before(1).as_deref(), Some("`db`.`order`"));
+    }
+
+    #[test]
+    fn one_rename_swaps_every_table_after_the_markers() {
+        let names = SwapNames::new("s", &["b".into(), "a".into()], false);
+        assert_eq!(
+            names.rename(),
+            "RENAME TABLE `s`.`a_wraith_swap` TO `s`.`a_wraith_sentry`, `s`.`b_wraith_swap` TO \
+             `s`.`b_wraith_sentry`, `s`.`a` TO `s`.`_a_old`, `s`.`_a_new` TO `s`.`a`, `s`.`b` TO \
+             `s`.`_b_old`, `s`.`_b_new` TO `s`.`b`"
+        );
+        assert_eq!(
+            names.lock_all(),
+            "LOCK TABLES `s`.`a` WRITE, `s`.`b` WRITE, `s`.`a_wraith_sentry` WRITE, `s`.`b_wraith_sentry` WRITE"
         );
     }
 }

@@ -60,14 +60,36 @@
 //! before the RENAME, after the drain: lost changes. The kill -9 harness
 //! found exactly that.
 //!
+//! **Several tables at once** (a group, see `crate::migration`): one RENAME
+//! swaps them all, so every table is swapped or none is. Each table has its
+//! own sentry and swap marker, and the RENAME starts with every marker pair.
+//! A takes `LOCK TABLES t1 WRITE, t2 WRITE, …, t1_wraith_sentry WRITE, …` in
+//! one statement, drains every table's stream and verifies each. The server
+//! gives B the tables one at a time in lock order, and when A lets go, a
+//! queued write to a table B is not yet waiting on would be served before B
+//! reaches it (a write to the old table after the drain: lost). So each
+//! table after the first gets a *hand-off* session, queued behind A with
+//! `LOCK TABLES t WRITE, t_wraith_sentry WRITE` before A lets go: a waiting
+//! lock request of that strength is served before the application's waiting
+//! writes. A confirms B waits on the first table and every hand-off session
+//! waits, then drops the first sentry and unlocks; B takes the first table
+//! and queues on the next, which its hand-off session now holds; that session
+//! waits until B queues on its table (the same check as step 4), drops its
+//! sentry and lets go; and so on. A sentry is dropped only while its table is
+//! held for B, so if anything fails (or wraith dies) mid-way, the sentries
+//! left make the RENAME fail at its marker pairs: nothing is renamed, and B's
+//! statement is killed so it does not stay queued ahead of the application.
+//! The block time covers the whole hand-off, to the end of the RENAME.
+//!
 //! If anything fails before step 5, A unlocks with the sentry still in place:
 //! B's RENAME (if issued) fails because the sentry exists, and nothing was
 //! renamed. A session that dies releases its locks the same way. Then the
 //! markers are dropped and the attempt retried with backoff.
 //!
 //! **MySQL 8.0.13+** allows RENAME under LOCK TABLES in one session:
-//! `LOCK TABLES t WRITE, _t_new WRITE`, drain, carry the AUTO_INCREMENT
-//! counter over, `RENAME TABLE`, `UNLOCK TABLES`.
+//! `LOCK TABLES t WRITE, _t_new WRITE` (every table of the group and its
+//! shadow), drain, carry the AUTO_INCREMENT counters over, one `RENAME
+//! TABLE` of every pair, `UNLOCK TABLES`.
 //!
 //! Files: `lock` takes a lock without stalling the application (the rules
 //! above), `attempt` is one attempt per flavor and what it does under the
@@ -268,12 +290,13 @@ pub struct Observer<'a> {
     pub stop: &'a (dyn Fn() -> Option<String> + Sync),
 }
 
-/// Swaps the tables. On success `table` is the new table and `_table_old` the old one.
+/// Swaps every table of `tables` with its shadow in one RENAME. On success
+/// each `t` is the new table and `_t_old` the old one; on failure none is.
 pub async fn cut_over<D: Drain + Sync>(
     pool: &Pool,
     flavor: Flavor,
     schema: &str,
-    table: &str,
+    tables: &[String],
     settings: &CutoverSettings,
     drain: &mut D,
     observer: &Observer<'_>,
@@ -282,11 +305,13 @@ pub async fn cut_over<D: Drain + Sync>(
         .get_conn()
         .await
         .context(|| "connecting for the cut-over".into())?;
-    if crate::server::inspect::table_exists(&mut conn, schema, &old_name(table)).await? {
-        return Err(CutoverError::OldTableExists {
-            schema: schema.to_string(),
-            name: old_name(table),
-        });
+    for table in tables {
+        if crate::server::inspect::table_exists(&mut conn, schema, &old_name(table)).await? {
+            return Err(CutoverError::OldTableExists {
+                schema: schema.to_string(),
+                name: old_name(table),
+            });
+        }
     }
     let detection = blockers::detection(&mut conn, flavor).await?;
     if !detection.is_exact() && flavor.is_mariadb() {
@@ -306,7 +331,7 @@ pub async fn cut_over<D: Drain + Sync>(
             pool,
             flavor,
             schema,
-            table,
+            tables,
             settings,
             observer,
         };
@@ -348,8 +373,12 @@ pub async fn cut_over<D: Drain + Sync>(
         }
     }
     Err(CutoverError::GaveUp {
-        table: table.to_string(),
-        shadow: shadow_name(table),
+        table: tables.join(", "),
+        shadow: tables
+            .iter()
+            .map(|t| shadow_name(t))
+            .collect::<Vec<_>>()
+            .join(", "),
         attempts: failed,
         last,
     })
@@ -365,9 +394,17 @@ struct Attempting<'a> {
     pool: &'a Pool,
     flavor: Flavor,
     schema: &'a str,
-    table: &'a str,
+    /// The tables swapped together.
+    tables: &'a [String],
     settings: &'a CutoverSettings,
     observer: &'a Observer<'a>,
+}
+
+impl Attempting<'_> {
+    /// The tables, for messages.
+    fn label(&self) -> String {
+        self.tables.join(", ")
+    }
 }
 
 impl From<DbError> for Attempt {

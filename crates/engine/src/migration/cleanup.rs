@@ -241,26 +241,46 @@ impl TableRun<'_> {
             .warn();
         Ok(())
     }
+}
 
-    /// A failure that cannot be resumed: drops what this run created for the
-    /// table (shadow, changelog table, local state, checkpoint) so a rerun
-    /// starts clean, and says what was dropped.
-    pub(super) async fn abandon(&self, e: RunError, tconn: &mut Conn) -> RunError {
-        let mut cleaned = clean_up(tconn, self.config, self.table, Moment::Abandoned).await;
-        match self.checkpoint.remove().await {
-            Ok(()) => cleaned
-                .dropped
-                .push(format!("its checkpoint in {}", self.checkpoint.describe())),
-            Err(cp_err) => cleaned
-                .left
-                .push(("its checkpoint".into(), RunError::Checkpoint(cp_err))),
+/// A failure that cannot be resumed: drops what this run created for the
+/// group's tables (shadow, changelog table, local state; a table that
+/// failed before its shadow was this job's keeps it) and the checkpoint,
+/// so a rerun starts clean, and says what was dropped.
+pub(super) async fn abandon_all(runs: &[&TableRun<'_>], e: RunError) -> RunError {
+    let Some(first) = runs.first() else {
+        return e;
+    };
+    let mut cleaned = Cleaned::default();
+    match first.target_pool.get_conn().await {
+        Ok(mut conn) => {
+            for run in runs
+                .iter()
+                .filter(|r| r.made_shadow.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                let c = clean_up(&mut conn, run.config, run.table, Moment::Abandoned).await;
+                cleaned.dropped.extend(c.dropped);
+                cleaned.left.extend(c.left);
+            }
         }
-        for (what, e) in &cleaned.left {
-            tracing::error!(error = %e, "could not drop {what} after a failure");
-        }
-        RunError::Abandoned {
-            error: Box::new(e),
-            dropped: cleaned.describe(),
-        }
+        Err(conn_err) => cleaned.left.push((
+            "anything (no connection to the target)".into(),
+            RunError::Connection(conn_err.to_string()),
+        )),
+    }
+    match first.checkpoint.remove().await {
+        Ok(()) => cleaned
+            .dropped
+            .push(format!("its checkpoint in {}", first.checkpoint.describe())),
+        Err(cp_err) => cleaned
+            .left
+            .push(("its checkpoint".into(), RunError::Checkpoint(cp_err))),
+    }
+    for (what, e) in &cleaned.left {
+        tracing::error!(error = %e, "could not drop {what} after a failure");
+    }
+    RunError::Abandoned {
+        error: Box::new(e),
+        dropped: cleaned.describe(),
     }
 }

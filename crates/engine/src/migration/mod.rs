@@ -33,12 +33,20 @@
 //! one function, `cleanup::clean_up`, whose `Moment` (fresh, abandoned,
 //! after the cut-over, finished) decides what goes.
 //!
+//! Several tables: the job's tables are rebuilt together as one *group*
+//! (`[cutover] together`, the default): each runs its own stages at once
+//! with the others up to its analyzed shadow, then the group takes one
+//! checksum point, waits once and swaps every table in one RENAME
+//! (`group.rs`). With `together = false` each table is a group of its own,
+//! one after another.
+//!
 //! Layout: this file holds the job (control socket, hooks, preflight,
-//! checkpoint, one [`TableRun`] per table); `stage.rs` the stages and their
+//! checkpoint, one [`TableRun`] per table, the groups); `group.rs` a group's
+//! run from the checksum to the cleanup; `stage.rs` the stages and their
 //! tracker; `table.rs` a table's start and its checkpoint updates,
-//! `stages.rs` its stages from the copy to the cut-over, `points.rs` the
-//! consistent points (checksum, re-verification) and the waits before the
-//! cut-over, `cleanup.rs` what is dropped and when, `report.rs` the report.
+//! `stages.rs` its stages from the copy to the analysis, `points.rs` the
+//! consistent points (checksum, re-verification), `cleanup.rs` what is
+//! dropped and when, `report.rs` the report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,9 +64,7 @@ use crate::checksum::{checksum_on, ChecksumError};
 use crate::config::{BackendKind, Compression, Config, TableConfig};
 use crate::control::{ControlPort, ControlSocket, Operations};
 use crate::copy::{copy_table, read_conn, ClosedEngineRecord, CopyError, CopyJob, CopyStats};
-use crate::cutover::{
-    self, cut_over, CutoverError, CutoverSettings, CutoverState, Drain, DrainError,
-};
+use crate::cutover::{self, CutoverError, CutoverSettings, CutoverState, Drain, DrainError};
 use crate::events::RunEvent;
 use crate::hooks::{HookError, HookEvent};
 use crate::online::{self, ChangesError, OnlineDrain, OnlineState, RowMapping, CHANGELOG_TABLE};
@@ -76,13 +82,15 @@ use wraith_checkpoints::{
 };
 
 mod cleanup;
+mod group;
 mod points;
 mod report;
 mod stage;
 mod stages;
 mod table;
 
-use cleanup::{clean_up, finish_interrupted_cutover, start_over, Moment};
+use cleanup::{abandon_all, clean_up, finish_interrupted_cutover, start_over, Moment};
+use group::{Copied, Group, Started};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
 use stage::{Stage, StageLog};
@@ -311,7 +319,9 @@ async fn run_inner(
     }
     let source_opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
     let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
-    let pool_size = ops.max_threads() + config.copy.threads * 2 + 8;
+    // Every table of a group copies and applies at once.
+    let tables = config.tables.len().max(1);
+    let pool_size = (ops.max_threads() + config.copy.threads * 2 + 4) * tables + 8;
     let source_pool = server::pool(source_opts.clone(), pool_size);
     let target_pool = server::pool(target_opts, pool_size);
     let throttle_checker =
@@ -418,9 +428,26 @@ async fn run_job(
     tracing::info!(migration = %task.migration_id, started_at = %task.started_at, "run identity");
     ops.hook_logged(HookEvent::OnValidated, None).await;
     let checkpointer = Checkpointer::new(store, key, task);
-    let mut tables = Vec::new();
-    for (table, plan) in config.tables.iter().zip(&report.plans) {
-        let ctx = TableRun {
+    // One table that fails stops the others of its group as Ctrl-C would.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forward = {
+        let mut outer = control.shutdown.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            while !*outer.borrow_and_update() {
+                if outer.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop_tx.send(true);
+        })
+    };
+    let job_control = RunControl { shutdown: stop_rx };
+    let runs: Vec<TableRun<'_>> = config
+        .tables
+        .iter()
+        .zip(&report.plans)
+        .map(|(table, plan)| TableRun {
             config,
             table,
             plan,
@@ -429,13 +456,33 @@ async fn run_job(
             source_pool,
             target_pool,
             progress,
-            control,
+            control: &job_control,
             checkpoint: &checkpointer,
             ops,
             stages: StageLog::default(),
+            made_shadow: std::sync::atomic::AtomicBool::new(false),
+        })
+        .collect();
+    let groups: Vec<Vec<&TableRun<'_>>> = if config.together() {
+        vec![runs.iter().collect()]
+    } else {
+        runs.iter().map(|r| vec![r]).collect()
+    };
+    let mut tables = Vec::new();
+    for runs in groups {
+        let group = Group {
+            runs,
+            stop: &stop_tx,
         };
-        tables.push(ctx.run().await?);
+        match group.run().await {
+            Ok(reports) => tables.extend(reports),
+            Err(e) => {
+                forward.abort();
+                return Err(e);
+            }
+        }
     }
+    forward.abort();
     checkpointer.remove().await.map_err(RunError::Checkpoint)?;
     let mut conn = target_pool
         .get_conn()
@@ -504,6 +551,9 @@ struct TableRun<'a> {
     ops: &'a Arc<Operations>,
     /// The stages finished so far, with their times.
     stages: StageLog,
+    /// The shadow is this job's (made or resumed): a failure no rerun can
+    /// resume from drops it.
+    made_shadow: std::sync::atomic::AtomicBool,
 }
 
 /// The online machinery of one table, stopped on drop.

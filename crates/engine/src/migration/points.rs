@@ -13,33 +13,6 @@ impl TableRun<'_> {
         }
     }
 
-    /// Locks the source for a moment, drains the stream into the shadow, and
-    /// opens a consistent snapshot on each side before unlocking; the
-    /// comparison then runs on those snapshots while writes go on.
-    pub(super) async fn consistent_checksum(
-        &self,
-        old: &TableInfo,
-        new: &TableInfo,
-        following: &Following,
-    ) -> Result<(crate::checksum::ChecksumReport, Duration), RunError> {
-        let point = self
-            .consistent_point(following, "found at the checksum's consistent point")
-            .await?;
-        let (mut sconn, mut tconn) = (point.source, point.shadow);
-        let report = checksum_on(
-            &mut sconn,
-            &mut tconn,
-            old,
-            new,
-            self.plan,
-            Duration::from_millis(500),
-        )
-        .await?;
-        let _ = sconn.query_drop("COMMIT").await;
-        let _ = tconn.query_drop("COMMIT").await;
-        Ok((report, point.held))
-    }
-
     /// Verifies again the rows changed since the last consistent point
     /// (checksum or verification), at a new one.
     pub(super) async fn reverify(
@@ -56,7 +29,10 @@ impl TableRun<'_> {
             return Ok(());
         }
         let what = "found while the cut-over waited";
-        let point = match self.consistent_point(following, what).await {
+        let point = match consistent_point(&[(self, following)], what)
+            .await
+            .map(|mut points| points.pop())
+        {
             // A session holding the table kept the lock from being granted:
             // the keys stay tracked (nothing was taken) and are verified at
             // the next point, or under the cut-over's lock. Waiting is what
@@ -65,7 +41,9 @@ impl TableRun<'_> {
                 tracing::warn!(error = %e, "re-verification postponed: the source could not be locked for a moment");
                 return Ok(());
             }
-            point => point?,
+            Ok(Some(point)) => point,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e),
         };
         let (mut sconn, mut tconn) = (point.source, point.shadow);
         let n = verifier
@@ -83,85 +61,6 @@ impl TableRun<'_> {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(rows = n, "rows changed after the checksum verified");
         Ok(())
-    }
-
-    /// A consistent point: the source locked for a moment, the stream
-    /// drained into the shadow (a unique clash left then is real: `what`
-    /// says where it was found), a snapshot opened on each side, the keys
-    /// written since the last consistent point taken, then unlocked.
-    pub(super) async fn consistent_point(
-        &self,
-        following: &Following,
-        what: &str,
-    ) -> Result<ConsistentPoint, RunError> {
-        // The drain runs under the lock: start it with a small backlog only.
-        self.wait_for_catch_up(following).await?;
-        let mut lock = self
-            .source_pool
-            .get_conn()
-            .await
-            .context(|| "connecting to lock for a consistent point".into())?;
-        let mut sconn = read_conn(self.source_pool).await?;
-        let mut tconn = read_conn(self.target_pool).await?;
-        let timeout = self.config.cutover.lock_wait_timeout.0.as_secs().max(1);
-        server::set_lock_wait_timeout(&mut lock, timeout).await?;
-        let qt = format!(
-            "{}.{}",
-            quote_ident(self.source_schema()),
-            quote_ident(&self.table.name)
-        );
-        // Bounded like the cut-over's lock: a long transaction that wrote the
-        // table must not queue the application behind this request.
-        let stop = || {
-            self.interrupted()
-                .and_then(|()| following.check(&self.table.name))
-                .err()
-                .map(|e| e.to_string())
-        };
-        let queued = cutover::lock_bounded(
-            self.source_pool,
-            self.flavor,
-            &mut lock,
-            &self.table.name,
-            &format!("LOCK TABLES {qt} READ"),
-            &self.cutover_settings(),
-            &stop,
-        )
-        .await
-        .map_err(RunError::Cutover)?;
-        let locked = server::TablesLock::granted(lock, queued);
-        let result = async {
-            following
-                .state
-                .drain(self.config.cutover.lock_wait_timeout.0 * 10, what)
-                .await
-                .map_err(|e| self.drain_error(e))?;
-            sconn
-                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .context(|| "opening the source snapshot".into())?;
-            tconn
-                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .context(|| "opening the shadow snapshot".into())?;
-            // Rows written from here on are verified at a later point.
-            following
-                .state
-                .track_changes()
-                .map_err(|e| self.changes_error(e))
-        }
-        .await;
-        // Writes waited while the requests queued and while the lock was held.
-        let unlocked = locked.unlock().await;
-        let changed = result?;
-        unlocked.result?;
-        let held = unlocked.blocked;
-        Ok(ConsistentPoint {
-            source: sconn,
-            shadow: tconn,
-            held,
-            changed,
-        })
     }
 
     pub(super) fn cutover_settings(&self) -> CutoverSettings {
@@ -189,67 +88,6 @@ impl TableRun<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
-    }
-
-    pub(super) async fn wait_while_postponed(
-        &self,
-        following: &Following,
-        verifier: &RowVerifier,
-    ) -> Result<(), RunError> {
-        let mut announced = false;
-        let mut verified = Instant::now();
-        loop {
-            following.check(&self.table.name)?;
-            self.interrupted()?;
-            if verified.elapsed() >= REVERIFY_INTERVAL {
-                self.reverify(following, verifier).await?;
-                verified = Instant::now();
-            }
-            let flag = self
-                .config
-                .cutover
-                .postpone_flag_file
-                .as_ref()
-                .filter(|f| f.exists());
-            let mut conn = self
-                .source_pool
-                .get_conn()
-                .await
-                .context(|| "connecting to look for the sentinel table".into())?;
-            let sentinel = crate::server::inspect::table_exists(
-                &mut conn,
-                self.source_schema(),
-                SENTINEL_TABLE,
-            )
-            .await?;
-            drop(conn);
-            let commanded = self.ops.cutover_postponed();
-            if flag.is_none() && !sentinel && !commanded {
-                if announced {
-                    tracing::info!("cut-over no longer postponed");
-                }
-                return Ok(());
-            }
-            if !announced {
-                self.progress.set_state(State::WaitingOnSentinelTable);
-                let why = match flag {
-                    Some(f) => format!("the postpone flag file {} exists", f.display()),
-                    None if commanded => {
-                        "commanded (`unpostpone` on the control socket releases it)".to_string()
-                    }
-                    None => format!("the sentinel table {SENTINEL_TABLE} exists"),
-                };
-                self.progress.emit(RunEvent::CutoverPostponed {
-                    table: self.table.name.clone(),
-                    why,
-                });
-                announced = true;
-                self.ops
-                    .hook_logged(HookEvent::OnBeginPostponed, None)
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 }
 
@@ -294,4 +132,113 @@ pub(super) async fn wait_for_error(following: &Following) {
     while following.state.check().is_ok() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A consistent point of every table of `members` at once: their source
+/// tables locked together for a moment (one `LOCK TABLES … READ`), each
+/// stream drained into its shadow (a unique clash left then is real:
+/// `what` says where it was found), a snapshot opened on each side of each
+/// table, the keys written since the last point taken, then unlocked.
+pub(super) async fn consistent_point(
+    members: &[(&TableRun<'_>, &Following)],
+    what: &str,
+) -> Result<Vec<ConsistentPoint>, RunError> {
+    let Some((first, _)) = members.first() else {
+        return Ok(Vec::new());
+    };
+    // The drain runs under the lock: start it with a small backlog only.
+    for (run, following) in members {
+        run.wait_for_catch_up(following).await?;
+    }
+    let mut lock = first
+        .source_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to lock for a consistent point".into())?;
+    let mut sessions = Vec::with_capacity(members.len());
+    for _ in members {
+        sessions.push((
+            read_conn(first.source_pool).await?,
+            read_conn(first.target_pool).await?,
+        ));
+    }
+    let timeout = first.config.cutover.lock_wait_timeout.0.as_secs().max(1);
+    server::set_lock_wait_timeout(&mut lock, timeout).await?;
+    let tables: Vec<String> = members
+        .iter()
+        .map(|(run, _)| {
+            format!(
+                "{}.{} READ",
+                quote_ident(run.source_schema()),
+                quote_ident(&run.table.name)
+            )
+        })
+        .collect();
+    let label: Vec<&str> = members.iter().map(|(r, _)| r.table.name.as_str()).collect();
+    // Bounded like the cut-over's lock: a long transaction that wrote a
+    // table must not queue the application behind this request.
+    let stop = || {
+        members
+            .iter()
+            .try_for_each(|(run, following)| {
+                run.interrupted()
+                    .and_then(|()| following.check(&run.table.name))
+            })
+            .err()
+            .map(|e| e.to_string())
+    };
+    let queued = cutover::lock_bounded(
+        first.source_pool,
+        first.flavor,
+        &mut lock,
+        &label.join(", "),
+        &format!("LOCK TABLES {}", tables.join(", ")),
+        &first.cutover_settings(),
+        &stop,
+    )
+    .await
+    .map_err(RunError::Cutover)?;
+    let locked = server::TablesLock::granted(lock, queued);
+    let result = async {
+        let mut changed = Vec::with_capacity(members.len());
+        for ((run, following), (sconn, tconn)) in members.iter().zip(sessions.iter_mut()) {
+            following
+                .state
+                .drain(run.config.cutover.lock_wait_timeout.0 * 10, what)
+                .await
+                .map_err(|e| run.drain_error(e))?;
+            sconn
+                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .context(|| "opening the source snapshot".into())?;
+            tconn
+                .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .context(|| "opening the shadow snapshot".into())?;
+            // Rows written from here on are verified at a later point.
+            changed.push(
+                following
+                    .state
+                    .track_changes()
+                    .map_err(|e| run.changes_error(e))?,
+            );
+        }
+        Ok::<_, RunError>(changed)
+    }
+    .await;
+    // Writes waited while the requests queued and while the lock was held.
+    let unlocked = locked.unlock().await;
+    let changed = result?;
+    unlocked.result?;
+    let held = unlocked.blocked;
+    Ok(sessions
+        .into_iter()
+        .zip(changed)
+        .map(|((source, shadow), changed)| ConsistentPoint {
+            source,
+            shadow,
+            held,
+            changed,
+        })
+        .collect())
 }

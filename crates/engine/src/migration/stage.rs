@@ -140,16 +140,42 @@ impl TableRun<'_> {
         stage: Stage,
         body: impl std::future::Future<Output = Result<T, RunError>>,
     ) -> Result<T, RunError> {
-        self.progress.set_state(stage.state());
+        stage_all(&[self], stage, body).await
+    }
+
+    /// Shows that the table entered `stage`.
+    fn enter(&self, stage: Stage) {
+        self.show_state(stage.state());
         tracing::debug!(table = %self.table.name, stage = stage.name(), "stage begins");
-        let started = Instant::now();
-        let out = body.await?;
+    }
+
+    /// Saves the checkpoint stage `stage` completes and records its time.
+    async fn finish(&self, stage: Stage, took: Duration) -> Result<(), RunError> {
         if let Some(done) = stage.completes() {
             self.advance(done).await?;
         }
-        let took = started.elapsed();
         tracing::info!(table = %self.table.name, stage = stage.name(), secs = took.as_secs_f64(), "stage done");
         self.stages.finished.lock().await.push((stage, took));
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Runs `body` as `stage` of every table of `runs` at once (a group's
+/// checksum, its wait and its one cut-over): each table shows the stage,
+/// and once the body succeeded each saves the checkpoint stage and the time.
+pub(super) async fn stage_all<T>(
+    runs: &[&TableRun<'_>],
+    stage: Stage,
+    body: impl std::future::Future<Output = Result<T, RunError>>,
+) -> Result<T, RunError> {
+    for run in runs {
+        run.enter(stage);
+    }
+    let started = Instant::now();
+    let out = body.await?;
+    let took = started.elapsed();
+    for run in runs {
+        run.finish(stage, took).await?;
+    }
+    Ok(out)
 }

@@ -4,25 +4,27 @@
 use super::*;
 
 impl TableRun<'_> {
-    /// The stages after the shadow exists, each its own function run
-    /// through [`TableRun::stage`]: prepare the copy, copy, restore indexes,
-    /// analyze, checksum, then keep in sync or await the cut-over and cut
-    /// over.
-    pub(super) async fn online(
+    /// The table's stages after the shadow exists up to its analysis, each
+    /// its own function run through [`TableRun::stage`]: prepare the copy,
+    /// copy, restore indexes, analyze. The checksum and what follows are
+    /// the group's ([`super::group`]).
+    pub(super) async fn copy_phase(
         &self,
-        old: &TableInfo,
+        old: TableInfo,
         sconn: &mut Conn,
         saved: Option<&TableCheckpoint>,
-    ) -> Result<TableReport, RunError> {
+        started: Instant,
+    ) -> Result<Copied, RunError> {
         let stage = saved
             .map(|t| t.stage())
             .unwrap_or(TableStage::ShadowCreated);
         let target_schema = self.target_schema().to_string();
-        let layout =
-            shadow::layout(old, self.plan, &target_schema).map_err(|message| RunError::Layout {
+        let layout = shadow::layout(&old, self.plan, &target_schema).map_err(|message| {
+            RunError::Layout {
                 table: self.table.name.clone(),
                 message,
-            })?;
+            }
+        })?;
         let mut tconn = self
             .target_pool
             .get_conn()
@@ -31,13 +33,13 @@ impl TableRun<'_> {
         let (following, copy_needed, start_after) = self
             .stage(
                 Stage::PrepareCopy,
-                self.prepare_copy(old, &layout, sconn, &mut tconn, saved, stage),
+                self.prepare_copy(&old, &layout, sconn, &mut tconn, saved, stage),
             )
             .await?;
         let (stats, handle) = self
             .stage(
                 Stage::Copy,
-                self.copy(old, &layout, &following, copy_needed, start_after),
+                self.copy(&old, &layout, &following, copy_needed, start_after),
             )
             .await?;
         self.interrupted()?;
@@ -47,54 +49,14 @@ impl TableRun<'_> {
         )
         .await?;
         self.stage(Stage::Analyze, self.analyze(&mut tconn)).await?;
-        let (new, checksum, checksum_lock) = self
-            .stage(
-                Stage::Checksum,
-                self.checksum(old, &mut tconn, &following, stats.rows),
-            )
-            .await?;
-        handle.complete();
-        following.check(&self.table.name)?;
-        let mut report = TableReport::new(self.table, self.plan.backend);
-        report.rows_copied = stats.rows;
-        report.chunks = stats.chunks;
-        report.engines = stats.engines;
-        report.copy_secs = stats.elapsed.as_secs_f64();
-        report.copy_rows_per_sec = stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6);
-        report.index_restore_secs = self.stages.took(Stage::RestoreIndexes).await.as_secs_f64();
-        report.checksum_rows = checksum.rows;
-        report.checksum_secs = checksum.elapsed.as_secs_f64();
-        report.checksum_lock_ms = checksum_lock.as_secs_f64() * 1000.0;
-        if !self.config.cutover.enabled {
-            if self.config.cutover.keep_in_sync {
-                self.stage(Stage::KeepInSync, self.keep_in_sync(old, &new, &following))
-                    .await?;
-            }
-            self.fill_change_figures(&mut report, &following).await;
-            report.stages = self.stages.timings().await;
-            return Ok(report);
-        }
-        let verifier = Arc::new(
-            RowVerifier::new(old, &new, self.plan).map_err(|e| RunError::Verify(Box::new(e)))?,
-        );
-        self.stage(
-            Stage::AwaitCutover,
-            self.await_cutover(&following, &verifier, stats.rows),
-        )
-        .await?;
-        let cut = self
-            .stage(Stage::CutOver, self.cut_over(&following, verifier))
-            .await?;
-        self.fill_change_figures(&mut report, &following).await;
-        drop(following);
-        report.cut_over = true;
-        report.cutover_blocked_ms = Some(cut.blocked_ms);
-        report.cutover_attempts = Some(cut.attempts);
-        report.cutover = Some(cut);
-        self.stage(Stage::Cleanup, self.cleanup_after_cutover(&mut tconn))
-            .await?;
-        report.stages = self.stages.timings().await;
-        Ok(report)
+        Ok(Copied {
+            old,
+            tconn,
+            following,
+            stats,
+            handle,
+            started,
+        })
     }
 
     /// Starts following the changes, and finds where the copy starts: after
@@ -278,26 +240,9 @@ impl TableRun<'_> {
         self.interrupted()
     }
 
-    /// Compares the shadow with the source at a consistent point. Returns
-    /// the shadow as inspected, the checksum and how long the source was
-    /// locked.
-    async fn checksum(
-        &self,
-        old: &TableInfo,
-        tconn: &mut Conn,
-        following: &Following,
-        rows: u64,
-    ) -> Result<(TableInfo, crate::checksum::ChecksumReport, Duration), RunError> {
-        let shadow_name = shadow::shadow_name(&self.table.name);
-        let new = inspect_table(tconn, self.target_schema(), &shadow_name).await?;
-        let (checksum, checksum_lock) = self.consistent_checksum(old, &new, following).await?;
-        self.save_progress(following, rows).await?;
-        Ok((new, checksum, checksum_lock))
-    }
-
     /// The cut-over is disabled: keeps the shadow in step and verified until
     /// the run is interrupted.
-    async fn keep_in_sync(
+    pub(super) async fn keep_in_sync(
         &self,
         old: &TableInfo,
         new: &TableInfo,
@@ -334,81 +279,6 @@ impl TableRun<'_> {
             .await
             .map_err(|e| self.drain_error(e))?;
         Ok(())
-    }
-
-    /// Waits until the cut-over may go: the stream caught up, no
-    /// postponement, the `on-before-cut-over` hook passed, the rows changed
-    /// meanwhile verified.
-    async fn await_cutover(
-        &self,
-        following: &Following,
-        verifier: &RowVerifier,
-        rows: u64,
-    ) -> Result<(), RunError> {
-        self.wait_for_catch_up(following).await?;
-        self.wait_while_postponed(following, verifier).await?;
-        self.ops
-            .hook(HookEvent::OnBeforeCutOver)
-            .await
-            .map_err(|source| RunError::Hook {
-                table: self.table.name.clone(),
-                source,
-            })?;
-        // What changed while the cut-over waited is verified outside the
-        // cut-over's lock; under it only the last moments remain.
-        self.reverify(following, verifier).await?;
-        self.save_progress(following, rows).await
-    }
-
-    /// The cut-over itself.
-    async fn cut_over(
-        &self,
-        following: &Following,
-        verifier: Arc<RowVerifier>,
-    ) -> Result<crate::cutover::CutoverReport, RunError> {
-        let (config, table) = (self.config, self.table);
-        let mut drain = RunDrain {
-            online: OnlineDrain {
-                state: following.state.clone(),
-                timeout: config.cutover.lock_wait_timeout.0,
-                verifier: Some(verifier.clone()),
-                target_pool: self.target_pool.clone(),
-            },
-            run: self,
-            following,
-            verifier,
-        };
-        let stop = || {
-            self.interrupted()
-                .and_then(|()| following.check(&table.name))
-                .err()
-                .map(|e| e.to_string())
-        };
-        let cut = cut_over(
-            self.source_pool,
-            self.flavor,
-            self.source_schema(),
-            &table.name,
-            &self.cutover_settings(),
-            &mut drain,
-            &cutover::Observer {
-                progress: self.progress,
-                stop: &stop,
-            },
-        )
-        .await;
-        let cut = match cut {
-            Err(CutoverError::Stopped { .. }) => {
-                // Say why in the run's own terms (Ctrl-C, `panic`, the stream).
-                self.interrupted()?;
-                following.check(&table.name)?;
-                cut.map_err(RunError::Cutover)?
-            }
-            Err(CutoverError::Verify(v)) => return Err(RunError::Verify(v)),
-            cut => cut.map_err(RunError::Cutover)?,
-        };
-        tracing::info!(table = %table.name, blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
-        Ok(cut)
     }
 
     /// The copy, or nothing when a resumed run is past it.

@@ -12,10 +12,12 @@ impl TableRun<'_> {
         &self.config.target().database
     }
 
-    /// Runs the table from where its checkpoint says it is: every stage in
-    /// order through [`TableRun::stage`]. A failure a rerun can resume from
-    /// keeps what was made; any other drops it ([`TableRun::abandon`]).
-    pub(super) async fn run(&self) -> Result<TableReport, RunError> {
+    /// The table's own part of its group's run, from where its checkpoint
+    /// says it is: the shadow made, the rows copied, the indexes restored
+    /// and the shadow analyzed, each through [`TableRun::stage`]; or the
+    /// report of a table an earlier run swapped already. The group goes on
+    /// from there ([`super::group`]).
+    pub(super) async fn start(&self) -> Result<Started, RunError> {
         let started = Instant::now();
         self.ops.set_table(&self.table.name);
         let mut sconn = self
@@ -45,28 +47,26 @@ impl TableRun<'_> {
             let mut report = TableReport::new(self.table, self.plan.backend);
             report.cut_over = true;
             report.stages = self.stages.timings().await;
-            return Ok(report);
+            return Ok(Started::Swapped(Box::new(report)));
         }
         self.stage(
             Stage::CreateShadow,
             self.create_shadow(&old, &mut sconn, &mut tconn, saved.is_some(), stage),
         )
         .await?;
-        match self.online(&old, &mut sconn, saved.as_ref()).await {
-            Ok(mut report) => {
-                report.total_secs = started.elapsed().as_secs_f64();
-                Ok(report)
-            }
-            Err(e) if is_resumable(&e) => {
-                // Keep the shadow table, engines and change store: a rerun resumes.
-                self.progress.set_state(State::ErrCleanup);
-                Err(e)
-            }
-            Err(e) => {
-                self.progress.set_state(State::ErrCleanup);
-                Err(self.abandon(e, &mut tconn).await)
-            }
-        }
+        // From here on the shadow is this job's: a failure no rerun can
+        // resume from drops it.
+        self.made_shadow
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let copied = self
+            .copy_phase(old, &mut sconn, saved.as_ref(), started)
+            .await?;
+        Ok(Started::Copied(Box::new(copied)))
+    }
+
+    /// Shows the table's progress state.
+    pub(super) fn show_state(&self, state: State) {
+        self.progress.set_state(state);
     }
 
     /// Whether an earlier run already swapped the tables: its checkpoint is

@@ -241,6 +241,81 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
     for table in &config.tables {
         check_table(&mut conn, config, table, report).await?;
     }
+    check_together(&mut conn, config, report).await
+}
+
+/// Least time under the cut-over's lock per table swapped together (its
+/// drain to the token, its verification, its AUTO_INCREMENT counter).
+const HOLD_PER_TABLE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether the job's tables can be swapped in one RENAME: one server, no
+/// name twice as the server compares names, and a lock budget that covers
+/// every table.
+async fn check_together(
+    conn: &mut Conn,
+    config: &Config,
+    report: &mut Report,
+) -> Result<(), DbError> {
+    let n = config.tables.len();
+    if n < 2 || !config.together() {
+        return Ok(());
+    }
+    let same_server = config.target.as_ref().is_none_or(|t| {
+        let s = &config.source;
+        t.host == s.host && t.port == s.port && t.socket == s.socket
+    });
+    if !same_server {
+        report.fail(
+            "cutover_together",
+            "the shadow tables would live on [target], another server: one RENAME cannot swap tables across servers",
+            "remove [target] (wraith rebuilds within one server), or set [cutover] together = false",
+        );
+        return Ok(());
+    }
+    let lower: Option<u8> = conn
+        .query_first("SELECT @@lower_case_table_names")
+        .await
+        .context(|| "reading lower_case_table_names".into())?;
+    if lower.unwrap_or(0) != 0 {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &config.tables {
+            if !seen.insert(t.name.to_lowercase()) {
+                report.fail(
+                    "cutover_together",
+                    format!(
+                        "table {:?} is listed twice: the server has lower_case_table_names = {}, so names differing only in case are one table",
+                        t.name,
+                        lower.unwrap_or(0)
+                    ),
+                    "list each table once in [[table]]",
+                );
+                return Ok(());
+            }
+        }
+    }
+    let budget = config.cutover.lock_hold_budget.0;
+    let needed = HOLD_PER_TABLE * n as u32;
+    if budget < needed {
+        report.fail(
+            "cutover_together",
+            format!(
+                "[cutover] lock_hold_budget = \"{}\" cannot cover {n} tables swapped together: \
+                 draining and verifying each under the one lock takes about {} ms",
+                config.cutover.lock_hold_budget,
+                HOLD_PER_TABLE.as_millis()
+            ),
+            format!(
+                "give lock_hold_budget = \"{}ms\" or more (and lock_wait_timeout above it), or set [cutover] together = false",
+                needed.as_millis()
+            ),
+        );
+        return Ok(());
+    }
+    let names: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
+    report.ok(
+        "cutover_together",
+        format!("{} swapped in one RENAME at one cut-over", names.join(", ")),
+    );
     Ok(())
 }
 

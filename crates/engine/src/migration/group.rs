@@ -1,0 +1,494 @@
+//! A group: the tables that are cut over together. With `[cutover]
+//! together` (the default with several tables) every table of the job is
+//! one group; otherwise each table is a group of its own, run one after
+//! another.
+//!
+//! Each table runs its own stages concurrently with the others' up to its
+//! analyzed shadow ([`TableRun::start`]): its copy takes chunks from the
+//! job's shared thread budget, so a big table does not wait behind a small
+//! one, and a table done early keeps following its changes. Then the group
+//! goes on as one:
+//! - the checksum of every table at **one** consistent point (one short
+//!   `LOCK TABLES … READ` over all of them, every stream drained once);
+//! - the wait for the cut-over (catch-up, postponement, the
+//!   `on-before-cut-over` hook once, the last verification);
+//! - **one** cut-over that swaps every table in one `RENAME TABLE`
+//!   ([`crate::cutover`]): either every table is swapped or none is;
+//! - each table's cleanup.
+//!
+//! A table that fails stops the others (they stop as on Ctrl-C, saving
+//! their checkpoints); the group's error is the first real one. A failure
+//! no rerun can resume from drops what the group made ([`abandon_all`]),
+//! since its tables only ever go live together.
+
+use futures_util::future::join_all;
+
+use super::points::consistent_point;
+use super::stage::stage_all;
+use super::*;
+use crate::checksum::ChecksumReport;
+use crate::progress::TableHandle;
+
+/// What a table's own part of the run ended with.
+pub(super) enum Started {
+    /// An earlier run swapped the table; its cleanup is done.
+    Swapped(Box<TableReport>),
+    /// The shadow is copied, indexed and analyzed.
+    Copied(Box<Copied>),
+}
+
+/// A table past its copy, with what the group's stages need of it.
+pub(super) struct Copied {
+    pub(super) old: TableInfo,
+    pub(super) tconn: Conn,
+    pub(super) following: Following,
+    pub(super) stats: CopyStats,
+    pub(super) handle: TableHandle,
+    /// When the table's run started, for its report's total.
+    pub(super) started: Instant,
+}
+
+/// A table of the group past its copy.
+struct Member<'r, 'a> {
+    run: &'r TableRun<'a>,
+    copied: Copied,
+}
+
+/// The tables cut over together.
+pub(super) struct Group<'r, 'a> {
+    pub(super) runs: Vec<&'r TableRun<'a>>,
+    /// Stops every table of the job (their `RunControl`) when one fails.
+    pub(super) stop: &'r watch::Sender<bool>,
+}
+
+impl Group<'_, '_> {
+    /// Runs the group's tables to their cut-over (or to the kept-in-sync
+    /// shadow when the cut-over is disabled). Reports in the group's order.
+    pub(super) async fn run(&self) -> Result<Vec<TableReport>, RunError> {
+        let results = join_all(self.runs.iter().map(|run| async move {
+            let result = run.start().await;
+            if result.is_err() {
+                let _ = self.stop.send(true);
+            }
+            result
+        }))
+        .await;
+        let mut reports = Vec::new();
+        let mut members = Vec::new();
+        let mut failure = None;
+        for (run, result) in self.runs.iter().zip(results) {
+            match result {
+                Ok(Started::Swapped(report)) => reports.push(*report),
+                Ok(Started::Copied(copied)) => members.push(Member {
+                    run,
+                    copied: *copied,
+                }),
+                Err(e) => failure = Some(first_real(failure, e)),
+            }
+        }
+        if let Some(e) = failure {
+            drop(members);
+            return Err(self.fail(e).await);
+        }
+        if members.is_empty() {
+            return Ok(reports);
+        }
+        match self.finish(members).await {
+            Ok(done) => {
+                reports.extend(done);
+                let order =
+                    |r: &TableReport| self.runs.iter().position(|run| run.table.name == r.table);
+                reports.sort_by_key(order);
+                Ok(reports)
+            }
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    /// A failed group: what a rerun resumes from is kept; otherwise what
+    /// the group made is dropped.
+    async fn fail(&self, e: RunError) -> RunError {
+        for run in &self.runs {
+            run.show_state(State::ErrCleanup);
+        }
+        if is_resumable(&e) {
+            // Keep the shadow tables, engines and change stores: a rerun resumes.
+            return e;
+        }
+        abandon_all(&self.runs, e).await
+    }
+
+    /// The group's stages from the checksum on.
+    async fn finish(&self, mut members: Vec<Member<'_, '_>>) -> Result<Vec<TableReport>, RunError> {
+        let runs: Vec<&TableRun<'_>> = members.iter().map(|m| m.run).collect();
+        let (checksums, lock) = stage_all(&runs, Stage::Checksum, checksum(&mut members)).await?;
+        let mut reports = Vec::with_capacity(members.len());
+        let mut news = Vec::with_capacity(members.len());
+        for (m, (new, sum)) in members.iter().zip(checksums) {
+            m.copied.handle.complete();
+            m.copied.following.check(&m.run.table.name)?;
+            let mut report = copy_report(m, &sum, lock);
+            report.index_restore_secs =
+                m.run.stages.took(Stage::RestoreIndexes).await.as_secs_f64();
+            reports.push(report);
+            news.push(new);
+        }
+        let Some(first) = runs.first() else {
+            return Ok(reports);
+        };
+        if !first.config.cutover.enabled {
+            if first.config.cutover.keep_in_sync {
+                let kept = join_all(members.iter().zip(&news).map(|(m, new)| {
+                    m.run.stage(
+                        Stage::KeepInSync,
+                        m.run.keep_in_sync(&m.copied.old, new, &m.copied.following),
+                    )
+                }))
+                .await;
+                kept.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
+            for (m, report) in members.iter().zip(reports.iter_mut()) {
+                m.run.fill_change_figures(report, &m.copied.following).await;
+                report.stages = m.run.stages.timings().await;
+                report.total_secs = m.copied.started.elapsed().as_secs_f64();
+            }
+            return Ok(reports);
+        }
+        let verifiers = members
+            .iter()
+            .zip(&news)
+            .map(|(m, new)| {
+                RowVerifier::new(&m.copied.old, new, m.run.plan)
+                    .map(Arc::new)
+                    .map_err(|e| RunError::Verify(Box::new(e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        stage_all(
+            &runs,
+            Stage::AwaitCutover,
+            await_cutover(&members, &verifiers),
+        )
+        .await?;
+        let cut = stage_all(&runs, Stage::CutOver, cut_over(&members, &verifiers)).await?;
+        for (m, report) in members.into_iter().zip(reports.iter_mut()) {
+            m.run.fill_change_figures(report, &m.copied.following).await;
+            let Member { run, copied } = m;
+            let Copied {
+                mut tconn,
+                following,
+                started,
+                ..
+            } = copied;
+            drop(following);
+            report.cut_over = true;
+            report.cutover_blocked_ms = Some(cut.blocked_ms);
+            report.cutover_attempts = Some(cut.attempts);
+            report.cutover = Some(cut.clone());
+            run.stage(Stage::Cleanup, run.cleanup_after_cutover(&mut tconn))
+                .await?;
+            report.stages = run.stages.timings().await;
+            report.total_secs = started.elapsed().as_secs_f64();
+        }
+        Ok(reports)
+    }
+}
+
+/// Of two errors of a group, the one to report: a table stopped because
+/// another failed says only "interrupted".
+fn first_real(kept: Option<RunError>, new: RunError) -> RunError {
+    match kept {
+        None => new,
+        Some(RunError::Interrupted { .. }) if !matches!(new, RunError::Interrupted { .. }) => new,
+        Some(kept) => kept,
+    }
+}
+
+/// A table's report from its copy and its checksum.
+fn copy_report(m: &Member<'_, '_>, sum: &ChecksumReport, lock: Duration) -> TableReport {
+    let stats = &m.copied.stats;
+    let mut report = TableReport::new(m.run.table, m.run.plan.backend);
+    report.rows_copied = stats.rows;
+    report.chunks = stats.chunks;
+    report.engines = stats.engines;
+    report.copy_secs = stats.elapsed.as_secs_f64();
+    report.copy_rows_per_sec = stats.rows as f64 / stats.elapsed.as_secs_f64().max(1e-6);
+    report.checksum_rows = sum.rows;
+    report.checksum_secs = sum.elapsed.as_secs_f64();
+    report.checksum_lock_ms = lock.as_secs_f64() * 1000.0;
+    report
+}
+
+/// [`Stage::Checksum`] of every table at one consistent point: returns each
+/// shadow as inspected with its checksum, and how long the sources were
+/// locked.
+async fn checksum(
+    members: &mut [Member<'_, '_>],
+) -> Result<(Vec<(TableInfo, ChecksumReport)>, Duration), RunError> {
+    let mut news = Vec::with_capacity(members.len());
+    for m in members.iter_mut() {
+        let shadow_name = shadow::shadow_name(&m.run.table.name);
+        news.push(inspect_table(&mut m.copied.tconn, m.run.target_schema(), &shadow_name).await?);
+    }
+    let pairs: Vec<(&TableRun<'_>, &Following)> = members
+        .iter()
+        .map(|m| (m.run, &m.copied.following))
+        .collect();
+    let points = consistent_point(&pairs, "found at the checksum's consistent point").await?;
+    let held = points.first().map(|p| p.held).unwrap_or_default();
+    // Each table is compared on its own snapshots of the one point, all at once.
+    let sums = join_all(members.iter().zip(points).zip(&news).map(
+        |((m, point), new)| async move {
+            let (mut sconn, mut tconn) = (point.source, point.shadow);
+            let sum = checksum_on(
+                &mut sconn,
+                &mut tconn,
+                &m.copied.old,
+                new,
+                m.run.plan,
+                Duration::from_millis(500),
+            )
+            .await;
+            let _ = sconn.query_drop("COMMIT").await;
+            let _ = tconn.query_drop("COMMIT").await;
+            sum
+        },
+    ))
+    .await;
+    let mut out = Vec::with_capacity(members.len());
+    for ((m, new), sum) in members.iter().zip(news).zip(sums) {
+        let sum = sum?;
+        m.run
+            .save_progress(&m.copied.following, m.copied.stats.rows)
+            .await?;
+        out.push((new, sum));
+    }
+    Ok((out, held))
+}
+
+/// [`Stage::AwaitCutover`]: waits until the cut-over may go: every stream
+/// caught up, no postponement, the `on-before-cut-over` hook passed, the
+/// rows changed meanwhile verified.
+async fn await_cutover(
+    members: &[Member<'_, '_>],
+    verifiers: &[Arc<RowVerifier>],
+) -> Result<(), RunError> {
+    let Some(first) = members.first().map(|m| m.run) else {
+        return Ok(());
+    };
+    for m in members {
+        m.run.wait_for_catch_up(&m.copied.following).await?;
+    }
+    wait_while_postponed(members, verifiers).await?;
+    first
+        .ops
+        .hook(HookEvent::OnBeforeCutOver)
+        .await
+        .map_err(|source| RunError::Hook {
+            table: label(members),
+            source,
+        })?;
+    // What changed while the cut-over waited is verified outside the
+    // cut-over's lock; under it only the last moments remain.
+    for (m, verifier) in members.iter().zip(verifiers) {
+        m.run.reverify(&m.copied.following, verifier).await?;
+        m.run
+            .save_progress(&m.copied.following, m.copied.stats.rows)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The group's tables, for messages.
+fn label(members: &[Member<'_, '_>]) -> String {
+    members
+        .iter()
+        .map(|m| m.run.table.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why the group must stop now (Ctrl-C, `panic`, a failed stream), if it must.
+fn stop_reason(members: &[Member<'_, '_>]) -> Result<(), RunError> {
+    members.iter().try_for_each(|m| {
+        m.run
+            .interrupted()
+            .and_then(|()| m.copied.following.check(&m.run.table.name))
+    })
+}
+
+/// Waits while the cut-over is postponed (flag file, sentinel table, or the
+/// `postpone` command), verifying the changed rows every few seconds.
+async fn wait_while_postponed(
+    members: &[Member<'_, '_>],
+    verifiers: &[Arc<RowVerifier>],
+) -> Result<(), RunError> {
+    let Some(first) = members.first().map(|m| m.run) else {
+        return Ok(());
+    };
+    let mut announced = false;
+    let mut verified = Instant::now();
+    loop {
+        stop_reason(members)?;
+        if verified.elapsed() >= REVERIFY_INTERVAL {
+            for (m, verifier) in members.iter().zip(verifiers) {
+                m.run.reverify(&m.copied.following, verifier).await?;
+            }
+            verified = Instant::now();
+        }
+        let flag = first
+            .config
+            .cutover
+            .postpone_flag_file
+            .as_ref()
+            .filter(|f| f.exists());
+        let mut conn = first
+            .source_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to look for the sentinel table".into())?;
+        let sentinel =
+            crate::server::inspect::table_exists(&mut conn, first.source_schema(), SENTINEL_TABLE)
+                .await?;
+        drop(conn);
+        let commanded = first.ops.cutover_postponed();
+        if flag.is_none() && !sentinel && !commanded {
+            if announced {
+                tracing::info!("cut-over no longer postponed");
+            }
+            return Ok(());
+        }
+        if !announced {
+            for m in members {
+                m.run.show_state(State::WaitingOnSentinelTable);
+            }
+            let why = match flag {
+                Some(f) => format!("the postpone flag file {} exists", f.display()),
+                None if commanded => {
+                    "commanded (`unpostpone` on the control socket releases it)".to_string()
+                }
+                None => format!("the sentinel table {SENTINEL_TABLE} exists"),
+            };
+            first.progress.emit(RunEvent::CutoverPostponed {
+                table: label(members),
+                why,
+            });
+            announced = true;
+            first
+                .ops
+                .hook_logged(HookEvent::OnBeginPostponed, None)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// [`Stage::CutOver`]: the one swap of every table of the group.
+async fn cut_over(
+    members: &[Member<'_, '_>],
+    verifiers: &[Arc<RowVerifier>],
+) -> Result<crate::cutover::CutoverReport, RunError> {
+    let Some(first) = members.first().map(|m| m.run) else {
+        return Err(RunError::Unsupported("a cut-over of no table".into()));
+    };
+    let mut drain = GroupDrain {
+        members: members
+            .iter()
+            .zip(verifiers)
+            .map(|(m, verifier)| RunDrain {
+                online: OnlineDrain {
+                    state: m.copied.following.state.clone(),
+                    timeout: first.config.cutover.lock_wait_timeout.0,
+                    verifier: Some(verifier.clone()),
+                    target_pool: first.target_pool.clone(),
+                },
+                run: m.run,
+                following: &m.copied.following,
+                verifier: verifier.clone(),
+            })
+            .collect(),
+    };
+    let stop = || stop_reason(members).err().map(|e| e.to_string());
+    let tables: Vec<String> = members.iter().map(|m| m.run.table.name.clone()).collect();
+    let cut = crate::cutover::cut_over(
+        first.source_pool,
+        first.flavor,
+        first.source_schema(),
+        &tables,
+        &first.cutover_settings(),
+        &mut drain,
+        &cutover::Observer {
+            progress: first.progress,
+            stop: &stop,
+        },
+    )
+    .await;
+    let cut = match cut {
+        Err(CutoverError::Stopped { .. }) => {
+            // Say why in the run's own terms (Ctrl-C, `panic`, the stream).
+            stop_reason(members)?;
+            cut.map_err(RunError::Cutover)?
+        }
+        Err(CutoverError::Verify(v)) => return Err(RunError::Verify(v)),
+        cut => cut.map_err(RunError::Cutover)?,
+    };
+    tracing::info!(tables = %label(members), blocked_ms = cut.blocked_ms, attempts = cut.attempts, "cut-over done");
+    Ok(cut)
+}
+
+/// The cut-over's drain over every table of the group: each table's
+/// stream drained and verified in turn (at once where no lock session must
+/// be shared).
+struct GroupDrain<'r, 'a> {
+    members: Vec<RunDrain<'r, 'a>>,
+}
+
+impl Drain for GroupDrain<'_, '_> {
+    async fn drain_to(
+        &mut self,
+        target: binlog::BinlogPosition,
+        mut locked: Option<&mut Conn>,
+        deadline: Instant,
+    ) -> Result<(), DrainError> {
+        if locked.is_none() {
+            let drains = self
+                .members
+                .iter_mut()
+                .map(|m| m.drain_to(target.clone(), None, deadline));
+            return join_all(drains).await.into_iter().collect();
+        }
+        for m in &mut self.members {
+            m.drain_to(target.clone(), locked.as_deref_mut(), deadline)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn catch_up(&mut self) -> Result<(), DrainError> {
+        let catch_ups = self.members.iter_mut().map(|m| m.catch_up());
+        join_all(catch_ups).await.into_iter().collect()
+    }
+
+    async fn verify_locked(
+        &mut self,
+        session: &mut Conn,
+        shadow_locked: bool,
+    ) -> Result<(), DrainError> {
+        for m in &mut self.members {
+            m.verify_locked(session, shadow_locked).await?;
+        }
+        Ok(())
+    }
+
+    fn verification_backlog(&self) -> usize {
+        self.members.iter().map(|m| m.verification_backlog()).sum()
+    }
+
+    async fn verify_unlocked(&mut self) -> Result<(), DrainError> {
+        for m in &mut self.members {
+            if m.verification_backlog() > 0 {
+                m.verify_unlocked().await?;
+            }
+        }
+        Ok(())
+    }
+}
