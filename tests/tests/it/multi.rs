@@ -320,8 +320,9 @@ async fn versions_seen(conn: &mut Conn, id: u64) -> Result<[bool; 3], mysql_asyn
     Ok([has("o"), has("i"), has("n")])
 }
 
-/// All three tables new or all three old, seen by one statement (and the
-/// same a moment later); `true` when new.
+/// All three tables new or all three old, as one statement sees them (twice,
+/// a moment apart: a RENAME a dead run left queued may end in between);
+/// `true` when new.
 async fn assert_all_or_none(s: &Schema, what: &str) -> bool {
     let mut c = s.conn().await;
     for t in &TABLES {
@@ -331,18 +332,17 @@ async fn assert_all_or_none(s: &Schema, what: &str) -> bool {
             t.name
         );
     }
-    let seen = versions_seen(&mut c, 1)
-        .await
-        .expect("join the three tables");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let again = versions_seen(&mut c, 1)
-        .await
-        .expect("join the three tables");
-    assert_eq!(seen, again, "{what}: the tables changed after the kill");
-    assert!(
-        seen == [true; 3] || seen == [false; 3],
-        "{what}: orders, items, notes new = {seen:?}: some tables were swapped and others not"
-    );
+    let mut seen = [false; 3];
+    for _ in 0..2 {
+        seen = versions_seen(&mut c, 1)
+            .await
+            .expect("join the three tables");
+        assert!(
+            seen == [true; 3] || seen == [false; 3],
+            "{what}: orders, items, notes new = {seen:?}: some tables were swapped and others not"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     seen[0]
 }
 
