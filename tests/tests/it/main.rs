@@ -13,6 +13,7 @@ mod copy;
 mod cutover;
 mod fuzz;
 mod import;
+mod multi;
 mod online;
 mod ops;
 mod preflight;
