@@ -293,6 +293,33 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every example in `config/` parses, so the examples stay true.
+    #[test]
+    fn the_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains("[import]") {
+                crate::import::config::ImportJobConfig::parse(&text, &path.display().to_string())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            } else {
+                let c = Config::parse(&text, &path.display().to_string())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if path.ends_with("together.toml") {
+                    assert!(c.together() && c.tables.len() == 3);
+                }
+            }
+            seen += 1;
+        }
+        assert!(seen >= 6, "{seen} examples in {}", dir.display());
+    }
+
     use super::*;
 
     const GOOD: &str = r#"
