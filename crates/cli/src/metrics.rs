@@ -1,13 +1,14 @@
 //! `wraith run --metrics-addr ADDR`: the run's progress as Prometheus text
 //! metrics on `GET /metrics`. One endpoint, read-only, answered from the same
-//! snapshot as the progress line and `status-json`.
+//! snapshot as the progress line and `status-json`: the job's totals
+//! (`wraith_*`) and one series per table (`wraith_table_*{table="..."}`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wraith_engine::{Progress, ProgressHandle};
+use wraith_engine::{Progress, ProgressHandle, TableProgress};
 
 /// Binds `addr` and serves until the process ends.
 pub async fn serve(addr: SocketAddr, progress: ProgressHandle) -> std::io::Result<SocketAddr> {
@@ -109,7 +110,65 @@ pub fn render(p: &Progress) -> String {
             "",
         );
     }
+    render_tables(&mut out, p);
     out
+}
+
+/// One series per table (label `table`), beside the job's totals above.
+fn render_tables(out: &mut String, p: &Progress) {
+    if p.tables.is_empty() {
+        return;
+    }
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&TableProgress) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for t in &p.tables {
+            let _ = writeln!(
+                out,
+                "{name}{{table=\"{}\"}} {}",
+                label_value(&t.table_name),
+                value(t)
+            );
+        }
+    };
+    family(
+        "wraith_table_rows_copied",
+        "Rows of the table copied into its shadow table.",
+        &|t| t.rows_copied as f64,
+    );
+    family(
+        "wraith_table_rows_total",
+        "Rows of the table to copy (estimate until its copy ends).",
+        &|t| t.rows_total as f64,
+    );
+    family(
+        "wraith_table_changes_applied",
+        "Changes of the table applied to its shadow table.",
+        &|t| t.changes_applied as f64,
+    );
+    family(
+        "wraith_table_changes_backlog",
+        "Changes of the table waiting to be applied.",
+        &|t| t.changes_backlog as f64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wraith_table_state The table's current state.\n# TYPE wraith_table_state gauge"
+    );
+    for t in &p.tables {
+        let _ = writeln!(
+            out,
+            "wraith_table_state{{table=\"{}\",state=\"{}\"}} 1",
+            label_value(&t.table_name),
+            t.state
+        );
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -120,6 +179,9 @@ mod tests {
     async fn serves_the_snapshot_as_text_metrics() {
         let progress = ProgressHandle::new();
         progress.add_table("t", 100).add_rows(40);
+        let items = progress.table("o\"k", 10);
+        items.add_rows(10);
+        items.set_state(wraith_engine::State::Checksum);
         let addr = serve("127.0.0.1:0".parse().unwrap(), progress)
             .await
             .unwrap();
@@ -130,9 +192,25 @@ mod tests {
         let mut text = String::new();
         conn.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-        assert!(text.contains("\nwraith_rows_copied 40\n"), "{text}");
-        assert!(text.contains("\nwraith_rows_total 100\n"), "{text}");
+        assert!(text.contains("\nwraith_rows_total 110\n"), "{text}");
         assert!(text.contains("wraith_state{state=\"Initial\"} 1"), "{text}");
+        // Per table, beside the job's totals (50 of 110 rows).
+        assert!(text.contains("\nwraith_rows_copied 50\n"), "{text}");
+        for series in [
+            "\nwraith_table_rows_copied{table=\"t\"} 40\n",
+            "\nwraith_table_rows_total{table=\"t\"} 100\n",
+            "\nwraith_table_rows_copied{table=\"o\\\"k\"} 10\n",
+            "\nwraith_table_changes_backlog{table=\"t\"} 0\n",
+            "\nwraith_table_state{table=\"t\",state=\"Initial\"} 1\n",
+            "\nwraith_table_state{table=\"o\\\"k\",state=\"Checksum\"} 1\n",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE wraith_table_rows_copied gauge")
+                .count(),
+            1
+        );
         let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
         other
             .write_all(b"GET /nope HTTP/1.1\r\n\r\n")

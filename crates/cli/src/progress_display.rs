@@ -1,5 +1,6 @@
 //! Draws a run's progress: an indicatif bar on a terminal, a plain log line
-//! every 10 seconds otherwise (CI logs, `nohup`), with the same fields; and
+//! every 10 seconds otherwise (CI logs, `nohup`), with the same fields (the
+//! job's totals, then, with several tables, a short part per table); and
 //! the run's events ([`RunEvent`]), one line each on stderr.
 
 use std::io::IsTerminal;
@@ -150,10 +151,13 @@ pub fn spawn(progress: ProgressHandle) -> Display {
                     if let Some(r) = &p.throttled {
                         msg.push_str(&format!(" throttled: {r}"));
                     }
+                    if p.tables.len() > 1 {
+                        msg.push_str(&format!(" | {}", p.tables_brief()));
+                    }
                     bar.set_message(msg);
                 }
                 None => eprintln!(
-                    "state={} copied={copied}/{total} rows_per_sec={:.0} eta={} applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s throttled={}",
+                    "state={} copied={copied}/{total} rows_per_sec={:.0} eta={} applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s {}throttled={}",
                     p.current_state,
                     p.rows_per_sec,
                     p.eta.as_deref().unwrap_or("-"),
@@ -162,6 +166,12 @@ pub fn spawn(progress: ProgressHandle) -> Display {
                     p.stream.as_ref().and_then(|s| s.binlog_position.as_deref()).unwrap_or("-"),
                     p.stream.as_ref().map_or(0.0, |s| s.lag_secs),
                     p.elapsed_secs,
+                    // Several tables: each one's part, before the free-text `throttled=`.
+                    if p.tables.len() > 1 {
+                        format!("tables=[{}] ", p.tables_brief())
+                    } else {
+                        String::new()
+                    },
                     p.throttled.as_deref().unwrap_or("no")
                 ),
             }

@@ -18,7 +18,8 @@
 //! echo status | socat - UNIX-CONNECT:/tmp/wraith-app-orders.sock
 //! ```
 //!
-//! Commands: `help`, `status`, `status-json`, `chunk-size=N` (fixed rows per
+//! Commands: `help`, `status` and `status-json` (the job and each of its
+//! tables, from [`crate::progress`]), `chunk-size=N` (fixed rows per
 //! chunk; `chunk-size=auto` adapts again), `chunk-target=DURATION` (adaptive
 //! sizing aims at this chunk time), `threads=N` (copy workers, 1 up to
 //! [`Operations::max_threads`]), `throttle` / `pause`, `no-throttle` /
@@ -361,7 +362,9 @@ impl Operations {
     }
 
     /// The status as one line of `key=value` fields in a fixed order
-    /// (`status`). `blockers=` comes last: its value is free text.
+    /// (`status`). The job's figures come first; `tables=[...]` lists each
+    /// table (`name State copied/total pct% applied N backlog N`, `; `
+    /// between tables); `blockers=` comes last: its value is free text.
     pub fn status_line(&self) -> String {
         let p = self.progress.snapshot();
         let copied: u64 = p.tables.iter().map(|t| t.rows_copied).sum();
@@ -374,7 +377,7 @@ impl Operations {
             "table={}.{} state={} copied={copied}/{total} rows_per_sec={:.0} eta={} \
              applied={} backlog={} binlog={} lag={:.0}s elapsed={:.0}s \
              throttled={} chunk_size={chunk} threads={} active_workers={} cutover_postponed={} \
-             blockers={}",
+             tables=[{}] blockers={}",
             self.database,
             self.table(),
             p.current_state,
@@ -396,6 +399,20 @@ impl Operations {
             } else {
                 "no"
             },
+            p.tables
+                .iter()
+                .map(|t| format!(
+                    "{} {} {}/{} {:.1}% applied {} backlog {}",
+                    t.table_name,
+                    t.state,
+                    t.rows_copied,
+                    t.rows_total,
+                    t.pct,
+                    t.changes_applied,
+                    t.changes_backlog
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
             if p.blockers.is_empty() {
                 "-".to_string()
             } else {
@@ -502,7 +519,7 @@ impl Operations {
 const HELP: &str = "\
 commands (one per line):
   help                    this list
-  status                  one line: state, rows, throttle, chunk size, threads
+  status                  one line: state, rows, throttle, chunks, threads, tables
   status-json             the same as JSON
   chunk-size=N            copy N rows per chunk (chunk-size=auto: adapt again)
   chunk-target=DURATION   adapt chunk sizes to take about DURATION (e.g. 500ms)

@@ -83,7 +83,7 @@ pub use crate::{
     control::Operations,
     cutover::CutoverReport,
     events::{EventSink, RunEvent},
-    progress::{Progress, ProgressHandle, StageTiming},
+    progress::{Progress, ProgressHandle, StageTiming, State, TableProgress},
 };
 
 pub use resume::{status, StatusError, StatusReport};

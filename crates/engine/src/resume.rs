@@ -40,6 +40,7 @@ use wraith_checkpoints::{
 };
 
 use crate::config::{CheckpointStore as StoreKind, Config};
+use crate::progress::State;
 use crate::server::inspect::TableInfo;
 use crate::server::{quote_ident, Context, DbError};
 
@@ -304,10 +305,24 @@ impl StatusReport {
             out.push_str(&format!("  saved {age}s ago, tool {}\n", cp.tool_version));
         }
         match &self.live {
-            Some(_) => out.push_str(&format!(
-                "  running now ({}): {}\n",
-                self.current_state, self.summary
-            )),
+            Some(_) => {
+                out.push_str(&format!(
+                    "  running now ({}): {}\n",
+                    self.current_state, self.summary
+                ));
+                for t in &self.tables {
+                    out.push_str(&format!(
+                        "    {}: {}, {}/{} rows ({:.1}%), changes applied {}, backlog {}\n",
+                        t.table_name,
+                        t.state,
+                        t.rows_copied,
+                        t.rows_total,
+                        t.pct,
+                        t.changes_applied,
+                        t.changes_backlog
+                    ));
+                }
+            }
             None => out.push_str("  no wraith process answers on its control socket\n"),
         }
         for t in &cp.tables {
@@ -349,6 +364,20 @@ impl StatusReport {
             (None, _) => out.push_str("  the server keeps binlogs until they are purged by hand\n"),
         }
         out
+    }
+}
+
+/// The state a rerun takes a table up in, after its saved stage (a stopped
+/// run's tables show it in `wraith status`).
+fn resumes_in(stage: TableStage) -> State {
+    match stage {
+        TableStage::Pending | TableStage::ShadowCreated => State::Initial,
+        TableStage::Copying => State::CopyRows,
+        TableStage::CopyDone => State::RestoreSecondaryIndexes,
+        TableStage::IndexesRestored => State::AnalyzeTable,
+        TableStage::Checksummed => State::PostChecksum,
+        TableStage::CuttingOver => State::CutOver,
+        TableStage::CutOver | TableStage::Done => State::Close,
     }
 }
 
@@ -411,11 +440,22 @@ pub async fn status(config: &Config) -> Result<StatusReport, StatusError> {
             let tables: Vec<crate::progress::TableProgress> = cp
                 .tables
                 .iter()
-                .map(|t| crate::progress::TableProgress {
-                    table_name: t.source.table.clone(),
-                    rows_copied: t.rows_copied,
-                    rows_total: t.rows_total,
-                    is_complete: t.stage() >= TableStage::CopyDone,
+                .map(|t| {
+                    let copy_done = t.stage() >= TableStage::CopyDone;
+                    crate::progress::TableProgress {
+                        table_name: t.source.table.clone(),
+                        rows_copied: t.rows_copied,
+                        rows_total: t.rows_total,
+                        is_complete: copy_done,
+                        state: resumes_in(t.stage()),
+                        pct: crate::progress::percent(t.rows_copied, t.rows_total, copy_done),
+                        // Nothing streams while no process runs.
+                        changes_received: 0,
+                        changes_applied: 0,
+                        changes_backlog: 0,
+                        lag_secs: 0.0,
+                        eta: None,
+                    }
                 })
                 .collect();
             let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();

@@ -818,9 +818,40 @@ async fn scrape(addr: &str) -> String {
     text
 }
 
+/// The per-table fields of a status: the table's state, `pct` that agrees with
+/// its rows, and its change figures (the job's stream, the only table's).
+fn assert_table_figures(status: &serde_json::Value, state: &str) {
+    let t = &status["tables"][0];
+    assert_eq!(t["state"], state, "{status}");
+    let copied = t["rows_copied"].as_f64().expect("rows_copied");
+    let total = t["rows_total"].as_f64().expect("rows_total");
+    let pct = t["pct"].as_f64().expect("pct");
+    assert!(
+        total > 0.0 && (pct - (copied * 100.0 / total).min(100.0)).abs() < 1e-6,
+        "pct {pct} against {copied}/{total}: {status}"
+    );
+    for field in ["changes_received", "changes_applied", "changes_backlog"] {
+        assert!(t[field].as_u64().is_some(), "{field}: {status}");
+    }
+    assert!(t["lag_secs"].as_f64().is_some(), "lag_secs: {status}");
+    if status["live"].is_null() {
+        // From the run itself: the same figures as the job's stream.
+        assert_eq!(
+            t["changes_applied"], status["stream"]["changes_applied"],
+            "{status}"
+        );
+        assert_eq!(
+            t["changes_backlog"], status["stream"]["changes_backlog"],
+            "{status}"
+        );
+    }
+}
+
 /// Status for programs: `status-json` has Spirit's `Progress` shape plus the
-/// change stream's figures and the ETA (`due` once the copy is done), and
-/// `--metrics-addr` serves the same as Prometheus text.
+/// change stream's figures and the ETA (`due` once the copy is done), each
+/// table with its own state, percentage and change figures (also in `status`
+/// and `wraith status --json`), and `--metrics-addr` serves the same as
+/// Prometheus text, per table too.
 #[tokio::test]
 async fn status_json_and_metrics_show_progress_stream_and_eta() {
     let (s, dir) = table_of(60_000, "ops_status").await;
@@ -902,6 +933,7 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         "{copying}"
     );
     assert_eq!(copying["tables"][0]["is_complete"], false, "{copying}");
+    assert_table_figures(&copying, "CopyRows");
     assert!(
         copying["summary"]
             .as_str()
@@ -918,6 +950,11 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         "wraith_changes_backlog ",
         "wraith_binlog_lag_seconds ",
         "wraith_state{state=\"CopyRows\"} 1",
+        "wraith_table_rows_copied{table=\"sbtest\"} ",
+        "wraith_table_rows_total{table=\"sbtest\"} ",
+        "wraith_table_changes_applied{table=\"sbtest\"} ",
+        "wraith_table_changes_backlog{table=\"sbtest\"} ",
+        "wraith_table_state{table=\"sbtest\",state=\"CopyRows\"} 1",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
@@ -934,7 +971,31 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
         held["stream"]["changes_applied"].as_u64().unwrap_or(0) > 0,
         "{held}"
     );
-    assert!(ctl.send("status").await.contains("eta=due"));
+    let held_state = held["current_state"].as_str().unwrap_or_default();
+    assert_table_figures(&held, held_state);
+    assert_eq!(held["tables"][0]["pct"], 100.0, "{held}");
+    assert!(
+        held["tables"][0]["changes_applied"].as_u64().unwrap_or(0) > 0,
+        "{held}"
+    );
+    let line = ctl.send("status").await;
+    assert!(line.contains("eta=due"), "{line}");
+    // The text lists the table: state, rows, %, applied, backlog.
+    let listed = line
+        .split_once(" tables=[sbtest ")
+        .and_then(|(_, rest)| rest.split_once("] blockers="))
+        .map(|(table, _)| table.to_string())
+        .unwrap_or_else(|| panic!("no table in {line}"));
+    let words: Vec<&str> = listed.split(' ').collect();
+    assert!(
+        words.len() == 7
+            && words[2] == "100.0%"
+            && words[3] == "applied"
+            && words[4].parse::<u64>().is_ok_and(|n| n > 0)
+            && words[5] == "backlog"
+            && words[6].parse::<u64>().is_ok(),
+        "{line}"
+    );
     // `wraith status` finds the running process through the checkpoint.
     let status = wraith_tests::wraith_with_config(&["status", "--json"], &cfg).await;
     assert_eq!(status.code, 0, "{}", status.output());
@@ -945,6 +1006,7 @@ async fn status_json_and_metrics_show_progress_stream_and_eta() {
     );
     assert_eq!(report["tables"][0]["table_name"], "sbtest", "{report}");
     assert_eq!(report["tables"][0]["is_complete"], true, "{report}");
+    assert_table_figures(&report, "WaitingOnSentinelTable");
     assert!(
         report["live"]["stream"]["changes_applied"]
             .as_u64()
