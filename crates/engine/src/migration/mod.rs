@@ -443,6 +443,10 @@ async fn run_job(
         })
     };
     let job_control = RunControl { shutdown: stop_rx };
+    // Every table is in the status from the start, in the config's order.
+    for table in &config.tables {
+        progress.table(&table.name, 0);
+    }
     let runs: Vec<TableRun<'_>> = config
         .tables
         .iter()

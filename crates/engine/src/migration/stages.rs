@@ -73,7 +73,9 @@ impl TableRun<'_> {
         stage: TableStage,
     ) -> Result<(Following, bool, Option<Vec<wraith_backend::Value>>), RunError> {
         let following = self.start_following(old, layout, sconn, saved).await?;
-        self.progress.attach_stream(following.state.clone());
+        self.progress
+            .table(&self.table.name, 0)
+            .attach_stream(following.state.clone());
         let (config, table) = (self.config, self.table);
         let target_schema = self.target_schema().to_string();
         let shadow_name = shadow::shadow_name(&table.name);
@@ -145,7 +147,8 @@ impl TableRun<'_> {
         let backend = make_backend(config, table, plan.backend, self.target_pool)?;
         let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
-        let handle = self.progress.add_table(&table.name, old.estimated_rows);
+        let handle = self.progress.table(&table.name, old.estimated_rows);
+        handle.set_total(old.estimated_rows);
         let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
         self.ops
             .hook_logged(HookEvent::OnRowcountComplete, None)

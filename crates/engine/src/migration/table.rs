@@ -64,8 +64,11 @@ impl TableRun<'_> {
         Ok(Started::Copied(Box::new(copied)))
     }
 
-    /// Shows the table's progress state.
+    /// Shows the table's progress state, and the job's: the tables of a
+    /// group share their stages from the checksum on, and before it the
+    /// job shows the table that moved last.
     pub(super) fn show_state(&self, state: State) {
+        self.progress.table(&self.table.name, 0).set_state(state);
         self.progress.set_state(state);
     }
 
