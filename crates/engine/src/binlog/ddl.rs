@@ -1,15 +1,15 @@
-//! Does a QUERY event's statement change the watched table?
+//! Does a QUERY event's statement change a followed table?
 //!
 //! A small tokenizer (identifiers with backticks, strings, comments, MySQL's
 //! executable comments `/*! ... */` and MariaDB's `/*M! ... */`, whose
 //! contents count as code) and a parser for the statements that change or
 //! remove a table: `ALTER TABLE`, `DROP TABLE`, `RENAME TABLE`, `TRUNCATE`,
 //! `CREATE OR REPLACE TABLE`, `CREATE ... INDEX ... ON`, `DROP INDEX ... ON`
-//! and `DROP DATABASE` of the watched schema. Unqualified names take the
+//! and `DROP DATABASE` of a followed table's schema. Unqualified names take the
 //! event's default schema. Names compare ASCII case-insensitively, which can
 //! only stop a run that could have gone on, never miss a change.
 //! `CREATE TABLE ... LIKE t`, `DROP TEMPORARY TABLE`, DML and everything else
-//! pass.
+//! pass. A statement is parsed once, whatever the number of followed tables.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
@@ -190,6 +190,15 @@ impl Parser<'_> {
         }
     }
 
+    /// A literal (a number, as in `WAIT 5`).
+    fn other(&mut self) -> bool {
+        let hit = self.toks.get(self.i) == Some(&Tok::Other);
+        if hit {
+            self.i += 1;
+        }
+        hit
+    }
+
     fn skip_until_kw(&mut self, kw: &str) -> bool {
         while self.i < self.toks.len() {
             if self.eat_kw(kw) {
@@ -201,29 +210,71 @@ impl Parser<'_> {
     }
 }
 
+/// What a statement changes: tables by `(schema, name)`, or a whole schema.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Touched {
+    names: Vec<(String, String)>,
+    schema: Option<String>,
+}
+
+impl Touched {
+    fn hits(&self, schema: &str, table: &str) -> bool {
+        self.schema
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(schema))
+            || self
+                .names
+                .iter()
+                .any(|n| n.0.eq_ignore_ascii_case(schema) && n.1.eq_ignore_ascii_case(table))
+    }
+}
+
+/// Of `tables` (`(schema, table)`), the index of the first one that `sql`,
+/// run with default schema `default_schema`, alters, drops, renames,
+/// truncates or replaces.
+pub(crate) fn first_touched<'a>(
+    sql: &str,
+    default_schema: &str,
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<usize> {
+    let touched = touched(sql, default_schema);
+    if touched == Touched::default() {
+        return None;
+    }
+    tables
+        .into_iter()
+        .position(|(schema, table)| touched.hits(schema, table))
+}
+
 /// Whether `sql`, run with default schema `default_schema`, alters, drops,
 /// renames, truncates or replaces `schema.table`.
-pub(crate) fn touches_table(sql: &str, default_schema: &str, schema: &str, table: &str) -> bool {
+#[cfg(test)]
+fn touches_table(sql: &str, default_schema: &str, schema: &str, table: &str) -> bool {
+    first_touched(sql, default_schema, [(schema, table)]).is_some()
+}
+
+fn touched(sql: &str, default_schema: &str) -> Touched {
     let toks = tokenize(sql);
     let mut p = Parser { toks: &toks, i: 0 };
-    let is =
-        |n: &(String, String)| n.0.eq_ignore_ascii_case(schema) && n.1.eq_ignore_ascii_case(table);
     let mut names: Vec<(String, String)> = Vec::new();
     if p.eat_kw("ALTER") {
         p.eat_kw("ONLINE");
         p.eat_kw("IGNORE");
         if !p.eat_kw("TABLE") {
-            return false;
+            return Touched::default();
         }
         p.eat_kws(&["IF", "EXISTS"]);
         names.extend(p.table_name(default_schema));
     } else if p.eat_kw("DROP") {
         if p.eat_kw("DATABASE") || p.eat_kw("SCHEMA") {
             p.eat_kws(&["IF", "EXISTS"]);
-            return p.ident().is_some_and(|s| s.eq_ignore_ascii_case(schema));
+            return Touched {
+                names,
+                schema: p.ident(),
+            };
         }
         if p.eat_kw("TEMPORARY") {
-            return false;
+            return Touched::default();
         }
         if p.eat_kw("TABLE") || p.eat_kw("TABLES") {
             p.eat_kws(&["IF", "EXISTS"]);
@@ -246,12 +297,14 @@ pub(crate) fn touches_table(sql: &str, default_schema: &str, schema: &str, table
         }
     } else if p.eat_kw("RENAME") {
         if !(p.eat_kw("TABLE") || p.eat_kw("TABLES")) {
-            return false;
+            return Touched::default();
         }
         p.eat_kws(&["IF", "EXISTS"]);
         while let Some(n) = p.table_name(default_schema) {
             names.push(n);
-            p.eat_kw("WAIT");
+            if p.eat_kw("WAIT") {
+                p.other();
+            }
             p.eat_kw("NOWAIT");
             if !p.eat_kw("TO") {
                 break;
@@ -269,7 +322,7 @@ pub(crate) fn touches_table(sql: &str, default_schema: &str, schema: &str, table
         p.eat_kw("ONLINE");
         p.eat_kw("OFFLINE");
         if p.eat_kw("TEMPORARY") {
-            return false;
+            return Touched::default();
         }
         if p.eat_kw("TABLE") {
             if replace {
@@ -285,12 +338,15 @@ pub(crate) fn touches_table(sql: &str, default_schema: &str, schema: &str, table
             }
         }
     }
-    names.iter().any(is)
+    Touched {
+        names,
+        schema: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::touches_table;
+    use super::{first_touched, touches_table};
 
     fn hit(sql: &str) -> bool {
         touches_table(sql, "app", "app", "t")
@@ -347,5 +403,33 @@ mod tests {
         assert!(!hit("CREATE INDEX k ON t2 (a)"));
         assert!(!hit("DROP TABLE `t2`"));
         assert!(!hit("ANALYZE TABLE t"));
+    }
+
+    #[test]
+    fn one_statement_names_several_followed_tables() {
+        let tables = [("app", "orders"), ("app", "items"), ("shop", "stock")];
+        let first = |sql: &str| first_touched(sql, "app", tables);
+        // The multi-table cut-over: every table and its shadow in one RENAME.
+        let rename = "RENAME TABLE `app`.`orders_wraith_swap` TO `app`.`orders_wraith_sentry`, \
+                      `app`.`orders` TO `app`.`_orders_old`, `app`.`_orders_new` TO `app`.`orders`, \
+                      `app`.`items` TO `app`.`_items_old`, `app`.`_items_new` TO `app`.`items`, \
+                      `shop`.`stock` TO `shop`.`_stock_old`, `shop`.`_stock_new` TO `shop`.`stock`";
+        assert_eq!(first(rename), Some(0));
+        assert_eq!(
+            first_touched(rename, "x", [("shop", "stock"), ("app", "items")]),
+            Some(0)
+        );
+        assert_eq!(first_touched(rename, "x", [("app", "items")]), Some(0));
+        assert_eq!(
+            first("RENAME TABLE a TO b, items WAIT 5 TO _items_old, shop.stock NOWAIT TO s2"),
+            Some(1)
+        );
+        assert_eq!(first("ALTER TABLE shop.`stock` FORCE"), Some(2));
+        assert_eq!(first("DROP TABLE x, `ITEMS`"), Some(1));
+        assert_eq!(first("DROP DATABASE shop"), Some(2));
+        assert_eq!(first("ALTER TABLE stock FORCE"), None);
+        assert_eq!(first("RENAME TABLE `_items_new` TO `_items_x`"), None);
+        assert_eq!(first("CREATE TABLE `_items_new` LIKE `items`"), None);
+        assert_eq!(first("INSERT INTO items VALUES (1)"), None);
     }
 }

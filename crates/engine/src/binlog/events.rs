@@ -17,7 +17,8 @@ use crate::server::BinlogPosition;
 /// What a table id of the current table maps stands for.
 #[derive(Debug, Clone)]
 pub(super) enum Target {
-    Watched(Arc<TablePlan>),
+    /// A followed table: its index in the config's list.
+    Watched(usize, Arc<TablePlan>),
     Token(Arc<TablePlan>, usize),
     Other,
 }
@@ -40,6 +41,7 @@ pub(super) enum PendingGtid {
 #[derive(Debug)]
 pub(super) enum Held {
     Rows {
+        table: usize,
         kind: ChangeKind,
         rows: Vec<Images>,
         timestamp: u32,
@@ -52,10 +54,26 @@ pub(super) enum Item {
     Out(StreamEvent),
     /// Everything queued before this is handed out: `position()` moves here.
     Advance(BinlogPosition),
-    Ddl {
-        statement: String,
-        position: BinlogPosition,
-    },
+    Ddl(DdlSeen),
+}
+
+/// A statement that changed a followed table: the stream stops there.
+#[derive(Debug, Clone)]
+pub(super) struct DdlSeen {
+    /// `schema.table` of the first followed table it touches.
+    pub table: String,
+    pub statement: String,
+    pub position: BinlogPosition,
+}
+
+impl DdlSeen {
+    pub(super) fn error(&self) -> ChangeStreamError {
+        ChangeStreamError::DdlOnSource {
+            table: self.table.clone(),
+            statement: self.statement.clone(),
+            position: self.position.clone(),
+        }
+    }
 }
 
 const ROTATE: u8 = 4;
@@ -210,7 +228,8 @@ impl ChangeStream {
                 ))
             }
             PARTIAL_UPDATE_ROWS if self.is_interesting(&event) => {
-                return Err(self.decode_error(
+                return Err(self.decode_error_on(
+                    self.event_table(&event),
                     "partial JSON updates in the binlog (binlog_row_value_options = \
                      PARTIAL_JSON); set binlog_row_value_options = ''",
                 ));
@@ -218,7 +237,8 @@ impl ChangeStream {
             t if rows_kind(t).is_some() => {
                 if t >= 166 {
                     if self.is_interesting(&event) {
-                        return Err(self.decode_error(
+                        return Err(self.decode_error_on(
+                            self.event_table(&event),
                             "compressed row events (log_bin_compress = ON); set \
                              log_bin_compress = OFF",
                         ));
@@ -242,13 +262,37 @@ impl ChangeStream {
         Ok(())
     }
 
-    /// Whether a rows event (read by its table id only) is for the watched or token table.
+    /// Whether a rows event (read by its table id only) is for a followed or the token table.
     fn is_interesting(&self, event: &Event) -> bool {
+        !matches!(self.rows_target(event), Some(Target::Other))
+    }
+
+    /// The target of a rows event, by its table id alone.
+    fn rows_target(&self, event: &Event) -> Option<&Target> {
         let id = event
             .data()
             .get(0..6)
             .map(|b| b.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x)));
-        !matches!(id.and_then(|id| self.tables.get(&id)), Some(Target::Other))
+        id.and_then(|id| self.tables.get(&id))
+    }
+
+    /// The table a rows event is for, for messages.
+    fn event_table(&self, event: &Event) -> String {
+        match self.rows_target(event) {
+            Some(t) => self.target_label(t),
+            None => self.table_label(),
+        }
+    }
+
+    fn target_label(&self, target: &Target) -> String {
+        match target {
+            Target::Watched(i, _) => self.cfg.tables[*i].label(),
+            Target::Token(..) => match &self.cfg.token_table {
+                Some((s, t)) => format!("{s}.{t}"),
+                None => self.table_label(),
+            },
+            Target::Other => self.table_label(),
+        }
     }
 
     fn on_rotate(&mut self, event: &Event, artificial: bool) -> Result<(), ChangeStreamError> {
@@ -299,21 +343,26 @@ impl ChangeStream {
             _ => {}
         }
         let schema = q.schema();
-        if ddl::touches_table(
-            &sql,
-            &schema,
-            &self.cfg.watched_schema,
-            &self.cfg.watched_table,
-        ) {
-            let position = self.boundary.clone();
+        let followed = self
+            .cfg
+            .tables
+            .iter()
+            .map(|t| (t.schema.as_str(), t.table.as_str()));
+        if let Some(i) = ddl::first_touched(&sql, &schema, followed) {
+            let seen = DdlSeen {
+                table: self.cfg.tables[i].label(),
+                statement: sql.into_owned(),
+                position: self.boundary.clone(),
+            };
             // The caller decides what this means (the cut-over's own RENAME is expected).
-            tracing::info!("DDL on {} at {position}: {sql}", self.table_label());
-            let statement = sql.into_owned();
-            self.queue.push_back(Item::Ddl {
-                statement: statement.clone(),
-                position: position.clone(),
-            });
-            self.ddl = Some((statement, position));
+            tracing::info!(
+                "DDL on {} at {}: {}",
+                seen.table,
+                seen.position,
+                seen.statement
+            );
+            self.queue.push_back(Item::Ddl(seen.clone()));
+            self.ddl = Some(seen);
             return Ok(());
         }
         match self.txn {
@@ -340,12 +389,14 @@ impl ChangeStream {
         for held in self.held.drain(..) {
             let ev = match held {
                 Held::Rows {
+                    table,
                     kind,
                     rows,
                     timestamp,
                 } => StreamEvent::Rows(
                     rows.into_iter()
                         .map(|(before, after)| RowChange {
+                            table,
                             kind,
                             before,
                             after,
@@ -367,20 +418,29 @@ impl ChangeStream {
             .read_event()
             .map_err(|e| self.decode_error(format!("bad TABLE_MAP event: {e}")))?;
         let (db, table) = (tme.database_name_raw(), tme.table_name_raw());
-        let target = if db == self.cfg.watched_schema.as_bytes()
-            && table == self.cfg.watched_table.as_bytes()
-        {
-            let plan =
-                TablePlan::new(&tme, &self.cfg.columns).map_err(|e| self.decode_error(e.0))?;
-            Target::Watched(Arc::new(plan))
+        let watched = self
+            .cfg
+            .tables
+            .iter()
+            .position(|t| db == t.schema.as_bytes() && table == t.table.as_bytes());
+        let target = if let Some(i) = watched {
+            let followed = &self.cfg.tables[i];
+            let plan = TablePlan::new(&tme, &followed.columns)
+                .map_err(|e| self.decode_error_on(followed.label(), e.0))?;
+            Target::Watched(i, Arc::new(plan))
         } else if let Some((ts, tt)) = &self.cfg.token_table {
             if db == ts.as_bytes() && table == tt.as_bytes() {
-                let plan = TablePlan::generic(&tme).map_err(|e| self.decode_error(e.0))?;
+                let label = format!("{ts}.{tt}");
+                let plan = TablePlan::generic(&tme)
+                    .map_err(|e| self.decode_error_on(label.clone(), e.0))?;
                 let idx = plan.column_index("token").ok_or_else(|| {
-                    self.decode_error(format!(
-                        "the changelog table {ts}.{tt} has no column named `token` in the \
+                    self.decode_error_on(
+                        label.clone(),
+                        format!(
+                            "the changelog table {ts}.{tt} has no column named `token` in the \
                          binlog (binlog_row_metadata = FULL is needed)"
-                    ))
+                        ),
+                    )
                 })?;
                 Target::Token(Arc::new(plan), idx)
             } else {
@@ -416,14 +476,16 @@ impl ChangeStream {
         if self.txn == Txn::Idle {
             self.txn = Txn::Open { begun: true };
         }
-        let (plan, token_idx) = match &target {
-            Target::Watched(p) => (p.clone(), None),
-            Target::Token(p, i) => (p.clone(), Some(*i)),
+        let (plan, table, token_idx) = match &target {
+            Target::Watched(t, p) => (p.clone(), *t, None),
+            Target::Token(p, i) => (p.clone(), 0, Some(*i)),
             Target::Other => return Ok(()),
         };
-        let rows = decode_rows(&plan, &re).map_err(|e| self.decode_error(e.0))?;
+        let rows = decode_rows(&plan, &re)
+            .map_err(|e| self.decode_error_on(self.target_label(&target), e.0))?;
         match token_idx {
             None => self.held.push(Held::Rows {
+                table,
                 kind,
                 rows,
                 timestamp: event.header().timestamp(),

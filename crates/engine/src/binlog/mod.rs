@@ -1,13 +1,18 @@
-//! # Change stream: the source table's row changes, from the binary log
+//! # Change stream: the source tables' row changes, from the binary log
 //!
-//! **For:** following every committed change to the source table while the
-//! copy runs and until cut-over. [`current_position`] takes the binlog
-//! position (file:pos and the GTID state) before the copy starts;
-//! [`ChangeStream::start`] registers as a replica on a dedicated connection,
-//! streams from that position, and hands out each committed transaction's
-//! row changes to the source table in the exact row model the copy uses
-//! ([`wraith_backend::Value`]), so the applier can compare and replace rows
-//! without conversions.
+//! **For:** following every committed change to the source tables of a job
+//! while the copy runs and until cut-over. A stream follows a list of tables
+//! ([`ChangeStreamConfig::tables`], one for a single-table run): one binlog
+//! connection for all of them, however many tables the job rebuilds.
+//! [`current_position`] takes the binlog position (file:pos and the GTID
+//! state) before the copy starts; [`ChangeStream::start`] registers as a
+//! replica on a dedicated connection, streams from that position, and hands
+//! out each committed transaction's row changes to the followed tables in
+//! the exact row model the copy uses ([`wraith_backend::Value`]), so the
+//! applier can compare and replace rows without conversions. Each
+//! [`RowChange`] says which table it belongs to ([`RowChange::table`], the
+//! index in the list); the online module feeds each table's changes to that
+//! table's state.
 //!
 //! **Leaves to others:** buffering and deduplicating changes per key, the
 //! watermark rule and anything durable belong to the change buffer; writing
@@ -31,27 +36,30 @@
 //!   rows discarded (the source table is transactional, so rows logged in a
 //!   group that ends in ROLLBACK never happened to it); a statement outside
 //!   `BEGIN` (DDL, or after MariaDB's standalone GTID) is its own transaction.
-//!   Rows of the watched table are decoded as their event arrives but held
+//!   Rows of the followed tables are decoded as their event arrives but held
 //!   until the transaction commits, then handed out as one
 //!   [`StreamEvent::Rows`] per ROWS event followed by a
 //!   [`StreamEvent::Commit`]; every [`RowChange`] carries the position of the
 //!   *end* of its transaction. Every transaction, watched or not, ends in a
 //!   `Commit`, so a caller waiting for a position sees the stream pass it.
-//! - **Tables.** TABLE_MAP events map table ids to names. The watched table
-//!   gets a decoding plan, checked against the inspected columns (count and
-//!   kinds: a mismatch means the table changed behind wraith's back); wraith's
-//!   changelog table gets a plan from the table map alone; rows of every other
-//!   table are skipped without being decoded. Table names compare exactly, as
-//!   `information_schema` reports them.
+//! - **Tables.** TABLE_MAP events map table ids to names. Each followed table
+//!   gets a decoding plan with its index in the list, checked against its
+//!   inspected columns (count and kinds: a mismatch means the table changed
+//!   behind wraith's back); wraith's changelog table gets a plan from the
+//!   table map alone; rows of every other table are skipped without being
+//!   decoded. Table names compare exactly, as `information_schema` reports
+//!   them; a table listed twice is refused at start.
 //! - **Row images** are decoded straight from the event bytes (see
 //!   [`decode`](self::decode) for the value mapping); every image must hold
 //!   every column (`binlog_row_image = FULL`).
 //! - **DDL.** Every QUERY event is parsed (conservatively, see `ddl`): a
-//!   statement that alters, drops, renames, truncates or replaces the watched
-//!   table stops the stream with [`ChangeStreamError::DdlOnSource`], after
-//!   everything committed before it has been handed out. wraith's own
-//!   cut-over RENAME is such a statement: the cut-over stops reading before
-//!   it.
+//!   statement that alters, drops, renames, truncates or replaces any
+//!   followed table stops the stream with [`ChangeStreamError::DdlOnSource`]
+//!   (naming the first followed table it touches), after everything committed
+//!   before it has been handed out. A statement is parsed once however many
+//!   tables are followed. wraith's own cut-over RENAME (one statement naming
+//!   every table of the job) is such a statement: the cut-over stops reading
+//!   before it.
 //! - **Heartbeats.** The dump asks for `@master_heartbeat_period`; the server
 //!   sends a HEARTBEAT event when it has had nothing to send for that long.
 //!   Each becomes a [`StreamEvent::Heartbeat`] and marks the stream as caught
@@ -73,7 +81,7 @@
 //!
 //! - Holding a transaction's rows until its commit is what gives every row an
 //!   exact resume position and makes a reconnect trivially exact. The cost is
-//!   memory for very large transactions on the source table (their decoded
+//!   memory for very large transactions on the followed tables (their decoded
 //!   rows, not other tables'): the server writes a transaction to the binlog
 //!   as a whole at commit, so this adds no latency. The alternative — handing
 //!   rows out as they arrive and skipping the already delivered ones after a
@@ -104,8 +112,9 @@
 //! ## Errors
 //!
 //! [`ChangeStreamError`]: server errors with what the stream was doing
-//! (`Db`); `DdlOnSource` with the statement and position; `Decode` naming
-//! the table, column, position and the setting to fix; `Purged` when the
+//! (`Db`); `DdlOnSource` with the table, statement and position; `Decode`
+//! naming the table, column, position and the setting to fix; `Config` naming
+//! the table (a type wraith does not carry, a table listed twice); `Purged` when the
 //! server no longer has the requested binlog; `ReconnectFailed` after the
 //! last attempt, with the last error. After `DdlOnSource` every further
 //! `next()` returns it again.
@@ -123,7 +132,7 @@ use mysql_async::{BinlogStream, Conn, Opts};
 use serde::{Deserialize, Serialize};
 use wraith_backend::{ColumnSpec, Row};
 
-use self::events::{Held, Item, PendingGtid, Target, Txn};
+use self::events::{DdlSeen, Held, Item, PendingGtid, Target, Txn};
 use self::gtid::GtidState;
 use crate::server::inspect::TableInfo;
 use crate::server::{self, DbError, Flavor, RetryOn, RetryPolicy};
@@ -159,9 +168,11 @@ pub enum ChangeKind {
     Delete,
 }
 
-/// One changed row of the watched table.
+/// One changed row of a followed table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowChange {
+    /// The changed table: its index in [`ChangeStreamConfig::tables`].
+    pub table: usize,
     pub kind: ChangeKind,
     /// The row before (updates and deletes), every column in table order.
     pub before: Option<Row>,
@@ -177,7 +188,7 @@ pub struct RowChange {
 /// What [`ChangeStream::next`] hands out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// The watched table's rows of one ROWS event of a committed transaction.
+    /// One followed table's rows of one ROWS event of a committed transaction.
     Rows(Vec<RowChange>),
     /// A transaction ended (XID, COMMIT, ROLLBACK, or a standalone statement);
     /// everything before `position` has been handed out.
@@ -189,46 +200,19 @@ pub enum StreamEvent {
     Token(String),
 }
 
-/// How to follow one table.
-#[derive(Debug, Clone)]
-pub struct ChangeStreamConfig {
-    /// The replica server id to register as; must be unique among the
-    /// server's replicas. Default: random in `1_000_000..2_000_000`.
-    pub server_id: u32,
-    /// Heartbeat period asked of the server (default 1 s); zero asks for none
-    /// (and disables the dead-connection timeout).
-    pub heartbeat: Duration,
-    /// Reconnect attempts after a dropped connection before giving up (default 10).
-    pub reconnect_attempts: u32,
-    pub watched_schema: String,
-    pub watched_table: String,
-    /// The watched table's columns, all of them, in table order.
+/// One table a stream follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchedTable {
+    pub schema: String,
+    pub table: String,
+    /// The table's columns, all of them, in table order.
     pub columns: Vec<ColumnSpec>,
-    /// wraith's changelog table `(schema, table)`: rows written to it are
-    /// handed out as [`StreamEvent::Token`] (the value of its `token` column).
-    pub token_table: Option<(String, String)>,
 }
 
-impl ChangeStreamConfig {
-    /// A config with the defaults for `schema.table` with `columns`.
-    pub fn new(
-        schema: impl Into<String>,
-        table: impl Into<String>,
-        columns: Vec<ColumnSpec>,
-    ) -> ChangeStreamConfig {
-        ChangeStreamConfig {
-            server_id: random_server_id(),
-            heartbeat: Duration::from_secs(1),
-            reconnect_attempts: 10,
-            watched_schema: schema.into(),
-            watched_table: table.into(),
-            columns,
-            token_table: None,
-        }
-    }
-
-    /// A config with the defaults for an inspected table.
-    pub fn for_table(table: &TableInfo) -> Result<ChangeStreamConfig, ChangeStreamError> {
+impl WatchedTable {
+    /// The table as an inspected one; fails on a column type wraith cannot
+    /// carry, naming the table and the column.
+    pub fn inspected(table: &TableInfo) -> Result<WatchedTable, ChangeStreamError> {
         let columns = table
             .columns
             .iter()
@@ -241,7 +225,95 @@ impl ChangeStreamConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ChangeStreamConfig::new(&table.schema, &table.name, columns))
+        Ok(WatchedTable {
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            columns,
+        })
+    }
+
+    fn label(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// How to follow a list of tables.
+#[derive(Debug, Clone)]
+pub struct ChangeStreamConfig {
+    /// The replica server id to register as; must be unique among the
+    /// server's replicas. Default: random in `1_000_000..2_000_000`.
+    pub server_id: u32,
+    /// Heartbeat period asked of the server (default 1 s); zero asks for none
+    /// (and disables the dead-connection timeout).
+    pub heartbeat: Duration,
+    /// Reconnect attempts after a dropped connection before giving up (default 10).
+    pub reconnect_attempts: u32,
+    /// The tables followed; a [`RowChange::table`] is an index into this list.
+    pub tables: Vec<WatchedTable>,
+    /// wraith's changelog table `(schema, table)`: rows written to it are
+    /// handed out as [`StreamEvent::Token`] (the value of its `token` column).
+    pub token_table: Option<(String, String)>,
+}
+
+impl ChangeStreamConfig {
+    /// A config with the defaults for `tables`.
+    pub fn new(tables: Vec<WatchedTable>) -> ChangeStreamConfig {
+        ChangeStreamConfig {
+            server_id: random_server_id(),
+            heartbeat: Duration::from_secs(1),
+            reconnect_attempts: 10,
+            tables,
+            token_table: None,
+        }
+    }
+
+    /// A config with the defaults for an inspected table.
+    pub fn for_table(table: &TableInfo) -> Result<ChangeStreamConfig, ChangeStreamError> {
+        ChangeStreamConfig::for_tables(&[table])
+    }
+
+    /// A config with the defaults for inspected tables, in this order.
+    pub fn for_tables(tables: &[&TableInfo]) -> Result<ChangeStreamConfig, ChangeStreamError> {
+        let tables = tables
+            .iter()
+            .map(|t| WatchedTable::inspected(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ChangeStreamConfig::new(tables))
+    }
+
+    /// What [`ChangeStream::start`] refuses: no table, a table without
+    /// columns, a table listed twice.
+    fn check(&self) -> Result<(), ChangeStreamError> {
+        if self.tables.is_empty() {
+            return Err(ChangeStreamError::Config("no table to follow".into()));
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            if t.columns.is_empty() {
+                return Err(ChangeStreamError::Config(format!(
+                    "no columns given for {}",
+                    t.label()
+                )));
+            }
+            if self.tables[..i]
+                .iter()
+                .any(|o| o.schema == t.schema && o.table == t.table)
+            {
+                return Err(ChangeStreamError::Config(format!(
+                    "{} is listed twice; list each table once",
+                    t.label()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The followed tables, for messages: `s.a, s.b`.
+    fn label(&self) -> String {
+        self.tables
+            .iter()
+            .map(WatchedTable::label)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -259,9 +331,9 @@ impl ChangeStreamConfig {
 }
 
 impl Default for ChangeStreamConfig {
-    /// The defaults, with no table: set `watched_schema`, `watched_table` and `columns`.
+    /// The defaults, with no table: set `tables`.
     fn default() -> ChangeStreamConfig {
-        ChangeStreamConfig::new(String::new(), String::new(), Vec::new())
+        ChangeStreamConfig::new(Vec::new())
     }
 }
 
@@ -287,11 +359,13 @@ pub enum ChangeStreamError {
     #[error("invalid change stream settings: {0}")]
     Config(String),
     #[error(
-        "a statement changed the source table while wraith was following it, at {position}: \
-         `{statement}`; the rebuild cannot continue (the source table is untouched by wraith); \
-         rerun it once schema changes are done"
+        "a statement changed the source table {table} while wraith was following it, at \
+         {position}: `{statement}`; the rebuild cannot continue (the source table is untouched \
+         by wraith); rerun it once schema changes are done"
     )]
     DdlOnSource {
+        /// The first followed table the statement touches, `schema.table`.
+        table: String,
         statement: String,
         position: BinlogPosition,
     },
@@ -352,7 +426,7 @@ pub struct ChangeStream {
     /// Server time of the last event (or of the last heartbeat, when caught up).
     last_event: Option<Duration>,
     failures: u32,
-    ddl: Option<(String, BinlogPosition)>,
+    ddl: Option<DdlSeen>,
 }
 
 #[cfg(test)]

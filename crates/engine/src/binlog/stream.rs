@@ -10,7 +10,7 @@ use mysql_async::{BinlogStreamRequest, Conn, Opts};
 
 use super::events::{Item, Txn};
 use super::gtid::GtidState;
-use super::{ChangeStream, ChangeStreamConfig, ChangeStreamError, StreamEvent};
+use super::{ChangeStream, ChangeStreamConfig, ChangeStreamError, StreamEvent, WatchedTable};
 use crate::server::{self, BinlogPosition, Context, DbError, Flavor};
 
 impl ChangeStream {
@@ -29,12 +29,7 @@ impl ChangeStream {
                 "the start position has no binlog file name".into(),
             ));
         }
-        if cfg.columns.is_empty() {
-            return Err(ChangeStreamError::Config(format!(
-                "no columns given for {}.{}",
-                cfg.watched_schema, cfg.watched_table
-            )));
-        }
+        cfg.check()?;
         let gtid = GtidState::parse(flavor.is_mariadb(), from.gtid.as_deref().unwrap_or(""));
         let mut s = ChangeStream {
             opts,
@@ -72,12 +67,9 @@ impl ChangeStream {
     /// removed from the internal queue when they are returned.
     pub async fn next(&mut self) -> Result<StreamEvent, ChangeStreamError> {
         loop {
-            if let Some((statement, position)) = &self.ddl {
+            if let Some(seen) = &self.ddl {
                 if self.queue.is_empty() {
-                    return Err(ChangeStreamError::DdlOnSource {
-                        statement: statement.clone(),
-                        position: position.clone(),
-                    });
+                    return Err(seen.error());
                 }
             }
             match self.queue.pop_front() {
@@ -91,15 +83,9 @@ impl ChangeStream {
                     return Ok(ev);
                 }
                 Some(Item::Advance(p)) => self.handed = p,
-                Some(Item::Ddl {
-                    statement,
-                    position,
-                }) => {
-                    self.handed = position.clone();
-                    return Err(ChangeStreamError::DdlOnSource {
-                        statement,
-                        position,
-                    });
+                Some(Item::Ddl(seen)) => {
+                    self.handed = seen.position.clone();
+                    return Err(seen.error());
                 }
                 None => self.pump().await?,
             }
@@ -120,6 +106,11 @@ impl ChangeStream {
             Some(t) => now_since_epoch().saturating_sub(t),
             None => Duration::ZERO,
         }
+    }
+
+    /// The followed tables: a [`RowChange::table`] indexes this list.
+    pub fn tables(&self) -> &[WatchedTable] {
+        &self.cfg.tables
     }
 
     /// The server thread id of the current binlog connection.
@@ -148,13 +139,24 @@ impl ChangeStream {
         }
     }
 
+    /// Every followed table, for messages that concern them all.
     pub(super) fn table_label(&self) -> String {
-        format!("{}.{}", self.cfg.watched_schema, self.cfg.watched_table)
+        self.cfg.label()
     }
 
+    /// An event that concerns no table in particular could not be read.
     pub(super) fn decode_error(&self, reason: impl Into<String>) -> ChangeStreamError {
+        self.decode_error_on(self.table_label(), reason)
+    }
+
+    /// An event of `table` could not be read.
+    pub(super) fn decode_error_on(
+        &self,
+        table: String,
+        reason: impl Into<String>,
+    ) -> ChangeStreamError {
         ChangeStreamError::Decode {
-            table: self.table_label(),
+            table,
             position: self.boundary.clone(),
             reason: reason.into(),
         }

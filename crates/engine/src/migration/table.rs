@@ -431,11 +431,11 @@ impl TableRun<'_> {
         state
             .set_position(from.clone())
             .map_err(|e| self.changes_error(e))?;
-        let (consumer, apply_loop) = online::spawn(state.clone(), stream);
+        let tasks = online::spawn_shared(vec![state.clone()], stream);
         Ok(Following {
             start: from,
             state,
-            tasks: vec![consumer, apply_loop],
+            tasks,
         })
     }
 

@@ -1,11 +1,16 @@
-//! Keeping the shadow table in step with the source while the copy runs.
+//! Keeping the shadow tables in step with their sources while the copy runs.
 //!
-//! Three tasks share one [`OnlineState`]:
-//! - the *consumer* reads the [`crate::binlog::ChangeStream`], turns each row
-//!   change of the source into shadow operations (a key-changing update is a
-//!   delete of the old key plus an upsert of the new one) and buffers them;
-//! - the *apply loop* takes what the watermarks allow from the buffer and
-//!   applies it ([`crate::applier`]), continuously during the copy;
+//! Each rebuilt table has its [`OnlineState`]. One change stream follows
+//! every table of the job, and [`spawn_shared`] starts the tasks around it:
+//! - one *consumer* reads the [`crate::binlog::ChangeStream`] and routes each
+//!   row change to its table's state (by [`RowChange::table`]), turning it
+//!   into shadow operations (a key-changing update is a delete of the old key
+//!   plus an upsert of the new one) buffered there; every commit and
+//!   heartbeat moves the position and lag of every state, always after the
+//!   transaction's rows are in their buffers ([`OnlineState::persist`]
+//!   relies on it); tokens go to every state, each keeping its own;
+//! - one *apply loop* per state takes what its watermarks allow from its
+//!   buffer and applies it ([`crate::applier`]), continuously during the copy;
 //! - the copier reports chunks dispatched and durable ([`Watermarks`]).
 //!
 //! [`OnlineState::drain`] (in `drain.rs`, with the cut-over's view of the
@@ -26,10 +31,11 @@
 //! the checksum can be verified again ([`crate::verify`]).
 //!
 //! **Errors.** The consumer's or the apply loop's first failure is kept as
-//! the state's error ([`OnlineState::error`], a [`ChangesError`]); every
-//! later check and drain reports it. [`ChangesError::resumable`] decides by
-//! variant whether a rerun can continue: a DDL on the source or a value the
-//! server refuses would fail again, a lost connection would not. A poisoned
+//! the state's error ([`OnlineState::error`], a [`ChangesError`]); a failure
+//! of the stream is every state's. Every later check and drain reports it.
+//! [`ChangesError::resumable`] decides by variant whether a rerun can
+//! continue: a DDL on the source or a value the server refuses would fail
+//! again, a lost connection would not. A poisoned
 //! lock (a task panicked while holding it) is recorded the same way, so the
 //! run stops at its next check instead of going on with half-written state.
 //! Making the buffer durable ([`OnlineState::persist`]) fsyncs RocksDB: it
@@ -47,11 +53,15 @@ use tokio::task::JoinHandle;
 use wraith_backend::{Row, Value};
 
 use crate::applier::Applier;
+#[cfg(doc)]
+use crate::binlog::RowChange;
 use crate::binlog::{BinlogPosition, ChangeKind, ChangeStream, ChangeStreamError, StreamEvent};
 use crate::changes::{encode_row_key, ChangeBuffer, ChangeStoreError, Pending, Watermarks};
 use crate::server::{quote_ident, Context, DbError};
 
 mod drain;
+#[cfg(all(test, feature = "testkit"))]
+mod tests;
 
 pub use self::drain::OnlineDrain;
 
@@ -244,17 +254,21 @@ impl crate::progress::StreamFigures for OnlineState {
     }
 }
 
-/// Tells this run's tokens from another's in the changelog table. Tokens go
+/// Tells this state's tokens from another's in the changelog table: another
+/// run's, or another state's fed by the same stream (two tables of one job
+/// may share a name in different schemas, hence the counter). Tokens go
 /// through the changelog table (the schema's default charset) and come back
 /// from the binlog as bytes: keep them short ASCII, so a table named in other
 /// letters still gets its token back (it did not).
 fn run_id(table: &str) -> String {
+    static STATES: AtomicU64 = AtomicU64::new(0);
     let name = if table.is_ascii() {
         table.to_string()
     } else {
         format!("t{:016x}", xxhash_rust::xxh3::xxh3_64(table.as_bytes()))
     };
-    format!("{name}-{}", std::process::id())
+    let n = STATES.fetch_add(1, Ordering::Relaxed);
+    format!("{name}-{}-{n}", std::process::id())
 }
 
 impl OnlineState {
@@ -330,7 +344,12 @@ impl OnlineState {
 
     /// Records the first failure: every later check reports it.
     pub(crate) fn fail(&self, e: ChangesError) {
-        let e = Arc::new(e);
+        self.fail_shared(Arc::new(e));
+    }
+
+    /// [`OnlineState::fail`] with an error several states share (the
+    /// stream's, which feeds them all).
+    fn fail_shared(&self, e: Arc<ChangesError>) {
         if self.error.set(e.clone()).is_ok() {
             tracing::error!(error = %e, "change stream or applier failed");
         }
@@ -385,6 +404,22 @@ impl OnlineState {
     pub async fn applied(&self) -> (u64, f64) {
         let a = self.applier.lock().await;
         (a.applied, a.rate())
+    }
+
+    /// A token came through the stream: kept when it is one of this state's
+    /// own (another state's or another run's would hide it from a waiting drain).
+    fn token_arrived(&self, token: &str) {
+        let ours = token
+            .strip_prefix(self.run_id.as_str())
+            .is_some_and(|rest| rest.starts_with(':'));
+        if !ours {
+            return;
+        }
+        match self.guard(&self.last_token, "last token") {
+            Ok(mut t) => *t = token.to_string(),
+            Err(_) => return, // the state's error now
+        }
+        self.token_seen.notify_waiters();
     }
 
     pub fn stop(&self) {
@@ -535,70 +570,103 @@ impl OnlineState {
     }
 }
 
-/// Starts the consumer and the apply loop.
-pub fn spawn(
-    state: Arc<OnlineState>,
-    mut stream: ChangeStream,
-) -> (JoinHandle<()>, JoinHandle<()>) {
-    let consumer_state = state.clone();
-    let consumer = tokio::spawn(async move {
-        let state = consumer_state;
-        // `next()` is not cancelled mid-event (the stream keeps partial state):
-        // heartbeats make it return regularly, and `stop` aborts the task.
-        while !state.stop.load(Ordering::Relaxed) {
-            match stream.next().await {
-                Ok(StreamEvent::Rows(changes)) => {
-                    for c in changes {
-                        state.events.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = state.buffer_change(c.kind, c.before, c.after) {
-                            state.fail(e);
-                            return;
-                        }
-                    }
-                }
-                Ok(StreamEvent::Commit { position }) | Ok(StreamEvent::Heartbeat { position }) => {
-                    if let Err(e) = state.set_position(position) {
-                        state.fail(e);
+/// Starts one consumer that feeds every state from `stream` — `states[i]`
+/// gets the changes of the stream's `i`-th table ([`RowChange::table`]) —
+/// and one apply loop per state. Returns the consumer's handle first, then
+/// the apply loops' in the order of `states`.
+///
+/// Every state gets every commit and heartbeat position (after the
+/// transaction's rows are in its buffer, which [`OnlineState::persist`]
+/// relies on), the lag, and the tokens of its own drains. A stream error
+/// fails every state. A stopped or failed state is fed nothing more, so its
+/// position stays where its buffer is complete; the consumer ends when
+/// every state is stopped or failed. At a DDL on a followed table, the
+/// states that are cutting over end quietly (their RENAME; everything before
+/// it was drained) and the others fail with it.
+pub fn spawn_shared(states: Vec<Arc<OnlineState>>, stream: ChangeStream) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::with_capacity(states.len() + 1);
+    tasks.push(tokio::spawn(consume(states.clone(), stream)));
+    for state in states {
+        tasks.push(tokio::spawn(async move {
+            while !state.stop.load(Ordering::Relaxed) {
+                match state.apply_ready(5_000).await {
+                    Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        state.fail(ChangesError::ApplyLoop(Box::new(e)));
                         return;
                     }
-                    state
-                        .lag_ms
-                        .store(stream.lag().as_millis() as u64, Ordering::Relaxed);
                 }
-                Ok(StreamEvent::Token(token)) => {
-                    match state.guard(&state.last_token, "last token") {
-                        Ok(mut t) => *t = token,
-                        Err(_) => return, // the state's error now
+            }
+        }));
+    }
+    tasks
+}
+
+/// The consumer of [`spawn_shared`].
+async fn consume(states: Vec<Arc<OnlineState>>, mut stream: ChangeStream) {
+    if stream.tables().len() != states.len() {
+        let e = Arc::new(ChangesError::Setup(format!(
+            "the change stream follows {} tables ({}) but {} change buffers were given",
+            stream.tables().len(),
+            stream
+                .tables()
+                .iter()
+                .map(|t| format!("{}.{}", t.schema, t.table))
+                .collect::<Vec<_>>()
+                .join(", "),
+            states.len()
+        )));
+        states.iter().for_each(|s| s.fail_shared(e.clone()));
+        return;
+    }
+    let fed = |s: &OnlineState| !s.stop.load(Ordering::Relaxed) && s.error.get().is_none();
+    // `next()` is not cancelled mid-event (the stream keeps partial state):
+    // heartbeats make it return regularly, and `stop` aborts the task.
+    while states.iter().any(|s| fed(s)) {
+        match stream.next().await {
+            Ok(StreamEvent::Rows(changes)) => {
+                for c in changes {
+                    let Some(state) = states.get(c.table).filter(|s| fed(s)) else {
+                        continue;
+                    };
+                    state.events.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = state.buffer_change(c.kind, c.before, c.after) {
+                        state.fail(e);
                     }
-                    state.token_seen.notify_waiters();
                 }
-                Err(crate::binlog::ChangeStreamError::DdlOnSource { .. })
-                    if state.cutting_over.load(Ordering::Relaxed) =>
-                {
+            }
+            Ok(StreamEvent::Commit { position }) | Ok(StreamEvent::Heartbeat { position }) => {
+                let lag = stream.lag().as_millis() as u64;
+                for state in states.iter().filter(|s| fed(s)) {
+                    if let Err(e) = state.set_position(position.clone()) {
+                        state.fail(e);
+                        continue;
+                    }
+                    state.lag_ms.store(lag, Ordering::Relaxed);
+                }
+            }
+            Ok(StreamEvent::Token(token)) => {
+                for state in states.iter().filter(|s| fed(s)) {
+                    state.token_arrived(&token);
+                }
+            }
+            Err(e) => {
+                let cutting_over = |s: &OnlineState| s.cutting_over.load(Ordering::Relaxed);
+                let ours = matches!(e, ChangeStreamError::DdlOnSource { .. })
+                    && states.iter().any(|s| cutting_over(s));
+                if ours {
                     // Our own RENAME: everything before it was drained already.
                     tracing::debug!("the change stream reached the cut-over's RENAME");
-                    return;
                 }
-                Err(e) => {
-                    state.fail(ChangesError::Stream(e));
-                    return;
+                let e = Arc::new(ChangesError::Stream(e));
+                for state in states.iter().filter(|s| fed(s)) {
+                    if !(ours && cutting_over(state)) {
+                        state.fail_shared(e.clone());
+                    }
                 }
+                return;
             }
         }
-    });
-    let loop_state = state;
-    let apply_loop = tokio::spawn(async move {
-        let state = loop_state;
-        while !state.stop.load(Ordering::Relaxed) {
-            match state.apply_ready(5_000).await {
-                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Ok(_) => {}
-                Err(e) => {
-                    state.fail(ChangesError::ApplyLoop(Box::new(e)));
-                    return;
-                }
-            }
-        }
-    });
-    (consumer, apply_loop)
+    }
 }

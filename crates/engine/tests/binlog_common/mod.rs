@@ -12,7 +12,7 @@ use wraith_backend::{ColumnKind, ColumnSpec, Row, Value};
 use wraith_engine::binlog::{
     current_position, BinlogPosition, ChangeStream, ChangeStreamConfig, RowChange, StreamEvent,
 };
-use wraith_engine::server::inspect::inspect_table;
+use wraith_engine::server::inspect::{inspect_table, TableInfo};
 use wraith_engine::server::{self, Flavor};
 use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
@@ -60,6 +60,12 @@ pub async fn specs(schema: &str, table: &str) -> Vec<ColumnSpec> {
         .iter()
         .map(|c| c.spec(&c.name).expect("carried type"))
         .collect()
+}
+
+pub async fn info(schema: &str, table: &str) -> TableInfo {
+    inspect_table(&mut conn(None).await, schema, table)
+        .await
+        .expect("inspect")
 }
 
 pub async fn config(schema: &str, table: &str) -> ChangeStreamConfig {
