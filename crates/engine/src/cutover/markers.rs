@@ -39,7 +39,7 @@ impl SwapNames {
         let qs = quote_ident(schema);
         let q = |name: &str| format!("{qs}.{}", quote_ident(name));
         let mut sorted: Vec<&String> = tables.iter().collect();
-        sorted.sort_by(|a, b| lock_key(a, lower_case).cmp(&lock_key(b, lower_case)));
+        sorted.sort_by_key(|t| lock_key(t, lower_case));
         let all = sorted
             .iter()
             .flat_map(|t| {

@@ -29,12 +29,32 @@ use super::*;
 use crate::checksum::ChecksumReport;
 use crate::progress::TableHandle;
 
-/// What a table's own part of the run ended with.
+/// Where a table's start ([`TableRun::start`]) left it.
 pub(super) enum Started {
     /// An earlier run swapped the table; its cleanup is done.
     Swapped(Box<TableReport>),
-    /// The shadow is copied, indexed and analyzed.
-    Copied(Box<Copied>),
+    /// The shadow exists; the change stream and the copy are next.
+    Shadowed(Box<Shadowed>),
+}
+
+/// A table whose shadow exists, before its changes are followed.
+pub(super) struct Shadowed {
+    pub(super) old: TableInfo,
+    pub(super) layout: CopyLayout,
+    pub(super) saved: Option<TableCheckpoint>,
+    /// When the table's run started, for its report's total.
+    pub(super) started: Instant,
+}
+
+/// The group's one change stream (its consumer task), stopped on drop.
+struct SharedStream {
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        self.consumer.abort();
+    }
 }
 
 /// A table past its copy, with what the group's stages need of it.
@@ -65,33 +85,52 @@ impl Group<'_, '_> {
     /// Runs the group's tables to their cut-over (or to the kept-in-sync
     /// shadow when the cut-over is disabled). Reports in the group's order.
     pub(super) async fn run(&self) -> Result<Vec<TableReport>, RunError> {
-        let results = join_all(self.runs.iter().map(|run| async move {
-            let result = run.start().await;
-            if result.is_err() {
-                let _ = self.stop.send(true);
-            }
-            result
-        }))
+        let started = join_all(
+            self.runs
+                .iter()
+                .map(|run| self.stopping_others(run.start())),
+        )
         .await;
         let mut reports = Vec::new();
-        let mut members = Vec::new();
+        let mut shadowed = Vec::new();
         let mut failure = None;
-        for (run, result) in self.runs.iter().zip(results) {
+        for (run, result) in self.runs.iter().zip(started) {
             match result {
                 Ok(Started::Swapped(report)) => reports.push(*report),
-                Ok(Started::Copied(copied)) => members.push(Member {
+                Ok(Started::Shadowed(s)) => shadowed.push((*run, *s)),
+                Err(e) => failure = Some(first_real(failure, e)),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(self.fail(e).await);
+        }
+        if shadowed.is_empty() {
+            return Ok(reports);
+        }
+        // Kept to the end of the group: every table's changes come through it.
+        let (followings, _stream) = match follow(&shadowed).await {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        let copied = join_all(shadowed.into_iter().zip(followings).map(
+            |((run, s), following)| async move {
+                (
                     run,
-                    copied: *copied,
-                }),
+                    self.stopping_others(run.copy_phase(s, following)).await,
+                )
+            },
+        ))
+        .await;
+        let mut members = Vec::new();
+        for (run, result) in copied {
+            match result {
+                Ok(copied) => members.push(Member { run, copied }),
                 Err(e) => failure = Some(first_real(failure, e)),
             }
         }
         if let Some(e) = failure {
             drop(members);
             return Err(self.fail(e).await);
-        }
-        if members.is_empty() {
-            return Ok(reports);
         }
         match self.finish(members).await {
             Ok(done) => {
@@ -103,6 +142,18 @@ impl Group<'_, '_> {
             }
             Err(e) => Err(self.fail(e).await),
         }
+    }
+
+    /// Runs a table's part; if it fails, the group's other tables stop.
+    async fn stopping_others<T>(
+        &self,
+        part: impl std::future::Future<Output = Result<T, RunError>>,
+    ) -> Result<T, RunError> {
+        let result = part.await;
+        if result.is_err() {
+            let _ = self.stop.send(true);
+        }
+        result
     }
 
     /// A failed group: what a rerun resumes from is kept; otherwise what
@@ -491,4 +542,74 @@ impl Drain for GroupDrain<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Starts the group's one change stream: every table's changes, decoded
+/// only for the group's tables, each fed to the table's own online state.
+/// It starts at the oldest position a table must replay from (a resumed
+/// table's saved start; the server's present for a new one): replaying
+/// from earlier is harmless, as the last image of a key wins.
+async fn follow(
+    shadowed: &[(&TableRun<'_>, Shadowed)],
+) -> Result<(Vec<Following>, SharedStream), RunError> {
+    let Some((first, _)) = shadowed.first() else {
+        return Err(RunError::Unsupported("a change stream for no table".into()));
+    };
+    let mut sconn = first
+        .source_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the source".into())?;
+    online::ensure_changelog(&mut sconn, first.source_schema()).await?;
+    let saved = shadowed
+        .iter()
+        .filter_map(|(_, s)| s.saved.as_ref()?.change_stream.position.clone())
+        .map(binlog::BinlogPosition::from)
+        .min_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+    let from = match saved {
+        Some(p) => p,
+        None => binlog::current_position(&mut sconn, first.flavor)
+            .await
+            .map_err(|e| first.changes_error(ChangesError::Start(e)))?,
+    };
+    drop(sconn);
+    let names: Vec<&str> = shadowed
+        .iter()
+        .map(|(r, _)| r.table.name.as_str())
+        .collect();
+    tracing::info!(position = %from, tables = %names.join(", "), "following the binlog from here");
+    let olds: Vec<&TableInfo> = shadowed.iter().map(|(_, s)| &s.old).collect();
+    let mut stream_config = ChangeStreamConfig::for_tables(&olds)
+        .map_err(|e| first.changes_error(ChangesError::Start(e)))?;
+    stream_config.token_table = Some((
+        first.source_schema().to_string(),
+        CHANGELOG_TABLE.to_string(),
+    ));
+    let stream = ChangeStream::start(
+        first.source_opts.clone(),
+        first.flavor,
+        from.clone(),
+        stream_config,
+    )
+    .await
+    .map_err(|e| first.changes_error(ChangesError::Start(e)))?;
+    let states = shadowed
+        .iter()
+        .map(|(run, s)| run.online_state(&s.old, &s.layout, &from))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The consumer first, then one apply loop per state, in their order.
+    let mut tasks = online::spawn_shared(states.clone(), stream).into_iter();
+    let Some(consumer) = tasks.next() else {
+        return Err(first.setup_error("the change stream did not start".into()));
+    };
+    let followings = states
+        .into_iter()
+        .zip(tasks)
+        .map(|(state, apply_loop)| Following {
+            state,
+            start: from.clone(),
+            tasks: vec![apply_loop],
+        })
+        .collect();
+    Ok((followings, SharedStream { consumer }))
 }

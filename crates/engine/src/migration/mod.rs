@@ -90,7 +90,7 @@ mod stages;
 mod table;
 
 use cleanup::{abandon_all, clean_up, finish_interrupted_cutover, start_over, Moment};
-use group::{Copied, Group, Started};
+use group::{Copied, Group, Shadowed, Started};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
 use stage::{Stage, StageLog};

@@ -10,21 +10,19 @@ impl TableRun<'_> {
     /// the group's ([`super::group`]).
     pub(super) async fn copy_phase(
         &self,
-        old: TableInfo,
-        sconn: &mut Conn,
-        saved: Option<&TableCheckpoint>,
-        started: Instant,
+        shadowed: Shadowed,
+        following: Following,
     ) -> Result<Copied, RunError> {
+        let Shadowed {
+            old,
+            layout,
+            saved,
+            started,
+        } = shadowed;
+        let saved = saved.as_ref();
         let stage = saved
             .map(|t| t.stage())
             .unwrap_or(TableStage::ShadowCreated);
-        let target_schema = self.target_schema().to_string();
-        let layout = shadow::layout(&old, self.plan, &target_schema).map_err(|message| {
-            RunError::Layout {
-                table: self.table.name.clone(),
-                message,
-            }
-        })?;
         let mut tconn = self
             .target_pool
             .get_conn()
@@ -33,7 +31,7 @@ impl TableRun<'_> {
         let (following, copy_needed, start_after) = self
             .stage(
                 Stage::PrepareCopy,
-                self.prepare_copy(&old, &layout, sconn, &mut tconn, saved, stage),
+                self.prepare_copy(&old, &layout, following, &mut tconn, saved, stage),
             )
             .await?;
         let (stats, handle) = self
@@ -67,12 +65,11 @@ impl TableRun<'_> {
         &self,
         old: &TableInfo,
         layout: &CopyLayout,
-        sconn: &mut Conn,
+        following: Following,
         tconn: &mut Conn,
         saved: Option<&TableCheckpoint>,
         stage: TableStage,
     ) -> Result<(Following, bool, Option<Vec<wraith_backend::Value>>), RunError> {
-        let following = self.start_following(old, layout, sconn, saved).await?;
         self.progress
             .table(&self.table.name, 0)
             .attach_stream(following.state.clone());

@@ -58,10 +58,18 @@ impl TableRun<'_> {
         // resume from drops it.
         self.made_shadow
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let copied = self
-            .copy_phase(old, &mut sconn, saved.as_ref(), started)
-            .await?;
-        Ok(Started::Copied(Box::new(copied)))
+        let layout = shadow::layout(&old, self.plan, self.target_schema()).map_err(|message| {
+            RunError::Layout {
+                table: self.table.name.clone(),
+                message,
+            }
+        })?;
+        Ok(Started::Shadowed(Box::new(Shadowed {
+            old,
+            layout,
+            saved,
+            started,
+        })))
     }
 
     /// Shows the table's progress state, and the job's: the tables of a
@@ -342,36 +350,14 @@ impl TableRun<'_> {
             .map_err(RunError::Checkpoint)
     }
 
-    pub(super) async fn start_following(
+    /// The table's online state (row mapping, applier, change buffer), at
+    /// `from`, where the group's change stream starts.
+    pub(super) fn online_state(
         &self,
         old: &TableInfo,
         layout: &CopyLayout,
-        sconn: &mut Conn,
-        saved: Option<&TableCheckpoint>,
-    ) -> Result<Following, RunError> {
-        online::ensure_changelog(sconn, self.source_schema()).await?;
-        let from = match saved.and_then(|t| t.change_stream.position.clone()) {
-            Some(p) => p.into(),
-            None => binlog::current_position(sconn, self.flavor)
-                .await
-                .map_err(|e| self.changes_error(ChangesError::Start(e)))?,
-        };
-        tracing::info!(position = %from, "following the binlog from here");
-        let mut stream_config = ChangeStreamConfig::for_table(old)
-            .map_err(|e| self.changes_error(ChangesError::Start(e)))?;
-        stream_config.token_table = Some((
-            self.source_schema().to_string(),
-            CHANGELOG_TABLE.to_string(),
-        ));
-        let stream = ChangeStream::start(
-            self.source_opts.clone(),
-            self.flavor,
-            from.clone(),
-            stream_config,
-        )
-        .await
-        .map_err(|e| self.changes_error(ChangesError::Start(e)))?;
-
+        from: &binlog::BinlogPosition,
+    ) -> Result<Arc<OnlineState>, RunError> {
         let source_positions = layout
             .source_columns
             .iter()
@@ -431,12 +417,7 @@ impl TableRun<'_> {
         state
             .set_position(from.clone())
             .map_err(|e| self.changes_error(e))?;
-        let tasks = online::spawn_shared(vec![state.clone()], stream);
-        Ok(Following {
-            start: from,
-            state,
-            tasks,
-        })
+        Ok(state)
     }
 
     pub(super) fn changes_error(&self, source: ChangesError) -> RunError {
