@@ -462,3 +462,17 @@ impl Default for PostponeFlag {
         PostponeFlag::new()
     }
 }
+
+/// The seed of a test's random kills: `WRAITH_KILL_SEED` to replay a run,
+/// else the clock. Printed by the caller, so a failure can be replayed.
+pub fn kill_seed() -> u64 {
+    std::env::var("WRAITH_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1)
+        })
+}

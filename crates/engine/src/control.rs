@@ -401,16 +401,7 @@ impl Operations {
             },
             p.tables
                 .iter()
-                .map(|t| format!(
-                    "{} {} {}/{} {:.1}% applied {} backlog {}",
-                    t.table_name,
-                    t.state,
-                    t.rows_copied,
-                    t.rows_total,
-                    t.pct,
-                    t.changes_applied,
-                    t.changes_backlog
-                ))
+                .map(|t| t.line())
                 .collect::<Vec<_>>()
                 .join("; "),
             if p.blockers.is_empty() {

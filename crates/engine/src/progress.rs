@@ -489,6 +489,23 @@ fn job_figures(
     Some(sum)
 }
 
+impl TableProgress {
+    /// The table's figures in one line:
+    /// `orders CopyRows 5200/10000 52.0% applied 12 backlog 3`.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {} {}/{} {:.1}% applied {} backlog {}",
+            self.table_name,
+            self.state,
+            self.rows_copied,
+            self.rows_total,
+            self.pct,
+            self.changes_applied,
+            self.changes_backlog
+        )
+    }
+}
+
 impl Progress {
     /// One short part per table for a one-line display (see [`tables_brief`]).
     pub fn tables_brief(&self) -> String {

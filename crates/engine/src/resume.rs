@@ -311,16 +311,7 @@ impl StatusReport {
                     self.current_state, self.summary
                 ));
                 for t in &self.tables {
-                    out.push_str(&format!(
-                        "    {}: {}, {}/{} rows ({:.1}%), changes applied {}, backlog {}\n",
-                        t.table_name,
-                        t.state,
-                        t.rows_copied,
-                        t.rows_total,
-                        t.pct,
-                        t.changes_applied,
-                        t.changes_backlog
-                    ));
+                    out.push_str(&format!("    {}\n", t.line()));
                 }
             }
             None => out.push_str("  no wraith process answers on its control socket\n"),

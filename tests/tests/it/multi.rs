@@ -716,15 +716,7 @@ const AIMED_STATES: [&str; 4] = [
 /// new or all old; rerun to the end, each equals its mirror.
 #[tokio::test]
 async fn killed_anywhere_all_or_none() {
-    let seed: u64 = std::env::var("WRAITH_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(1)
-        });
+    let seed = wraith_tests::kill_seed();
     eprintln!("multi kill seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut states: BTreeMap<String, u32> = BTreeMap::new();

@@ -103,15 +103,7 @@ const KILL_STATES: [&str; 6] = [
 
 #[tokio::test]
 async fn kill_nine_in_every_state_then_resume_exact() {
-    let seed: u64 = std::env::var("WRAITH_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(1)
-        });
+    let seed = wraith_tests::kill_seed();
     eprintln!("kill -9 harness seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut states: BTreeMap<String, u32> = BTreeMap::new();
