@@ -69,15 +69,20 @@ pub fn changes_dir(config: &Config, table: &TableConfig) -> PathBuf {
         .dir
         .as_ref()
         .unwrap_or(&config.local.sort_dir)
-        .join(format!("changes-{}-{}", config.source.database, table.name))
+        .join(format!(
+            "changes-{}-{}",
+            config.schema_of(table),
+            table.name
+        ))
 }
 
 /// Where a table's local-backend engines live.
 pub fn engines_dir(config: &Config, table: &TableConfig) -> PathBuf {
-    config
-        .local
-        .sort_dir
-        .join(format!("engines-{}-{}", config.source.database, table.name))
+    config.local.sort_dir.join(format!(
+        "engines-{}-{}",
+        config.schema_of(table),
+        table.name
+    ))
 }
 
 /// Where an import's local-backend engines live.

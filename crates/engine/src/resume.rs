@@ -46,7 +46,15 @@ use crate::server::{quote_ident, Context, DbError};
 
 /// The job's key in the checkpoint store.
 pub fn job_key(config: &Config) -> String {
-    let tables: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
+    // A table of another schema is named with it; the rest as before.
+    let tables: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| match &t.schema {
+            Some(schema) if *schema != config.source.database => format!("{schema}.{}", t.name),
+            _ => t.name.clone(),
+        })
+        .collect();
     format!("{}.{}", config.source.database, tables.join(","))
 }
 

@@ -131,3 +131,55 @@ async fn a_lock_budget_too_small_for_the_tables_is_refused() {
     .await;
     assert_eq!(run.code, 0, "{}", run.output());
 }
+
+/// Tables of two schemas of one server, changed together: one RENAME swaps
+/// both, and the source rows come through.
+#[tokio::test]
+async fn tables_of_two_schemas_swap_in_one_rename() {
+    let s = Schema::new("tg_two_a").await;
+    let other = Schema::new("tg_two_b").await;
+    for (schema, t) in [(&s, "a"), (&other, "b")] {
+        let mut c = schema.conn().await;
+        wraith_engine::testkit::workload::create_sysbench_table(&mut c, &schema.name, t, 3_000)
+            .await
+            .expect("create table");
+    }
+    let before = (s.rows("a").await, other.rows("b").await);
+    let from = binlog_now(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[source]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"{}\"\n\n\
+         [[table]]\nname = \"a\"\nalter = \"ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'x'\"\n\n\
+         [[table]]\nschema = \"{}\"\nname = \"b\"\nalter = \"ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'x'\"\n\n\
+         [local]\nsort_dir = {:?}\n\n[control]\nsocket = {:?}\n",
+        s.port,
+        s.name,
+        other.name,
+        dir.path().join("sort").display().to_string(),
+        dir.path().join("ctl.sock").display().to_string()
+    );
+    let run = wraith_tests::wraith_with_config(&["run", "--json"], &cfg).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    let renames = renames_since(&s, &from).await;
+    assert_eq!(
+        renames.len(),
+        1,
+        "one RENAME for both schemas: {renames:#?}"
+    );
+    for name in [
+        "`tg_two_a`.`a`",
+        "`tg_two_a`.`_a_new`",
+        "`tg_two_b`.`b`",
+        "`tg_two_b`.`_b_new`",
+    ] {
+        assert!(renames[0].contains(name), "{name} in {}", renames[0]);
+    }
+    for (schema, t, rows) in [(&s, "a", before.0), (&other, "b", before.1)] {
+        let mut c = schema.conn().await;
+        c.query_drop(format!("ALTER TABLE {t} DROP COLUMN note"))
+            .await
+            .expect("the column was added");
+        assert_eq!(schema.rows(t).await, rows, "{}.{t} changed", schema.name);
+        assert!(schema.table_exists(&format!("_{t}_old")).await);
+    }
+}

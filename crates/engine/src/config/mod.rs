@@ -164,9 +164,13 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.tables {
             check_identifier("[[table]] name", &t.name)?;
-            if !seen.insert(t.name.as_str()) {
+            if let Some(schema) = &t.schema {
+                check_identifier("[[table]] schema", schema)?;
+            }
+            if !seen.insert((self.schema_of(t), t.name.as_str())) {
                 return Err(format!(
-                    "table {:?} is listed twice in [[table]]; list each table once",
+                    "table {}.{} is listed twice in [[table]]; list each table once",
+                    self.schema_of(t),
                     t.name
                 ));
             }
@@ -238,6 +242,17 @@ impl Config {
     /// The server the shadow table is written to.
     pub fn target(&self) -> &ConnectionConfig {
         self.target.as_ref().unwrap_or(&self.source)
+    }
+
+    /// The schema of `table`: its own, else `[source] database`.
+    pub fn schema_of<'a>(&'a self, table: &'a TableConfig) -> &'a str {
+        table.schema.as_deref().unwrap_or(&self.source.database)
+    }
+
+    /// Where `table`'s shadow lives: its own schema when it names one, else
+    /// the target's database.
+    pub fn target_schema_of<'a>(&'a self, table: &'a TableConfig) -> &'a str {
+        table.schema.as_deref().unwrap_or(&self.target().database)
     }
 }
 

@@ -70,6 +70,9 @@ pub(super) fn default_port() -> u16 {
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     pub name: String,
+    /// The table's schema when it is not `[source] database` (a job may
+    /// change tables of several schemas of one server together).
+    pub schema: Option<String>,
     /// The ALTER TABLE clause without `ALTER TABLE t`; `"FORCE"` for a plain rebuild.
     pub alter: String,
     /// Old column name → new column name, for renames the ALTER does not spell out.

@@ -35,7 +35,7 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
-    let (pool, schema) = (ctx.pool, ctx.schema);
+    let pool = ctx.pool;
     let timeout = lock_timeout_secs(ctx.settings);
 
     let mut a = pool
@@ -47,7 +47,7 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         .query_first("SELECT @@lower_case_table_names")
         .await
         .context(|| "reading lower_case_table_names".into())?;
-    let names = SwapNames::new(schema, ctx.tables, lower_case.unwrap_or(0) != 0);
+    let names = SwapNames::new(ctx.tables, lower_case.unwrap_or(0) != 0);
     drop_all_markers(&mut a, ctx).await?;
     for t in &names.tables {
         a.query_drop(format!(
@@ -107,8 +107,8 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
 
 /// Drops the markers of every table of the swap.
 async fn drop_all_markers(a: &mut Conn, ctx: &Attempting<'_>) -> Result<(), Attempt> {
-    for table in ctx.tables {
-        drop_markers(a, ctx.schema, table)
+    for t in ctx.tables {
+        drop_markers(a, &t.schema, &t.name)
             .await
             .map_err(|e| match e {
                 CutoverError::Db(e) => Attempt::Retry(e.to_string()),
@@ -160,7 +160,7 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
 
     // Before B holds any name: the shadows' ALTERs cannot wait on the RENAME.
     for t in &names.tables {
-        if let Some(n) = carry_auto_increment(&mut b, ctx.flavor, ctx.schema, &t.name).await? {
+        if let Some(n) = carry_auto_increment(&mut b, ctx.flavor, &t.schema, &t.name).await? {
             ledger.auto_increment = Some(n);
         }
     }
@@ -378,8 +378,8 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
-    let (pool, schema, settings) = (ctx.pool, ctx.schema, ctx.settings);
-    let names = SwapNames::new(schema, ctx.tables, false);
+    let (pool, settings) = (ctx.pool, ctx.settings);
+    let names = SwapNames::new(ctx.tables, false);
     let timeout = lock_timeout_secs(settings);
     let mut a = pool
         .get_conn()
@@ -416,7 +416,7 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
         budget.check("re-verifying the last changes")?;
         for t in &names.tables {
-            if let Some(n) = carry_auto_increment(a, ctx.flavor, schema, &t.name).await? {
+            if let Some(n) = carry_auto_increment(a, ctx.flavor, &t.schema, &t.name).await? {
                 ledger.auto_increment = Some(n);
             }
         }

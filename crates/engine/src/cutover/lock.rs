@@ -59,7 +59,9 @@ pub(super) async fn acquire(
         }
         let mut found: Vec<Blocker> = Vec::new();
         for t in ctx.tables {
-            for b in blockers::find(a, ctx.flavor, ledger.detection, ctx.schema, t, &own).await? {
+            for b in
+                blockers::find(a, ctx.flavor, ledger.detection, &t.schema, &t.name, &own).await?
+            {
                 if !found.iter().any(|f| f.id == b.id) {
                     found.push(b);
                 }

@@ -5,7 +5,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use serde::Serialize;
 
-use super::CutoverError;
+use super::{CutoverError, SwapTable};
 use crate::server::{quote_ident, Context};
 use crate::shadow::{old_name, shadow_name};
 
@@ -13,6 +13,8 @@ use crate::shadow::{old_name, shadow_name};
 pub(super) struct TableNames {
     /// The table's name as given (unquoted).
     pub(super) name: String,
+    /// Its schema (unquoted).
+    pub(super) schema: String,
     pub(super) table: String,
     pub(super) old: String,
     pub(super) new: String,
@@ -28,45 +30,47 @@ pub(super) struct SwapNames {
     /// In the order the server takes the RENAME's locks: the RENAME queues
     /// on the first, and is handed the others one after another.
     pub(super) tables: Vec<TableNames>,
-    /// Every name of the RENAME (unquoted), for the lock order.
-    all: Vec<String>,
+    /// Every name of the RENAME (schema, name; unquoted), for the lock order.
+    all: Vec<(String, String)>,
     lower_case: bool,
-    schema: String,
 }
 
 impl SwapNames {
-    pub(super) fn new(schema: &str, tables: &[String], lower_case: bool) -> SwapNames {
-        let qs = quote_ident(schema);
-        let q = |name: &str| format!("{qs}.{}", quote_ident(name));
-        let mut sorted: Vec<&String> = tables.iter().collect();
-        sorted.sort_by_key(|t| lock_key(t, lower_case));
+    pub(super) fn new(tables: &[SwapTable], lower_case: bool) -> SwapNames {
+        let mut sorted: Vec<&SwapTable> = tables.iter().collect();
+        sorted.sort_by_key(|t| lock_key(&t.schema, &t.name, lower_case));
         let all = sorted
             .iter()
             .flat_map(|t| {
                 [
-                    t.to_string(),
-                    old_name(t),
-                    shadow_name(t),
-                    sentry_name(t),
-                    swap_name(t),
+                    t.name.clone(),
+                    old_name(&t.name),
+                    shadow_name(&t.name),
+                    sentry_name(&t.name),
+                    swap_name(&t.name),
                 ]
+                .map(|n| (t.schema.clone(), n))
             })
             .collect();
         SwapNames {
             tables: sorted
                 .into_iter()
-                .map(|t| TableNames {
-                    name: t.clone(),
-                    table: q(t),
-                    old: q(&old_name(t)),
-                    new: q(&shadow_name(t)),
-                    sentry: q(&sentry_name(t)),
-                    swap: q(&swap_name(t)),
+                .map(|t| {
+                    let qs = quote_ident(&t.schema);
+                    let q = |name: &str| format!("{qs}.{}", quote_ident(name));
+                    TableNames {
+                        name: t.name.clone(),
+                        schema: t.schema.clone(),
+                        table: q(&t.name),
+                        old: q(&old_name(&t.name)),
+                        new: q(&shadow_name(&t.name)),
+                        sentry: q(&sentry_name(&t.name)),
+                        swap: q(&swap_name(&t.name)),
+                    }
                 })
                 .collect(),
             all,
             lower_case,
-            schema: schema.to_string(),
         }
     }
 
@@ -102,23 +106,32 @@ impl SwapNames {
     /// server's lock order, quoted: once the RENAME holds it, it waits on
     /// that table.
     pub(super) fn passed_before(&self, k: usize) -> Option<String> {
-        let target = lock_key(&self.tables.get(k)?.name, self.lower_case);
+        let t = self.tables.get(k)?;
+        let key = |schema: &str, name: &str| lock_key(schema, name, self.lower_case);
+        let target = key(&t.schema, &t.name);
         self.all
             .iter()
-            .filter(|n| lock_key(n, self.lower_case) < target)
-            .max_by(|a, b| lock_key(a, self.lower_case).cmp(&lock_key(b, self.lower_case)))
-            .map(|n| format!("{}.{}", quote_ident(&self.schema), quote_ident(n)))
+            .filter(|(s, n)| key(s, n) < target)
+            .max_by_key(|(s, n)| key(s, n))
+            .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
     }
 }
 
-/// A name as the server orders metadata locks (bytes, lowercased under
-/// `lower_case_table_names`).
-fn lock_key(name: &str, lower_case: bool) -> Vec<u8> {
-    if lower_case {
-        name.to_lowercase().into_bytes()
-    } else {
-        name.as_bytes().to_vec()
+/// A name as the server orders metadata locks: by schema, then name
+/// (bytes, lowercased under `lower_case_table_names`).
+fn lock_key(schema: &str, name: &str, lower_case: bool) -> Vec<u8> {
+    let mut key = Vec::with_capacity(schema.len() + name.len() + 1);
+    for (i, part) in [schema, name].into_iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        if lower_case {
+            key.extend(part.to_lowercase().into_bytes());
+        } else {
+            key.extend(part.as_bytes());
+        }
     }
+    key
 }
 
 pub use crate::names::{sentry_name, swap_name};
@@ -229,8 +242,7 @@ mod tests {
     #[test]
     fn the_last_name_before_the_table_is_probed() {
         let probe = |tables: &[&str], lower: bool, k: usize| {
-            let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-            SwapNames::new("db", &tables, lower).passed_before(k)
+            SwapNames::new(&swap("db", tables), lower).passed_before(k)
         };
         // `_sbtest_new` < `_sbtest_old` < `sbtest`: holding `_sbtest_old` means
         // the RENAME queues on `sbtest`.
@@ -247,14 +259,33 @@ mod tests {
         );
         // Several tables: `order` first, then `order_items`, reached after
         // `order` (whose sentry sorts after `order_items`).
-        let names = SwapNames::new("db", &["order_items".into(), "order".into()], false);
+        let names = SwapNames::new(&swap("db", &["order_items", "order"]), false);
         assert_eq!(names.tables[0].name, "order");
         assert_eq!(names.passed_before(1).as_deref(), Some("`db`.`order`"));
     }
 
+    fn swap(schema: &str, tables: &[&str]) -> Vec<SwapTable> {
+        tables
+            .iter()
+            .map(|t| SwapTable {
+                schema: schema.into(),
+                name: t.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tables_of_several_schemas_are_ordered_by_schema_first() {
+        let mut tables = swap("b_app", &["a"]);
+        tables.extend(swap("a_app", &["z"]));
+        let names = SwapNames::new(&tables, false);
+        assert_eq!(names.tables[0].table, "`a_app`.`z`");
+        assert_eq!(names.passed_before(1).as_deref(), Some("`b_app`.`_a_old`"));
+    }
+
     #[test]
     fn one_rename_swaps_every_table_after_the_markers() {
-        let names = SwapNames::new("s", &["b".into(), "a".into()], false);
+        let names = SwapNames::new(&swap("s", &["b", "a"]), false);
         assert_eq!(
             names.rename(),
             "RENAME TABLE `s`.`a_wraith_swap` TO `s`.`a_wraith_sentry`, `s`.`b_wraith_swap` TO \

@@ -290,13 +290,19 @@ pub struct Observer<'a> {
     pub stop: &'a (dyn Fn() -> Option<String> + Sync),
 }
 
+/// A table the cut-over swaps with its shadow `_name_new` (same schema).
+#[derive(Debug, Clone)]
+pub struct SwapTable {
+    pub schema: String,
+    pub name: String,
+}
+
 /// Swaps every table of `tables` with its shadow in one RENAME. On success
 /// each `t` is the new table and `_t_old` the old one; on failure none is.
 pub async fn cut_over<D: Drain + Sync>(
     pool: &Pool,
     flavor: Flavor,
-    schema: &str,
-    tables: &[String],
+    tables: &[SwapTable],
     settings: &CutoverSettings,
     drain: &mut D,
     observer: &Observer<'_>,
@@ -305,11 +311,11 @@ pub async fn cut_over<D: Drain + Sync>(
         .get_conn()
         .await
         .context(|| "connecting for the cut-over".into())?;
-    for table in tables {
-        if crate::server::inspect::table_exists(&mut conn, schema, &old_name(table)).await? {
+    for t in tables {
+        if crate::server::inspect::table_exists(&mut conn, &t.schema, &old_name(&t.name)).await? {
             return Err(CutoverError::OldTableExists {
-                schema: schema.to_string(),
-                name: old_name(table),
+                schema: t.schema.clone(),
+                name: old_name(&t.name),
             });
         }
     }
@@ -330,7 +336,6 @@ pub async fn cut_over<D: Drain + Sync>(
         let ctx = Attempting {
             pool,
             flavor,
-            schema,
             tables,
             settings,
             observer,
@@ -373,10 +378,14 @@ pub async fn cut_over<D: Drain + Sync>(
         }
     }
     Err(CutoverError::GaveUp {
-        table: tables.join(", "),
+        table: tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         shadow: tables
             .iter()
-            .map(|t| shadow_name(t))
+            .map(|t| shadow_name(&t.name))
             .collect::<Vec<_>>()
             .join(", "),
         attempts: failed,
@@ -393,9 +402,8 @@ enum Attempt {
 struct Attempting<'a> {
     pool: &'a Pool,
     flavor: Flavor,
-    schema: &'a str,
     /// The tables swapped together.
-    tables: &'a [String],
+    tables: &'a [SwapTable],
     settings: &'a CutoverSettings,
     observer: &'a Observer<'a>,
 }
@@ -403,7 +411,11 @@ struct Attempting<'a> {
 impl Attempting<'_> {
     /// The tables, for messages.
     fn label(&self) -> String {
-        self.tables.join(", ")
+        self.tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

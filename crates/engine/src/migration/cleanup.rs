@@ -93,7 +93,7 @@ pub(super) async fn clean_up(
     moment: Moment,
 ) -> Cleaned {
     let mut cleaned = Cleaned::default();
-    let (source, target) = (&config.source.database, &config.target().database);
+    let (source, target) = (config.schema_of(table), config.target_schema_of(table));
     for owned in moment.drops(config) {
         let (what, result): (String, Result<(), RunError>) = match owned {
             Owned::Shadow => {
@@ -161,12 +161,12 @@ pub(super) async fn finish_interrupted_cutover(
         };
         let mut reports = Vec::new();
         for t in &config.tables {
-            let Some(tc) = task.table(&config.source.database, &t.name) else {
+            let Some(tc) = task.table(config.schema_of(t), &t.name) else {
                 return Ok(None);
             };
             let done = match tc.stage() {
                 TableStage::CuttingOver => {
-                    cutover::resolve_interrupted(&pool, &config.source.database, &t.name).await?
+                    cutover::resolve_interrupted(&pool, config.schema_of(t), &t.name).await?
                         == CutoverState::Done
                 }
                 stage => stage >= TableStage::CutOver,
@@ -215,7 +215,7 @@ pub(super) async fn start_over(
 ) -> Result<(), RunError> {
     for t in &config.tables {
         if let Some(task) = saved {
-            if let Some(tc) = task.table(&config.source.database, &t.name) {
+            if let Some(tc) = task.table(config.schema_of(t), &t.name) {
                 if tc.stage() >= TableStage::CutOver {
                     continue;
                 }

@@ -459,11 +459,16 @@ async fn cut_over(
             .collect(),
     };
     let stop = || stop_reason(members).err().map(|e| e.to_string());
-    let tables: Vec<String> = members.iter().map(|m| m.run.table.name.clone()).collect();
+    let tables: Vec<cutover::SwapTable> = members
+        .iter()
+        .map(|m| cutover::SwapTable {
+            schema: m.run.source_schema().to_string(),
+            name: m.run.table.name.clone(),
+        })
+        .collect();
     let cut = crate::cutover::cut_over(
         first.source_pool,
         first.flavor,
-        first.source_schema(),
         &tables,
         &first.cutover_settings(),
         &mut drain,
@@ -546,6 +551,7 @@ impl Drain for GroupDrain<'_, '_> {
 
 /// Starts the group's one change stream: every table's changes, decoded
 /// only for the group's tables, each fed to the table's own online state.
+/// Its tokens go through the changelog table of the first table's schema.
 /// It starts at the oldest position a table must replay from (a resumed
 /// table's saved start; the server's present for a new one): replaying
 /// from earlier is harmless, as the last image of a key wins.
@@ -595,7 +601,7 @@ async fn follow(
     .map_err(|e| first.changes_error(ChangesError::Start(e)))?;
     let states = shadowed
         .iter()
-        .map(|(run, s)| run.online_state(&s.old, &s.layout, &from))
+        .map(|(run, s)| run.online_state(&s.old, &s.layout, &from, first.source_schema()))
         .collect::<Result<Vec<_>, _>>()?;
     // The consumer first, then one apply loop per state, in their order.
     let mut tasks = online::spawn_shared(states.clone(), stream).into_iter();

@@ -383,16 +383,16 @@ async fn run_job(
         Some(task) => {
             let mut tables = Vec::new();
             for t in &config.tables {
-                let old = inspect_table(&mut sconn, &config.source.database, &t.name).await?;
+                let old = inspect_table(&mut sconn, config.schema_of(t), &t.name).await?;
                 let shadow_name = shadow::shadow_name(&t.name);
                 let shadow = if crate::server::inspect::table_exists(
                     &mut sconn,
-                    &config.target().database,
+                    config.target_schema_of(t),
                     &shadow_name,
                 )
                 .await?
                 {
-                    Some(inspect_table(&mut sconn, &config.target().database, &shadow_name).await?)
+                    Some(inspect_table(&mut sconn, config.target_schema_of(t), &shadow_name).await?)
                 } else {
                     None
                 };

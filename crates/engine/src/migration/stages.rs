@@ -154,7 +154,7 @@ impl TableRun<'_> {
             copy_needed,
             copy_table(
                 CopyJob {
-                    source_schema: config.source.database.clone(),
+                    source_schema: self.source_schema().to_string(),
                     table: table.name.clone(),
                     layout: layout.clone(),
                     threads: config.copy.threads,

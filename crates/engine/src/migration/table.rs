@@ -5,11 +5,11 @@ use super::*;
 
 impl TableRun<'_> {
     pub(super) fn source_schema(&self) -> &str {
-        &self.config.source.database
+        self.config.schema_of(self.table)
     }
 
     pub(super) fn target_schema(&self) -> &str {
-        &self.config.target().database
+        self.config.target_schema_of(self.table)
     }
 
     /// The table's own part of its group's run, from where its checkpoint
@@ -351,12 +351,14 @@ impl TableRun<'_> {
     }
 
     /// The table's online state (row mapping, applier, change buffer), at
-    /// `from`, where the group's change stream starts.
+    /// `from`, where the group's change stream starts; its drains' tokens
+    /// go through the changelog table of `changelog_schema`.
     pub(super) fn online_state(
         &self,
         old: &TableInfo,
         layout: &CopyLayout,
         from: &binlog::BinlogPosition,
+        changelog_schema: &str,
     ) -> Result<Arc<OnlineState>, RunError> {
         let source_positions = layout
             .source_columns
@@ -411,7 +413,7 @@ impl TableRun<'_> {
             applier,
             use_watermarks,
             self.source_pool.clone(),
-            self.source_schema(),
+            changelog_schema,
             &self.table.name,
         );
         state

@@ -230,14 +230,16 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
     report.flavor = Some(flavor);
     report.ok("server", flavor.to_string());
     check_binlog(&mut conn, flavor, report).await?;
-    check_privileges(
-        &mut conn,
-        flavor,
-        &config.source.user,
-        &config.source.database,
-        report,
-    )
-    .await?;
+    // Every schema the job's tables live in.
+    let mut schemas: Vec<&str> = vec![&config.source.database];
+    for t in &config.tables {
+        if !schemas.contains(&config.schema_of(t)) {
+            schemas.push(config.schema_of(t));
+        }
+    }
+    for schema in schemas {
+        check_privileges(&mut conn, flavor, &config.source.user, schema, report).await?;
+    }
     for table in &config.tables {
         check_table(&mut conn, config, table, report).await?;
     }
@@ -279,7 +281,7 @@ async fn check_together(
     if lower.unwrap_or(0) != 0 {
         let mut seen = std::collections::BTreeSet::new();
         for t in &config.tables {
-            if !seen.insert(t.name.to_lowercase()) {
+            if !seen.insert((config.schema_of(t).to_lowercase(), t.name.to_lowercase())) {
                 report.fail(
                     "cutover_together",
                     format!(

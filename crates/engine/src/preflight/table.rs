@@ -20,7 +20,7 @@ pub(super) async fn check_table(
     table: &TableConfig,
     report: &mut Report,
 ) -> Result<(), DbError> {
-    let schema = &config.source.database;
+    let schema = config.schema_of(table);
     let name = format!("table {}", table.name);
     match crate::server::inspect::table_type(conn, schema, &table.name).await? {
         None => {
