@@ -139,13 +139,40 @@ fn socket(dir: &Path) -> PathBuf {
 }
 
 /// What the application's transactions did.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct LoadFigures {
     committed: u64,
     rolled_back: u64,
     errors: u64,
     /// The longest a transaction took, as the application saw it.
     worst_ms: f64,
+    /// Every transaction's time (ms), for the load's own quantiles.
+    took_ms: Vec<f64>,
+}
+
+impl std::fmt::Debug for LoadFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "committed {}, rolled back {}, errors {}, worst {:.1} ms, p99 {:.1} ms",
+            self.committed,
+            self.rolled_back,
+            self.errors,
+            self.worst_ms,
+            self.quantile_ms(0.99)
+        )
+    }
+}
+
+impl LoadFigures {
+    /// The `q` quantile of the transactions' times (ms).
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let mut t = self.took_ms.clone();
+        t.sort_by(f64::total_cmp);
+        t.get(((t.len() as f64 - 1.0) * q).round().max(0.0) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
 }
 
 /// A write load whose every transaction touches all three tables (and their
@@ -183,6 +210,7 @@ impl MultiLoad {
             total.rolled_back += f.rolled_back;
             total.errors += f.errors;
             total.worst_ms = total.worst_ms.max(f.worst_ms);
+            total.took_ms.extend(f.took_ms);
         }
         total
     }
@@ -285,7 +313,9 @@ async fn load_writer(
         sql.push(if rollback { "ROLLBACK" } else { "COMMIT" }.to_string());
         let asked = Instant::now();
         let result = conn.query_drop(sql.join("; ")).await;
-        figures.worst_ms = figures.worst_ms.max(asked.elapsed().as_secs_f64() * 1000.0);
+        let took = asked.elapsed().as_secs_f64() * 1000.0;
+        figures.worst_ms = figures.worst_ms.max(took);
+        figures.took_ms.push(took);
         match result {
             Ok(()) if rollback => figures.rolled_back += 1,
             Ok(()) => figures.committed += 1,
@@ -581,23 +611,31 @@ async fn three_tables_one_swap_under_load() {
             assert_eq!(t["cut_over"], true, "{backend}: {t}");
         }
         // One cut-over for all three: no write of the application waited
-        // longer than its longest lock attempt (plus the load's own slack).
+        // longer than wraith's longest lock (a cut-over attempt, or the
+        // checksum's READ lock), plus the load's own noise on this shared
+        // machine (its p99) and a fixed slack.
         let cut = &report["tables"][0]["cutover"];
-        let longest = cut["lock_attempts"]
+        let longest_attempt = cut["lock_attempts"]
             .as_array()
             .expect("lock attempts")
             .iter()
             .map(|a| a["queued_ms"].as_f64().unwrap_or(0.0) + a["held_ms"].as_f64().unwrap_or(0.0))
             .fold(0.0, f64::max);
+        let checksum_lock = report["tables"][0]["checksum_lock_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let longest = longest_attempt.max(checksum_lock);
+        let p99 = figures.quantile_ms(0.99);
         eprintln!(
-            "multi_swap_{backend}: cut-over blocked writes {:.1} ms in {} attempt(s), longest {longest:.1} ms; the load's worst transaction {:.1} ms",
+            "multi_swap_{backend}: cut-over blocked writes {:.1} ms in {} attempt(s), longest {longest_attempt:.1} ms; \
+             checksum lock {checksum_lock:.1} ms; the load's worst transaction {:.1} ms, p99 {p99:.1} ms",
             cut["blocked_ms"].as_f64().unwrap_or(-1.0),
             cut["attempts"],
             figures.worst_ms
         );
         assert!(
-            figures.worst_ms <= longest + 100.0 && figures.worst_ms < 1_000.0,
-            "{backend}: a transaction waited {:.1} ms, but the cut-over's longest attempt was {longest:.1} ms: {cut}",
+            figures.worst_ms <= longest + p99 + 100.0 && figures.worst_ms < 1_000.0,
+            "{backend}: a transaction waited {:.1} ms (p99 {p99:.1} ms), but wraith's longest lock was {longest:.1} ms: {cut}",
             figures.worst_ms
         );
         for t in report["tables"].as_array().unwrap() {
@@ -636,6 +674,8 @@ async fn three_tables_one_swap_under_load() {
 /// swap of one table at a time would have been seen.
 #[tokio::test]
 async fn joins_never_see_a_mix() {
+    // A heavy load of its own: not beside the test that judges the worst write.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let s = Schema::new("multi_join").await;
     let orders = 20_000;
     three_tables(&s, orders).await;
@@ -716,6 +756,8 @@ const AIMED_STATES: [&str; 4] = [
 /// new or all old; rerun to the end, each equals its mirror.
 #[tokio::test]
 async fn killed_anywhere_all_or_none() {
+    // A heavy load of its own: not beside the test that judges the worst write.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let seed = wraith_tests::kill_seed();
     eprintln!("multi kill seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -843,6 +885,8 @@ async fn killed_anywhere_all_or_none() {
 /// own rows, state and change figures; the tables move at their own pace.
 #[tokio::test]
 async fn status_shows_each_table() {
+    // A heavy load of its own: not beside the test that judges the worst write.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let s = Schema::new("multi_status").await;
     let orders = 20_000;
     three_tables(&s, orders).await;
