@@ -150,6 +150,16 @@ impl Schema {
         self.snapshot(table).await.rows
     }
 
+    /// `SELECT COUNT(*)` of a table.
+    pub async fn count(&self, table: &str) -> u64 {
+        let mut c = self.conn().await;
+        let n: Option<u64> = c
+            .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
+            .await
+            .unwrap_or_else(|e| panic!("count {table}: {e}"));
+        n.unwrap_or(0)
+    }
+
     pub async fn table_exists(&self, table: &str) -> bool {
         let mut c = self.conn().await;
         let n: Option<u64> = c

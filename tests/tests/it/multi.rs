@@ -102,15 +102,6 @@ async fn three_tables(s: &Schema, orders: u64) {
     }
 }
 
-async fn count(s: &Schema, table: &str) -> u64 {
-    let mut c = s.conn().await;
-    let n: Option<u64> = c
-        .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
-        .await
-        .unwrap_or_else(|e| panic!("count {table}: {e}"));
-    n.unwrap_or(0)
-}
-
 /// The job's config: the three tables, then `[copy]` with `copy` appended,
 /// `[cutover]` with `cutover` appended, a control socket in `dir`.
 fn job_config(s: &Schema, dir: &Path, backend: &str, copy: &str, cutover: &str) -> String {
@@ -892,7 +883,7 @@ async fn status_shows_each_table() {
     three_tables(&s, orders).await;
     let mut actual = BTreeMap::new();
     for t in &TABLES {
-        actual.insert(t.name.to_string(), count(&s, t.name).await);
+        actual.insert(t.name.to_string(), s.count(t.name).await);
     }
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("postpone");

@@ -145,15 +145,6 @@ impl Control {
     }
 }
 
-async fn count(s: &Schema, table: &str) -> u64 {
-    let mut c = s.conn().await;
-    let n: Option<u64> = c
-        .query_first(format!("SELECT COUNT(*) FROM `{table}`"))
-        .await
-        .unwrap_or(None);
-    n.unwrap_or(0)
-}
-
 async fn table_of(rows: u64, name: &str) -> (Schema, tempfile::TempDir) {
     let s = Schema::new(name).await;
     sysbench_with_mirror(&s, rows).await;
@@ -428,7 +419,7 @@ async fn panic_stops_with_the_source_untouched_and_a_rerun_resumes() {
     );
     assert_eq!(s.snapshot("sbtest").await, before, "the source changed");
     assert!(s.table_exists("_sbtest_new").await);
-    let copied = count(&s, "_sbtest_new").await;
+    let copied = s.count("_sbtest_new").await;
     assert!(copied > 0 && copied < 60_000, "{copied} rows in the shadow");
 
     let rerun = WraithChild::spawn(&["run"], &cfg)
