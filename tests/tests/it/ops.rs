@@ -120,7 +120,7 @@ impl Control {
         // A chunk that was running when the pause began still finishes.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = self.rows_copied().await;
-        let shadow_before = count(s, "_sbtest_new").await;
+        let shadow_before = s.count("_sbtest_new").await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let status = self.status().await;
         assert_eq!(
@@ -128,7 +128,7 @@ impl Control {
             Some(before),
             "rows copied while throttled: {status}"
         );
-        assert_eq!(count(s, "_sbtest_new").await, shadow_before);
+        assert_eq!(s.count("_sbtest_new").await, shadow_before);
         assert_eq!(
             status["state"], "CopyRows",
             "the copy finished before it could be paused: {status}"
