@@ -486,3 +486,13 @@ pub fn kill_seed() -> u64 {
                 .unwrap_or(1)
         })
 }
+
+/// The state wraith was in when killed: the last `to=...` of its state log.
+pub fn last_state(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split("to=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| "Initial".into())
+}

@@ -326,16 +326,7 @@ async fn ddl_on_the_watched_table_stops_the_stream() {
     .await
     .expect("writes");
     let mut stream = start(from, cfg).await;
-    let mut seen = Vec::new();
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("stream stalled")
-        {
-            Ok(ev) => seen.push(ev),
-            Err(e) => break e,
-        }
-    };
+    let (seen, err) = events_until_error(&mut stream).await;
     match &err {
         ChangeStreamError::DdlOnSource {
             table,
@@ -422,16 +413,7 @@ async fn one_stream_follows_two_tables_and_skips_a_third() {
     .expect("writes");
     let mut stream = start(from, cfg).await;
     assert_eq!(stream.tables().len(), 2);
-    let mut seen = Vec::new();
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("stream stalled")
-        {
-            Ok(ev) => seen.push(ev),
-            Err(e) => break e,
-        }
-    };
+    let (seen, err) = events_until_error(&mut stream).await;
     let got: Vec<String> = changes(&seen).iter().map(change_text).collect();
     assert_eq!(
         got,
@@ -717,4 +699,18 @@ async fn generated_columns_decode_like_the_copy_reads_them() {
         "UPDATE g SET id = id + 10; UPDATE g SET a = 5 WHERE id = 11",
     )
     .await;
+}
+
+/// Every event the stream hands out until it fails, and the failure.
+async fn events_until_error(stream: &mut ChangeStream) -> (Vec<StreamEvent>, ChangeStreamError) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("stream stalled")
+        {
+            Ok(ev) => seen.push(ev),
+            Err(e) => return (seen, e),
+        }
+    }
 }

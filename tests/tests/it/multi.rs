@@ -547,16 +547,6 @@ async fn status_json(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&line).ok()
 }
 
-/// The state wraith was in when killed: the last `to=...` of its state log.
-fn last_state(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.split("to=").nth(1))
-        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
-        .unwrap_or_else(|| "Initial".into())
-}
-
 /// The three tables, written by transactions that each touch all three,
 /// end equal to their mirrors after one run, and the binlog holds exactly one
 /// `RENAME TABLE` of the schema: the one that swapped all three together.
@@ -836,7 +826,7 @@ async fn killed_anywhere_all_or_none() {
                 continue;
             }
             kills += 1;
-            let state = last_state(&run.stderr);
+            let state = wraith_tests::last_state(&run.stderr);
             landed_in_cutover |= state == "CutOver";
             *states.entry(state.clone()).or_default() += 1;
             // Let the server end what the dead sessions left running.

@@ -28,16 +28,6 @@ fn config(s: &Schema, backend: &str, alter: &str, extra_cutover: &str) -> String
     )
 }
 
-/// The state wraith was in when killed: the last `to=...` of its state log.
-fn last_state(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.split("to=").nth(1))
-        .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
-        .unwrap_or_else(|| "Initial".into())
-}
-
 fn recopied(stderr: &str) -> u64 {
     stderr
         .lines()
@@ -173,7 +163,9 @@ async fn kill_nine_in_every_state_then_resume_exact() {
                 child.signal(libc::SIGKILL);
                 let run = child.finish(Duration::from_secs(10)).await;
                 log_run(&s, attempts, "killed", &run.stderr);
-                *states.entry(last_state(&run.stderr)).or_default() += 1;
+                *states
+                    .entry(wraith_tests::last_state(&run.stderr))
+                    .or_default() += 1;
                 total_recopied += recopied(&run.stderr);
                 total_reopened += reopened_engines(&run.stderr);
                 kills += 1;
