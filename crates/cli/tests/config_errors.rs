@@ -193,7 +193,7 @@ fn file_checkpoint_without_path() {
 #[test]
 fn duplicate_table() {
     let c = format!("{GOOD}\n[[table]]\nname = \"orders\"\nalter = \"FORCE\"\n");
-    assert_config_error(&c, &["table \"orders\" is listed twice"]);
+    assert_config_error(&c, &["table app.orders is listed twice"]);
 }
 
 #[test]
