@@ -244,6 +244,15 @@ impl Config {
         self.target.as_ref().unwrap_or(&self.source)
     }
 
+    /// Whether the shadow tables live on the source server (no `[target]`,
+    /// or one naming the same server).
+    pub fn same_server(&self) -> bool {
+        self.target.as_ref().is_none_or(|t| {
+            let s = &self.source;
+            t.host == s.host && t.port == s.port && t.socket == s.socket
+        })
+    }
+
     /// The schema of `table`: its own, else `[source] database`.
     pub fn schema_of<'a>(&'a self, table: &'a TableConfig) -> &'a str {
         table.schema.as_deref().unwrap_or(&self.source.database)

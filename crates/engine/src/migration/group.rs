@@ -360,11 +360,9 @@ fn label(members: &[Member<'_, '_>]) -> String {
 
 /// Why the group must stop now (Ctrl-C, `panic`, a failed stream), if it must.
 fn stop_reason(members: &[Member<'_, '_>]) -> Result<(), RunError> {
-    members.iter().try_for_each(|m| {
-        m.run
-            .interrupted()
-            .and_then(|()| m.copied.following.check(&m.run.table.name))
-    })
+    members
+        .iter()
+        .try_for_each(|m| m.run.must_stop(&m.copied.following))
 }
 
 /// Waits while the cut-over is postponed (flag file, sentinel table, or the

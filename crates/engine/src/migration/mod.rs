@@ -310,7 +310,7 @@ async fn run_inner(
     let flavor = report
         .flavor
         .ok_or_else(|| RunError::Connection("preflight did not learn the server flavor".into()))?;
-    if config.target.is_some() && !same_server(config) {
+    if config.target.is_some() && !config.same_server() {
         return Err(RunError::Unsupported(
             "a [target] on another server is not supported for online rebuilds yet (the cut-over renames \
              tables within one server); remove [target]"
@@ -528,17 +528,6 @@ fn make_backend(
             })?,
         ),
     })
-}
-
-/// Whether the shadow table lives on the source server.
-fn same_server(config: &Config) -> bool {
-    match &config.target {
-        None => true,
-        Some(t) => {
-            let s = &config.source;
-            t.host == s.host && t.port == s.port && t.socket == s.socket
-        }
-    }
 }
 
 struct TableRun<'a> {

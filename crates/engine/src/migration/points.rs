@@ -180,10 +180,7 @@ pub(super) async fn consistent_point(
     let stop = || {
         members
             .iter()
-            .try_for_each(|(run, following)| {
-                run.interrupted()
-                    .and_then(|()| following.check(&run.table.name))
-            })
+            .try_for_each(|(run, following)| run.must_stop(following))
             .err()
             .map(|e| e.to_string())
     };

@@ -163,7 +163,7 @@ impl TableRun<'_> {
                     engine_rows,
                     server_side: config.copy.server_side_copy
                         && plan.backend != BackendKind::Local
-                        && same_server(config),
+                        && config.same_server(),
                     online: Some(following.state.clone()),
                     start_after,
                     closed_engines: Some(closed_tx),

@@ -434,6 +434,12 @@ impl TableRun<'_> {
         self.changes_error(ChangesError::Setup(message))
     }
 
+    /// Why the table must stop now: Ctrl-C, `panic`, or its failed stream.
+    pub(super) fn must_stop(&self, following: &Following) -> Result<(), RunError> {
+        self.interrupted()
+            .and_then(|()| following.check(&self.table.name))
+    }
+
     pub(super) fn interrupted(&self) -> Result<(), RunError> {
         if self.control.stopping() {
             if let Some(reason) = self.ops.abort_reason() {

@@ -262,11 +262,7 @@ async fn check_together(
     if n < 2 || !config.together() {
         return Ok(());
     }
-    let same_server = config.target.as_ref().is_none_or(|t| {
-        let s = &config.source;
-        t.host == s.host && t.port == s.port && t.socket == s.socket
-    });
-    if !same_server {
+    if !config.same_server() {
         report.fail(
             "cutover_together",
             "the shadow tables would live on [target], another server: one RENAME cannot swap tables across servers",
