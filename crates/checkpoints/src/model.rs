@@ -170,6 +170,53 @@ pub struct TaskCheckpoint {
     #[serde(default)]
     pub control_socket: Option<String>,
     pub tables: Vec<TableCheckpoint>,
+    /// The revert window of a job run with `[cutover] revert_window`:
+    /// recorded before the cut-over, open after it until `wraith revert`
+    /// or `wraith finish`.
+    #[serde(default)]
+    pub revert_window: Option<RevertWindow>,
+}
+
+/// Where a revert window stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowStage {
+    /// Recorded before the cut-over: the window opens once the tables are swapped.
+    Pending,
+    /// The old tables follow the live ones.
+    Open,
+    /// A change could not be applied back: the old tables are not in step,
+    /// so no revert is possible (`failed` says why).
+    Failed,
+}
+
+/// A revert window: the old tables kept in step with the live ones after
+/// the cut-over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertWindow {
+    pub stage: WindowStage,
+    /// When the window opened, unix seconds (0 while pending).
+    pub opened_at: u64,
+    /// When the window ends, unix seconds (0 while pending).
+    pub ends_at: u64,
+    /// Why the window failed.
+    pub failed: Option<String>,
+    pub tables: Vec<WindowTable>,
+}
+
+/// One table of a revert window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowTable {
+    pub schema: String,
+    pub table: String,
+    /// `(old, new)` names of every column the change copied.
+    pub columns: Vec<(String, String)>,
+    /// Every change of the live table before this position is applied to
+    /// the old table or durably in the window's change store.
+    pub position: BinlogPosition,
+    /// Whether `position` lies after the cut-over's RENAME (before it, the
+    /// live table's changes start at that RENAME).
+    pub past_rename: bool,
 }
 
 impl TaskCheckpoint {
@@ -189,6 +236,7 @@ impl TaskCheckpoint {
             updated_at: secs,
             control_socket: None,
             tables: Vec::new(),
+            revert_window: None,
         }
     }
 

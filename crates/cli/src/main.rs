@@ -14,6 +14,7 @@ mod demo;
 mod import_cmd;
 mod metrics;
 mod progress_display;
+mod window_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Shows the checkpoint of CONFIG's job: state, progress, position, age.
     Status(StatusArgs),
+    /// Swaps the old table of CONFIG's revert window back in ([cutover] revert_window).
+    Revert(window_cmd::RevertArgs),
+    /// Ends CONFIG's revert window: drops the old table.
+    Finish(window_cmd::FinishArgs),
     /// Loads dump files (mydumper, mysqldump, CSV, TSV) described by CONFIG's [import].
     Import(ImportArgs),
     /// Benchmarks wraith's backends against native ALTER TABLE and pt-online-schema-change.
@@ -211,6 +216,14 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             let config = load_config(&args.config)?;
             status(&config, args.json).await
         }
+        Command::Revert(args) => {
+            let config = load_config(&args.config)?;
+            window_cmd::revert(&config, &args).await
+        }
+        Command::Finish(args) => {
+            let config = load_config(&args.config)?;
+            window_cmd::finish(&config, &args).await
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::demo(args).await,
         Command::Import(args) if args.check => import_cmd::check(&args.config, args.json).await,
@@ -261,7 +274,7 @@ async fn status(config: &Config, json: bool) -> Result<Outcome, Failure> {
 }
 
 /// The cut-over's attempts, blockers and AUTO_INCREMENT, after its summary line.
-fn print_cutover_details(table: &str, c: &wraith_engine::CutoverReport) {
+pub(crate) fn print_cutover_details(table: &str, c: &wraith_engine::CutoverReport) {
     if c.lock_attempts.len() > 1 {
         let each: Vec<String> = c
             .lock_attempts
@@ -399,6 +412,9 @@ async fn run_reloadable(
                     );
                 }
             }
+            if let Some(wraith_engine::WindowEnding::Finished(f)) = &report.window {
+                window_cmd::print_finished(f);
+            }
             if json {
                 print_json(&report)?;
             }
@@ -408,6 +424,10 @@ async fn run_reloadable(
             eprint!("{}", report.render());
             eprintln!("\npreflight refused; nothing was changed");
             Ok(Outcome::Refused)
+        }
+        Err(e @ (RunError::Window(_) | RunError::WindowInterrupted { .. })) => {
+            eprintln!("error: {e}");
+            Err(Failure::Reported)
         }
         Err(RunError::Unsupported(msg)) => Err(Failure::Config(msg)),
         // The control socket could not be opened: nothing was started.

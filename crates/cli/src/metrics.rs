@@ -110,6 +110,14 @@ pub fn render(p: &Progress) -> String {
             "",
         );
     }
+    if let Some(w) = &p.revert_window {
+        gauge(
+            "wraith_revert_window_seconds_left",
+            "Time left in the revert window (the reverse backlog and lag are the changes_* and lag series).",
+            w.seconds_left as f64,
+            "",
+        );
+    }
     render_tables(&mut out, p);
     out
 }

@@ -68,6 +68,20 @@ pub fn render(event: &RunEvent) -> String {
         RunEvent::ThrottleEnded { label, was } => {
             format!("{}throttling ended (was: {was})", prefix(label))
         }
+        RunEvent::RevertWindowOpen { tables, ends, at_end } => format!(
+            "{tables}: revert window open until {ends} (then {at_end}): the old table follows \
+             every change; `wraith revert CONFIG` swaps it back, `wraith finish CONFIG` ends the window"
+        ),
+        RunEvent::RevertWindowExtended { tables, ends } => {
+            format!("{tables}: the revert window now ends {ends}")
+        }
+        RunEvent::RevertWindowReleased { tables } => format!(
+            "{tables}: handed the revert window over; its checkpoint is kept for `wraith revert` or `wraith finish`"
+        ),
+        RunEvent::RevertWindowExpired { tables } => format!(
+            "{tables}: the revert window reached its end; window_end = \"keep\" keeps the old table in \
+             step until `wraith finish` or `wraith revert`"
+        ),
         // Events added to the library later still reach the operator.
         other => format!("{other:?}"),
     }

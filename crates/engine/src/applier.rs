@@ -111,6 +111,31 @@ impl Applier {
         Ok(clashes)
     }
 
+    /// Writes `row` alone in a transaction that is rolled back: `Err` is
+    /// what the server says of it (a value the target's column refuses, say).
+    /// Finds which row of a refused batch is at fault, changing nothing.
+    pub async fn probe_row(&mut self, row: &Row) -> Result<(), DbError> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .context(|| "connecting to probe a refused row".into())?;
+        write::prepare_session(&mut conn)
+            .await
+            .context(|| "setting up the probing session".into())?;
+        conn.query_drop("START TRANSACTION")
+            .await
+            .context(|| "opening the probe's transaction".into())?;
+        let key = self.key_of(&Pending::Upsert(row.clone()));
+        let tried = async {
+            delete_keys(&mut conn, &self.target, &[key]).await?;
+            insert_rows(&mut conn, &self.target, &[(0, row.clone())]).await
+        }
+        .await;
+        let _ = conn.query_drop("ROLLBACK").await;
+        tried.map(|_| ())
+    }
+
     /// The shadow key values a change names.
     fn key_of(&self, change: &Pending) -> Vec<Value> {
         match change {

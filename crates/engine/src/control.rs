@@ -46,7 +46,7 @@ use crate::chunker::Chunker;
 use crate::config::Config;
 use crate::events::RunEvent;
 use crate::hooks::{HookError, HookEvent, Hooks};
-use crate::progress::{plain, ProgressHandle};
+use crate::progress::{plain, ProgressHandle, State};
 use crate::throttle::Throttler;
 
 /// The most copy workers `threads=N` may ask for, whatever `[copy] threads` is below it.
@@ -95,6 +95,11 @@ pub struct Operations {
     /// stay within `threads` (the job's one thread budget).
     copying: AtomicUsize,
     slot_freed: tokio::sync::Notify,
+    /// `release-window`: the revert window's run hands the window over (to
+    /// `wraith revert` or `wraith finish`) and exits.
+    window_released: AtomicBool,
+    /// `extend-window=D`: seconds asked for and not yet added to the window.
+    window_extension_secs: AtomicU64,
 }
 
 /// One chunk's share of the job's thread budget; given back on drop.
@@ -140,6 +145,8 @@ impl Operations {
             last_chunk_rows: AtomicU64::new(0),
             worker_last_chunk: (0..max_threads).map(|_| AtomicU64::new(0)).collect(),
             postponed: AtomicBool::new(false),
+            window_released: AtomicBool::new(false),
+            window_extension_secs: AtomicU64::new(0),
             abort: watch::Sender::new(None),
             copying: AtomicUsize::new(0),
             slot_freed: tokio::sync::Notify::new(),
@@ -321,6 +328,16 @@ impl Operations {
         }
     }
 
+    /// Whether `release-window` was asked for.
+    pub fn window_released(&self) -> bool {
+        self.window_released.load(Ordering::SeqCst)
+    }
+
+    /// The window extensions asked for since the last call (taken).
+    pub fn take_window_extension(&self) -> Duration {
+        Duration::from_secs(self.window_extension_secs.swap(0, Ordering::SeqCst))
+    }
+
     // ----- commands -----
 
     /// The status as JSON (`status-json`).
@@ -358,6 +375,8 @@ impl Operations {
             // Sessions the cut-over waits for: id, user, host, command, time_secs, statement, reason.
             "blockers": p.blockers,
             "aborting": self.abort_reason(),
+            // While a revert window is open: ends_at, seconds_left, at_end.
+            "revert_window": p.revert_window,
         })
     }
 
@@ -484,16 +503,37 @@ impl Operations {
                 self.postponed.store(false, Ordering::Relaxed);
                 Ok("ok: the cut-over may go ahead".into())
             }
+            ("release-window", None) if self.progress.state() == State::RevertWindow => {
+                self.window_released.store(true, Ordering::SeqCst);
+                Ok("ok: handing the revert window over; this run exits".into())
+            }
+            ("release-window", None) => Err(format!(
+                "there is no revert window to hand over (the run is in {})",
+                self.progress.state()
+            )),
+            ("extend-window", Some(d)) => match humantime::parse_duration(d) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(31 * 86_400) => {
+                    self.window_extension_secs
+                        .fetch_add(d.as_secs().max(1), Ordering::SeqCst);
+                    Ok(format!(
+                        "ok: the revert window is extended by {}",
+                        humantime::format_duration(d)
+                    ))
+                }
+                _ => Err(format!(
+                    "extend-window wants a duration above zero and up to 31 days like 2h, not {d:?}"
+                )),
+            },
             ("panic", None) => {
                 self.abort("`panic` on the control socket".into());
                 Ok("ok: aborting; the source is untouched and a rerun resumes".into())
             }
             (
                 "help" | "status" | "status-json" | "throttle" | "pause" | "no-throttle" | "resume"
-                | "postpone-cutover" | "unpostpone" | "panic",
+                | "postpone-cutover" | "unpostpone" | "panic" | "release-window",
                 Some(_),
             ) => Err(format!("{name} takes no value")),
-            ("chunk-size" | "chunk-target" | "threads", None) => {
+            ("chunk-size" | "chunk-target" | "threads" | "extend-window", None) => {
                 Err(format!("{name} needs a value: {name}=..."))
             }
             _ => Err(format!(
@@ -520,6 +560,8 @@ commands (one per line):
   postpone-cutover        hold the cut-over (the shadow stays in sync)
   unpostpone              let the cut-over go ahead
   panic                   stop now; the source is untouched and a rerun resumes
+  extend-window=DURATION  keep the revert window open DURATION longer
+  release-window          end this run, leaving the revert window to `wraith revert`/`finish`
 ";
 
 pub use crate::names::default_socket_path;
@@ -640,6 +682,18 @@ pub async fn query_status(path: &Path, timeout: Duration) -> Option<serde_json::
         write.write_all(b"status-json\n").await.ok()?;
         let line = BufReader::new(read).lines().next_line().await.ok()??;
         serde_json::from_str(&line).ok()
+    };
+    tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
+/// Sends one command to the run listening on `path`; its reply, or `None`
+/// when nothing answers within `timeout`.
+pub async fn send_command(path: &Path, command: &str, timeout: Duration) -> Option<String> {
+    let ask = async {
+        let stream = UnixStream::connect(path).await.ok()?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(format!("{command}\n").as_bytes()).await.ok()?;
+        BufReader::new(read).lines().next_line().await.ok()?
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }

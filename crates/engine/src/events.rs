@@ -69,6 +69,20 @@ pub enum RunEvent {
     Throttled { label: String, reason: String },
     /// The copy goes on again; `was` is the reason it had been paused.
     ThrottleEnded { label: String, was: String },
+    /// The revert window is open: the old tables follow the live ones until `ends`.
+    RevertWindowOpen {
+        tables: String,
+        /// When it ends, UTC, readable.
+        ends: String,
+        /// What its end does (`finish` or `keep`).
+        at_end: String,
+    },
+    /// The window's end was moved (`extend-window`).
+    RevertWindowExtended { tables: String, ends: String },
+    /// The run handed the window over (`release-window`) and exits.
+    RevertWindowReleased { tables: String },
+    /// The window reached its end and the config keeps it open.
+    RevertWindowExpired { tables: String },
 }
 
 /// Where a run sends its events.

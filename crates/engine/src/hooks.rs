@@ -42,11 +42,15 @@ pub enum HookEvent {
     OnSuccess,
     OnFailure,
     OnStatus,
+    OnRevertWindowStart,
+    OnBeforeRevert,
+    OnRevert,
+    OnFinish,
 }
 
 impl HookEvent {
     /// Every event, in the order of a run.
-    pub const ALL: [HookEvent; 9] = [
+    pub const ALL: [HookEvent; 13] = [
         HookEvent::OnStartup,
         HookEvent::OnValidated,
         HookEvent::OnRowcountComplete,
@@ -56,6 +60,10 @@ impl HookEvent {
         HookEvent::OnSuccess,
         HookEvent::OnFailure,
         HookEvent::OnStatus,
+        HookEvent::OnRevertWindowStart,
+        HookEvent::OnBeforeRevert,
+        HookEvent::OnRevert,
+        HookEvent::OnFinish,
     ];
 
     /// The executable's file name.
@@ -70,6 +78,10 @@ impl HookEvent {
             HookEvent::OnSuccess => "on-success",
             HookEvent::OnFailure => "on-failure",
             HookEvent::OnStatus => "on-status",
+            HookEvent::OnRevertWindowStart => "on-revert-window-start",
+            HookEvent::OnBeforeRevert => "on-before-revert",
+            HookEvent::OnRevert => "on-revert",
+            HookEvent::OnFinish => "on-finish",
         }
     }
 }

@@ -76,7 +76,10 @@ pub mod config;
 
 pub use preflight::{run as preflight, Report as PreflightReport};
 
-pub use migration::{run, run_with, RunControl, RunError, RunOptions, RunReport, TableReport};
+pub use migration::{
+    finish, revert, run, run_with, FinishReport, RevertReport, RunControl, RunError, RunOptions,
+    RunReport, TableReport, WindowEnding,
+};
 
 // What a run reports, and how it is steered while it runs.
 pub use crate::{

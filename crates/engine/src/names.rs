@@ -76,6 +76,23 @@ pub fn changes_dir(config: &Config, table: &TableConfig) -> PathBuf {
         ))
 }
 
+/// Where the revert window keeps a table's changes to apply back (beside
+/// [`changes_dir`]; kept across resumes of the window, removed at its end).
+pub fn revert_dir(config: &Config, schema: &str, table: &str) -> PathBuf {
+    config
+        .changes
+        .dir
+        .as_ref()
+        .unwrap_or(&config.local.sort_dir)
+        .join(format!("revert-{schema}-{table}"))
+}
+
+/// The name the old table takes on its way out at the window's end: out of
+/// the way at once, dropped right after.
+pub fn dropping_name(table: &str) -> String {
+    format!("_{table}_wraith_drop")
+}
+
 /// Where a table's local-backend engines live.
 pub fn engines_dir(config: &Config, table: &TableConfig) -> PathBuf {
     config.local.sort_dir.join(format!(

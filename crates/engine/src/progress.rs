@@ -53,6 +53,10 @@ pub enum State {
     PostChecksum,
     WaitingOnSentinelTable,
     CutOver,
+    /// After the cut-over, the old table kept in step (`[cutover] revert_window`).
+    RevertWindow,
+    /// Swapping the old table back (`wraith revert`).
+    Revert,
     Close,
     ErrCleanup,
 }
@@ -68,6 +72,8 @@ impl State {
                 | State::PostChecksum
                 | State::WaitingOnSentinelTable
                 | State::CutOver
+                | State::RevertWindow
+                | State::Revert
                 | State::Close
         )
     }
@@ -146,6 +152,19 @@ pub struct Progress {
     pub eta: Option<String>,
     /// Sessions the cut-over is waiting for (see [`crate::blockers`]).
     pub blockers: Vec<Blocker>,
+    /// The revert window, while one is open.
+    pub revert_window: Option<WindowProgress>,
+}
+
+/// An open revert window, for status lines and `status-json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowProgress {
+    /// When the window ends, unix seconds.
+    pub ends_at: u64,
+    /// Seconds left (0 once past its end when the config keeps it open).
+    pub seconds_left: u64,
+    /// What the end does: `finish` or `keep`.
+    pub at_end: String,
 }
 
 #[derive(Debug)]
@@ -205,6 +224,8 @@ struct Inner {
     stream: Mutex<Option<Weak<dyn StreamFigures>>>,
     blockers: Mutex<Vec<Blocker>>,
     events: Events,
+    /// The revert window's end (unix seconds) and what it does, while open.
+    window: Mutex<Option<(u64, String)>>,
 }
 
 /// The caller's sink (not `Debug` itself).
@@ -284,6 +305,7 @@ impl ProgressHandle {
                 throttled: Mutex::new(None),
                 stream: Mutex::new(None),
                 blockers: Mutex::new(Vec::new()),
+                window: Mutex::new(None),
                 events: Events(sink),
             }),
         }
@@ -314,6 +336,12 @@ impl ProgressHandle {
     /// Records why the copy is paused (`None`: it is not).
     pub fn set_throttled(&self, reason: Option<String>) {
         *plain(&self.inner.throttled) = reason;
+    }
+
+    /// Records the revert window's end (unix seconds) and what it does
+    /// (`None`: no window is open).
+    pub fn set_window(&self, window: Option<(u64, String)>) {
+        *plain(&self.inner.window) = window;
     }
 
     /// Records the sessions the cut-over waits for (empty: none).
@@ -436,6 +464,23 @@ impl ProgressHandle {
             let ids: Vec<String> = blockers.iter().map(|b| b.id.to_string()).collect();
             summary.push_str(&format!(" waiting for blockers: {}", ids.join(",")));
         }
+        let revert_window = plain(&self.inner.window).clone().map(|(ends_at, at_end)| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            WindowProgress {
+                ends_at,
+                seconds_left: ends_at.saturating_sub(now),
+                at_end,
+            }
+        });
+        if let Some(w) = &revert_window {
+            summary.push_str(&format!(
+                " revert window {}s left (then {})",
+                w.seconds_left, w.at_end
+            ));
+        }
         if tables.len() > 1 {
             summary.push_str(" | ");
             summary.push_str(&tables_brief(&tables));
@@ -454,6 +499,7 @@ impl ProgressHandle {
             stream,
             eta,
             blockers,
+            revert_window,
         }
     }
 }

@@ -232,18 +232,33 @@ impl Touched {
 /// Of `tables` (`(schema, table)`), the index of the first one that `sql`,
 /// run with default schema `default_schema`, alters, drops, renames,
 /// truncates or replaces.
+#[cfg(test)]
 pub(crate) fn first_touched<'a>(
     sql: &str,
     default_schema: &str,
     tables: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Option<usize> {
+    all_touched(sql, default_schema, tables).first().copied()
+}
+
+/// Of `tables` (`(schema, table)`), the indexes of every one that `sql`,
+/// run with default schema `default_schema`, alters, drops, renames,
+/// truncates or replaces, in their order.
+pub(crate) fn all_touched<'a>(
+    sql: &str,
+    default_schema: &str,
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<usize> {
     let touched = touched(sql, default_schema);
     if touched == Touched::default() {
-        return None;
+        return Vec::new();
     }
     tables
         .into_iter()
-        .position(|(schema, table)| touched.hits(schema, table))
+        .enumerate()
+        .filter(|(_, (schema, table))| touched.hits(schema, table))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether `sql`, run with default schema `default_schema`, alters, drops,

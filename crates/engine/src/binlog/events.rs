@@ -348,7 +348,28 @@ impl ChangeStream {
             .tables
             .iter()
             .map(|t| (t.schema.as_str(), t.table.as_str()));
-        if let Some(i) = ddl::first_touched(&sql, &schema, followed) {
+        let touched = ddl::all_touched(&sql, &schema, followed);
+        let waiting = |i: &usize| !self.armed.get(*i).copied().unwrap_or(true);
+        if !touched.is_empty() && touched.iter().all(waiting) {
+            // The statement that renames the tables into place: follow them from here.
+            for &i in &touched {
+                if let Some(a) = self.armed.get_mut(i) {
+                    *a = true;
+                }
+            }
+            tracing::info!("following {} from {}", sql, self.position_here());
+            self.commit();
+            let commit = self.queue.pop_back();
+            if let Some(Item::Out(StreamEvent::Commit { position })) = &commit {
+                self.queue.push_back(Item::Out(StreamEvent::Renamed {
+                    tables: touched,
+                    position: position.clone(),
+                }));
+            }
+            self.queue.extend(commit);
+            return Ok(());
+        }
+        if let Some(&i) = touched.iter().find(|i| !waiting(i)) {
             let seen = DdlSeen {
                 table: self.cfg.tables[i].label(),
                 statement: sql.into_owned(),
@@ -423,7 +444,7 @@ impl ChangeStream {
             .tables
             .iter()
             .position(|t| db == t.schema.as_bytes() && table == t.table.as_bytes());
-        let target = if let Some(i) = watched {
+        let target = if let Some(i) = watched.filter(|&i| self.armed.get(i).copied().unwrap_or(true)) {
             let followed = &self.cfg.tables[i];
             let plan = TablePlan::new(&tme, &followed.columns)
                 .map_err(|e| self.decode_error_on(followed.label(), e.0))?;

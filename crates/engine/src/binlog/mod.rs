@@ -198,6 +198,14 @@ pub enum StreamEvent {
     Heartbeat { position: BinlogPosition },
     /// A committed row of wraith's changelog table: its `token` column.
     Token(String),
+    /// The statement that renamed these tables (indexes into
+    /// [`ChangeStreamConfig::tables`]) into place, for tables followed
+    /// [`WatchedTable::from_rename`]: their changes follow from `position` on.
+    /// Comes before that statement's `Commit`.
+    Renamed {
+        tables: Vec<usize>,
+        position: BinlogPosition,
+    },
 }
 
 /// One table a stream follows.
@@ -207,6 +215,11 @@ pub struct WatchedTable {
     pub table: String,
     /// The table's columns, all of them, in table order.
     pub columns: Vec<ColumnSpec>,
+    /// Follow the table only from the first statement that renames (or
+    /// otherwise changes) it: before it, the name is another table (the one
+    /// a cut-over renamed away), whose rows are skipped undecoded. The
+    /// revert window follows the live table from the cut-over's RENAME.
+    pub from_rename: bool,
 }
 
 impl WatchedTable {
@@ -229,6 +242,7 @@ impl WatchedTable {
             schema: table.schema.clone(),
             table: table.name.clone(),
             columns,
+            from_rename: false,
         })
     }
 
@@ -427,6 +441,9 @@ pub struct ChangeStream {
     last_event: Option<Duration>,
     failures: u32,
     ddl: Option<DdlSeen>,
+    /// Per followed table: whether its changes are followed yet (see
+    /// [`WatchedTable::from_rename`]).
+    armed: Vec<bool>,
 }
 
 #[cfg(test)]

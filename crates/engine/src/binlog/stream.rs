@@ -31,6 +31,7 @@ impl ChangeStream {
         }
         cfg.check()?;
         let gtid = GtidState::parse(flavor.is_mariadb(), from.gtid.as_deref().unwrap_or(""));
+        let armed = cfg.tables.iter().map(|t| !t.from_rename).collect();
         let mut s = ChangeStream {
             opts,
             flavor,
@@ -52,6 +53,7 @@ impl ChangeStream {
             last_event: None,
             failures: 0,
             ddl: None,
+            armed,
         };
         // Read the first event (the synthetic ROTATE): a purged position or a
         // refused registration fails here rather than in the first next().
@@ -78,7 +80,7 @@ impl ChangeStream {
                         StreamEvent::Commit { position } | StreamEvent::Heartbeat { position } => {
                             self.handed = position.clone();
                         }
-                        StreamEvent::Rows(_) | StreamEvent::Token(_) => {}
+                        StreamEvent::Rows(_) | StreamEvent::Token(_) | StreamEvent::Renamed { .. } => {}
                     }
                     return Ok(ev);
                 }

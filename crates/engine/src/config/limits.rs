@@ -59,6 +59,31 @@ pub struct CutoverConfig {
     /// default), or each on its own, one after another (`false`, for
     /// unrelated tables).
     pub together: Option<bool>,
+    /// After the cut-over, keep `_t_old` in step with the live table for this
+    /// long, so that `wraith revert` can swap back (off when absent).
+    pub revert_window: Option<HumanDuration>,
+    /// What the window's end does: `finish` (drop the old table) or `keep`
+    /// (go on following until `wraith finish` or `wraith revert`).
+    #[serde(default)]
+    pub window_end: WindowEnd,
+    /// A revert refuses when the window's stream is further behind than this.
+    #[serde(default = "default_revert_max_lag")]
+    pub revert_max_lag: HumanDuration,
+}
+
+/// What the revert window's end does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowEnd {
+    /// Drop the old table, as `wraith finish` does.
+    #[default]
+    Finish,
+    /// Keep following until the operator decides.
+    Keep,
+}
+
+fn default_revert_max_lag() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn default_lock_wait_timeout() -> HumanDuration {
@@ -92,6 +117,9 @@ impl Default for CutoverConfig {
             drop_old_table: false,
             keep_in_sync: true,
             together: None,
+            revert_window: None,
+            window_end: WindowEnd::Finish,
+            revert_max_lag: default_revert_max_lag(),
         }
     }
 }
@@ -124,6 +152,29 @@ impl CutoverConfig {
                  give a few seconds, e.g. \"3s\"",
                 self.lock_wait_timeout
             ));
+        }
+        if let Some(window) = &self.revert_window {
+            if !self.enabled {
+                return Err(
+                    "[cutover] revert_window needs the cut-over: it keeps the old table in step \
+                     after it; remove revert_window or set enabled = true"
+                        .into(),
+                );
+            }
+            if window.0 < Duration::from_secs(1) || window.0 > Duration::from_secs(31 * 86_400) {
+                return Err(format!(
+                    "[cutover] revert_window = \"{window}\" is out of range; give 1s up to 31 days, \
+                     e.g. \"24h\""
+                ));
+            }
+            if self.drop_old_table {
+                return Err(
+                    "[cutover] drop_old_table = true drops the old table the revert window keeps \
+                     in step; remove one of them (`wraith finish` drops the old table at the \
+                     window's end)"
+                        .into(),
+                );
+            }
         }
         if self.retry_backoff.0.is_zero() || self.retry_backoff.0 > Duration::from_secs(3600) {
             return Err(format!(

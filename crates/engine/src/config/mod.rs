@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use limits::{CutoverConfig, ReplicaConfig, ThrottleConfig};
+pub use limits::{CutoverConfig, ReplicaConfig, ThrottleConfig, WindowEnd};
 pub use sections::{
     BackendKind, ChangesConfig, CheckpointConfig, CheckpointStore, Compression, ConnectionConfig,
     ControlConfig, CopyConfig, HooksConfig, LocalConfig, TableConfig,

@@ -7,13 +7,12 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 
 use super::lock::acquire;
-use super::markers::{drop_markers, SwapNames, SENTRY_COMMENT, SWAP_COMMENT};
+use super::markers::{drop_markers, SwapNames, TableNames, SENTRY_COMMENT, SWAP_COMMENT};
 use super::report::{ms, Ledger};
 use super::{attempt_outcome, Attempt, Attempting, CutoverError, CutoverSettings, Drain};
 use crate::server::{
     self, quote_ident, set_lock_wait_timeout, BinlogPosition, Context, DbError, Flavor, TablesLock,
 };
-use crate::shadow::shadow_name;
 
 /// The binlog position under the lock: every change to the table is before it.
 /// (The GTID state is not read: the drain needs only file:pos.)
@@ -160,7 +159,7 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
 
     // Before B holds any name: the shadows' ALTERs cannot wait on the RENAME.
     for t in &names.tables {
-        if let Some(n) = carry_auto_increment(&mut b, ctx.flavor, &t.schema, &t.name).await? {
+        if let Some(n) = carry_auto_increment(&mut b, ctx.flavor, t).await? {
             ledger.auto_increment = Some(n);
         }
     }
@@ -416,7 +415,7 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             .map_err(|e| e.into_attempt("re-verifying the last changes under the lock"))?;
         budget.check("re-verifying the last changes")?;
         for t in &names.tables {
-            if let Some(n) = carry_auto_increment(a, ctx.flavor, &t.schema, &t.name).await? {
+            if let Some(n) = carry_auto_increment(a, ctx.flavor, t).await? {
                 ledger.auto_increment = Some(n);
             }
         }
@@ -531,8 +530,7 @@ impl HoldBudget {
 pub(super) async fn carry_auto_increment(
     conn: &mut Conn,
     flavor: Flavor,
-    schema: &str,
-    table: &str,
+    names: &TableNames,
 ) -> Result<Option<u64>, DbError> {
     if !flavor.is_mariadb() {
         // MySQL 8 caches information_schema.TABLES figures.
@@ -540,7 +538,8 @@ pub(super) async fn carry_auto_increment(
             .await
             .context(|| "reading AUTO_INCREMENT counters uncached".into())?;
     }
-    let shadow = shadow_name(table);
+    let (schema, table) = (names.schema.as_str(), names.name.as_str());
+    let shadow = names.incoming.clone();
     let counters: Vec<(String, Option<u64>)> = conn
         .exec(
             "SELECT TABLE_NAME, AUTO_INCREMENT FROM information_schema.TABLES \

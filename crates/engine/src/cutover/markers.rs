@@ -18,6 +18,8 @@ pub(super) struct TableNames {
     pub(super) table: String,
     pub(super) old: String,
     pub(super) new: String,
+    /// The table that becomes the live one (unquoted).
+    pub(super) incoming: String,
     /// Exists while wraith holds the table; the RENAME's marker pair
     /// renames `swap` onto it, so the RENAME fails as long as it exists.
     pub(super) sentry: String,
@@ -44,8 +46,8 @@ impl SwapNames {
             .flat_map(|t| {
                 [
                     t.name.clone(),
-                    old_name(&t.name),
-                    shadow_name(&t.name),
+                    t.retired.clone(),
+                    t.incoming.clone(),
                     sentry_name(&t.name),
                     swap_name(&t.name),
                 ]
@@ -62,8 +64,9 @@ impl SwapNames {
                         name: t.name.clone(),
                         schema: t.schema.clone(),
                         table: q(&t.name),
-                        old: q(&old_name(&t.name)),
-                        new: q(&shadow_name(&t.name)),
+                        old: q(&t.retired),
+                        new: q(&t.incoming),
+                        incoming: t.incoming.clone(),
                         sentry: q(&sentry_name(&t.name)),
                         swap: q(&swap_name(&t.name)),
                     }
@@ -267,10 +270,7 @@ mod tests {
     fn swap(schema: &str, tables: &[&str]) -> Vec<SwapTable> {
         tables
             .iter()
-            .map(|t| SwapTable {
-                schema: schema.into(),
-                name: t.to_string(),
-            })
+            .map(|t| SwapTable::forward(schema, t))
             .collect()
     }
 

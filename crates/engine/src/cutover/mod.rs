@@ -290,11 +290,38 @@ pub struct Observer<'a> {
     pub stop: &'a (dyn Fn() -> Option<String> + Sync),
 }
 
-/// A table the cut-over swaps with its shadow `_name_new` (same schema).
+/// A table the cut-over swaps: `name` goes to `retired` and `incoming`
+/// becomes `name` (same schema).
 #[derive(Debug, Clone)]
 pub struct SwapTable {
     pub schema: String,
     pub name: String,
+    /// The name the live table goes to.
+    pub retired: String,
+    /// The table that becomes the live one.
+    pub incoming: String,
+}
+
+impl SwapTable {
+    /// The cut-over: `t` → `_t_old`, `_t_new` → `t`.
+    pub fn forward(schema: &str, name: &str) -> SwapTable {
+        SwapTable {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            retired: old_name(name),
+            incoming: shadow_name(name),
+        }
+    }
+
+    /// A revert: `t` → `_t_new`, `_t_old` → `t`.
+    pub fn back(schema: &str, name: &str) -> SwapTable {
+        SwapTable {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            retired: shadow_name(name),
+            incoming: old_name(name),
+        }
+    }
 }
 
 /// Swaps every table of `tables` with its shadow in one RENAME. On success
@@ -312,10 +339,10 @@ pub async fn cut_over<D: Drain + Sync>(
         .await
         .context(|| "connecting for the cut-over".into())?;
     for t in tables {
-        if crate::server::inspect::table_exists(&mut conn, &t.schema, &old_name(&t.name)).await? {
+        if crate::server::inspect::table_exists(&mut conn, &t.schema, &t.retired).await? {
             return Err(CutoverError::OldTableExists {
                 schema: t.schema.clone(),
-                name: old_name(&t.name),
+                name: t.retired.clone(),
             });
         }
     }
@@ -385,7 +412,7 @@ pub async fn cut_over<D: Drain + Sync>(
             .join(", "),
         shadow: tables
             .iter()
-            .map(|t| shadow_name(&t.name))
+            .map(|t| t.incoming.as_str())
             .collect::<Vec<_>>()
             .join(", "),
         attempts: failed,

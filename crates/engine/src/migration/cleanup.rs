@@ -44,6 +44,10 @@ impl Moment {
             Moment::AfterCutover if config.cutover.drop_old_table => {
                 vec![Owned::OldTable, Owned::Changelog, Owned::LocalState]
             }
+            // The revert window follows the live table through the changelog.
+            Moment::AfterCutover if config.cutover.revert_window.is_some() => {
+                vec![Owned::LocalState]
+            }
             Moment::AfterCutover => vec![Owned::Changelog, Owned::LocalState],
             Moment::Finished => vec![Owned::LocalState],
         }

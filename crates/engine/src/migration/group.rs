@@ -220,6 +220,9 @@ impl Group<'_, '_> {
             await_cutover(&members, &verifiers),
         )
         .await?;
+        if first.config.cutover.revert_window.is_some() {
+            record_window(&members).await?;
+        }
         let cut = stage_all(&runs, Stage::CutOver, cut_over(&members, &verifiers)).await?;
         for (m, report) in members.into_iter().zip(reports.iter_mut()) {
             m.run.fill_change_figures(report, &m.copied.following).await;
@@ -431,6 +434,36 @@ async fn wait_while_postponed(
     }
 }
 
+/// Records the revert window of the group's tables before their cut-over:
+/// the live tables' changes are followed from here, from the RENAME on.
+async fn record_window(members: &[Member<'_, '_>]) -> Result<(), RunError> {
+    let Some(first) = members.first().map(|m| m.run) else {
+        return Ok(());
+    };
+    let mut conn = first
+        .source_pool
+        .get_conn()
+        .await
+        .context(|| "connecting to the source".into())?;
+    let position = binlog::current_position(&mut conn, first.flavor)
+        .await
+        .map_err(|e| first.changes_error(ChangesError::Start(e)))?;
+    let tables = members
+        .iter()
+        .map(|m| {
+            let pairs = m
+                .run
+                .plan
+                .copied_columns()
+                .into_iter()
+                .map(|(o, n)| (o.to_string(), n.to_string()))
+                .collect();
+            (m.run.source_schema().to_string(), m.run.table.name.clone(), pairs)
+        })
+        .collect();
+    super::window::record_pending(first.checkpoint, tables, position).await
+}
+
 /// [`Stage::CutOver`]: the one swap of every table of the group.
 async fn cut_over(
     members: &[Member<'_, '_>],
@@ -459,10 +492,7 @@ async fn cut_over(
     let stop = || stop_reason(members).err().map(|e| e.to_string());
     let tables: Vec<cutover::SwapTable> = members
         .iter()
-        .map(|m| cutover::SwapTable {
-            schema: m.run.source_schema().to_string(),
-            name: m.run.table.name.clone(),
-        })
+        .map(|m| cutover::SwapTable::forward(m.run.source_schema(), &m.run.table.name))
         .collect();
     let cut = crate::cutover::cut_over(
         first.source_pool,

@@ -88,11 +88,14 @@ mod report;
 mod stage;
 mod stages;
 mod table;
+mod window;
 
 use cleanup::{abandon_all, clean_up, finish_interrupted_cutover, start_over, Moment};
 use group::{Copied, Group, Shadowed, Started};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
+pub(crate) use window::refusal as revert_window_refusal;
+pub use window::{FinishReport, RevertReport, WindowEnding};
 use stage::{Stage, StageLog};
 
 /// How often the rows changed after the checksum are verified while the
@@ -165,6 +168,11 @@ pub enum RunError {
     Checkpoint(wraith_checkpoints::CheckpointError),
     #[error(transparent)]
     InvalidCheckpoint(Box<wraith_checkpoints::InvalidCheckpoint>),
+    /// The revert window cannot go on, or a revert or finish is refused.
+    #[error("{0}")]
+    Window(String),
+    #[error("{tables}: the revert window was interrupted; `wraith run` with the same config holds it again, `wraith revert` swaps back, `wraith finish` ends it")]
+    WindowInterrupted { tables: String },
     /// A failure that cannot be resumed, after wraith dropped what it had
     /// created for the table.
     #[error("{error}\nthis run cannot be resumed, so wraith dropped what it had created: {dropped}; the source table is untouched")]
@@ -298,9 +306,19 @@ async fn run_inner(
 ) -> Result<RunReport, RunError> {
     progress.set_state(State::Initial);
     if !options.fresh {
+        if let Some(ending) = hold_open_window(config, progress, control, ops).await? {
+            progress.set_state(State::Close);
+            return Ok(RunReport {
+                tables: Vec::new(),
+                window: Some(ending),
+            });
+        }
         if let Some(tables) = finish_interrupted_cutover(config, progress).await? {
             progress.set_state(State::Close);
-            return Ok(RunReport { tables });
+            return Ok(RunReport {
+                tables,
+                window: None,
+            });
         }
     }
     let report = preflight::run(config).await;
@@ -349,9 +367,186 @@ async fn run_inner(
     }
     let _ = source_pool.disconnect().await;
     let _ = target_pool.disconnect().await;
-    let tables = result?;
+    let (tables, window) = result?;
     progress.set_state(State::Close);
-    Ok(RunReport { tables })
+    Ok(RunReport { tables, window })
+}
+
+/// A job whose revert window is recorded and whose tables are swapped
+/// (a run killed during the window, or during its cut-over): hold the
+/// window again from its checkpoint.
+async fn hold_open_window(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    ops: &Arc<Operations>,
+) -> Result<Option<WindowEnding>, RunError> {
+    let opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let pool = server::pool(opts.clone(), 8);
+    let result = async {
+        let Some((checkpoint, window)) = window::load(config, &pool).await? else {
+            return Ok(None);
+        };
+        if window.stage == wraith_checkpoints::WindowStage::Pending
+            && !window::swapped(&pool, &window).await?
+        {
+            return Ok(None);
+        }
+        let mut conn = pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the source".into())?;
+        let flavor = server::flavor(&mut conn).await?;
+        drop(conn);
+        let job = window::WindowJob {
+            config,
+            flavor,
+            source_opts: &opts,
+            pool: &pool,
+            progress,
+            control,
+            ops,
+            checkpoint: &checkpoint,
+        };
+        job.hold().await.map(Some)
+    }
+    .await;
+    let _ = pool.disconnect().await;
+    result
+}
+
+/// Which end of a revert window a command asks for.
+#[derive(Debug, Clone, Copy)]
+enum WindowCommand {
+    Revert { drop_new: bool },
+    Finish,
+}
+
+/// What a window command did.
+enum WindowDone {
+    Reverted(RevertReport),
+    Finished(FinishReport),
+}
+
+/// `wraith revert`: swaps the old tables of the job's revert window back
+/// in (see `window.rs`). A run holding the window hands it over first.
+pub async fn revert(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    drop_new: bool,
+) -> Result<RevertReport, RunError> {
+    match end_window(config, progress, control, WindowCommand::Revert { drop_new }).await? {
+        WindowDone::Reverted(r) => Ok(r),
+        WindowDone::Finished(_) => Err(RunError::Window("the window was finished, not reverted".into())),
+    }
+}
+
+/// `wraith finish`: ends the job's revert window, dropping the old tables.
+pub async fn finish(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+) -> Result<FinishReport, RunError> {
+    match end_window(config, progress, control, WindowCommand::Finish).await? {
+        WindowDone::Finished(r) => Ok(r),
+        WindowDone::Reverted(_) => Err(RunError::Window("the window was reverted, not finished".into())),
+    }
+}
+
+/// How long a run holding the window may take to hand it over.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn end_window(
+    config: &Config,
+    progress: &ProgressHandle,
+    control: &RunControl,
+    command: WindowCommand,
+) -> Result<WindowDone, RunError> {
+    let opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let pool = server::pool(opts.clone(), 16);
+    let ops = Operations::new(config, progress.clone());
+    let result = async {
+        let none = || {
+            RunError::Window(
+                "this job has no revert window open (no checkpoint records one): nothing to                  revert or finish"
+                    .into(),
+            )
+        };
+        window::load(config, &pool).await?.ok_or_else(none)?;
+        // A run holding the window saves it and exits first.
+        let socket = resume::open_store(config, &pool)
+            .load(&resume::job_key(config))
+            .await
+            .map_err(RunError::Checkpoint)?
+            .and_then(|t| t.control_socket);
+        if let Some(path) = socket {
+            let path = std::path::PathBuf::from(path);
+            if crate::control::send_command(&path, "release-window", Duration::from_secs(5))
+                .await
+                .is_some()
+            {
+                let deadline = Instant::now() + HAND_OVER_TIMEOUT;
+                while crate::control::query_status(&path, Duration::from_secs(1))
+                    .await
+                    .is_some()
+                {
+                    if Instant::now() > deadline {
+                        return Err(RunError::Window(format!(
+                            "the run holding the revert window (control socket {}) did not hand                              it over within {}s; stop it (Ctrl-C) and try again",
+                            path.display(),
+                            HAND_OVER_TIMEOUT.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // Read again: the run that held the window saved its last position.
+        let (checkpoint, window) = window::load(config, &pool).await?.ok_or_else(none)?;
+        let mut conn = pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the source".into())?;
+        let flavor = server::flavor(&mut conn).await?;
+        let job = window::WindowJob {
+            config,
+            flavor,
+            source_opts: &opts,
+            pool: &pool,
+            progress,
+            control,
+            ops: &ops,
+            checkpoint: &checkpoint,
+        };
+        let reverted = window::reverted(&mut conn, &window).await?;
+        drop(conn);
+        match command {
+            WindowCommand::Revert { .. } if window.stage == wraith_checkpoints::WindowStage::Failed => {
+                Err(RunError::Window(format!(
+                    "cannot revert: {}",
+                    window.failed.clone().unwrap_or_else(|| "the revert window failed".into())
+                )))
+            }
+            WindowCommand::Revert { drop_new } if reverted => {
+                // A revert killed after its RENAME: only its cleanup is left.
+                job.finish_revert(&window, drop_new).await.map(WindowDone::Reverted)
+            }
+            WindowCommand::Revert { drop_new } if window::swapped(&pool, &window).await? => {
+                job.revert(&window, drop_new).await.map(WindowDone::Reverted)
+            }
+            WindowCommand::Finish if window::swapped(&pool, &window).await? => {
+                job.drop_old_tables(&window).await.map(WindowDone::Finished)
+            }
+            _ => Err(RunError::Window(
+                "the job's tables are not in the state a revert window leaves (the live table                  new, _t_old the old one): the cut-over has not happened, or the tables were                  changed by hand; nothing was done"
+                    .into(),
+            )),
+        }
+    }
+    .await;
+    let _ = pool.disconnect().await;
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -366,7 +561,7 @@ async fn run_job(
     control: &RunControl,
     options: RunOptions,
     ops: &Arc<Operations>,
-) -> Result<Vec<TableReport>, RunError> {
+) -> Result<(Vec<TableReport>, Option<WindowEnding>), RunError> {
     let store = resume::open_store(config, target_pool);
     let key = resume::job_key(config);
     let saved = store.load(&key).await.map_err(RunError::Checkpoint)?;
@@ -487,7 +682,6 @@ async fn run_job(
         }
     }
     forward.abort();
-    checkpointer.remove().await.map_err(RunError::Checkpoint)?;
     let mut conn = target_pool
         .get_conn()
         .await
@@ -497,7 +691,25 @@ async fn run_job(
             .await
             .into_result()?;
     }
-    Ok(tables)
+    drop(conn);
+    let window_open = checkpointer.snapshot().await.revert_window.is_some()
+        && tables.iter().all(|t| t.cut_over);
+    if !window_open {
+        checkpointer.remove().await.map_err(RunError::Checkpoint)?;
+        return Ok((tables, None));
+    }
+    let job = window::WindowJob {
+        config,
+        flavor,
+        source_opts,
+        pool: source_pool,
+        progress,
+        control,
+        ops,
+        checkpoint: &checkpointer,
+    };
+    let ending = job.hold().await?;
+    Ok((tables, Some(ending)))
 }
 
 use crate::names::{changes_dir, engines_dir};
@@ -600,7 +812,8 @@ fn is_resumable(e: &RunError) -> bool {
         | RunError::Unsupported(_)
         | RunError::Shadow(ShadowError::Exists { .. })
         | RunError::Layout { .. }
-        | RunError::InvalidCheckpoint(_) => false,
+        | RunError::InvalidCheckpoint(_)
+        | RunError::Window(_) => false,
         RunError::Copy { source, .. } => {
             !matches!(
                 source.as_ref(),

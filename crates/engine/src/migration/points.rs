@@ -64,16 +64,7 @@ impl TableRun<'_> {
     }
 
     pub(super) fn cutover_settings(&self) -> CutoverSettings {
-        let c = &self.config.cutover;
-        CutoverSettings {
-            lock_wait_timeout: c.lock_wait_timeout.0,
-            lock_attempt_timeout: c.lock_attempt_timeout.0,
-            lock_hold_budget: c.lock_hold_budget.0,
-            retries: c.retries,
-            retry_backoff: c.retry_backoff.0,
-            kill_blockers: c.kill_blockers,
-            blocker_grace: c.blocker_grace.map(|g| g.0),
-        }
+        cutover_settings_of(self.config)
     }
 
     pub(super) async fn wait_for_catch_up(&self, following: &Following) -> Result<(), RunError> {
@@ -238,4 +229,18 @@ pub(super) async fn consistent_point(
             changed,
         })
         .collect())
+}
+
+/// The cut-over's settings from `[cutover]`.
+pub(super) fn cutover_settings_of(config: &Config) -> CutoverSettings {
+    let c = &config.cutover;
+    CutoverSettings {
+        lock_wait_timeout: c.lock_wait_timeout.0,
+        lock_attempt_timeout: c.lock_attempt_timeout.0,
+        lock_hold_budget: c.lock_hold_budget.0,
+        retries: c.retries,
+        retry_backoff: c.retry_backoff.0,
+        kill_blockers: c.kill_blockers,
+        blocker_grace: c.blocker_grace.map(|g| g.0),
+    }
 }

@@ -77,4 +77,7 @@ impl TableReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub tables: Vec<TableReport>,
+    /// How the revert window ended, when the job had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<super::WindowEnding>,
 }

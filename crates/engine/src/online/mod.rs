@@ -224,6 +224,8 @@ pub struct OnlineState {
     touched: Mutex<Option<BTreeMap<Vec<u8>, Vec<Value>>>>,
     /// Rows verified again after the checksum.
     pub reverified: AtomicU64,
+    /// See [`OnlineState::renamed`].
+    past_rename: AtomicBool,
 }
 
 /// What one pass of the applier did.
@@ -304,6 +306,7 @@ impl OnlineState {
             table: table.to_string(),
             touched: Mutex::new(None),
             reverified: AtomicU64::new(0),
+            past_rename: AtomicBool::new(false),
         })
     }
 
@@ -316,6 +319,49 @@ impl OnlineState {
             .replace(BTreeMap::new())
             .map(|m| m.into_values().collect())
             .unwrap_or_default())
+    }
+
+    /// The keys recorded since the last [`OnlineState::track_changes`]
+    /// (kept: a failed verification verifies them again).
+    pub fn touched_keys(&self) -> Result<Vec<Vec<Value>>, ChangesError> {
+        Ok(self
+            .guard(&self.touched, "verification keys")?
+            .as_ref()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// After the apply loop stopped on a value the server refuses: the
+    /// pending row it refuses (its key values and the server's words),
+    /// found by writing each pending row alone in a rolled-back
+    /// transaction. Everything pending stays pending.
+    pub async fn find_refused_row(
+        &self,
+    ) -> Result<Option<(Vec<Value>, String)>, ChangesError> {
+        let mut applier = self.applier.lock().await;
+        let batch = {
+            let marks = lock(&self.marks, "watermarks")?;
+            let mut buffer = lock(&self.buffer, "change buffer")?;
+            buffer.take_ready(&marks, self.use_watermarks, 100_000)?
+        };
+        let mut found = None;
+        for (_, _, change) in &batch {
+            if let Pending::Upsert(row) = change {
+                if let Err(e) = applier.probe_row(row).await {
+                    if crate::server::server_error_code(&e.error)
+                        .is_some_and(wraith_backend::is_data_error_code)
+                    {
+                        found = Some((self.mapping.key_values(row), e.error.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut buffer = lock(&self.buffer, "change buffer")?;
+        for (key, seq, change) in batch {
+            buffer.requeue(key, seq, change)?;
+        }
+        Ok(found)
     }
 
     /// Keys written since the last [`OnlineState::track_changes`].
@@ -390,6 +436,23 @@ impl OnlineState {
     pub fn set_position(&self, position: BinlogPosition) -> Result<(), ChangesError> {
         *self.guard(&self.position, "stream position")? = Some(position);
         Ok(())
+    }
+
+    /// The statement that renamed the table into place passed (a stream
+    /// following it [`crate::binlog::WatchedTable::from_rename`]): its
+    /// changes follow from `position`. Set with the position, under its
+    /// lock, so that [`OnlineState::persist_from_rename`] never pairs a
+    /// position before the RENAME with "past it".
+    pub fn renamed(&self, position: BinlogPosition) -> Result<(), ChangesError> {
+        let mut p = self.guard(&self.position, "stream position")?;
+        self.past_rename.store(true, Ordering::SeqCst);
+        *p = Some(position);
+        Ok(())
+    }
+
+    /// Whether the stream passed the statement that renamed the table into place.
+    pub fn past_rename(&self) -> bool {
+        self.past_rename.load(Ordering::SeqCst)
     }
 
     /// The stream's position (`None` too once its lock is poisoned, which is
@@ -565,6 +628,29 @@ impl OnlineState {
         .map_err(|_| ChangesError::Poisoned("change buffer (its persist panicked)"))?
     }
 
+    /// [`OnlineState::persist`], with whether the position covered lies
+    /// past the RENAME a stream [`crate::binlog::WatchedTable::from_rename`]
+    /// waits for (both read under the position's lock).
+    pub async fn persist_from_rename(
+        self: &Arc<Self>,
+    ) -> Result<Option<(BinlogPosition, bool)>, ChangesError> {
+        let _applying = self.applier.lock().await;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buffer = state.guard(&state.buffer, "change buffer")?;
+            let at = {
+                let position = state.guard(&state.position, "stream position")?;
+                position
+                    .clone()
+                    .map(|p| (p, state.past_rename.load(Ordering::SeqCst)))
+            };
+            buffer.persist()?;
+            Ok(at)
+        })
+        .await
+        .map_err(|_| ChangesError::Poisoned("change buffer (its persist panicked)"))?
+    }
+
     async fn apply_ready(&self, max: usize) -> Result<usize, ChangesError> {
         Ok(self.apply_ready_on(max, None).await?.applied)
     }
@@ -644,6 +730,13 @@ async fn consume(states: Vec<Arc<OnlineState>>, mut stream: ChangeStream) {
                         continue;
                     }
                     state.lag_ms.store(lag, Ordering::Relaxed);
+                }
+            }
+            Ok(StreamEvent::Renamed { tables, position }) => {
+                for state in tables.iter().filter_map(|&i| states.get(i)).filter(|s| fed(s)) {
+                    if let Err(e) = state.renamed(position.clone()) {
+                        state.fail(e);
+                    }
                 }
             }
             Ok(StreamEvent::Token(token)) => {

@@ -140,6 +140,20 @@ async fn check_alter_and_plan(
                         crate::datacheck::check(conn, flavor, old, &new, &mut plan).await?;
                         judge_data(report, table, &plan);
                     }
+                    if config.cutover.revert_window.is_some() {
+                        let name = format!("revert window {}", table.name);
+                        match crate::migration::revert_window_refusal(&plan, old) {
+                            Some(problem) => report.fail(
+                                &name,
+                                problem,
+                                "see [cutover] revert_window in config/README.md",
+                            ),
+                            None => report.ok(
+                                &name,
+                                "every change of the live table can be applied back to the old one",
+                            ),
+                        }
+                    }
                     report.plans.push(plan);
                 }
                 Err(e) => report.fail(&format!("plan {}", table.name), e.problem, e.fix),
