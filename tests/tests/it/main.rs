@@ -18,6 +18,7 @@ mod online;
 mod ops;
 mod preflight;
 mod resume;
+mod revert;
 mod together;
 mod values;
 mod verified;
