@@ -139,12 +139,16 @@ async fn altered_definition(s: &Schema, alter: &str) -> Definition {
 /// The tables of the schema.
 async fn tables(s: &Schema) -> Vec<String> {
     let mut c = s.conn().await;
-    c.exec(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY 1",
-        (&s.name,),
-    )
-    .await
-    .expect("tables")
+    let mut names: Vec<String> = c
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+            (&s.name,),
+        )
+        .await
+        .expect("tables");
+    // By bytes: the server's collation sorts `_` after letters.
+    names.sort();
+    names
 }
 
 /// Rows left in the checkpoint table (none when it does not exist).
@@ -557,9 +561,9 @@ async fn a_value_that_cannot_go_back_stops_the_window() {
     let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
     wait_for_window(&mut child, WINDOW_OPENS).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // 150 characters: fits the live VARCHAR(200), not the old CHAR(120).
+    // 164 characters: fits the live VARCHAR(200), not the old CHAR(120).
     let long = format!("{}tail-of-it", "unmappable-".repeat(14));
-    assert_eq!(long.len(), 150);
+    assert!(long.len() > 120 && long.len() <= 200, "{}", long.len());
     s.exec(&format!(
         "START TRANSACTION; UPDATE mirror SET c = '{long}' WHERE id = {ID}; \
          UPDATE sbtest SET c = '{long}' WHERE id = {ID}; COMMIT"

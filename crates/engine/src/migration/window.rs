@@ -98,9 +98,9 @@ pub fn refusal(plan: &TablePlan, old: &TableInfo) -> Option<String> {
             .all(|(a, b)| a.is_some_and(|a| a.eq_ignore_ascii_case(b)));
     if !aligned {
         return Some(format!(
-            "the ALTER changes the key rows are identified by ({} to {}), so a row of the live \
-             table could not be matched with its row of the old one; change the key without a \
-             revert window",
+            "the ALTER changes the primary key (the key rows are identified by: ({}) to ({})), \
+             so a row of the live table could not be matched with its row of the old one; \
+             change the key without a revert window",
             plan.chunk_key.join(", "),
             plan.new_key.join(", ")
         ));
