@@ -106,8 +106,9 @@ pub use error::{CheckpointError, StoreFailure, TransitionError};
 pub use file::FileStore;
 pub use model::{
     BinlogPosition, ChangeStreamCheckpoint, ChunkCheckpoint, ChunkStatus, EngineCheckpoint,
-    EngineStatus, KeyRange, RevertWindow, RowsChecksum, SourceIdentity, TableCheckpoint, TableStage,
-    TableStatus, TaskCheckpoint, WindowStage, WindowTable, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    EngineStatus, KeyRange, RevertWindow, RowsChecksum, SourceIdentity, TableCheckpoint,
+    TableStage, TableStatus, TaskCheckpoint, WindowStage, WindowTable, FORMAT_VERSION,
+    MIN_FORMAT_VERSION,
 };
 pub use store::{CheckpointStore, MAX_KEY_LEN};
 pub use table::{TableStore, CHECKPOINT_COLUMNS, CHECKPOINT_TABLE};

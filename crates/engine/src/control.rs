@@ -692,7 +692,10 @@ pub async fn send_command(path: &Path, command: &str, timeout: Duration) -> Opti
     let ask = async {
         let stream = UnixStream::connect(path).await.ok()?;
         let (read, mut write) = stream.into_split();
-        write.write_all(format!("{command}\n").as_bytes()).await.ok()?;
+        write
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .ok()?;
         BufReader::new(read).lines().next_line().await.ok()?
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()

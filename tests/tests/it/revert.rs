@@ -804,3 +804,136 @@ async fn a_window_with_a_dropped_column_or_a_new_key_is_refused() {
         }
     }
 }
+
+/// Asks the run listening in `dir` for `status-json`.
+async fn status_json(dir: &Path) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::UnixStream::connect(dir.join("ctl.sock"))
+        .await
+        .ok()?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"status-json\n").await.ok()?;
+    let line = BufReader::new(read).lines().next_line().await.ok()??;
+    serde_json::from_str(&line).ok()
+}
+
+/// Sends one control command to the run listening in `dir`; its reply.
+async fn command(dir: &Path, line: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::UnixStream::connect(dir.join("ctl.sock"))
+        .await
+        .expect("control socket");
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("send");
+    BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .expect("reply")
+        .unwrap_or_default()
+}
+
+/// The window as an operator watches it: `status-json` says `RevertWindow`
+/// with the time left and the reverse stream's figures, `extend-window`
+/// moves the end, the hooks of its start and its end run once each, and the
+/// window's end finishes by itself: the old table is dropped, the live
+/// table keeps every row.
+#[tokio::test]
+async fn the_window_shows_in_status_runs_its_hooks_and_ends_by_itself() {
+    use std::os::unix::fs::PermissionsExt;
+    let what = "rv_status";
+    let s = Schema::new(what).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    let out = dir.path().join("hooks.log");
+    std::fs::create_dir_all(&hooks).unwrap();
+    for hook in ["on-revert-window-start", "on-finish", "on-success"] {
+        let path = hooks.join(hook);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"$WRAITH_EVENT\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cfg = config(
+        &s,
+        dir.path(),
+        "sql",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n'",
+        "",
+    )
+    .replace("revert_window = \"10m\"", "revert_window = \"5s\"")
+        + &format!("\n[hooks]\ndir = {:?}\n", hooks.display().to_string());
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, ROWS, 51));
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    wait_for_window(&mut child, WINDOW_OPENS).await;
+    let status = status_json(dir.path()).await.expect("status-json");
+    assert_eq!(status["state"], "RevertWindow", "{what}: {status}");
+    assert_eq!(
+        status["tables"][0]["state"], "RevertWindow",
+        "{what}: {status}"
+    );
+    let left = status["revert_window"]["seconds_left"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: no seconds_left: {status}"));
+    assert!(left <= 5, "{what}: {status}");
+    assert_eq!(
+        status["revert_window"]["at_end"], "finish",
+        "{what}: {status}"
+    );
+    // The reverse stream's figures: the load's changes come through it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = status_json(dir.path()).await.expect("status-json");
+    assert!(
+        status["tables"][0]["changes_applied"].as_u64().unwrap_or(0) > 0,
+        "{what}: no change applied back: {status}"
+    );
+    let reply = command(dir.path(), "extend-window=20s").await;
+    assert!(reply.starts_with("ok"), "{what}: {reply}");
+    // The window's loop takes the extension at its next turn (every 250 ms).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = status_json(dir.path()).await.expect("status-json");
+        let extended = status["revert_window"]["seconds_left"]
+            .as_u64()
+            .unwrap_or(0);
+        if extended > 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: not extended: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ends by itself, about 20 s later.
+    let run = child.finish(Duration::from_secs(90)).await;
+    let stats = load.stop().await;
+    assert_eq!(run.code, 0, "{what}: {}", run.output());
+    assert!(
+        run.stderr.contains("the revert window now ends"),
+        "{what}: {}",
+        run.output()
+    );
+    assert!(
+        run.stderr.contains("revert window finished: dropped"),
+        "{what}: {}",
+        run.output()
+    );
+    assert!(
+        !s.table_exists("_sbtest_old").await,
+        "{what}: _sbtest_old kept"
+    );
+    assert!(note_column_exists(&s).await, "{what}: not the new table");
+    assert!(stats.transactions > 100, "{what}: {stats:?}");
+    assert_matches_mirror(&s).await;
+    assert_eq!(checkpoints(&s).await, 0, "{what}: checkpoint left");
+    let hooks_ran = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        hooks_ran.lines().collect::<Vec<_>>(),
+        ["on-revert-window-start", "on-finish", "on-success"],
+        "{what}: hooks"
+    );
+}

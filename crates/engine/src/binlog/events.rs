@@ -444,32 +444,33 @@ impl ChangeStream {
             .tables
             .iter()
             .position(|t| db == t.schema.as_bytes() && table == t.table.as_bytes());
-        let target = if let Some(i) = watched.filter(|&i| self.armed.get(i).copied().unwrap_or(true)) {
-            let followed = &self.cfg.tables[i];
-            let plan = TablePlan::new(&tme, &followed.columns)
-                .map_err(|e| self.decode_error_on(followed.label(), e.0))?;
-            Target::Watched(i, Arc::new(plan))
-        } else if let Some((ts, tt)) = &self.cfg.token_table {
-            if db == ts.as_bytes() && table == tt.as_bytes() {
-                let label = format!("{ts}.{tt}");
-                let plan = TablePlan::generic(&tme)
-                    .map_err(|e| self.decode_error_on(label.clone(), e.0))?;
-                let idx = plan.column_index("token").ok_or_else(|| {
-                    self.decode_error_on(
-                        label.clone(),
-                        format!(
-                            "the changelog table {ts}.{tt} has no column named `token` in the \
+        let target =
+            if let Some(i) = watched.filter(|&i| self.armed.get(i).copied().unwrap_or(true)) {
+                let followed = &self.cfg.tables[i];
+                let plan = TablePlan::new(&tme, &followed.columns)
+                    .map_err(|e| self.decode_error_on(followed.label(), e.0))?;
+                Target::Watched(i, Arc::new(plan))
+            } else if let Some((ts, tt)) = &self.cfg.token_table {
+                if db == ts.as_bytes() && table == tt.as_bytes() {
+                    let label = format!("{ts}.{tt}");
+                    let plan = TablePlan::generic(&tme)
+                        .map_err(|e| self.decode_error_on(label.clone(), e.0))?;
+                    let idx = plan.column_index("token").ok_or_else(|| {
+                        self.decode_error_on(
+                            label.clone(),
+                            format!(
+                                "the changelog table {ts}.{tt} has no column named `token` in the \
                          binlog (binlog_row_metadata = FULL is needed)"
-                        ),
-                    )
-                })?;
-                Target::Token(Arc::new(plan), idx)
+                            ),
+                        )
+                    })?;
+                    Target::Token(Arc::new(plan), idx)
+                } else {
+                    Target::Other
+                }
             } else {
                 Target::Other
-            }
-        } else {
-            Target::Other
-        };
+            };
         self.tables.insert(tme.table_id(), target);
         Ok(())
     }

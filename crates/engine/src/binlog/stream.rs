@@ -80,7 +80,9 @@ impl ChangeStream {
                         StreamEvent::Commit { position } | StreamEvent::Heartbeat { position } => {
                             self.handed = position.clone();
                         }
-                        StreamEvent::Rows(_) | StreamEvent::Token(_) | StreamEvent::Renamed { .. } => {}
+                        StreamEvent::Rows(_)
+                        | StreamEvent::Token(_)
+                        | StreamEvent::Renamed { .. } => {}
                     }
                     return Ok(ev);
                 }

@@ -458,7 +458,11 @@ async fn record_window(members: &[Member<'_, '_>]) -> Result<(), RunError> {
                 .into_iter()
                 .map(|(o, n)| (o.to_string(), n.to_string()))
                 .collect();
-            (m.run.source_schema().to_string(), m.run.table.name.clone(), pairs)
+            (
+                m.run.source_schema().to_string(),
+                m.run.table.name.clone(),
+                pairs,
+            )
         })
         .collect();
     super::window::record_pending(first.checkpoint, tables, position).await

@@ -94,9 +94,9 @@ use cleanup::{abandon_all, clean_up, finish_interrupted_cutover, start_over, Mom
 use group::{Copied, Group, Shadowed, Started};
 use points::wait_for_error;
 pub use report::{RunReport, TableReport};
+use stage::{Stage, StageLog};
 pub(crate) use window::refusal as revert_window_refusal;
 pub use window::{FinishReport, RevertReport, WindowEnding};
-use stage::{Stage, StageLog};
 
 /// How often the rows changed after the checksum are verified while the
 /// cut-over waits (each time the source is locked for a moment, as for the
@@ -436,9 +436,18 @@ pub async fn revert(
     control: &RunControl,
     drop_new: bool,
 ) -> Result<RevertReport, RunError> {
-    match end_window(config, progress, control, WindowCommand::Revert { drop_new }).await? {
+    match end_window(
+        config,
+        progress,
+        control,
+        WindowCommand::Revert { drop_new },
+    )
+    .await?
+    {
         WindowDone::Reverted(r) => Ok(r),
-        WindowDone::Finished(_) => Err(RunError::Window("the window was finished, not reverted".into())),
+        WindowDone::Finished(_) => Err(RunError::Window(
+            "the window was finished, not reverted".into(),
+        )),
     }
 }
 
@@ -450,7 +459,9 @@ pub async fn finish(
 ) -> Result<FinishReport, RunError> {
     match end_window(config, progress, control, WindowCommand::Finish).await? {
         WindowDone::Finished(r) => Ok(r),
-        WindowDone::Reverted(_) => Err(RunError::Window("the window was reverted, not finished".into())),
+        WindowDone::Reverted(_) => Err(RunError::Window(
+            "the window was reverted, not finished".into(),
+        )),
     }
 }
 
@@ -692,8 +703,8 @@ async fn run_job(
             .into_result()?;
     }
     drop(conn);
-    let window_open = checkpointer.snapshot().await.revert_window.is_some()
-        && tables.iter().all(|t| t.cut_over);
+    let window_open =
+        checkpointer.snapshot().await.revert_window.is_some() && tables.iter().all(|t| t.cut_over);
     if !window_open {
         checkpointer.remove().await.map_err(RunError::Checkpoint)?;
         return Ok((tables, None));

@@ -372,9 +372,8 @@ impl WindowJob<'_> {
         for entry in &window.tables {
             online::ensure_changelog(&mut conn, &entry.schema).await?;
             let (old, live, forward, reverse) = plans(&mut conn, entry).await?;
-            let layout = shadow::layout(&live, &reverse, &entry.schema).map_err(|m| {
-                RunError::Window(format!("{}.{}: {m}", entry.schema, entry.table))
-            })?;
+            let layout = shadow::layout(&live, &reverse, &entry.schema)
+                .map_err(|m| RunError::Window(format!("{}.{}: {m}", entry.schema, entry.table)))?;
             let mut target = layout.target.clone();
             target.table = old_name(&entry.table);
             let source_positions = layout
@@ -465,9 +464,11 @@ impl WindowJob<'_> {
                 if let Some(w) = task.revert_window.as_mut() {
                     for (side, p) in sides.iter().zip(at) {
                         let Some((position, past)) = p else { continue };
-                        if let Some(t) = w.tables.iter_mut().find(|t| {
-                            t.schema == side.entry.schema && t.table == side.entry.table
-                        }) {
+                        if let Some(t) = w
+                            .tables
+                            .iter_mut()
+                            .find(|t| t.schema == side.entry.schema && t.table == side.entry.table)
+                        {
                             t.position = position.into();
                             t.past_rename = past;
                         }
@@ -537,10 +538,12 @@ impl WindowJob<'_> {
             .revert_window
             .ok_or_else(|| RunError::Window("no revert window is recorded".into()))?;
         if window.stage == WindowStage::Failed {
-            return Err(RunError::Window(window.failed.clone().unwrap_or_else(|| {
-                "the revert window failed earlier; `wraith finish CONFIG` drops the old table"
-                    .into()
-            })));
+            return Err(RunError::Window(window.failed.clone().unwrap_or_else(
+                || {
+                    "the revert window failed earlier; `wraith finish CONFIG` drops the old table"
+                        .into()
+                },
+            )));
         }
         let Some(length) = self.config.cutover.revert_window.map(|w| w.0) else {
             return Err(RunError::Window(
@@ -931,7 +934,12 @@ impl WindowDrain<'_, '_> {
                 )
             })
             .collect();
-        let stop = || self.job.control.stopping().then(|| "interrupted".to_string());
+        let stop = || {
+            self.job
+                .control
+                .stopping()
+                .then(|| "interrupted".to_string())
+        };
         let queued = cutover::lock_bounded(
             pool,
             self.job.flavor,

@@ -335,9 +335,7 @@ impl OnlineState {
     /// pending row it refuses (its key values and the server's words),
     /// found by writing each pending row alone in a rolled-back
     /// transaction. Everything pending stays pending.
-    pub async fn find_refused_row(
-        &self,
-    ) -> Result<Option<(Vec<Value>, String)>, ChangesError> {
+    pub async fn find_refused_row(&self) -> Result<Option<(Vec<Value>, String)>, ChangesError> {
         let mut applier = self.applier.lock().await;
         let batch = {
             let marks = lock(&self.marks, "watermarks")?;
@@ -733,7 +731,11 @@ async fn consume(states: Vec<Arc<OnlineState>>, mut stream: ChangeStream) {
                 }
             }
             Ok(StreamEvent::Renamed { tables, position }) => {
-                for state in tables.iter().filter_map(|&i| states.get(i)).filter(|s| fed(s)) {
+                for state in tables
+                    .iter()
+                    .filter_map(|&i| states.get(i))
+                    .filter(|s| fed(s))
+                {
                     if let Err(e) = state.renamed(position.clone()) {
                         state.fail(e);
                     }
