@@ -217,6 +217,14 @@ pub struct WindowTable {
     /// Whether `position` lies after the cut-over's RENAME (before it, the
     /// live table's changes start at that RENAME).
     pub past_rename: bool,
+    /// Every change before this position has been applied back and its row
+    /// compared, old against live: a resumed window replays from here, so
+    /// the rows written since are compared again before a revert.
+    #[serde(default)]
+    pub verified: Option<BinlogPosition>,
+    /// Whether `verified` lies after the cut-over's RENAME.
+    #[serde(default)]
+    pub verified_past_rename: bool,
 }
 
 impl TaskCheckpoint {

@@ -59,9 +59,14 @@ pub async fn revert(config: &Config, args: &RevertArgs) -> Result<Outcome, Failu
     match &report.cutover {
         Some(c) => {
             eprintln!(
-                "{tables}: reverted in {} attempt(s); writes were blocked for {:.1} ms in all; \
-                 {} rows written during the window compared equal first",
-                c.attempts, c.blocked_ms, report.rows_verified
+                "{tables}: reverted in {} attempt(s); writes were blocked for {:.1} ms in all \
+                 ({:.1} ms by the swap, {:.1} ms by the comparison's consistent point); {} rows \
+                 written during the window compared equal first",
+                c.attempts,
+                report.blocked_ms,
+                c.blocked_ms,
+                report.point_lock_ms,
+                report.rows_verified
             );
             crate::print_cutover_details(&tables, c);
         }

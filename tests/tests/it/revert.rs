@@ -471,6 +471,8 @@ async fn revert_under_load_is_exact_local() {
 /// checkpoint (no copy again), and a later revert (`--drop-new`) is exact.
 #[tokio::test]
 async fn a_killed_window_resumes_and_reverts_exactly() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let seed = wraith_tests::kill_seed();
     eprintln!("rv_kill seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -550,6 +552,8 @@ async fn a_killed_window_resumes_and_reverts_exactly() {
 /// the live table goes on untouched, and no revert is possible afterwards.
 #[tokio::test]
 async fn a_value_that_cannot_go_back_stops_the_window() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let what = "rv_unmappable";
     let s = Schema::new(what).await;
     sysbench_with_mirror(&s, ROWS).await;
@@ -843,6 +847,8 @@ async fn command(dir: &Path, line: &str) -> String {
 /// table keeps every row.
 #[tokio::test]
 async fn the_window_shows_in_status_runs_its_hooks_and_ends_by_itself() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     use std::os::unix::fs::PermissionsExt;
     let what = "rv_status";
     let s = Schema::new(what).await;
@@ -935,5 +941,71 @@ async fn the_window_shows_in_status_runs_its_hooks_and_ends_by_itself() {
         hooks_ran.lines().collect::<Vec<_>>(),
         ["on-revert-window-start", "on-finish", "on-success"],
         "{what}: hooks"
+    );
+}
+
+/// A value the old type keeps only approximately (a decimal rounded to
+/// fewer places, which the server does without an error) is never swapped
+/// in: the revert compares every row written in the window, finds the
+/// rounded one, names its key and renames nothing.
+#[tokio::test]
+async fn a_rounded_value_refuses_the_revert() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let what = "rv_rounded";
+    let s = Schema::new(what).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    // A row the load never touches (its ids stay below ROWS).
+    const ID: u64 = 900_000;
+    // The mirror has the new definition: it takes the value as the live table does.
+    s.exec(
+        "ALTER TABLE sbtest ADD COLUMN price DECIMAL(10,2) NULL; \
+         ALTER TABLE mirror ADD COLUMN price DECIMAL(12,4) NULL",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&s, dir.path(), "sql", "MODIFY price DECIMAL(12,4) NULL", "");
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, ROWS, 61));
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    wait_for_window(&mut child, WINDOW_OPENS).await;
+    s.exec(&format!(
+        "START TRANSACTION; \
+         INSERT INTO sbtest (id, k, c, pad, price) VALUES ({ID}, 1, 'rounded', 'row', 1.2345); \
+         INSERT INTO mirror (id, k, c, pad, price) VALUES ({ID}, 1, 'rounded', 'row', 1.2345); \
+         COMMIT"
+    ))
+    .await;
+    let live = definition(&s, "sbtest").await;
+    let revert = wraith_with_config(&["revert"], &cfg).await;
+    let run = child.finish(Duration::from_secs(60)).await;
+    load.stop().await;
+    assert_ne!(
+        revert.code,
+        0,
+        "{what}: the revert went ahead: {}",
+        revert.output()
+    );
+    let said = printed(&revert);
+    assert!(said.contains("revert window stopped"), "{what}: {said}");
+    assert!(
+        said.contains(&format!("`id` = {ID}")),
+        "{what}: the key is not named: {said}"
+    );
+    assert_eq!(run.code, 0, "{what}: {}", run.output());
+    // Nothing renamed: the live table is the new one, with every row.
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        live,
+        "{what}: sbtest changed"
+    );
+    assert!(!s.table_exists("_sbtest_new").await, "{what}: renamed");
+    assert_rows_equal(&s, "sbtest", "mirror", what).await;
+    // And the window is over for good: a second revert refuses too.
+    let again = wraith_with_config(&["revert"], &cfg).await;
+    assert_ne!(again.code, 0, "{what}: {}", again.output());
+    assert!(
+        printed(&again).contains("cannot revert"),
+        "{what}: {}",
+        again.output()
     );
 }

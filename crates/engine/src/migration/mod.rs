@@ -396,6 +396,13 @@ async fn hold_open_window(
             .get_conn()
             .await
             .context(|| "connecting to the source".into())?;
+        if window::reverted(&mut conn, &window).await? {
+            return Err(RunError::Window(
+                "a revert of this job's window was interrupted after it had swapped the tables \
+                 back; run `wraith revert CONFIG` to finish it"
+                    .into(),
+            ));
+        }
         let flavor = server::flavor(&mut conn).await?;
         drop(conn);
         let job = window::WindowJob {

@@ -67,6 +67,16 @@ use crate::shadow::{old_name, shadow_name};
 /// How often the window saves its position.
 const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the rows written in the window are compared, old table
+/// against live, at a consistent point (a moment's READ lock, as the
+/// checksum's): a value the old type keeps only approximately stops the
+/// window within this, and the keys to compare stay few.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keys written since the last comparison that bring the next one forward
+/// (they are held in memory until compared).
+const VERIFY_BACKLOG: usize = 100_000;
+
 /// What preflight refuses for a revert window, given the change's plan and
 /// the old table; `None` when the window can follow the change.
 pub fn refusal(plan: &TablePlan, old: &TableInfo) -> Option<String> {
@@ -145,6 +155,8 @@ pub(super) async fn record_pending(
                     columns,
                     position: position.clone().into(),
                     past_rename: false,
+                    verified: Some(position.clone().into()),
+                    verified_past_rename: false,
                 });
             }
         })
@@ -186,6 +198,11 @@ pub struct FinishReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RevertReport {
     pub tables: Vec<String>,
+    /// How long writes to the live tables waited on the revert, in all: the
+    /// swap's lock requests and the comparison's consistent points.
+    pub blocked_ms: f64,
+    /// Of `blocked_ms`, the consistent points' READ locks.
+    pub point_lock_ms: f64,
     /// The swap (none when an earlier, killed revert had done it).
     pub cutover: Option<crate::cutover::CutoverReport>,
     /// Rows written during the window, compared between the old and the live table before the swap.
@@ -408,13 +425,19 @@ impl WindowJob<'_> {
                 &entry.schema,
                 &entry.table,
             );
-            let from = binlog::BinlogPosition::from(entry.position.clone());
+            // From the last comparison: the rows changed since are applied
+            // again (the last image of a key wins) and compared again.
+            let (from, past_rename) = match &entry.verified {
+                Some(v) => (v.clone(), entry.verified_past_rename),
+                None => (entry.position.clone(), entry.past_rename),
+            };
+            let from = binlog::BinlogPosition::from(from);
             let changes = |e| RunError::Changes {
                 table: entry.table.clone(),
                 source: Box::new(e),
             };
             state.set_position(from.clone()).map_err(changes)?;
-            if entry.past_rename {
+            if past_rename {
                 state.renamed(from.clone()).map_err(changes)?;
             }
             state.marks().map_err(changes)?.copy_done();
@@ -423,10 +446,10 @@ impl WindowJob<'_> {
             let mut stream_config = ChangeStreamConfig::for_tables(&[&live])
                 .map_err(|e| changes(ChangesError::Start(e)))?;
             if let Some(t) = stream_config.tables.first_mut() {
-                t.from_rename = !entry.past_rename;
+                t.from_rename = !past_rename;
             }
             stream_config.token_table = Some((entry.schema.clone(), CHANGELOG_TABLE.to_string()));
-            tracing::info!(table = %entry.table, position = %from, past_rename = entry.past_rename, "the revert window follows the live table");
+            tracing::info!(table = %entry.table, position = %from, past_rename, "the revert window follows the live table");
             let stream =
                 ChangeStream::start(self.source_opts.clone(), self.flavor, from, stream_config)
                     .await
@@ -592,6 +615,7 @@ impl WindowJob<'_> {
             at_end: at_end.into(),
         });
         let mut saved = Instant::now();
+        let mut verified = Instant::now();
         let mut expired_said = false;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -650,7 +674,83 @@ impl WindowJob<'_> {
                 self.save(&sides).await?;
                 saved = Instant::now();
             }
+            let backlog: usize = sides
+                .iter()
+                .map(|s| s.state.changed_since_verified().unwrap_or(0))
+                .sum();
+            if backlog > 0 && (verified.elapsed() >= VERIFY_INTERVAL || backlog >= VERIFY_BACKLOG) {
+                let mut drain = WindowDrain {
+                    sides: &sides,
+                    job: self,
+                    verified: 0,
+                    point_blocked: Duration::ZERO,
+                };
+                match drain.verify_at_point().await {
+                    Ok(points) => self.save_verified(&sides, points).await?,
+                    Err(DrainError::Stop(v)) => return Err(self.mismatch(&sides, *v).await),
+                    // A lost connection or a busy table: compared next time.
+                    Err(DrainError::Retry(e)) => {
+                        tracing::info!(error = %e, "comparing the window's rows: trying again later")
+                    }
+                }
+                verified = Instant::now();
+            }
         }
+    }
+
+    /// Records where each table's comparison got to.
+    async fn save_verified(&self, sides: &[Side], points: Vec<Verified>) -> Result<(), RunError> {
+        self.checkpoint
+            .update(|task| {
+                if let Some(w) = task.revert_window.as_mut() {
+                    for (side, point) in sides.iter().zip(points) {
+                        let Some((position, past)) = point else {
+                            continue;
+                        };
+                        if let Some(t) = w
+                            .tables
+                            .iter_mut()
+                            .find(|t| t.schema == side.entry.schema && t.table == side.entry.table)
+                        {
+                            t.verified = Some(position.into());
+                            t.verified_past_rename = past;
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(RunError::Checkpoint)
+    }
+
+    /// Rows of the old table that differ from the live ones: the window
+    /// failed (recorded, so no revert swaps them in).
+    async fn mismatch(&self, sides: &[Side], e: VerifyError) -> RunError {
+        let detail = match &e {
+            VerifyError::Mismatch { detail, .. } => format!(
+                "rows written during the window differ between the old table and the live one \
+                 ({detail}): the old column type holds their values only approximately"
+            ),
+            e => e.to_string(),
+        };
+        let message = format!(
+            "revert window stopped: {}: {detail}. Nothing was renamed and the live table is \
+             untouched; the old table does not hold those rows exactly, so no revert is \
+             possible: `wraith finish CONFIG` drops it",
+            label(sides)
+        );
+        let recorded = self
+            .checkpoint
+            .update(|task| {
+                if let Some(w) = task.revert_window.as_mut() {
+                    w.stage = WindowStage::Failed;
+                    w.failed = Some(message.clone());
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "recording the failed revert window");
+        }
+        RunError::Window(message)
     }
 
     /// `wraith finish`: each old table renamed out of the way at once, then
@@ -770,15 +870,19 @@ impl WindowJob<'_> {
             sides: &sides,
             job: self,
             verified: 0,
+            point_blocked: Duration::ZERO,
         };
         // Every row written in the window, compared before anything is locked for long.
-        drain.verify_at_point().await.map_err(|e| match e {
-            DrainError::Stop(v) => RunError::Verify(v),
-            DrainError::Retry(c) => RunError::Changes {
-                table: tables.clone(),
-                source: Box::new(c),
-            },
-        })?;
+        match drain.verify_at_point().await {
+            Ok(_) => {}
+            Err(DrainError::Stop(v)) => return Err(self.mismatch(&sides, *v).await),
+            Err(DrainError::Retry(c)) => {
+                return Err(RunError::Changes {
+                    table: tables.clone(),
+                    source: Box::new(c),
+                })
+            }
+        }
         let swap: Vec<SwapTable> = sides
             .iter()
             .map(|s| SwapTable::back(&s.entry.schema, &s.entry.table))
@@ -797,8 +901,9 @@ impl WindowJob<'_> {
         )
         .await;
         let verified = drain.verified;
+        let point_ms = drain.point_blocked.as_secs_f64() * 1000.0;
         let cut = match cut {
-            Err(CutoverError::Verify(v)) => return Err(RunError::Verify(v)),
+            Err(CutoverError::Verify(v)) => return Err(self.mismatch(&sides, *v).await),
             cut => cut.map_err(RunError::Cutover)?,
         };
         drop(sides);
@@ -815,6 +920,8 @@ impl WindowJob<'_> {
                 .iter()
                 .map(|t| format!("{}.{}", t.schema, t.table))
                 .collect(),
+            blocked_ms: cut.blocked_ms + point_ms,
+            point_lock_ms: point_ms,
             cutover: Some(cut),
             rows_verified: verified,
             kept,
@@ -840,6 +947,8 @@ impl WindowJob<'_> {
                 .iter()
                 .map(|t| format!("{}.{}", t.schema, t.table))
                 .collect(),
+            blocked_ms: 0.0,
+            point_lock_ms: 0.0,
             cutover: None,
             rows_verified: 0,
             kept,
@@ -889,6 +998,8 @@ struct WindowDrain<'s, 'a> {
     sides: &'s [Side],
     job: &'s WindowJob<'a>,
     verified: u64,
+    /// How long the consistent points' locks kept writes waiting.
+    point_blocked: Duration,
 }
 
 impl WindowDrain<'_, '_> {
@@ -904,7 +1015,7 @@ impl WindowDrain<'_, '_> {
     /// A consistent point of every live table (locked for a moment, as the
     /// checksum's), then every row written since the last comparison
     /// compared in snapshots of that point.
-    async fn verify_at_point(&mut self) -> Result<(), DrainError> {
+    async fn verify_at_point(&mut self) -> Result<Vec<Verified>, DrainError> {
         let retry = |e: DbError| DrainError::Retry(e.into());
         let pool = self.job.pool;
         let mut lock = pool
@@ -934,10 +1045,9 @@ impl WindowDrain<'_, '_> {
                 )
             })
             .collect();
+        // A window handed over does not wait on for a busy table.
         let stop = || {
-            self.job
-                .control
-                .stopping()
+            (self.job.control.stopping() || self.job.ops.window_released())
                 .then(|| "interrupted".to_string())
         };
         let queued = cutover::lock_bounded(
@@ -954,10 +1064,14 @@ impl WindowDrain<'_, '_> {
         let locked = server::TablesLock::granted(lock, queued);
         let taken = async {
             let mut keys = Vec::new();
+            let mut points = Vec::new();
             for (side, (old_side, live_side)) in self.sides.iter().zip(sessions.iter_mut()) {
                 side.state
                     .drain(timeout * 10, "at the revert's consistent point")
                     .await?;
+                // Under the lock, nothing of the live table commits: every
+                // change before this position is applied now.
+                points.push(side.state.position().map(|p| (p, side.state.past_rename())));
                 for c in [&mut *old_side, &mut *live_side] {
                     c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                         .await
@@ -966,11 +1080,12 @@ impl WindowDrain<'_, '_> {
                 }
                 keys.push(side.state.track_changes().map_err(DrainError::Retry)?);
             }
-            Ok::<_, DrainError>(keys)
+            Ok::<_, DrainError>((keys, points))
         }
         .await;
         let unlocked = locked.unlock().await;
-        let keys = taken?;
+        self.point_blocked += unlocked.blocked;
+        let (keys, points) = taken?;
         unlocked.result.map_err(retry)?;
         for ((side, (old_side, live_side)), keys) in
             self.sides.iter().zip(sessions.iter_mut()).zip(keys)
@@ -987,9 +1102,13 @@ impl WindowDrain<'_, '_> {
                 .map_err(stop_on)?;
             self.verified += n;
         }
-        Ok(())
+        Ok(points)
     }
 }
+
+/// Where a table's comparison got to: every change before the position is
+/// compared (with whether it lies past the cut-over's RENAME).
+type Verified = Option<(binlog::BinlogPosition, bool)>;
 
 /// A comparison that failed: a difference stops the revert; a lost
 /// connection is worth another attempt.
@@ -1060,7 +1179,7 @@ impl Drain for WindowDrain<'_, '_> {
     }
 
     async fn verify_unlocked(&mut self) -> Result<(), DrainError> {
-        self.verify_at_point().await
+        self.verify_at_point().await.map(|_| ())
     }
 }
 
