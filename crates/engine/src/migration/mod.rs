@@ -431,7 +431,7 @@ enum WindowCommand {
 
 /// What a window command did.
 enum WindowDone {
-    Reverted(RevertReport),
+    Reverted(Box<RevertReport>),
     Finished(FinishReport),
 }
 
@@ -451,7 +451,7 @@ pub async fn revert(
     )
     .await?
     {
-        WindowDone::Reverted(r) => Ok(r),
+        WindowDone::Reverted(r) => Ok(*r),
         WindowDone::Finished(_) => Err(RunError::Window(
             "the window was finished, not reverted".into(),
         )),
@@ -548,10 +548,14 @@ async fn end_window(
             }
             WindowCommand::Revert { drop_new } if reverted => {
                 // A revert killed after its RENAME: only its cleanup is left.
-                job.finish_revert(&window, drop_new).await.map(WindowDone::Reverted)
+                job.finish_revert(&window, drop_new)
+                    .await
+                    .map(|r| WindowDone::Reverted(Box::new(r)))
             }
             WindowCommand::Revert { drop_new } if window::swapped(&pool, &window).await? => {
-                job.revert(&window, drop_new).await.map(WindowDone::Reverted)
+                job.revert(&window, drop_new)
+                    .await
+                    .map(|r| WindowDone::Reverted(Box::new(r)))
             }
             WindowCommand::Finish if window::swapped(&pool, &window).await? => {
                 job.drop_old_tables(&window).await.map(WindowDone::Finished)
