@@ -344,6 +344,30 @@ impl StatusReport {
                 ));
             }
         }
+        if let Some(w) = &cp.revert_window {
+            match w.stage {
+                wraith_checkpoints::WindowStage::Pending => {
+                    out.push_str("  revert window: opens after the cut-over\n")
+                }
+                _ => out.push_str(&format!("  revert window: {}\n", self.summary)),
+            }
+            for t in &w.tables {
+                out.push_str(&format!(
+                    "    {}.{}: applied back up to {}{}, compared up to {}\n",
+                    t.schema,
+                    t.table,
+                    t.position,
+                    if t.past_rename {
+                        ""
+                    } else {
+                        " (before the cut-over's RENAME)"
+                    },
+                    t.verified
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), |v| v.to_string())
+                ));
+            }
+        }
         for (table, ok) in &self.resumable {
             out.push_str(&format!(
                 "  {table}: {}\n",
@@ -459,14 +483,32 @@ pub async fn status(config: &Config) -> Result<StatusReport, StatusError> {
                 .collect();
             let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
             let total: u64 = tables.iter().map(|t| t.rows_total).sum();
-            (
-                "Stopped".to_string(),
-                format!(
-                    "{copied}/{total} rows; stopped at {}; `wraith run` resumes",
-                    cp.summary_status()
-                ),
-                tables,
-            )
+            let window = cp
+                .revert_window
+                .as_ref()
+                .filter(|w| w.stage != wraith_checkpoints::WindowStage::Pending);
+            if let Some(w) = window {
+                let summary = match &w.failed {
+                    Some(why) => format!("revert window failed: {why}"),
+                    None => format!(
+                        "revert window open until {} (no process holds it: `wraith run` holds it \
+                         again, `wraith revert` swaps back, `wraith finish` ends it)",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_secs(w.ends_at)
+                        )
+                    ),
+                };
+                (State::RevertWindow.to_string(), summary, tables)
+            } else {
+                (
+                    "Stopped".to_string(),
+                    format!(
+                        "{copied}/{total} rows; stopped at {}; `wraith run` resumes",
+                        cp.summary_status()
+                    ),
+                    tables,
+                )
+            }
         }
         (None, None) => ("None".to_string(), "no checkpoint".to_string(), Vec::new()),
     };

@@ -500,10 +500,17 @@ async fn end_window(
             .and_then(|t| t.control_socket);
         if let Some(path) = socket {
             let path = std::path::PathBuf::from(path);
-            if crate::control::send_command(&path, "release-window", Duration::from_secs(5))
-                .await
-                .is_some()
-            {
+            let reply =
+                crate::control::send_command(&path, "release-window", Duration::from_secs(5))
+                    .await;
+            if let Some(reply) = reply.as_deref().filter(|r| !r.starts_with("ok")) {
+                return Err(RunError::Window(format!(
+                    "a wraith run of this job is running (control socket {}) and does not hold \
+                     a revert window: {reply}; nothing was done",
+                    path.display()
+                )));
+            }
+            if reply.is_some() {
                 let deadline = Instant::now() + HAND_OVER_TIMEOUT;
                 while crate::control::query_status(&path, Duration::from_secs(1))
                     .await
