@@ -714,3 +714,66 @@ async fn events_until_error(stream: &mut ChangeStream) -> (Vec<StreamEvent>, Cha
         }
     }
 }
+
+/// A table followed from its RENAME (the revert window's stream): the rows
+/// of the table that had the name before are skipped undecoded (they have
+/// other columns), the RENAME that brings the followed table under the
+/// name is handed out as `Renamed` with the position after it, and from
+/// there its rows come, until a later DDL on it stops the stream.
+#[tokio::test]
+async fn a_table_followed_from_its_rename_starts_there() {
+    let mut c = schema("bl_renamed").await;
+    c.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); \
+         CREATE TABLE _t_new (id INT PRIMARY KEY, v VARCHAR(20), extra INT NOT NULL)",
+    )
+    .await
+    .expect("create");
+    let mut cfg = config("bl_renamed", "_t_new").await;
+    cfg.tables[0].table = "t".into();
+    cfg.tables[0].from_rename = true;
+    let from = position().await;
+    c.query_drop(
+        "INSERT INTO t VALUES (1, 'old'); INSERT INTO _t_new VALUES (1, 'copied', 5); \
+         ALTER TABLE t COMMENT 'before'; \
+         RENAME TABLE t TO _t_old, _t_new TO t; \
+         INSERT INTO t VALUES (2, 'new', 7); INSERT INTO _t_old VALUES (3, 'old again'); \
+         ALTER TABLE t ADD COLUMN y INT",
+    )
+    .await
+    .expect("writes");
+    let mut stream = start(from, cfg).await;
+    let (seen, err) = events_until_error(&mut stream).await;
+    assert!(
+        matches!(&err, ChangeStreamError::DdlOnSource { statement, .. } if statement.contains("ADD COLUMN y")),
+        "{err}"
+    );
+    let renamed: Vec<usize> = seen
+        .iter()
+        .position(|e| matches!(e, StreamEvent::Renamed { .. }))
+        .into_iter()
+        .collect();
+    let Some(&at) = renamed.first() else {
+        panic!("no Renamed event: {}", transcript(&seen).join("\n"));
+    };
+    // A DDL on the old table under the name (the COMMENT) is not the
+    // followed table's: only the statement that renames it into place counts.
+    let ids: Vec<i64> = changes(&seen[at..])
+        .iter()
+        .map(|c| id_of(c.after.as_ref().expect("after")))
+        .collect();
+    assert_eq!(ids, vec![2], "{}", transcript(&seen).join("\n"));
+    assert!(
+        changes(&seen[..at]).is_empty(),
+        "rows before the rename: {}",
+        transcript(&seen).join("\n")
+    );
+    // The position handed with it is the one its statement commits at.
+    match (&seen[at], seen.get(at + 1)) {
+        (StreamEvent::Renamed { tables, position }, Some(StreamEvent::Commit { position: p })) => {
+            assert_eq!(tables, &vec![0]);
+            assert_eq!(position, p);
+        }
+        other => panic!("Renamed then Commit expected, got {other:?}"),
+    }
+}

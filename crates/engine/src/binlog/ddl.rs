@@ -215,6 +215,8 @@ impl Parser<'_> {
 struct Touched {
     names: Vec<(String, String)>,
     schema: Option<String>,
+    /// The names a RENAME gives (its `TO` sides).
+    renamed_to: Vec<(String, String)>,
 }
 
 impl Touched {
@@ -261,6 +263,27 @@ pub(crate) fn all_touched<'a>(
         .collect()
 }
 
+/// Of `tables`, the indexes of every one that `sql` (a `RENAME TABLE`)
+/// renames another table to, in their order.
+pub(crate) fn renamed_into<'a>(
+    sql: &str,
+    default_schema: &str,
+    tables: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<usize> {
+    let touched = touched(sql, default_schema);
+    tables
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (schema, table))| {
+            touched
+                .renamed_to
+                .iter()
+                .any(|n| n.0.eq_ignore_ascii_case(schema) && n.1.eq_ignore_ascii_case(table))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Whether `sql`, run with default schema `default_schema`, alters, drops,
 /// renames, truncates or replaces `schema.table`.
 #[cfg(test)]
@@ -272,6 +295,7 @@ fn touched(sql: &str, default_schema: &str) -> Touched {
     let toks = tokenize(sql);
     let mut p = Parser { toks: &toks, i: 0 };
     let mut names: Vec<(String, String)> = Vec::new();
+    let mut renamed_to: Vec<(String, String)> = Vec::new();
     if p.eat_kw("ALTER") {
         p.eat_kw("ONLINE");
         p.eat_kw("IGNORE");
@@ -286,6 +310,7 @@ fn touched(sql: &str, default_schema: &str) -> Touched {
             return Touched {
                 names,
                 schema: p.ident(),
+                renamed_to,
             };
         }
         if p.eat_kw("TEMPORARY") {
@@ -324,7 +349,9 @@ fn touched(sql: &str, default_schema: &str) -> Touched {
             if !p.eat_kw("TO") {
                 break;
             }
-            names.extend(p.table_name(default_schema));
+            let to = p.table_name(default_schema);
+            renamed_to.extend(to.clone());
+            names.extend(to);
             if !p.eat_sym(',') {
                 break;
             }
@@ -356,12 +383,24 @@ fn touched(sql: &str, default_schema: &str) -> Touched {
     Touched {
         names,
         schema: None,
+        renamed_to,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{first_touched, touches_table};
+    use super::{first_touched, renamed_into, touches_table};
+
+    #[test]
+    fn a_rename_names_the_tables_it_renames_into() {
+        let tables = [("app", "t"), ("app", "u")];
+        let into = |sql: &str| renamed_into(sql, "app", tables);
+        assert_eq!(into("RENAME TABLE t TO _t_old, _t_new TO t"), vec![0]);
+        assert_eq!(into("RENAME TABLE `app`.`x` TO app.u, y TO `T`"), vec![0, 1]);
+        assert!(into("RENAME TABLE t TO _t_new, _t_old TO t_other").is_empty());
+        assert!(into("ALTER TABLE t RENAME TO u").is_empty());
+        assert!(into("RENAME TABLE t TO other.t").is_empty());
+    }
 
     fn hit(sql: &str) -> bool {
         touches_table(sql, "app", "app", "t")

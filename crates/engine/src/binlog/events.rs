@@ -343,16 +343,21 @@ impl ChangeStream {
             _ => {}
         }
         let schema = q.schema();
-        let followed = self
-            .cfg
-            .tables
-            .iter()
-            .map(|t| (t.schema.as_str(), t.table.as_str()));
-        let touched = ddl::all_touched(&sql, &schema, followed);
+        let names = || {
+            self.cfg
+                .tables
+                .iter()
+                .map(|t| (t.schema.as_str(), t.table.as_str()))
+        };
+        let touched = ddl::all_touched(&sql, &schema, names());
         let waiting = |i: &usize| !self.armed.get(*i).copied().unwrap_or(true);
-        if !touched.is_empty() && touched.iter().all(waiting) {
+        let arming: Vec<usize> = ddl::renamed_into(&sql, &schema, names())
+            .into_iter()
+            .filter(waiting)
+            .collect();
+        if !arming.is_empty() {
             // The statement that renames the tables into place: follow them from here.
-            for &i in &touched {
+            for &i in &arming {
                 if let Some(a) = self.armed.get_mut(i) {
                     *a = true;
                 }
@@ -362,7 +367,7 @@ impl ChangeStream {
             let commit = self.queue.pop_back();
             if let Some(Item::Out(StreamEvent::Commit { position })) = &commit {
                 self.queue.push_back(Item::Out(StreamEvent::Renamed {
-                    tables: touched,
+                    tables: arming,
                     position: position.clone(),
                 }));
             }
