@@ -60,6 +60,12 @@
 //!   tables are followed. wraith's own cut-over RENAME (one statement naming
 //!   every table of the job) is such a statement: the cut-over stops reading
 //!   before it.
+//!   A table followed [`WatchedTable::from_rename`] (the revert window's
+//!   live table) is followed only from the `RENAME TABLE` that renames
+//!   another table into its name: before it, rows under the name are
+//!   another table's and are skipped undecoded, DDL on it is not the
+//!   followed table's, and the RENAME itself is handed out as
+//!   [`StreamEvent::Renamed`] with the position after it.
 //! - **Heartbeats.** The dump asks for `@master_heartbeat_period`; the server
 //!   sends a HEARTBEAT event when it has had nothing to send for that long.
 //!   Each becomes a [`StreamEvent::Heartbeat`] and marks the stream as caught

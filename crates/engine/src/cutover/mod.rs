@@ -86,6 +86,10 @@
 //! renamed. A session that dies releases its locks the same way. Then the
 //! markers are dropped and the attempt retried with backoff.
 //!
+//! **A revert** (the revert window's `wraith revert`) is the same swap the
+//! other way: [`SwapTable::back`] renames `t` to `_t_new` and `_t_old` to
+//! `t`, with the same locks, sentries, drain and verification.
+//!
 //! **MySQL 8.0.13+** allows RENAME under LOCK TABLES in one session:
 //! `LOCK TABLES t WRITE, _t_new WRITE` (every table of the group and its
 //! shadow), drain, carry the AUTO_INCREMENT counters over, one `RENAME

@@ -46,7 +46,9 @@
 //! tracker; `table.rs` a table's start and its checkpoint updates,
 //! `stages.rs` its stages from the copy to the analysis, `points.rs` the
 //! consistent points (checksum, re-verification), `cleanup.rs` what is
-//! dropped and when, `report.rs` the report.
+//! dropped and when, `report.rs` the report, `window.rs` the revert window
+//! after the cut-over (`[cutover] revert_window`) and its two ends,
+//! [`revert`] and [`finish`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
