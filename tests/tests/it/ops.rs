@@ -309,7 +309,7 @@ async fn socket_commands_steer_a_running_copy() {
     // Hold the cut-over and the copy first, so each step can be watched.
     assert!(ctl.send("postpone-cutover").await.starts_with("ok"));
     assert_eq!(ctl.send("pause").await, "ok: throttled: commanded by user");
-    let help = ctl.send_lines("help", 12).await;
+    let help = ctl.send_lines("help", 14).await;
     for command in [
         "status-json",
         "chunk-size=N",

@@ -489,7 +489,8 @@ async fn end_window(
     let result = async {
         let none = || {
             RunError::Window(
-                "this job has no revert window open (no checkpoint records one): nothing to                  revert or finish"
+                "this job has no revert window open (no checkpoint records one): nothing to \
+                 revert or finish; `wraith status CONFIG` shows what the checkpoint holds"
                     .into(),
             )
         };
@@ -520,7 +521,8 @@ async fn end_window(
                 {
                     if Instant::now() > deadline {
                         return Err(RunError::Window(format!(
-                            "the run holding the revert window (control socket {}) did not hand                              it over within {}s; stop it (Ctrl-C) and try again",
+                            "the run holding the revert window (control socket {}) did not hand \
+                             it over within {}s; stop it (Ctrl-C) and try again",
                             path.display(),
                             HAND_OVER_TIMEOUT.as_secs()
                         )));
@@ -570,7 +572,9 @@ async fn end_window(
                 job.drop_old_tables(&window).await.map(WindowDone::Finished)
             }
             _ => Err(RunError::Window(
-                "the job's tables are not in the state a revert window leaves (the live table                  new, _t_old the old one): the cut-over has not happened, or the tables were                  changed by hand; nothing was done"
+                "the job's tables are not in the state a revert window leaves (the live table \
+                 new, _t_old the old one): the cut-over has not happened, or the tables were \
+                 changed by hand; nothing was done"
                     .into(),
             )),
         }

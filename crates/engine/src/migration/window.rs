@@ -965,6 +965,8 @@ impl WindowJob<'_> {
     ) -> Result<Vec<String>, RunError> {
         let mut kept = Vec::new();
         for t in &window.tables {
+            // A revert killed right after its RENAME left its markers.
+            cutover::drop_markers(conn, &t.schema, &t.table).await?;
             let new = shadow_name(&t.table);
             if drop_new {
                 conn.query_drop(format!(
