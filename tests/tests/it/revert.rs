@@ -1200,6 +1200,9 @@ fn old_name_of(table: &str) -> String {
     format!("_{table}_old")
 }
 
+/// A kill step: the revert's RENAME done on the server.
+const SWAPPED: &str = "_sbtest_new exists";
+
 /// kill -9 of `wraith revert` at a random moment (before it asked the run
 /// to hand over, while it catches up or compares, under the swap's lock,
 /// after the RENAME), under the load; `wraith revert` again finishes the
@@ -1227,21 +1230,31 @@ async fn a_revert_killed_anywhere_reruns_to_exact() {
     // The moment of the kill: a random time from the start, or a random
     // time after one of the revert's steps is logged (the window followed
     // again, the swap's first lock request seen coming, its own RENAME read
-    // back from the binlog, which comes after the swap).
-    let steps = ["to=Revert", "metadata_lock_info", "DDL on"];
+    // back from the binlog, which comes after the swap), or at once when the
+    // server shows the swap done (`_sbtest_new` there), before the revert's
+    // own cleanup.
+    let steps = ["to=Revert", "metadata_lock_info", "DDL on", SWAPPED];
     let (step, delay) = match rng.random_range(0..2) {
         0 => (None, rng.random_range(0..800)),
-        _ => (
-            Some(steps[rng.random_range(0..steps.len())]),
-            rng.random_range(0..100),
-        ),
+        _ => match steps[rng.random_range(0..steps.len())] {
+            SWAPPED => (Some(SWAPPED), 0),
+            step => (Some(step), rng.random_range(0..100)),
+        },
     };
     eprintln!("{what}: kill after {step:?} + {delay} ms");
     let started = Instant::now();
     let mut first = WraithChild::spawn(&["revert", "-v"], &cfg);
     if let Some(step) = step {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !first.stderr().contains(step) && !first.try_finished() {
+        loop {
+            let reached = if step == SWAPPED {
+                s.table_exists("_sbtest_new").await
+            } else {
+                first.stderr().contains(step)
+            };
+            if reached || first.try_finished() {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
                 "{what}: the revert did not log {step:?} within 60s:\n{}",
