@@ -470,7 +470,7 @@ async fn checkpoints(s: &Schema) -> u64 {
 }
 
 /// Where the binlog is now.
-async fn binlog_now(s: &Schema) -> (String, u64) {
+pub(crate) async fn binlog_now(s: &Schema) -> (String, u64) {
     let mut c = s.conn().await;
     let row: mysql_async::Row = c
         .query_first("SHOW MASTER STATUS")
@@ -485,7 +485,7 @@ async fn binlog_now(s: &Schema) -> (String, u64) {
 
 /// The `RENAME TABLE` statements on schema `s` written to the binlog since
 /// `from` (the text of each Query event, without its `use` prefix).
-async fn renames_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
+pub(crate) async fn renames_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
     let mut c = s.conn().await;
     let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.expect("binary logs");
     let mut found = Vec::new();
@@ -522,7 +522,7 @@ async fn renames_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
 }
 
 /// The table names a RENAME statement of schema `schema` mentions.
-fn renamed_names(schema: &str, statement: &str) -> BTreeSet<String> {
+pub(crate) fn renamed_names(schema: &str, statement: &str) -> BTreeSet<String> {
     statement
         .replace('`', "")
         .replace(&format!("{schema}."), "")

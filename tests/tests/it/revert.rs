@@ -127,8 +127,13 @@ async fn assert_rows_equal(s: &Schema, table: &str, mirror: &str, what: &str) {
 
 /// What `sbtest` becomes by `alter`, as the server's own ALTER makes it.
 async fn altered_definition(s: &Schema, alter: &str) -> Definition {
+    altered_definition_of(s, "sbtest", alter).await
+}
+
+/// What `table` becomes by `alter`, as the server's own ALTER makes it.
+async fn altered_definition_of(s: &Schema, table: &str, alter: &str) -> Definition {
     s.exec(&format!(
-        "CREATE TABLE expected_new LIKE sbtest; ALTER TABLE expected_new {alter}"
+        "CREATE TABLE expected_new LIKE {table}; ALTER TABLE expected_new {alter}"
     ))
     .await;
     let def = definition(s, "expected_new").await;
@@ -1008,4 +1013,321 @@ async fn a_rounded_value_refuses_the_revert() {
         "{what}: {}",
         again.output()
     );
+}
+
+/// The second table of the two-table job: sysbench-like, with `mirror2`.
+const TWO: &str = "sbtwo";
+/// Each table's ALTER changes a type and adds a column.
+const ONE_ALTER: &str =
+    "MODIFY k BIGINT UNSIGNED NOT NULL DEFAULT 0, ADD COLUMN extra INT NOT NULL DEFAULT 7";
+const TWO_ALTER: &str =
+    "MODIFY pad VARCHAR(100) NOT NULL DEFAULT '', ADD COLUMN tenant_id INT UNSIGNED NOT NULL DEFAULT 3";
+
+/// Two tables in one job with one window (`[cutover] together`, the
+/// default): `wraith revert` under a load on both swaps both back in one
+/// RENAME, each with its original definition and every row written since
+/// the cut-over, and keeps both new-schema tables.
+#[tokio::test]
+async fn several_tables_revert_together() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let what = "rv_two";
+    let s = Schema::new(what).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    {
+        let mut c = s.conn().await;
+        wraith_engine::testkit::workload::create_sysbench_table(&mut c, &s.name, TWO, ROWS)
+            .await
+            .expect("create sbtwo");
+    }
+    s.exec(&format!(
+        "CREATE TABLE mirror2 LIKE {TWO}; INSERT INTO mirror2 SELECT * FROM {TWO}"
+    ))
+    .await;
+    let originals = [definition(&s, "sbtest").await, definition(&s, TWO).await];
+    let news = [
+        altered_definition_of(&s, "sbtest", ONE_ALTER).await,
+        altered_definition_of(&s, TWO, TWO_ALTER).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&s, dir.path(), "sql", ONE_ALTER, "").replacen(
+        "[copy]",
+        &format!("[[table]]\nname = \"{TWO}\"\nalter = {TWO_ALTER:?}\n\n[copy]"),
+        1,
+    );
+    let load_two = |seed| wraith_engine::testkit::workload::LoadConfig {
+        table: TWO.into(),
+        mirror: Some("mirror2".into()),
+        rate: 100,
+        ..mirrored_load(&s, ROWS, seed)
+    };
+    let one = |seed| wraith_engine::testkit::workload::LoadConfig {
+        rate: 100,
+        ..mirrored_load(&s, ROWS, seed)
+    };
+    let loads = [
+        Load::start(s.pool.clone(), one(71)),
+        Load::start(s.pool.clone(), load_two(72)),
+    ];
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    wait_for_window(&mut child, WINDOW_OPENS).await;
+    for (table, new) in [("sbtest", &news[0]), (TWO, &news[1])] {
+        assert!(
+            s.table_exists(&old_name_of(table)).await,
+            "{what}: no {} in the window",
+            old_name_of(table)
+        );
+        assert_eq!(
+            &definition(&s, table).await,
+            new,
+            "{what}: {table} is not the new table in the window"
+        );
+    }
+    // Writes on both tables in the window, then the revert under them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = crate::multi::binlog_now(&s).await;
+    let revert = wraith_with_config(&["revert"], &cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let [a, b] = loads;
+    let stats = [a.stop().await, b.stop().await];
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(revert.code, 0, "{what}: revert: {}", revert.output());
+    assert_eq!(run.code, 0, "{what}: run: {}", run.output());
+    assert!(
+        run.stderr.contains("handed the revert window over"),
+        "{what}: {}",
+        run.output()
+    );
+    for st in &stats {
+        assert!(st.transactions > 300, "{what}: the load barely ran: {st:?}");
+    }
+    // One swap: one report line naming both tables.
+    let said = printed(&revert);
+    let reports: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("reverted in") || l.contains("reverted ("))
+        .collect();
+    let both = |l: &str| {
+        l.contains(&format!("{}.sbtest", s.name)) && l.contains(&format!("{}.{TWO}", s.name))
+    };
+    assert!(
+        reports.len() == 1 && both(reports[0]),
+        "{what}: not one revert naming both tables: {}",
+        revert.output()
+    );
+    let blocked = ms_after(&said, "writes were blocked for ").unwrap_or_else(|| {
+        panic!(
+            "{what}: revert did not say how long writes were blocked: {}",
+            revert.output()
+        )
+    });
+    eprintln!(
+        "{what}: revert blocked writes {blocked:.1} ms; loads: {} and {} transactions, worst {:.1} and {:.1} ms",
+        stats[0].transactions,
+        stats[1].transactions,
+        stats[0].max_ms(),
+        stats[1].max_ms()
+    );
+    // And one RENAME in the binlog, swapping both back.
+    let renames = crate::multi::renames_since(&s, &from).await;
+    assert_eq!(
+        renames.len(),
+        1,
+        "{what}: not one RENAME TABLE for both tables: {renames:#?}"
+    );
+    let names = crate::multi::renamed_names(&s.name, &renames[0]);
+    for n in [
+        "sbtest",
+        "_sbtest_old",
+        "_sbtest_new",
+        TWO,
+        "_sbtwo_old",
+        "_sbtwo_new",
+    ] {
+        assert!(
+            names.contains(n),
+            "{what}: the revert's RENAME does not name {n}: {}",
+            renames[0]
+        );
+    }
+    for ((table, mirror), (original, new)) in [("sbtest", "mirror"), (TWO, "mirror2")]
+        .into_iter()
+        .zip(originals.iter().zip(&news))
+    {
+        assert_eq!(
+            &definition(&s, table).await,
+            original,
+            "{what}: {table} is not the original table"
+        );
+        assert_rows_equal(&s, table, mirror, what).await;
+        let kept = format!("_{table}_new");
+        assert!(
+            s.table_exists(&kept).await,
+            "{what}: the new-schema table was not kept as {kept}"
+        );
+        assert_eq!(
+            &definition(&s, &kept).await,
+            new,
+            "{what}: {kept} is not the new schema"
+        );
+    }
+    let left: Vec<String> = tables(&s)
+        .await
+        .into_iter()
+        .filter(|t| t != "_wraith_checkpoint")
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "_sbtest_new",
+            "_sbtwo_new",
+            "mirror",
+            "mirror2",
+            "sbtest",
+            "sbtwo"
+        ],
+        "{what}: wraith left tables behind"
+    );
+    assert_eq!(
+        checkpoints(&s).await,
+        0,
+        "{what}: the reverted job left its checkpoint"
+    );
+}
+
+/// `_t_old`, as the tests spell it.
+fn old_name_of(table: &str) -> String {
+    format!("_{table}_old")
+}
+
+/// A kill step: the revert's RENAME done on the server.
+const SWAPPED: &str = "_sbtest_new exists";
+
+/// kill -9 of `wraith revert` at a random moment (before it asked the run
+/// to hand over, while it catches up or compares, under the swap's lock,
+/// after the RENAME), under the load; `wraith revert` again finishes the
+/// job exactly: the original table with every row, `_sbtest_new` kept,
+/// no sentry or marker table, no checkpoint.
+#[tokio::test]
+async fn a_revert_killed_anywhere_reruns_to_exact() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let seed = wraith_tests::kill_seed();
+    eprintln!("rv_revert_kill seed: {seed} (replay with WRAITH_KILL_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let what = format!("rv_revert_kill (seed {seed})");
+    let s = Schema::new("rv_revert_kill").await;
+    with_note2(&s).await;
+    let original = definition(&s, "sbtest").await;
+    let new = altered_definition(&s, ALTER).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&s, dir.path(), "sql", ALTER, "");
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, ROWS, seed));
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    wait_for_window(&mut child, WINDOW_OPENS).await;
+    let notes = NoteWriter::start(&s, seed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The moment of the kill: a random time from the start, or a random
+    // time after one of the revert's steps is logged (the window followed
+    // again, the swap's first lock request seen coming, its own RENAME read
+    // back from the binlog, which comes after the swap), or at once when the
+    // server shows the swap done (`_sbtest_new` there), before the revert's
+    // own cleanup.
+    let steps = ["to=Revert", "metadata_lock_info", "DDL on", SWAPPED];
+    let (step, delay) = match rng.random_range(0..2) {
+        0 => (None, rng.random_range(0..800)),
+        _ => match steps[rng.random_range(0..steps.len())] {
+            SWAPPED => (Some(SWAPPED), 0),
+            step => (Some(step), rng.random_range(0..100)),
+        },
+    };
+    eprintln!("{what}: kill after {step:?} + {delay} ms");
+    let started = Instant::now();
+    let mut first = WraithChild::spawn(&["revert", "-v"], &cfg);
+    if let Some(step) = step {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reached = if step == SWAPPED {
+                s.table_exists("_sbtest_new").await
+            } else {
+                first.stderr().contains(step)
+            };
+            if reached || first.try_finished() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the revert did not log {step:?} within 60s:\n{}",
+                first.stderr()
+            );
+            // The swap's cleanup follows its RENAME within milliseconds.
+            if step != SWAPPED {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    first.signal(libc::SIGKILL);
+    let killed = first.finish(Duration::from_secs(10)).await;
+    eprintln!(
+        "{what}: revert killed after {:?} (exit {}):\n{}",
+        started.elapsed(),
+        killed.code,
+        killed.stderr
+    );
+    // The revert may have ended before the kill: then there is nothing
+    // left to rerun, and the second one says so.
+    let completed = killed.code == 0;
+    if !completed {
+        assert_eq!(
+            killed.code,
+            -1,
+            "{what}: the revert failed by itself: {}",
+            killed.output()
+        );
+    }
+    // Writes while no revert runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rerun = wraith_with_config(&["revert"], &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = load.stop().await;
+    let noted = notes.stop().await;
+    let run = child.finish(Duration::from_secs(60)).await;
+    if completed {
+        eprintln!("{what}: the revert had finished before the kill");
+        assert!(
+            rerun.code > 0 && printed(&rerun).contains("no revert window open"),
+            "{what}: a revert after a finished one: {}",
+            rerun.output()
+        );
+    } else {
+        assert_eq!(rerun.code, 0, "{what}: rerun: {}", rerun.output());
+        let said = printed(&rerun);
+        assert!(said.contains("reverted"), "{what}: {}", rerun.output());
+        match ms_after(&said, "writes were blocked for ") {
+            Some(ms) => eprintln!("{what}: the rerun swapped; writes were blocked {ms:.1} ms"),
+            None => {
+                assert!(
+                    said.contains("an earlier revert had swapped the tables"),
+                    "{what}: the rerun neither swapped nor found an earlier swap: {}",
+                    rerun.output()
+                );
+                eprintln!("{what}: the killed revert had swapped; the rerun cleaned up");
+            }
+        }
+    }
+    assert_eq!(run.code, 0, "{what}: run: {}", run.output());
+    assert!(
+        run.stderr.contains("handed the revert window over"),
+        "{what}: {}",
+        run.output()
+    );
+    eprintln!(
+        "{what}: load {} transactions, worst {:.1} ms; note writer {noted:?}",
+        stats.transactions,
+        stats.max_ms()
+    );
+    assert!(stats.transactions > 300, "{what}: {stats:?}");
+    assert!(noted.as_remark > 20, "{what}: {noted:?}");
+    assert_reverted(&s, &original, Some(&new), &what).await;
 }
