@@ -396,7 +396,10 @@ mod tests {
         let tables = [("app", "t"), ("app", "u")];
         let into = |sql: &str| renamed_into(sql, "app", tables);
         assert_eq!(into("RENAME TABLE t TO _t_old, _t_new TO t"), vec![0]);
-        assert_eq!(into("RENAME TABLE `app`.`x` TO app.u, y TO `T`"), vec![0, 1]);
+        assert_eq!(
+            into("RENAME TABLE `app`.`x` TO app.u, y TO `T`"),
+            vec![0, 1]
+        );
         assert!(into("RENAME TABLE t TO _t_new, _t_old TO t_other").is_empty());
         assert!(into("ALTER TABLE t RENAME TO u").is_empty());
         assert!(into("RENAME TABLE t TO other.t").is_empty());

@@ -504,8 +504,7 @@ async fn end_window(
         if let Some(path) = socket {
             let path = std::path::PathBuf::from(path);
             let reply =
-                crate::control::send_command(&path, "release-window", Duration::from_secs(5))
-                    .await;
+                crate::control::send_command(&path, "release-window", Duration::from_secs(5)).await;
             if let Some(reply) = reply.as_deref().filter(|r| !r.starts_with("ok")) {
                 return Err(RunError::Window(format!(
                     "a wraith run of this job is running (control socket {}) and does not hold \
@@ -551,10 +550,15 @@ async fn end_window(
         let reverted = window::reverted(&mut conn, &window).await?;
         drop(conn);
         match command {
-            WindowCommand::Revert { .. } if window.stage == wraith_checkpoints::WindowStage::Failed => {
+            WindowCommand::Revert { .. }
+                if window.stage == wraith_checkpoints::WindowStage::Failed =>
+            {
                 Err(RunError::Window(format!(
                     "cannot revert: {}",
-                    window.failed.clone().unwrap_or_else(|| "the revert window failed".into())
+                    window
+                        .failed
+                        .clone()
+                        .unwrap_or_else(|| "the revert window failed".into())
                 )))
             }
             WindowCommand::Revert { drop_new } if reverted => {
@@ -563,11 +567,10 @@ async fn end_window(
                     .await
                     .map(|r| WindowDone::Reverted(Box::new(r)))
             }
-            WindowCommand::Revert { drop_new } if window::swapped(&pool, &window).await? => {
-                job.revert(&window, drop_new)
-                    .await
-                    .map(|r| WindowDone::Reverted(Box::new(r)))
-            }
+            WindowCommand::Revert { drop_new } if window::swapped(&pool, &window).await? => job
+                .revert(&window, drop_new)
+                .await
+                .map(|r| WindowDone::Reverted(Box::new(r))),
             WindowCommand::Finish if window::swapped(&pool, &window).await? => {
                 job.drop_old_tables(&window).await.map(WindowDone::Finished)
             }
