@@ -244,6 +244,14 @@ impl Drop for Side {
 }
 
 impl Side {
+    /// This table's entry in `window`.
+    fn entry_in<'w>(&self, window: &'w mut RevertWindow) -> Option<&'w mut WindowTable> {
+        window
+            .tables
+            .iter_mut()
+            .find(|t| t.schema == self.entry.schema && t.table == self.entry.table)
+    }
+
     fn label(&self) -> String {
         format!("{}.{}", self.entry.schema, self.entry.table)
     }
@@ -487,11 +495,7 @@ impl WindowJob<'_> {
                 if let Some(w) = task.revert_window.as_mut() {
                     for (side, p) in sides.iter().zip(at) {
                         let Some((position, past)) = p else { continue };
-                        if let Some(t) = w
-                            .tables
-                            .iter_mut()
-                            .find(|t| t.schema == side.entry.schema && t.table == side.entry.table)
-                        {
+                        if let Some(t) = side.entry_in(w) {
                             t.position = position.into();
                             t.past_rename = past;
                         }
@@ -528,19 +532,7 @@ impl WindowJob<'_> {
                 old_name(&side.entry.table),
             ),
         };
-        let recorded = self
-            .checkpoint
-            .update(|task| {
-                if let Some(w) = task.revert_window.as_mut() {
-                    w.stage = WindowStage::Failed;
-                    w.failed = Some(message.clone());
-                }
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "recording the failed revert window");
-        }
-        RunError::Window(message)
+        self.record_failure(message).await
     }
 
     /// The first table whose stream or applier failed, with its error.
@@ -698,6 +690,24 @@ impl WindowJob<'_> {
         }
     }
 
+    /// The window failed for good: recorded, so that no revert swaps in an
+    /// old table that is not in step.
+    async fn record_failure(&self, message: String) -> RunError {
+        let recorded = self
+            .checkpoint
+            .update(|task| {
+                if let Some(w) = task.revert_window.as_mut() {
+                    w.stage = WindowStage::Failed;
+                    w.failed = Some(message.clone());
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "recording the failed revert window");
+        }
+        RunError::Window(message)
+    }
+
     /// Records where each table's comparison got to.
     async fn save_verified(&self, sides: &[Side], points: Vec<Verified>) -> Result<(), RunError> {
         self.checkpoint
@@ -707,11 +717,7 @@ impl WindowJob<'_> {
                         let Some((position, past)) = point else {
                             continue;
                         };
-                        if let Some(t) = w
-                            .tables
-                            .iter_mut()
-                            .find(|t| t.schema == side.entry.schema && t.table == side.entry.table)
-                        {
+                        if let Some(t) = side.entry_in(w) {
                             t.verified = Some(position.into());
                             t.verified_past_rename = past;
                         }
@@ -738,19 +744,7 @@ impl WindowJob<'_> {
              possible: `wraith finish CONFIG` drops it",
             label(sides)
         );
-        let recorded = self
-            .checkpoint
-            .update(|task| {
-                if let Some(w) = task.revert_window.as_mut() {
-                    w.stage = WindowStage::Failed;
-                    w.failed = Some(message.clone());
-                }
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "recording the failed revert window");
-        }
-        RunError::Window(message)
+        self.record_failure(message).await
     }
 
     /// `wraith finish`: each old table renamed out of the way at once, then
