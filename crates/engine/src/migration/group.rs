@@ -465,7 +465,7 @@ async fn record_window(members: &[Member<'_, '_>]) -> Result<(), RunError> {
             )
         })
         .collect();
-    super::window::record_pending(first.checkpoint, tables, position).await
+    super::window::record_pending(first.config, first.checkpoint, tables, position).await
 }
 
 /// [`Stage::CutOver`]: the one swap of every table of the group.

@@ -132,10 +132,16 @@ pub(super) type PendingTable = (String, String, Vec<(String, String)>);
 /// their cut-over: each table's live changes will be followed from
 /// `position`, from the RENAME on.
 pub(super) async fn record_pending(
+    config: &Config,
     checkpoint: &Checkpointer,
     tables: Vec<PendingTable>,
     position: binlog::BinlogPosition,
 ) -> Result<(), RunError> {
+    // A store an earlier job left (killed, or dropped with `--fresh`) holds
+    // another window's changes: this window starts with none.
+    for (schema, table, _) in &tables {
+        let _ = std::fs::remove_dir_all(revert_dir(config, schema, table));
+    }
     checkpoint
         .update(|task| {
             let window = task.revert_window.get_or_insert(RevertWindow {
