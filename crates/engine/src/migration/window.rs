@@ -141,6 +141,7 @@ pub(super) async fn record_pending(
     // another window's changes: this window starts with none.
     for (schema, table, _) in &tables {
         let _ = std::fs::remove_dir_all(revert_dir(config, schema, table));
+        let _ = std::fs::remove_file(keys_path(config, schema, table));
     }
     checkpoint
         .update(|task| {
@@ -168,6 +169,59 @@ pub(super) async fn record_pending(
         })
         .await
         .map_err(RunError::Checkpoint)
+}
+
+/// Where a table's keys written since the last comparison are kept while
+/// the window does not run (beside its change store).
+fn keys_path(config: &Config, schema: &str, table: &str) -> std::path::PathBuf {
+    let mut path = revert_dir(config, schema, table).into_os_string();
+    path.push(".keys");
+    std::path::PathBuf::from(path)
+}
+
+/// Writes `keys` to `path` atomically (length-prefixed memcomparable keys).
+fn write_keys(path: &std::path::Path, keys: &[Vec<wraith_backend::Value>]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("keys.tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for key in keys {
+        let mut bytes = Vec::new();
+        wraith_backend::encode_key(&key.iter().collect::<Vec<_>>(), &mut bytes);
+        out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        out.write_all(&bytes)?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The keys [`write_keys`] wrote; `None` when there is no file.
+fn read_keys(path: &std::path::Path) -> Result<Option<Vec<Vec<wraith_backend::Value>>>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let mut keys = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| format!("{} is cut short", path.display()))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let key = tail
+            .get(..len)
+            .ok_or_else(|| format!("{} is cut short", path.display()))?;
+        keys.push(
+            wraith_backend::decode_key(key)
+                .map_err(|e| format!("{}: a key does not decode: {e}", path.display()))?,
+        );
+        rest = &tail[len..];
+    }
+    Ok(Some(keys))
 }
 
 fn now_secs() -> u64 {
@@ -439,11 +493,16 @@ impl WindowJob<'_> {
                 &entry.schema,
                 &entry.table,
             );
-            // From the last comparison: the rows changed since are applied
-            // again (the last image of a key wins) and compared again.
-            let (from, past_rename) = match &entry.verified {
-                Some(v) => (v.clone(), entry.verified_past_rename),
-                None => (entry.position.clone(), entry.past_rename),
+            // From the saved position, with the keys written since the last
+            // comparison as saved with it (the store holds what was not yet
+            // applied). Without them, from the last comparison: the rows
+            // changed since are applied again (the last image of a key wins)
+            // and compared again.
+            let saved_keys = read_keys(&keys_path(self.config, &entry.schema, &entry.table))
+                .map_err(|m| RunError::Window(format!("{}.{}: {m}", entry.schema, entry.table)))?;
+            let (from, past_rename) = match (&saved_keys, &entry.verified) {
+                (None, Some(v)) => (v.clone(), entry.verified_past_rename),
+                _ => (entry.position.clone(), entry.past_rename),
             };
             let from = binlog::BinlogPosition::from(from);
             let changes = |e| RunError::Changes {
@@ -457,6 +516,9 @@ impl WindowJob<'_> {
             state.marks().map_err(changes)?.copy_done();
             // Every key written from here on is compared before a revert.
             state.track_changes().map_err(changes)?;
+            if let Some(keys) = saved_keys {
+                state.add_touched(keys).map_err(changes)?;
+            }
             let mut stream_config = ChangeStreamConfig::for_tables(&[&live])
                 .map_err(|e| changes(ChangesError::Start(e)))?;
             if let Some(t) = stream_config.tables.first_mut() {
@@ -494,6 +556,17 @@ impl WindowJob<'_> {
                 .persist_from_rename()
                 .await
                 .map_err(|e| side.changes_error(e))?;
+            // After the persist: every key applied before its position is
+            // among them (a few later ones too, compared all the same).
+            let keys = side
+                .state
+                .touched_keys()
+                .map_err(|e| side.changes_error(e))?;
+            let path = keys_path(self.config, &side.entry.schema, &side.entry.table);
+            tokio::task::spawn_blocking(move || write_keys(&path, &keys))
+                .await
+                .map_err(|_| RunError::Window("saving the window's keys panicked".into()))?
+                .map_err(|e| RunError::Window(format!("saving the window's keys: {e}")))?;
             at.push(p);
         }
         self.checkpoint
@@ -808,6 +881,7 @@ impl WindowJob<'_> {
     async fn end_window(&self, conn: &mut Conn, window: &RevertWindow) -> Result<(), RunError> {
         for t in &window.tables {
             let _ = std::fs::remove_dir_all(revert_dir(self.config, &t.schema, &t.table));
+            let _ = std::fs::remove_file(keys_path(self.config, &t.schema, &t.table));
             conn.query_drop(format!(
                 "DROP TABLE IF EXISTS {}.{}",
                 quote_ident(&t.schema),

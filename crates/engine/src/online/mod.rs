@@ -331,6 +331,19 @@ impl OnlineState {
             .unwrap_or_default())
     }
 
+    /// Records `keys` as written since the last comparison (a resumed
+    /// window's keys that were not compared before it stopped).
+    pub fn add_touched(&self, keys: Vec<Vec<Value>>) -> Result<(), ChangesError> {
+        let mut touched = self.guard(&self.touched, "verification keys")?;
+        let map = touched.get_or_insert_with(BTreeMap::new);
+        for key in keys {
+            let mut bytes = Vec::new();
+            wraith_backend::encode_key(&key.iter().collect::<Vec<_>>(), &mut bytes);
+            map.insert(bytes, key);
+        }
+        Ok(())
+    }
+
     /// After the apply loop stopped on a value the server refuses: the
     /// pending row it refuses (its key values and the server's words),
     /// found by writing each pending row alone in a rolled-back
