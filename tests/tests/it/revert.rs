@@ -1331,3 +1331,43 @@ async fn a_revert_killed_anywhere_reruns_to_exact() {
     assert!(noted.as_remark > 20, "{what}: {noted:?}");
     assert_reverted(&s, &original, Some(&new), &what).await;
 }
+
+/// On a server whose time zone is not UTC, with a TIMESTAMP column: the
+/// rows compared under the revert's lock read the live table on the locked
+/// session and the old table beside it, both in one time zone, so a revert
+/// under writes is not refused for a difference that is only the zone.
+#[tokio::test]
+async fn a_revert_on_a_server_not_in_utc_compares_timestamps_alike() {
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let what = "rv_tz";
+    let s = Schema::on(wraith_tests::tz_server(), what).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    s.exec(
+        "ALTER TABLE sbtest ADD COLUMN ts TIMESTAMP NULL; \
+         ALTER TABLE mirror ADD COLUMN ts TIMESTAMP NULL; \
+         UPDATE sbtest SET ts = '2024-06-01 12:00:00'; \
+         UPDATE mirror SET ts = '2024-06-01 12:00:00'",
+    )
+    .await;
+    let original = definition(&s, "sbtest").await;
+    let dir = tempfile::tempdir().unwrap();
+    let alter = "MODIFY k BIGINT UNSIGNED NOT NULL DEFAULT 0";
+    let cfg = config(&s, dir.path(), "sql", alter, "");
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, ROWS, 71));
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    wait_for_window(&mut child, WINDOW_OPENS).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The load goes on through the revert: rows change up to its lock.
+    let revert = wraith_with_config(&["revert", "--drop-new"], &cfg).await;
+    let stats = load.stop().await;
+    let run = child.finish(Duration::from_secs(60)).await;
+    assert_eq!(revert.code, 0, "{what}: revert: {}", revert.output());
+    assert_eq!(run.code, 0, "{what}: run: {}", run.output());
+    assert!(stats.transactions > 100, "{what}: {stats:?}");
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        original,
+        "{what}: not reverted"
+    );
+    assert_rows_equal(&s, "sbtest", "mirror", what).await;
+}

@@ -1223,19 +1223,25 @@ impl Drain for WindowDrain<'_, '_> {
         shadow_locked: bool,
     ) -> Result<(), DrainError> {
         let retry = |e: DbError| DrainError::Retry(e.into());
+        if self.verification_backlog() == 0 {
+            return Ok(());
+        }
+        // The session holds the live table; the old one is read beside it
+        // (only wraith writes it, and its applier is drained), in one time
+        // zone with it, or on the session itself when it holds both (MySQL).
+        let mut old_side = read_conn(self.job.pool).await.map_err(retry)?;
+        online::read_in_zone_of(session, &mut old_side)
+            .await
+            .map_err(retry)?;
         for side in self.sides {
             let keys = side.state.touched_keys().map_err(DrainError::Retry)?;
             if keys.is_empty() {
                 continue;
             }
             const POINT: &str = "under the revert's lock, after the final catch-up";
-            // The session holds the live table; the old one is read beside
-            // it (only wraith writes it, and its applier is drained), or on
-            // the session itself when it holds both (MySQL).
             let n = if shadow_locked {
                 side.verifier.verify(session, None, &keys, POINT).await
             } else {
-                let mut old_side = read_conn(self.job.pool).await.map_err(retry)?;
                 side.verifier
                     .verify(&mut old_side, Some(session), &keys, POINT)
                     .await

@@ -165,6 +165,22 @@ impl OnlineState {
     }
 }
 
+/// Sets the time zone of `session` (the one holding the cut-over's lock) to
+/// `reader`'s, so that both sides of a verification read TIMESTAMPs alike.
+pub(crate) async fn read_in_zone_of(session: &mut Conn, reader: &mut Conn) -> Result<(), DbError> {
+    let tz: Option<String> = reader
+        .query_first("SELECT @@session.time_zone")
+        .await
+        .context(|| "reading the session time zone".into())?;
+    if let Some(tz) = tz {
+        session
+            .exec_drop("SET time_zone = ?", (tz,))
+            .await
+            .context(|| "setting the locked session's time zone".into())?;
+    }
+    Ok(())
+}
+
 /// The cut-over's view of the online state.
 pub struct OnlineDrain {
     pub state: Arc<OnlineState>,
@@ -231,18 +247,7 @@ impl OnlineDrain {
         };
         // Both sides read in one time zone, the one the shadow's readers use.
         let mut tconn = read_conn(&self.target_pool).await.map_err(retry)?;
-        let tz: Option<String> = tconn
-            .query_first("SELECT @@session.time_zone")
-            .await
-            .context(|| "reading the session time zone".into())
-            .map_err(retry)?;
-        if let Some(tz) = tz {
-            session
-                .exec_drop("SET time_zone = ?", (tz,))
-                .await
-                .context(|| "setting the locked session's time zone".into())
-                .map_err(retry)?;
-        }
+        read_in_zone_of(session, &mut tconn).await.map_err(retry)?;
         // MySQL's one session holds both tables: only it may read them.
         let shadow_side = if shadow_locked {
             None

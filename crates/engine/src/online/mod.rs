@@ -63,6 +63,7 @@ mod drain;
 #[cfg(all(test, feature = "testkit"))]
 mod tests;
 
+pub(crate) use self::drain::read_in_zone_of;
 pub use self::drain::OnlineDrain;
 
 pub use crate::names::CHANGELOG_TABLE;
