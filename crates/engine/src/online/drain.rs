@@ -23,6 +23,9 @@ use crate::cutover::DrainError;
 use crate::server::{quote_ident, Context, DbError};
 use crate::verify::{describe_clash, RowVerifier, VerifyError};
 
+/// The server's "table doesn't exist".
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
 /// Rows applied per pass while rows keep applying.
 const PASS_ROWS: usize = 20_000;
 
@@ -135,16 +138,28 @@ impl OnlineState {
             .get_conn()
             .await
             .map_err(ChangesError::TokenConnection)?;
-        conn.exec_drop(
-            format!(
-                "INSERT INTO {}.{} (token) VALUES (?)",
-                quote_ident(&self.changelog_schema),
-                quote_ident(CHANGELOG_TABLE)
-            ),
-            (token.as_str(),),
-        )
-        .await
-        .map_err(ChangesError::TokenWrite)?;
+        let insert = format!(
+            "INSERT INTO {}.{} (token) VALUES (?)",
+            quote_ident(&self.changelog_schema),
+            quote_ident(CHANGELOG_TABLE)
+        );
+        let written = match conn.exec_drop(&insert, (token.as_str(),)).await {
+            // The changelog is shared by every run in the schema, and each
+            // drops it at its end: a neighbour that finished first (another
+            // request of `wraith serve --concurrency`, another `wraith run`)
+            // took it away. The stream finds tokens by the table's name, so
+            // a new one serves as well.
+            Err(mysql_async::Error::Server(e)) if e.code == ER_NO_SUCH_TABLE => {
+                tracing::info!(
+                    schema = %self.changelog_schema,
+                    "the changelog table was dropped by another run; creating it again"
+                );
+                super::ensure_changelog(&mut conn, &self.changelog_schema).await?;
+                conn.exec_drop(&insert, (token.as_str(),)).await
+            }
+            other => other,
+        };
+        written.map_err(ChangesError::TokenWrite)?;
         drop(conn);
         let deadline = Instant::now() + timeout;
         loop {
