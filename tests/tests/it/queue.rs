@@ -193,6 +193,20 @@ async fn transitions(s: &Schema, registry: &str, uuid: &str) -> Vec<String> {
     log.into_iter().map(|(_, to)| to).collect()
 }
 
+/// The messages of a request's status changes, in order.
+async fn log_messages(s: &Schema, registry: &str, uuid: &str) -> Vec<String> {
+    let mut c = s.conn().await;
+    c.exec(
+        format!(
+            "SELECT IFNULL(message, '') FROM `{registry}`.`_wraith_migrations_log` \
+             WHERE uuid = ? ORDER BY id"
+        ),
+        (uuid,),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("reading the log of {uuid}: {e}"))
+}
+
 /// Waits until the request is `status` (and `also` holds for its row);
 /// panics after `timeout` or when `serve` exits first.
 async fn wait_for_request(
@@ -839,19 +853,14 @@ async fn a_killed_serve_resumes_its_request_from_the_checkpoint() {
         "{what}: the request did not resume the checkpointed run"
     );
     assert_eq!(r.retries, 0, "{what}: a resume is not a retry: {r:?}");
-    let log = transitions(&s, registry, &uuid).await;
-    assert_eq!(log[..3], PLAIN_RUN[..3], "{what}: {log:?}");
+    // Resumed (running again, from its checkpoint), not failed and queued again.
     assert_eq!(
-        log.last().map(String::as_str),
-        Some("complete"),
-        "{what}: {log:?}"
+        transitions(&s, registry, &uuid).await,
+        ["requested", "queued", "running", "running", "complete"],
+        "{what}"
     );
-    // Resumed, not failed and queued again.
-    assert!(
-        !log.iter().any(|st| st == "failed" || st == "cancelled")
-            && log.iter().filter(|st| *st == "queued").count() == 1,
-        "{what}: the resume went through {log:?}"
-    );
+    let messages = log_messages(&s, registry, &uuid).await;
+    assert!(messages[3].contains("resumed"), "{what}: {messages:?}");
     assert_eq!(
         definition(&s, "sbtest").await,
         expected,
@@ -1113,4 +1122,319 @@ async fn bad_requests_are_refused() {
         before_tables,
         "{what}: serve changed tables"
     );
+}
+
+/// Steering before a request runs: `postpone` on a queued request holds it
+/// at `ready` when it runs, `cancel` on a queued one ends it at once (serve
+/// never touches its table), and `list --status` shows only that status.
+#[tokio::test]
+async fn queued_requests_can_be_postponed_or_cancelled_before_they_run() {
+    let what = "q_steer";
+    const ROWS: u64 = 5_000;
+    let s = Schema::new(what).await;
+    let registry = "_wraith_q_steer";
+    fresh_registry(&s, registry).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    table_with_mirror(&s, "other", "mirror_other", ROWS).await;
+    let expected = altered_definition(&s, "sbtest", ADD_NOTE).await;
+    let other_before = s.snapshot("other").await;
+    let cfg = ServerConfig::new(&s, registry, "");
+    let held = cfg.submit("sbtest", ADD_NOTE, &[]).await;
+    let dropped = cfg.submit("other", ADD_NOTE, &[]).await;
+    cfg.migrations("postpone", &held).await;
+    cfg.migrations("cancel", &dropped).await;
+    let r = request(&s, registry, &dropped).await;
+    assert_eq!(
+        r.status, "cancelled",
+        "{what}: a queued request is cancelled at once: {r:?}"
+    );
+    assert_eq!(
+        transitions(&s, registry, &dropped).await,
+        ["requested", "queued", "cancelled"],
+        "{what}"
+    );
+    let run = cfg
+        .wraith(&[
+            "migrations",
+            "CFG",
+            "list",
+            "--json",
+            "--status",
+            "cancelled",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{what}: list --status: {}", run.output());
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: list --json is not JSON ({e}): {}", run.output()));
+    let uuids: Vec<&str> = json["migrations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {json}"))
+        .iter()
+        .map(|m| m["uuid"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(uuids, [dropped.as_str()], "{what}: {json}");
+
+    let mut serve = cfg.serve(&["--once"]);
+    wait_for_request(
+        &s,
+        &cfg,
+        &held,
+        &mut serve,
+        Duration::from_secs(90),
+        "ready",
+        |r| r.status == "ready",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(request(&s, registry, &held).await.status, "ready", "{what}");
+    assert!(
+        !note_added(&s, "sbtest").await,
+        "{what}: cut over while postponed"
+    );
+    cfg.migrations("complete", &held).await;
+    let run = serve.finish(SERVE_ENDS).await;
+    assert_eq!(run.code, 0, "{what}: serve --once: {}", run.output());
+    let r = request(&s, registry, &held).await;
+    assert_eq!(r.status, "complete", "{what}: {r:?}\n{}", run.stderr);
+    assert_eq!(
+        transitions(&s, registry, &held).await,
+        [
+            "requested",
+            "queued",
+            "running",
+            "ready",
+            "running",
+            "complete"
+        ],
+        "{what}"
+    );
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        expected,
+        "{what}: not altered"
+    );
+    assert_equals_mirror(&s, "sbtest", "mirror", what).await;
+    // The cancelled request's table was never touched.
+    assert_eq!(
+        s.snapshot("other").await,
+        other_before,
+        "{what}: other changed"
+    );
+    assert_eq!(leftovers(&s, "other").await, Vec::<String>::new(), "{what}");
+    assert!(
+        !s.table_exists("_other_old").await,
+        "{what}: other was swapped"
+    );
+    assert_eq!(
+        request(&s, registry, &dropped).await.status,
+        "cancelled",
+        "{what}"
+    );
+}
+
+/// Whether `table` has the `note` column [`ADD_NOTE`] adds.
+async fn note_added(s: &Schema, table: &str) -> bool {
+    definition(s, table)
+        .await
+        .0
+        .iter()
+        .any(|c| c.starts_with("note "))
+}
+
+/// `serve` killed with SIGKILL while a postponed request waits at `ready`:
+/// the next `serve` takes it up again at `ready` (the same run, its shadow
+/// caught up with the writes made meanwhile) and it cuts over exactly on
+/// `complete`.
+#[tokio::test]
+async fn a_killed_serve_resumes_a_request_waiting_at_ready() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let what = "q_kill_ready";
+    const ROWS: u64 = 20_000;
+    let s = Schema::new(what).await;
+    let registry = "_wraith_q_kill_ready";
+    fresh_registry(&s, registry).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    let before = definition(&s, "sbtest").await;
+    let expected = altered_definition(&s, "sbtest", ADD_NOTE).await;
+    let cfg = ServerConfig::new(&s, registry, "");
+    let uuid = cfg
+        .submit("sbtest", ADD_NOTE, &["--postpone-completion"])
+        .await;
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, ROWS, 211));
+    let mut serve = cfg.serve(&[]);
+    let r = wait_for_request(
+        &s,
+        &cfg,
+        &uuid,
+        &mut serve,
+        Duration::from_secs(90),
+        "ready",
+        |r| r.status == "ready",
+    )
+    .await;
+    let run_id = r.migration_uuid.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    serve.signal(libc::SIGKILL);
+    let killed = serve.finish(Duration::from_secs(10)).await;
+    assert_eq!(killed.code, -1, "{what}: not killed: {}", killed.output());
+    // Writes while no serve runs: the resumed run must bring them over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        before,
+        "{what}: cut over by the kill"
+    );
+    let mut serve = cfg.serve(&["--once"]);
+    // Back at ready: resumed (running), caught up, ready again.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while transitions(&s, registry, &uuid).await.len() < 6 {
+        assert!(
+            !serve.try_finished(),
+            "{what}: serve exited:\n{}",
+            serve.stderr()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not ready again:\n{}",
+            serve.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = request(&s, registry, &uuid).await;
+    assert_eq!(r.status, "ready", "{what}: {r:?}");
+    assert_eq!(
+        r.migration_uuid, run_id,
+        "{what}: the restart began a new run: {r:?}"
+    );
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        before,
+        "{what}: cut over without complete"
+    );
+    cfg.migrations("complete", &uuid).await;
+    let run = serve.finish(SERVE_ENDS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = load.stop().await;
+    assert_eq!(
+        run.code,
+        0,
+        "{what}: serve --once after the kill: {}",
+        run.output()
+    );
+    assert!(stats.transactions > 300, "{what}: {stats:?}");
+    let r = request(&s, registry, &uuid).await;
+    assert_eq!(r.status, "complete", "{what}: {r:?}\n{}", run.stderr);
+    assert_eq!(r.migration_uuid, run_id, "{what}: {r:?}");
+    assert_eq!(
+        transitions(&s, registry, &uuid).await,
+        [
+            "requested",
+            "queued",
+            "running",
+            "ready",
+            "running",
+            "ready",
+            "running",
+            "complete"
+        ],
+        "{what}"
+    );
+    let messages = log_messages(&s, registry, &uuid).await;
+    assert!(messages[4].contains("resumed"), "{what}: {messages:?}");
+    assert_eq!(
+        definition(&s, "sbtest").await,
+        expected,
+        "{what}: not altered"
+    );
+    assert_equals_mirror(&s, "sbtest", "mirror", what).await;
+    assert_eq!(
+        leftovers(&s, "sbtest").await,
+        Vec::<String>::new(),
+        "{what}"
+    );
+}
+
+/// Two requests side by side in one schema, one held at `ready` while the
+/// other completes: the run that ends first must not pull the schema's
+/// shared objects (the changelog) from under the one still running, which
+/// then cuts over exactly on `complete`.
+#[tokio::test]
+async fn a_request_outlives_its_neighbour_in_the_schema() {
+    // A load of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let what = "q_neighbours";
+    const ROWS: u64 = 10_000;
+    let s = Schema::new(what).await;
+    let registry = "_wraith_q_neighbours";
+    fresh_registry(&s, registry).await;
+    table_with_mirror(&s, "a", "mirror_a", ROWS).await;
+    table_with_mirror(&s, "b", "mirror_b", ROWS).await;
+    let expected = altered_definition(&s, "a", ADD_NOTE).await;
+    let cfg = ServerConfig::new(&s, registry, "");
+    let held = cfg.submit("b", ADD_NOTE, &["--postpone-completion"]).await;
+    let quick = cfg.submit("a", ADD_NOTE, &[]).await;
+    let loads = [
+        Load::start(s.pool.clone(), load_on(&s, "a", "mirror_a", ROWS, 221)),
+        Load::start(s.pool.clone(), load_on(&s, "b", "mirror_b", ROWS, 222)),
+    ];
+    let mut serve = cfg.serve(&["--concurrency", "2", "--once"]);
+    wait_for_request(
+        &s,
+        &cfg,
+        &quick,
+        &mut serve,
+        Duration::from_secs(90),
+        "a complete",
+        |r| r.status == "complete",
+    )
+    .await;
+    wait_for_request(
+        &s,
+        &cfg,
+        &held,
+        &mut serve,
+        Duration::from_secs(90),
+        "b ready",
+        |r| r.status == "ready",
+    )
+    .await;
+    // b follows the writes at ready for a while after a's run ended.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = request(&s, registry, &held).await;
+    assert_eq!(
+        r.status,
+        "ready",
+        "{what}: b left ready: {r:?}\n{}",
+        serve.stderr()
+    );
+    cfg.migrations("complete", &held).await;
+    let run = serve.finish(SERVE_ENDS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let [la, lb] = loads;
+    let stats = [la.stop().await, lb.stop().await];
+    assert_eq!(run.code, 0, "{what}: serve --once: {}", run.output());
+    for st in &stats {
+        assert!(st.transactions > 100, "{what}: the load barely ran: {st:?}");
+    }
+    let r = request(&s, registry, &held).await;
+    assert_eq!(r.status, "complete", "{what}: b: {r:?}\n{}", run.stderr);
+    assert_eq!(
+        transitions(&s, registry, &held).await,
+        [
+            "requested",
+            "queued",
+            "running",
+            "ready",
+            "running",
+            "complete"
+        ],
+        "{what}"
+    );
+    assert_eq!(transitions(&s, registry, &quick).await, PLAIN_RUN, "{what}");
+    for (t, m) in [("a", "mirror_a"), ("b", "mirror_b")] {
+        assert_eq!(definition(&s, t).await, expected, "{what}: {t} not altered");
+        assert_equals_mirror(&s, t, m, what).await;
+        assert_eq!(leftovers(&s, t).await, Vec::<String>::new(), "{what}");
+    }
 }
