@@ -14,6 +14,9 @@ mod demo;
 mod import_cmd;
 mod metrics;
 mod progress_display;
+// Called by `wraith serve --http` once that command lands (issue 17).
+#[allow(dead_code)]
+mod serve_http;
 mod window_cmd;
 
 use std::path::PathBuf;
