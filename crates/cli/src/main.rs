@@ -14,6 +14,7 @@ mod demo;
 mod import_cmd;
 mod metrics;
 mod progress_display;
+mod queue_cmd;
 // Called by `wraith serve --http` once that command lands (issue 17).
 #[allow(dead_code)]
 mod serve_http;
@@ -53,6 +54,12 @@ enum Command {
     Revert(window_cmd::RevertArgs),
     /// Ends CONFIG's revert window: drops the old table.
     Finish(window_cmd::FinishArgs),
+    /// Queues a schema change in the server's registry (after `check`); prints its UUID.
+    Submit(queue_cmd::SubmitArgs),
+    /// Lists, shows, cancels, retries, completes or postpones queued schema changes.
+    Migrations(queue_cmd::MigrationsArgs),
+    /// Runs the registry's queued schema changes one after another (one serve per server).
+    Serve(queue_cmd::ServeArgs),
     /// Loads dump files (mydumper, mysqldump, CSV, TSV) described by CONFIG's [import].
     Import(ImportArgs),
     /// Benchmarks wraith's backends against native ALTER TABLE and pt-online-schema-change.
@@ -227,6 +234,9 @@ async fn dispatch(command: Command) -> Result<Outcome, Failure> {
             let config = load_config(&args.config)?;
             window_cmd::finish(&config, &args).await
         }
+        Command::Submit(args) => queue_cmd::submit(args).await,
+        Command::Migrations(args) => queue_cmd::migrations(args).await,
+        Command::Serve(args) => queue_cmd::serve(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::demo(args).await,
         Command::Import(args) if args.check => import_cmd::check(&args.config, args.json).await,

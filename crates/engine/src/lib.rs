@@ -37,6 +37,10 @@
 //! - [`server`]: connections (multi-statements off), the server
 //!   [`server::Flavor`] and the statements spelled by it, quoting, and
 //!   [`server::inspect`]: what a table looks like (columns, keys, indexes).
+//! - [`registry`]: schema changes as requests (`wraith submit`,
+//!   `wraith migrations`), kept in a table on the server, and
+//!   [`registry::serve`]: the service that runs them one after another;
+//!   [`discard`] drops what a job that never cut over made (a cancel).
 //! - [`binlog`]: the change stream: the source table's committed row changes
 //!   from the binlog (public for its own tests in `tests/`).
 //! - `testkit` (feature `testkit`, off by default): a private MariaDB for
@@ -77,8 +81,8 @@ pub mod config;
 pub use preflight::{run as preflight, Report as PreflightReport};
 
 pub use migration::{
-    finish, revert, run, run_with, FinishReport, RevertReport, RunControl, RunError, RunOptions,
-    RunReport, TableReport, WindowEnding,
+    discard, finish, revert, run, run_with, FinishReport, RevertReport, RunControl, RunError,
+    RunOptions, RunReport, TableReport, WindowEnding,
 };
 
 // What a run reports, and how it is steered while it runs.
@@ -96,6 +100,8 @@ pub use checksum::{checksum_table, ChecksumError};
 pub mod import;
 
 pub mod server;
+
+pub mod registry;
 
 pub mod binlog;
 

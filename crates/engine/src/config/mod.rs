@@ -36,7 +36,7 @@ use serde::Deserialize;
 pub use limits::{CutoverConfig, ReplicaConfig, ThrottleConfig, WindowEnd};
 pub use sections::{
     BackendKind, ChangesConfig, CheckpointConfig, CheckpointStore, Compression, ConnectionConfig,
-    ControlConfig, CopyConfig, HooksConfig, LocalConfig, TableConfig,
+    ControlConfig, CopyConfig, HooksConfig, LocalConfig, RegistryConfig, TableConfig,
 };
 pub use values::{ByteSize, HumanDuration, PathList, Secret};
 
@@ -84,6 +84,8 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub hooks: HooksConfig,
+    #[serde(default)]
+    pub registry: RegistryConfig,
 }
 
 /// `serde` default of the switches that are on unless turned off.
@@ -231,6 +233,7 @@ impl Config {
             return Err("[checkpoint] interval must be above zero, e.g. \"10s\"".into());
         }
         self.throttle.validate()?;
+        check_identifier("[registry] schema", &self.registry.schema)?;
         if self.hooks.timeout.0.is_zero() || self.hooks.status_interval.0.is_zero() {
             return Err(
                 "[hooks] timeout and status_interval must be above zero, e.g. \"60s\"".into(),

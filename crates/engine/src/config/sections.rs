@@ -257,6 +257,28 @@ pub struct ControlConfig {
     pub tcp_port: Option<u16>,
 }
 
+/// `[registry]`: where `wraith submit`, `wraith migrations` and `wraith
+/// serve` keep the requests (see [`crate::registry`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The schema wraith owns on the server, created on first use.
+    #[serde(default = "default_registry_schema")]
+    pub schema: String,
+}
+
+fn default_registry_schema() -> String {
+    "_wraith".to_string()
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            schema: default_registry_schema(),
+        }
+    }
+}
+
 /// Hook executables run at points of a run (see [`crate::hooks`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

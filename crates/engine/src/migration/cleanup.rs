@@ -1,6 +1,7 @@
 //! Dropping what wraith made, in one place: [`clean_up`] is called after
 //! `--fresh`, after a failure that cannot be resumed, after the cut-over
-//! (also of a run killed during it) and when a job ends. The moment
+//! (also of a run killed during it), when a job ends, and by [`discard`]
+//! when an operator gives a job up (a cancelled request). The moment
 //! ([`Moment`]) decides which of wraith's objects go; the source table is
 //! never among them. Each object is dropped on its own, so one that cannot
 //! be dropped does not keep the others, and the result says which were
@@ -34,6 +35,9 @@ pub(super) enum Moment {
     AfterCutover,
     /// The job ended without a cut-over (it is disabled): the shadow stays.
     Finished,
+    /// The job is given up by its operator (a cancelled request): every
+    /// trace of it goes, as if it had never run.
+    Discarded,
 }
 
 impl Moment {
@@ -50,6 +54,12 @@ impl Moment {
             }
             Moment::AfterCutover => vec![Owned::Changelog, Owned::LocalState],
             Moment::Finished => vec![Owned::LocalState],
+            Moment::Discarded => vec![
+                Owned::Shadow,
+                Owned::Markers,
+                Owned::Changelog,
+                Owned::LocalState,
+            ],
         }
     }
 }
@@ -234,6 +244,51 @@ pub(super) async fn start_over(
         });
     }
     Ok(())
+}
+
+/// Drops everything a job that has not cut over made (shadow, markers,
+/// changelog, local state) and its checkpoint; the source tables are never
+/// touched. A job past its cut-over is refused: its tables are swapped, and
+/// `wraith revert` is the way back. Returns what was dropped, in words.
+pub async fn discard(config: &Config) -> Result<String, RunError> {
+    let target_opts = server::connection_opts(config.target()).map_err(RunError::Connection)?;
+    let pool = server::pool(target_opts, 2);
+    let result = async {
+        let store = resume::open_store(config, &pool);
+        let key = resume::job_key(config);
+        if let Some(task) = store.load(&key).await.map_err(RunError::Checkpoint)? {
+            for t in &config.tables {
+                let stage = task
+                    .table(config.schema_of(t), &t.name)
+                    .map(|tc| tc.stage());
+                if stage.is_some_and(|s| s >= TableStage::CuttingOver) {
+                    return Err(RunError::Window(format!(
+                        "{}.{} is cut over (or cutting over), so the job cannot be discarded; \
+                         `wraith revert` swaps the old table back while a revert window is open",
+                        config.schema_of(t),
+                        t.name
+                    )));
+                }
+            }
+        }
+        let mut conn = pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        let mut cleaned = Cleaned::default();
+        for t in &config.tables {
+            let one = clean_up(&mut conn, config, t, Moment::Discarded).await;
+            cleaned.dropped.extend(one.dropped);
+            cleaned.left.extend(one.left);
+        }
+        let words = cleaned.describe();
+        cleaned.into_result()?;
+        store.remove(&key).await.map_err(RunError::Checkpoint)?;
+        Ok(words)
+    }
+    .await;
+    let _ = pool.disconnect().await;
+    result
 }
 
 impl TableRun<'_> {

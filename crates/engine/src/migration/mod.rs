@@ -92,6 +92,7 @@ mod stages;
 mod table;
 mod window;
 
+pub use cleanup::discard;
 use cleanup::{abandon_all, clean_up, finish_interrupted_cutover, start_over, Moment};
 use group::{Copied, Group, Shadowed, Started};
 use points::wait_for_error;

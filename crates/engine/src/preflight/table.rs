@@ -1,5 +1,5 @@
 //! The table checks: the table exists and is a base table, its helper names
-//! fit, the ALTER parses and applies to a throwaway copy of the definition,
+//! fit and the old table's name is free, the ALTER parses and applies to a throwaway copy of the definition,
 //! triggers and foreign keys are allowed, the plan stands, and what
 //! [`crate::datacheck`] found in the data is judged (refused, or allowed by
 //! `allow_lossy`). A copy left behind by a killed preflight is recognised by
@@ -65,6 +65,26 @@ pub(super) async fn check_table(
                 table.name
             ),
             "rename the table to a shorter name first (at most 49 characters)",
+        );
+        return Ok(());
+    }
+    // The cut-over renames the source to `_t_old`: a table of that name
+    // (the old table an earlier rebuild kept) would fail it after the whole
+    // copy, so it is refused now.
+    let old_name = crate::shadow::old_name(&table.name);
+    if config.cutover.enabled && table_exists(conn, schema, &old_name).await? {
+        report.fail(
+            &format!("old table {}", table.name),
+            format!(
+                "{schema}.{old_name} exists (an earlier rebuild kept it); the cut-over renames {} to that name",
+                table.name
+            ),
+            format!(
+                "drop it when it is no longer needed (DROP TABLE {}.{}), or rename it away; \
+                 [cutover] drop_old_table = true drops the old table at each cut-over",
+                quote_ident(schema),
+                quote_ident(&old_name)
+            ),
         );
         return Ok(());
     }
