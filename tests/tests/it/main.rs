@@ -17,6 +17,7 @@ mod multi;
 mod online;
 mod ops;
 mod preflight;
+mod queue_page;
 mod resume;
 mod revert;
 mod together;
