@@ -572,6 +572,23 @@ impl Registry {
         rows.into_iter().map(migration_from_row).collect()
     }
 
+    /// Requests left `requested` longer than `secs`: their `submit` died
+    /// before its check ended.
+    pub async fn stale_requested(&self, secs: u64) -> Result<Vec<String>, RegistryError> {
+        let mut conn = self.conn().await?;
+        Ok(conn
+            .exec(
+                format!(
+                    "SELECT uuid FROM {} WHERE status = 'requested' \
+                     AND added_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND ORDER BY id",
+                    self.table(MIGRATIONS_TABLE)
+                ),
+                (secs,),
+            )
+            .await
+            .context(|| format!("reading {}", self.name()))?)
+    }
+
     /// One request.
     pub async fn get(&self, uuid: &str) -> Result<Migration, RegistryError> {
         let mut conn = self.conn().await?;
