@@ -400,7 +400,10 @@ mod tests {
         assert!(running.contains("data-status=\"running\""), "{running}");
         assert!(running.contains("data-pct=\"42.5\""), "{running}");
         assert!(running.contains("1,000 / 2,000"), "{running}");
-        assert!(running.contains("CopyRows"), "{running}");
+        assert!(
+            running.contains("title=\"CopyRows\">Copy<wbr>Rows<"),
+            "{running}"
+        );
         assert!(running.contains(">12s<"), "the ETA: {running}");
         assert!(running.contains("postponed"), "{running}");
         let complete = row(&dom, "5f0c3a4e-0000-4000-8000-00000000000a");
