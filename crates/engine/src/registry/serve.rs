@@ -464,9 +464,7 @@ async fn end(
                 .iter()
                 .filter_map(|t| t.cutover_blocked_ms)
                 .fold(0.0, f64::max);
-            let rows: u64 = report.tables.iter().map(|t| t.rows_copied).sum();
-            let mut message =
-                format!("cut over; {rows} rows copied; writes blocked at most {blocked:.1} ms");
+            let mut message = format!("cut over; writes blocked at most {blocked:.1} ms");
             if let Some(kept) = hold_old_tables(registry, &run).await {
                 message.push_str(&kept);
             }
