@@ -56,7 +56,7 @@ const STATUSES: [&str; 7] = [
 
 /// The page only runs its own inline script and style and fetches its own origin.
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
 const PAGE: &str = include_str!("serve_http_page.html");
