@@ -15,8 +15,6 @@ mod import_cmd;
 mod metrics;
 mod progress_display;
 mod queue_cmd;
-// Called by `wraith serve --http` once that command lands (issue 17).
-#[allow(dead_code)]
 mod serve_http;
 mod window_cmd;
 

@@ -56,7 +56,7 @@ const STATUSES: [&str; 7] = [
 
 /// The page only runs its own inline script and style and fetches its own origin.
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
 const PAGE: &str = include_str!("serve_http_page.html");
@@ -400,7 +400,10 @@ mod tests {
         assert!(running.contains("data-status=\"running\""), "{running}");
         assert!(running.contains("data-pct=\"42.5\""), "{running}");
         assert!(running.contains("1,000 / 2,000"), "{running}");
-        assert!(running.contains("CopyRows"), "{running}");
+        assert!(
+            running.contains("title=\"CopyRows\">Copy<wbr>Rows<"),
+            "{running}"
+        );
         assert!(running.contains(">12s<"), "the ETA: {running}");
         assert!(running.contains("postponed"), "{running}");
         let complete = row(&dom, "5f0c3a4e-0000-4000-8000-00000000000a");
