@@ -217,8 +217,8 @@ fn render_metrics(json: &Value) -> String {
             let _ = writeln!(
                 out,
                 "{name}{{uuid=\"{}\",table=\"{}\"}} {value}",
-                label_value(m["uuid"].as_str().unwrap_or_default()),
-                label_value(&tables),
+                crate::metrics::label_value(m["uuid"].as_str().unwrap_or_default()),
+                crate::metrics::label_value(&tables),
             );
         }
     }
@@ -234,13 +234,6 @@ fn number(v: &Value) -> Option<String> {
     } else {
         v.as_f64().map(|f| f.to_string())
     }
-}
-
-/// A label value escaped as the exposition format requires (`\`, `"`, newline).
-fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
