@@ -496,3 +496,98 @@ pub fn last_state(stderr: &str) -> String {
         .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
         .unwrap_or_else(|| "Initial".into())
 }
+
+/// Headless Chromium (Debian's `chromium` package, installed by
+/// `scripts/setup`) for the tests that judge a page as a browser renders it.
+/// The tests install nothing: a missing browser is a clear failure.
+pub mod browser {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// The Chromium binary on PATH (`chromium`, or `chromium-browser` as some
+    /// distributions name it).
+    pub fn chromium() -> PathBuf {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for name in ["chromium", "chromium-browser"] {
+            for dir in std::env::split_paths(&path) {
+                let bin = dir.join(name);
+                if bin.is_file() {
+                    return bin;
+                }
+            }
+        }
+        panic!(
+            "no `chromium` or `chromium-browser` on PATH: the page tests render in headless \
+             Chromium; run scripts/setup (it installs Debian's chromium package)"
+        )
+    }
+
+    /// Where tests keep what people look at afterwards (screenshots):
+    /// `<target>/test-artifacts/`, created on first use. The target dir is
+    /// `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+    pub fn artifacts_dir() -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let dir = target.join("test-artifacts");
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        dir
+    }
+
+    /// Loads `url`, lets its scripts run for 5 s of virtual time (timers
+    /// fire at once; fetches are waited for) and returns the DOM serialized.
+    pub async fn dump_dom(url: &str) -> String {
+        let out = run(&["--dump-dom".to_string(), url.to_string()]).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Loads `url` like [`dump_dom`] in a 1280x800 window and saves a PNG at `path`.
+    pub async fn screenshot(url: &str, path: &Path) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        }
+        run(&[
+            format!("--screenshot={}", path.display()),
+            "--window-size=1280,800".to_string(),
+            url.to_string(),
+        ])
+        .await;
+        assert!(
+            path.is_file(),
+            "chromium wrote no screenshot at {}",
+            path.display()
+        );
+    }
+
+    /// Runs headless Chromium with a fresh profile; returns its stdout.
+    async fn run(args: &[String]) -> Vec<u8> {
+        let profile = tempfile::tempdir().expect("tempdir");
+        let bin = chromium();
+        let mut cmd = tokio::process::Command::new(&bin);
+        // --no-sandbox: the tests may run as root, where Chromium's sandbox refuses to start.
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("{} {args:?} did not finish within 120 s", bin.display()))
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed ({}):\n{}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}

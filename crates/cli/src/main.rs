@@ -15,6 +15,7 @@ mod import_cmd;
 mod metrics;
 mod progress_display;
 mod queue_cmd;
+mod serve_http;
 mod window_cmd;
 
 use std::path::PathBuf;

@@ -173,7 +173,7 @@ fn render_tables(out: &mut String, p: &Progress) {
 }
 
 /// A label value in the text format: backslash, quote and newline escaped.
-fn label_value(v: &str) -> String {
+pub(crate) fn label_value(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -3,6 +3,7 @@
 //! service that runs them. This module parses arguments and prints; the
 //! registry and the runner live in the engine.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,9 @@ pub struct ServeArgs {
     /// How often the registry is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     poll: Duration,
+    /// Serve the page, /api/migrations and /metrics on ADDR (default 127.0.0.1:7117).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7117")]
+    http: Option<SocketAddr>,
     /// Exit once no request is queued, running or ready.
     #[arg(long)]
     once: bool,
@@ -376,6 +380,26 @@ fn print_one(m: &Migration) {
     println!("message:      {}", m.message);
 }
 
+/// The page's and `/api/migrations`' JSON: the registry, newest first.
+async fn snapshot(
+    registry: &Registry,
+    concurrency: u16,
+    started_at: &str,
+) -> Result<serde_json::Value, String> {
+    let mut list = registry.list(&[]).await.map_err(|e| e.to_string())?;
+    list.reverse();
+    Ok(serde_json::json!({
+        "server": registry.server(),
+        "registry": registry.name(),
+        "serve": {
+            "pid": std::process::id(),
+            "concurrency": concurrency,
+            "started_at": started_at,
+        },
+        "migrations": list,
+    }))
+}
+
 pub async fn serve(args: ServeArgs) -> Result<Outcome, Failure> {
     let server = load(&args.server_config)?;
     let registry = Arc::new(open(&server).await?);
@@ -385,6 +409,29 @@ pub async fn serve(args: ServeArgs) -> Result<Outcome, Failure> {
         eprintln!("\nstopping: runs stop at their next safe point; the next serve resumes them");
         let _ = stop_tx.send(true);
     });
+    if let Some(addr) = args.http {
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: --http {addr} is not a loopback address; the page has no login, so \
+                 anyone who can reach it reads the registry"
+            );
+        }
+        let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace('T', " ")
+            .trim_end_matches('Z')
+            .to_string();
+        let concurrency = args.concurrency;
+        let source = registry.clone();
+        let snapshot: crate::serve_http::Snapshot = Arc::new(move || {
+            let (registry, started_at) = (source.clone(), started_at.clone());
+            Box::pin(async move { snapshot(&registry, concurrency, &started_at).await })
+        });
+        let bound = crate::serve_http::serve(addr, snapshot)
+            .await
+            .map_err(|e| Failure::Config(format!("--http {addr}: cannot listen: {e}")))?;
+        eprintln!("http: http://{bound}/");
+    }
     eprintln!(
         "serving {} on {} (concurrency {})",
         registry.name(),

@@ -2,6 +2,7 @@
 
 use wraith_engine::config::Config;
 use wraith_engine::import::config::ImportJobConfig;
+use wraith_engine::registry::ServerConfig;
 
 #[test]
 fn every_example_config_parses() {
@@ -14,6 +15,9 @@ fn every_example_config_parses() {
             let text = std::fs::read_to_string(&path).expect("read example");
             if text.lines().any(|l| l.trim() == "[import]") {
                 ImportJobConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            } else if !text.lines().any(|l| l.trim() == "[[table]]") {
+                // `wraith serve`'s server config: a job without tables.
+                ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             } else {
                 Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             }

@@ -18,6 +18,7 @@ mod online;
 mod ops;
 mod preflight;
 mod queue;
+mod queue_page;
 mod resume;
 mod revert;
 mod together;

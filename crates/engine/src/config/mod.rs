@@ -335,6 +335,10 @@ mod tests {
             if text.contains("[import]") {
                 crate::import::config::ImportJobConfig::parse(&text, &path.display().to_string())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            } else if !text.lines().any(|l| l.trim() == "[[table]]") {
+                // `wraith serve`'s server config.
+                crate::registry::ServerConfig::parse(&text, &path.display().to_string())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             } else {
                 let c = Config::parse(&text, &path.display().to_string())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

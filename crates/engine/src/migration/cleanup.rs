@@ -124,6 +124,12 @@ pub(super) async fn clean_up(
                 let old = shadow::old_name(&table.name);
                 drop_table(conn, source, &old, "the old table").await
             }
+            Owned::Changelog if changelog_shared(conn, config).await => {
+                cleaned
+                    .dropped
+                    .push("nothing of the changelog table (kept: other wraith jobs of this server have checkpoints)".into());
+                continue;
+            }
             Owned::Changelog => {
                 drop_table(conn, source, CHANGELOG_TABLE, "the changelog table").await
             }
@@ -140,6 +146,28 @@ pub(super) async fn clean_up(
         }
     }
     cleaned
+}
+
+/// Whether another job may be using the changelog table (one per schema,
+/// shared by every job writing tokens there): any other job with a
+/// checkpoint in the table store is taken as running (`wraith serve` runs
+/// several at once). Keeping the small table is harmless; dropping it under
+/// a running job fails that job's cut-over.
+async fn changelog_shared(conn: &mut Conn, config: &Config) -> bool {
+    if config.checkpoint.store != crate::config::CheckpointStore::Table {
+        return false;
+    }
+    let others: Result<Option<u64>, _> = conn
+        .exec_first(
+            format!(
+                "SELECT COUNT(*) FROM {}.{} WHERE job <> ?",
+                quote_ident(&config.target().database),
+                quote_ident(wraith_checkpoints::CHECKPOINT_TABLE)
+            ),
+            (resume::job_key(config),),
+        )
+        .await;
+    matches!(others, Ok(Some(n)) if n > 0)
 }
 
 /// `DROP TABLE IF EXISTS schema.name`, said as `label schema.name`.

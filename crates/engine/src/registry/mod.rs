@@ -375,10 +375,7 @@ impl Registry {
         let json = serde_json::to_string(request)
             .map_err(|e| RegistryError::Invalid(format!("encoding the request: {e}")))?;
         let mut conn = self.conn().await?;
-        let mut tx = conn
-            .start_transaction(mysql_async::TxOpts::default())
-            .await
-            .context(|| "starting a registry transaction".into())?;
+        let mut tx = begin(&mut conn).await?;
         tx.exec_drop(
             format!(
                 "INSERT INTO {} (uuid, schema_name, table_names, alter_statement, request, options, \
@@ -440,10 +437,7 @@ impl Registry {
         message: &str,
     ) -> Result<bool, RegistryError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn
-            .start_transaction(mysql_async::TxOpts::default())
-            .await
-            .context(|| "starting a registry transaction".into())?;
+        let mut tx = begin(&mut conn).await?;
         let current: Option<String> = tx
             .exec_first(
                 format!(
@@ -570,6 +564,23 @@ impl Registry {
             .await
             .context(|| format!("reading {}", self.name()))?;
         rows.into_iter().map(migration_from_row).collect()
+    }
+
+    /// Requests left `requested` longer than `secs`: their `submit` died
+    /// before its check ended.
+    pub async fn stale_requested(&self, secs: u64) -> Result<Vec<String>, RegistryError> {
+        let mut conn = self.conn().await?;
+        Ok(conn
+            .exec(
+                format!(
+                    "SELECT uuid FROM {} WHERE status = 'requested' \
+                     AND added_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND ORDER BY id",
+                    self.table(MIGRATIONS_TABLE)
+                ),
+                (secs,),
+            )
+            .await
+            .context(|| format!("reading {}", self.name()))?)
     }
 
     /// One request.
@@ -773,6 +784,13 @@ impl Registry {
             holder: holder.flatten().unwrap_or(0),
         })
     }
+}
+
+async fn begin(conn: &mut Conn) -> Result<mysql_async::Transaction<'_>, RegistryError> {
+    Ok(conn
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .context(|| "starting a registry transaction".into())?)
 }
 
 fn migration_from_row(row: Row) -> Result<Migration, RegistryError> {

@@ -11,6 +11,8 @@
 //!   earlier request is not finished) becomes the engine's commanded
 //!   postponement, and a run held there is `ready` (its shadow follows the
 //!   source through the binlog); progress is written every few seconds;
+//! - **fails** a request left `requested` for 10 minutes (its `submit`
+//!   died before the check ended), so it does not block its tables;
 //! - **starts** requests: first those a killed `serve` left `running` or
 //!   `ready` (they resume from their checkpoints), then `queued` ones, up
 //!   to `concurrency` at once and never two touching the same table: a
@@ -75,6 +77,10 @@ pub type ServeEvents = Arc<dyn Fn(ServeEvent) + Send + Sync>;
 
 /// How often a running request's figures are written.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a request may stay `requested` (its check running) before
+/// `serve` takes its `submit` for dead.
+const STALE_REQUESTED: Duration = Duration::from_secs(600);
 
 /// A request this `serve` runs.
 struct Active {
@@ -198,6 +204,22 @@ async fn poll_once(
             end(registry, done, outcome, events).await;
         } else {
             i += 1;
+        }
+    }
+    // A request whose `submit` died before its check ended would block its
+    // tables for ever.
+    for uuid in registry.stale_requested(STALE_REQUESTED.as_secs()).await? {
+        let message = "its check never ended (the submit was interrupted); \
+                       `wraith migrations retry` queues it (serve checks it again before running)";
+        if registry
+            .transition(&uuid, &[Status::Requested], Status::Failed, message)
+            .await?
+        {
+            events(ServeEvent::Ended {
+                uuid,
+                status: Status::Failed,
+                message: message.to_string(),
+            });
         }
     }
     let rows = registry
@@ -464,9 +486,7 @@ async fn end(
                 .iter()
                 .filter_map(|t| t.cutover_blocked_ms)
                 .fold(0.0, f64::max);
-            let rows: u64 = report.tables.iter().map(|t| t.rows_copied).sum();
-            let mut message =
-                format!("cut over; {rows} rows copied; writes blocked at most {blocked:.1} ms");
+            let mut message = format!("cut over; writes blocked at most {blocked:.1} ms");
             if let Some(kept) = hold_old_tables(registry, &run).await {
                 message.push_str(&kept);
             }
