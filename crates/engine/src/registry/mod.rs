@@ -652,20 +652,27 @@ impl Registry {
             ));
         }
         let mut conn = self.conn().await?;
-        conn.exec_drop(
-            format!(
-                "UPDATE {} SET cancel_requested = 1, cancelled_by = ?, message = ?, \
+        let marked = conn
+            .exec_iter(
+                format!(
+                    "UPDATE {} SET cancel_requested = 1, cancelled_by = ?, message = ?, \
                  updated_at = UTC_TIMESTAMP(6) WHERE uuid = ? AND status IN ('running','ready')",
-                self.table(MIGRATIONS_TABLE)
-            ),
-            (
-                by,
-                format!("cancel requested by {by}; serve stops it at its next safe point"),
-                uuid,
-            ),
-        )
-        .await
-        .context(|| format!("cancelling request {uuid}"))?;
+                    self.table(MIGRATIONS_TABLE)
+                ),
+                (
+                    by,
+                    format!("cancel requested by {by}; serve stops it at its next safe point"),
+                    uuid,
+                ),
+            )
+            .await
+            .context(|| format!("cancelling request {uuid}"))?
+            .affected_rows();
+        if marked == 0 {
+            // It ended between the read and the mark.
+            let m = self.get(uuid).await?;
+            return Err(self.wrong(&m, "cancel", "it ended before the cancel reached it"));
+        }
         Ok(m.status)
     }
 
