@@ -1438,3 +1438,112 @@ async fn a_request_outlives_its_neighbour_in_the_schema() {
         assert_eq!(leftovers(&s, t).await, Vec::<String>::new(), "{what}");
     }
 }
+
+/// A request submitted from a job file (`--job`, its own `[copy]` backend)
+/// with `--in-order-completion`: it copies beside an earlier, postponed
+/// request on another table, then waits at `ready` until that one has
+/// ended, and cuts over by itself right after it.
+#[tokio::test]
+async fn in_order_completion_waits_for_the_earlier_request() {
+    let what = "q_inorder";
+    const ROWS: u64 = 4_000;
+    let s = Schema::new(what).await;
+    let registry = "_wraith_q_inorder";
+    fresh_registry(&s, registry).await;
+    sysbench_with_mirror(&s, ROWS).await;
+    table_with_mirror(&s, "other", "mirror_other", ROWS).await;
+    let expected_sbtest = altered_definition(&s, "sbtest", ADD_NOTE).await;
+    let expected_other = altered_definition(&s, "other", ADD_NOTE).await;
+    let cfg = ServerConfig::new(&s, registry, "");
+    let first = cfg
+        .submit("sbtest", ADD_NOTE, &["--postpone-completion"])
+        .await;
+    let job = cfg.file("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[source]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"{}\"\n\n\
+             [[table]]\nname = \"other\"\nalter = \"{ADD_NOTE}\"\n\n[copy]\nbackend = \"sql\"\n",
+            s.port, s.name
+        ),
+    )
+    .expect("write job");
+    let job_path = job.display().to_string();
+    let run = cfg
+        .wraith(&["submit", "CFG", "--job", &job_path, "--in-order-completion"])
+        .await;
+    assert_eq!(run.code, 0, "{what}: submit --job: {}", run.output());
+    let second = run.stdout.trim().to_string();
+    let mut c = s.conn().await;
+    let options: Option<String> = c
+        .exec_first(
+            format!("SELECT options FROM `{registry}`._wraith_migrations WHERE uuid = ?"),
+            (&second,),
+        )
+        .await
+        .expect("options");
+    let options = options.unwrap_or_default();
+    assert!(
+        options.contains("in_order_completion") && options.contains("backend = \"sql\""),
+        "{what}: the job's [copy] and the flag are the request's options: {options:?}"
+    );
+
+    let mut serve = cfg.serve(&["--once", "--concurrency", "2"]);
+    for uuid in [&first, &second] {
+        wait_for_request(
+            &s,
+            &cfg,
+            uuid,
+            &mut serve,
+            Duration::from_secs(90),
+            "ready",
+            |r| r.status == "ready",
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(request(&s, registry, &second).await.status, "ready");
+    assert!(
+        !note_added(&s, "other").await,
+        "{what}: the in-order request cut over before the earlier one ended"
+    );
+    let messages = log_messages(&s, registry, &second).await;
+    assert!(
+        messages.iter().any(|m| m.contains("in-order")),
+        "{what}: the wait is explained: {messages:?}"
+    );
+    cfg.migrations("complete", &first).await;
+    let run = serve.finish(SERVE_ENDS).await;
+    assert_eq!(run.code, 0, "{what}: serve --once: {}", run.output());
+    for uuid in [&first, &second] {
+        assert_eq!(
+            transitions(&s, registry, uuid).await,
+            [
+                "requested",
+                "queued",
+                "running",
+                "ready",
+                "running",
+                "complete"
+            ],
+            "{what}: {uuid}\n{}",
+            run.stderr
+        );
+    }
+    let order: Vec<String> = c
+        .exec(
+            format!("SELECT uuid FROM `{registry}`._wraith_migrations ORDER BY completed_at, id"),
+            (),
+        )
+        .await
+        .expect("order");
+    assert_eq!(
+        order,
+        [first.clone(), second.clone()],
+        "{what}: completion order"
+    );
+    assert_eq!(definition(&s, "sbtest").await, expected_sbtest, "{what}");
+    assert_eq!(definition(&s, "other").await, expected_other, "{what}");
+    assert_equals_mirror(&s, "sbtest", "mirror", what).await;
+    assert_equals_mirror(&s, "other", "mirror_other", what).await;
+}
