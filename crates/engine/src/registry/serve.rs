@@ -152,7 +152,7 @@ pub async fn serve(
     for a in active {
         let uuid = a.uuid.clone();
         match a.handle.await {
-            Ok(Err(RunError::Interrupted { .. })) | Err(_) => {
+            Ok(Err(RunError::Interrupted { .. } | RunError::WindowInterrupted { .. })) | Err(_) => {
                 let message =
                     "serve stopped; the run is at a safe point, and the next serve resumes it";
                 if let Err(e) = registry.set_message(&uuid, message).await {
