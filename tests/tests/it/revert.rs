@@ -1293,6 +1293,11 @@ async fn a_revert_killed_anywhere_reruns_to_exact() {
     let stats = load.stop().await;
     let noted = notes.stop().await;
     let run = child.finish(Duration::from_secs(60)).await;
+    // A kill that lands after the revert's last step (its checkpoint
+    // removed) but before the process exits leaves nothing to rerun: the
+    // final state below is what proves it whole.
+    let completed =
+        completed || (rerun.code > 0 && printed(&rerun).contains("no revert window open"));
     if completed {
         eprintln!("{what}: the revert had finished before the kill");
         assert!(
