@@ -168,6 +168,11 @@ impl Operations {
     }
 
     /// Where this run's control socket listens (recorded in the checkpoint).
+    /// The run identity (empty until the run has set it).
+    pub fn migration_id(&self) -> String {
+        plain(&self.migration_id).clone()
+    }
+
     pub fn set_socket_path(&self, path: &Path) {
         *plain(&self.socket_path) = Some(path.display().to_string());
     }

@@ -153,7 +153,7 @@ pub(super) async fn clean_up(
 /// checkpoint in the table store is taken as running (`wraith serve` runs
 /// several at once). Keeping the small table is harmless; dropping it under
 /// a running job fails that job's cut-over.
-async fn changelog_shared(conn: &mut Conn, config: &Config) -> bool {
+pub(super) async fn changelog_shared(conn: &mut Conn, config: &Config) -> bool {
     if config.checkpoint.store != crate::config::CheckpointStore::Table {
         return false;
     }

@@ -882,6 +882,10 @@ impl WindowJob<'_> {
         for t in &window.tables {
             let _ = std::fs::remove_dir_all(revert_dir(self.config, &t.schema, &t.table));
             let _ = std::fs::remove_file(keys_path(self.config, &t.schema, &t.table));
+            // Shared by every job of the schema: kept while others run.
+            if super::cleanup::changelog_shared(conn, self.config).await {
+                continue;
+            }
             conn.query_drop(format!(
                 "DROP TABLE IF EXISTS {}.{}",
                 quote_ident(&t.schema),

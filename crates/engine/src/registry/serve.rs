@@ -447,12 +447,7 @@ fn progress_row(progress: &ProgressHandle, ops: &Operations) -> ProgressRow {
     } else {
         None
     };
-    let migration_uuid = ops
-        .status_json()
-        .get("migration_uuid")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let migration_uuid = Some(ops.migration_id()).filter(|id| !id.is_empty());
     ProgressRow {
         stage: p.current_state.to_string(),
         progress_pct: (pct * 10.0).round() / 10.0,
