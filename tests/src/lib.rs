@@ -13,6 +13,9 @@ use mysql_async::{Conn, Pool};
 use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 
 /// The server shared by every test of this run.
+/// A table's columns and its indexes' columns, one line each ([`Schema::definition`]).
+pub type Definition = (Vec<String>, Vec<String>);
+
 pub fn server() -> &'static ScratchServer {
     static SERVER: OnceLock<ScratchServer> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -158,6 +161,29 @@ impl Schema {
             .await
             .unwrap_or_else(|e| panic!("count {table}: {e}"));
         n.unwrap_or(0)
+    }
+
+    /// A table's columns and indexes as the server describes them.
+    pub async fn definition(&self, table: &str) -> Definition {
+        let mut c = self.conn().await;
+        let columns: Vec<String> = c
+            .exec(
+                "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, IFNULL(COLUMN_DEFAULT, '-')) \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&self.name, table),
+            )
+            .await
+            .expect("columns");
+        let indexes: Vec<String> = c
+            .exec(
+                "SELECT CONCAT_WS(' ', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) \
+                 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (&self.name, table),
+            )
+            .await
+            .expect("indexes");
+        (columns, indexes)
     }
 
     pub async fn table_exists(&self, table: &str) -> bool {

@@ -373,37 +373,14 @@ async fn assert_all_or_none(s: &Schema, what: &str) -> bool {
     seen[0]
 }
 
-/// A table's columns and indexes as the server describes them.
-async fn definition(s: &Schema, table: &str) -> (Vec<String>, Vec<String>) {
-    let mut c = s.conn().await;
-    let columns: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, IFNULL(COLUMN_DEFAULT, '-')) \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            (&s.name, table),
-        )
-        .await
-        .expect("columns");
-    let indexes: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) \
-             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-            (&s.name, table),
-        )
-        .await
-        .expect("indexes");
-    (columns, indexes)
-}
-
 /// Each table is its mirror: the same columns and indexes (the server's own
 /// ALTER made the mirror's) and the same rows, `tenant_id` at its default.
 async fn assert_tables_equal_mirrors(s: &Schema, what: &str) {
     for t in &TABLES {
         let mirror = format!("m_{}", t.name);
         assert_eq!(
-            definition(s, t.name).await,
-            definition(s, &mirror).await,
+            s.definition(t.name).await,
+            s.definition(&mirror).await,
             "{what}: {} is not defined as the ALTER makes it",
             t.name
         );

@@ -238,36 +238,13 @@ async fn wait_for_request(
     }
 }
 
-/// A table's columns and indexes as the server describes them.
-async fn definition(s: &Schema, table: &str) -> (Vec<String>, Vec<String>) {
-    let mut c = s.conn().await;
-    let columns: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, IFNULL(COLUMN_DEFAULT, '-')) \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            (&s.name, table),
-        )
-        .await
-        .expect("columns");
-    let indexes: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) \
-             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-            (&s.name, table),
-        )
-        .await
-        .expect("indexes");
-    (columns, indexes)
-}
-
 /// What `table` becomes by `alter`, as the server's own ALTER makes it.
 async fn altered_definition(s: &Schema, table: &str, alter: &str) -> (Vec<String>, Vec<String>) {
     s.exec(&format!(
         "CREATE TABLE expected_new LIKE `{table}`; ALTER TABLE expected_new {alter}"
     ))
     .await;
-    let def = definition(s, "expected_new").await;
+    let def = s.definition("expected_new").await;
     s.exec("DROP TABLE expected_new").await;
     def
 }
@@ -464,12 +441,12 @@ async fn serve_runs_the_queue_in_order_per_table() {
         "{what}: a's second request started at {next}, before its first completed at {done}"
     );
     assert_eq!(
-        definition(&s, "a").await,
+        s.definition("a").await,
         expected_a,
         "{what}: a's definition"
     );
     assert_eq!(
-        definition(&s, "b").await,
+        s.definition("b").await,
         expected_b,
         "{what}: b's definition"
     );
@@ -515,7 +492,7 @@ async fn a_cancelled_request_leaves_the_source_untouched_and_retries() {
     let registry = "_wraith_q_cancel";
     fresh_registry(&s, registry).await;
     sysbench_with_mirror(&s, ROWS).await;
-    let before = definition(&s, "sbtest").await;
+    let before = s.definition("sbtest").await;
     let expected = altered_definition(&s, "sbtest", ADD_NOTE).await;
     // While the flag file exists the copy pauses: the request is running
     // for as long as the test needs.
@@ -555,7 +532,7 @@ async fn a_cancelled_request_leaves_the_source_untouched_and_retries() {
         "{what}"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         before,
         "{what}: the source changed"
     );
@@ -618,7 +595,7 @@ async fn a_cancelled_request_leaves_the_source_untouched_and_retries() {
         "{what}"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         expected,
         "{what}: not altered"
     );
@@ -643,7 +620,7 @@ async fn a_postponed_request_waits_at_ready_until_completed() {
     let registry = "_wraith_q_postpone";
     fresh_registry(&s, registry).await;
     sysbench_with_mirror(&s, ROWS).await;
-    let before = definition(&s, "sbtest").await;
+    let before = s.definition("sbtest").await;
     let expected = altered_definition(&s, "sbtest", ADD_NOTE).await;
     let cfg = ServerConfig::new(&s, registry, "");
     let uuid = cfg
@@ -672,7 +649,7 @@ async fn a_postponed_request_waits_at_ready_until_completed() {
             serve.stderr()
         );
         assert_eq!(
-            definition(&s, "sbtest").await,
+            s.definition("sbtest").await,
             before,
             "{what}: cut over while postponed"
         );
@@ -745,7 +722,7 @@ async fn a_postponed_request_waits_at_ready_until_completed() {
         "{what}: ready_at is not before completed_at"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         expected,
         "{what}: not altered"
     );
@@ -862,7 +839,7 @@ async fn a_killed_serve_resumes_its_request_from_the_checkpoint() {
     let messages = log_messages(&s, registry, &uuid).await;
     assert!(messages[3].contains("resumed"), "{what}: {messages:?}");
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         expected,
         "{what}: not altered"
     );
@@ -1209,7 +1186,7 @@ async fn queued_requests_can_be_postponed_or_cancelled_before_they_run() {
         "{what}"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         expected,
         "{what}: not altered"
     );
@@ -1234,7 +1211,7 @@ async fn queued_requests_can_be_postponed_or_cancelled_before_they_run() {
 
 /// Whether `table` has the `note` column [`ADD_NOTE`] adds.
 async fn note_added(s: &Schema, table: &str) -> bool {
-    definition(s, table)
+    s.definition(table)
         .await
         .0
         .iter()
@@ -1255,7 +1232,7 @@ async fn a_killed_serve_resumes_a_request_waiting_at_ready() {
     let registry = "_wraith_q_kill_ready";
     fresh_registry(&s, registry).await;
     sysbench_with_mirror(&s, ROWS).await;
-    let before = definition(&s, "sbtest").await;
+    let before = s.definition("sbtest").await;
     let expected = altered_definition(&s, "sbtest", ADD_NOTE).await;
     let cfg = ServerConfig::new(&s, registry, "");
     let uuid = cfg
@@ -1281,7 +1258,7 @@ async fn a_killed_serve_resumes_a_request_waiting_at_ready() {
     // Writes while no serve runs: the resumed run must bring them over.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         before,
         "{what}: cut over by the kill"
     );
@@ -1308,7 +1285,7 @@ async fn a_killed_serve_resumes_a_request_waiting_at_ready() {
         "{what}: the restart began a new run: {r:?}"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         before,
         "{what}: cut over without complete"
     );
@@ -1343,7 +1320,7 @@ async fn a_killed_serve_resumes_a_request_waiting_at_ready() {
     let messages = log_messages(&s, registry, &uuid).await;
     assert!(messages[4].contains("resumed"), "{what}: {messages:?}");
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         expected,
         "{what}: not altered"
     );
@@ -1433,7 +1410,7 @@ async fn a_request_outlives_its_neighbour_in_the_schema() {
     );
     assert_eq!(transitions(&s, registry, &quick).await, PLAIN_RUN, "{what}");
     for (t, m) in [("a", "mirror_a"), ("b", "mirror_b")] {
-        assert_eq!(definition(&s, t).await, expected, "{what}: {t} not altered");
+        assert_eq!(s.definition(t).await, expected, "{what}: {t} not altered");
         assert_equals_mirror(&s, t, m, what).await;
         assert_eq!(leftovers(&s, t).await, Vec::<String>::new(), "{what}");
     }
@@ -1542,8 +1519,8 @@ async fn in_order_completion_waits_for_the_earlier_request() {
         [first.clone(), second.clone()],
         "{what}: completion order"
     );
-    assert_eq!(definition(&s, "sbtest").await, expected_sbtest, "{what}");
-    assert_eq!(definition(&s, "other").await, expected_other, "{what}");
+    assert_eq!(s.definition("sbtest").await, expected_sbtest, "{what}");
+    assert_eq!(s.definition("other").await, expected_other, "{what}");
     assert_equals_mirror(&s, "sbtest", "mirror", what).await;
     assert_equals_mirror(&s, "other", "mirror_other", what).await;
 }

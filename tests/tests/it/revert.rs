@@ -78,30 +78,7 @@ async fn with_note2(s: &Schema) {
 }
 
 /// A table's columns and indexes.
-type Definition = (Vec<String>, Vec<String>);
-
-/// A table's columns and indexes as the server describes them.
-async fn definition(s: &Schema, table: &str) -> Definition {
-    let mut c = s.conn().await;
-    let columns: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, IFNULL(COLUMN_DEFAULT, '-')) \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            (&s.name, table),
-        )
-        .await
-        .expect("columns");
-    let indexes: Vec<String> = c
-        .exec(
-            "SELECT CONCAT_WS(' ', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) \
-             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-            (&s.name, table),
-        )
-        .await
-        .expect("indexes");
-    (columns, indexes)
-}
+use wraith_tests::Definition;
 
 /// `table` holds exactly `mirror`'s rows, every column compared (both have
 /// the same columns in the same order).
@@ -136,7 +113,7 @@ async fn altered_definition_of(s: &Schema, table: &str, alter: &str) -> Definiti
         "CREATE TABLE expected_new LIKE {table}; ALTER TABLE expected_new {alter}"
     ))
     .await;
-    let def = definition(s, "expected_new").await;
+    let def = s.definition("expected_new").await;
     s.exec("DROP TABLE expected_new").await;
     def
 }
@@ -356,7 +333,7 @@ fn assert_worst_write(stats: &LoadStats, bound_ms: f64, what: &str) {
 /// of wraith's left.
 async fn assert_reverted(s: &Schema, original: &Definition, new: Option<&Definition>, what: &str) {
     assert_eq!(
-        &definition(s, "sbtest").await,
+        &s.definition("sbtest").await,
         original,
         "{what}: sbtest is not the original table"
     );
@@ -367,7 +344,7 @@ async fn assert_reverted(s: &Schema, original: &Definition, new: Option<&Definit
             "{what}: the new-schema table was not kept as _sbtest_new"
         );
         assert_eq!(
-            &definition(s, "_sbtest_new").await,
+            &s.definition("_sbtest_new").await,
             new,
             "{what}: _sbtest_new is not the new schema"
         );
@@ -398,7 +375,7 @@ async fn revert_under_load(backend: &str) {
     let what = format!("rv_load_{backend}");
     let s = Schema::new(&what).await;
     with_note2(&s).await;
-    let original = definition(&s, "sbtest").await;
+    let original = s.definition("sbtest").await;
     let new = altered_definition(&s, ALTER).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&s, dir.path(), backend, ALTER, "");
@@ -410,7 +387,7 @@ async fn revert_under_load(backend: &str) {
         "{what}: no _sbtest_old in the window"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         new,
         "{what}: sbtest is not the new table in the window"
     );
@@ -484,7 +461,7 @@ async fn a_killed_window_resumes_and_reverts_exactly() {
     let what = format!("rv_kill (seed {seed})");
     let s = Schema::new("rv_kill").await;
     with_note2(&s).await;
-    let original = definition(&s, "sbtest").await;
+    let original = s.definition("sbtest").await;
     let new = altered_definition(&s, ALTER).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&s, dir.path(), "sql", ALTER, "window_end = \"keep\"");
@@ -519,7 +496,7 @@ async fn a_killed_window_resumes_and_reverts_exactly() {
     )
     .await;
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         new,
         "{what}: sbtest is not the new table in the resumed window"
     );
@@ -625,10 +602,10 @@ async fn a_value_that_cannot_go_back_stops_the_window() {
         );
     }
     // The live table is the new schema, untouched: it equals the mirror.
-    let live = definition(&s, "sbtest").await;
+    let live = s.definition("sbtest").await;
     assert_eq!(
         live,
-        definition(&s, "mirror").await,
+        s.definition("mirror").await,
         "{what}: sbtest is not the new table"
     );
     assert_rows_equal(&s, "sbtest", "mirror", what).await;
@@ -648,7 +625,7 @@ async fn a_value_that_cannot_go_back_stops_the_window() {
         revert.output()
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         live,
         "{what}: the failed revert changed sbtest"
     );
@@ -695,7 +672,7 @@ async fn finish_drops_the_old_table_without_stalling_the_writes() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.stop().await;
-    let live = definition(&s, "sbtest").await;
+    let live = s.definition("sbtest").await;
     let load = Load::start(s.pool.clone(), mirrored_load(&s, load_max_id(&s).await, 42));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let finish = wraith_with_config(&["finish"], &cfg).await;
@@ -726,7 +703,7 @@ async fn finish_drops_the_old_table_without_stalling_the_writes() {
         "{what}: _sbtest_old is still there"
     );
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         live,
         "{what}: finish changed sbtest"
     );
@@ -980,7 +957,7 @@ async fn a_rounded_value_refuses_the_revert() {
          COMMIT"
     ))
     .await;
-    let live = definition(&s, "sbtest").await;
+    let live = s.definition("sbtest").await;
     let revert = wraith_with_config(&["revert"], &cfg).await;
     let run = child.finish(Duration::from_secs(60)).await;
     load.stop().await;
@@ -998,11 +975,7 @@ async fn a_rounded_value_refuses_the_revert() {
     );
     assert_eq!(run.code, 0, "{what}: {}", run.output());
     // Nothing renamed: the live table is the new one, with every row.
-    assert_eq!(
-        definition(&s, "sbtest").await,
-        live,
-        "{what}: sbtest changed"
-    );
+    assert_eq!(s.definition("sbtest").await, live, "{what}: sbtest changed");
     assert!(!s.table_exists("_sbtest_new").await, "{what}: renamed");
     assert_rows_equal(&s, "sbtest", "mirror", what).await;
     // And the window is over for good: a second revert refuses too.
@@ -1044,7 +1017,7 @@ async fn several_tables_revert_together() {
         "CREATE TABLE mirror2 LIKE {TWO}; INSERT INTO mirror2 SELECT * FROM {TWO}"
     ))
     .await;
-    let originals = [definition(&s, "sbtest").await, definition(&s, TWO).await];
+    let originals = [s.definition("sbtest").await, s.definition(TWO).await];
     let news = [
         altered_definition_of(&s, "sbtest", ONE_ALTER).await,
         altered_definition_of(&s, TWO, TWO_ALTER).await,
@@ -1078,7 +1051,7 @@ async fn several_tables_revert_together() {
             old_name_of(table)
         );
         assert_eq!(
-            &definition(&s, table).await,
+            &s.definition(table).await,
             new,
             "{what}: {table} is not the new table in the window"
         );
@@ -1155,7 +1128,7 @@ async fn several_tables_revert_together() {
         .zip(originals.iter().zip(&news))
     {
         assert_eq!(
-            &definition(&s, table).await,
+            &s.definition(table).await,
             original,
             "{what}: {table} is not the original table"
         );
@@ -1166,7 +1139,7 @@ async fn several_tables_revert_together() {
             "{what}: the new-schema table was not kept as {kept}"
         );
         assert_eq!(
-            &definition(&s, &kept).await,
+            &s.definition(&kept).await,
             new,
             "{what}: {kept} is not the new schema"
         );
@@ -1218,7 +1191,7 @@ async fn a_revert_killed_anywhere_reruns_to_exact() {
     let what = format!("rv_revert_kill (seed {seed})");
     let s = Schema::new("rv_revert_kill").await;
     with_note2(&s).await;
-    let original = definition(&s, "sbtest").await;
+    let original = s.definition("sbtest").await;
     let new = altered_definition(&s, ALTER).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&s, dir.path(), "sql", ALTER, "");
@@ -1354,7 +1327,7 @@ async fn a_revert_on_a_server_not_in_utc_compares_timestamps_alike() {
          UPDATE mirror SET ts = '2024-06-01 12:00:00'",
     )
     .await;
-    let original = definition(&s, "sbtest").await;
+    let original = s.definition("sbtest").await;
     let dir = tempfile::tempdir().unwrap();
     let alter = "MODIFY k BIGINT UNSIGNED NOT NULL DEFAULT 0";
     let cfg = config(&s, dir.path(), "sql", alter, "");
@@ -1370,7 +1343,7 @@ async fn a_revert_on_a_server_not_in_utc_compares_timestamps_alike() {
     assert_eq!(run.code, 0, "{what}: run: {}", run.output());
     assert!(stats.transactions > 100, "{what}: {stats:?}");
     assert_eq!(
-        definition(&s, "sbtest").await,
+        s.definition("sbtest").await,
         original,
         "{what}: not reverted"
     );
