@@ -27,8 +27,10 @@
 //! itself never fails. A [`DbError`] from the parts (a server that cannot be
 //! reached, a query that fails) becomes the `connect` or `server` check.
 
+mod foreign_keys;
 mod grants;
 mod table;
+mod triggers;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};

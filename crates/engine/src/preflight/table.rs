@@ -109,7 +109,8 @@ pub(super) async fn check_table(
             "convert the table to InnoDB first",
         );
     }
-    check_triggers_and_foreign_keys(conn, &old, report).await?;
+    super::triggers::check_triggers(conn, &old, report).await?;
+    super::foreign_keys::check_foreign_keys(conn, &old, report).await?;
     check_alter_and_plan(conn, config, table, &old, report).await
 }
 
@@ -236,60 +237,6 @@ fn judge_data(report: &mut Report, table: &TableConfig, plan: &TablePlan) {
             ),
         );
     }
-}
-
-async fn check_triggers_and_foreign_keys(
-    conn: &mut Conn,
-    t: &TableInfo,
-    report: &mut Report,
-) -> Result<(), DbError> {
-    let triggers: Vec<String> = conn
-        .exec(
-            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
-             WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?",
-            (&t.schema, &t.name),
-        )
-        .await
-        .context(|| format!("reading triggers of {}", t.name))?;
-    if triggers.is_empty() {
-        report.ok(&format!("triggers {}", t.name), "none");
-    } else {
-        report.fail(
-            &format!("triggers {}", t.name),
-            format!(
-                "{} has triggers ({}); they would not follow the rows to the new table",
-                t.name,
-                triggers.join(", ")
-            ),
-            "drop the triggers for the rebuild and recreate them after the cut-over",
-        );
-    }
-    let fks: Vec<(String, String, String)> = conn
-        .exec(
-            "SELECT CONSTRAINT_NAME, TABLE_NAME, REFERENCED_TABLE_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS \
-             WHERE CONSTRAINT_SCHEMA = ? AND (TABLE_NAME = ? OR REFERENCED_TABLE_NAME = ?)",
-            (&t.schema, &t.name, &t.name),
-        )
-        .await
-        .context(|| format!("reading foreign keys of {}", t.name))?;
-    if fks.is_empty() {
-        report.ok(&format!("foreign keys {}", t.name), "none");
-    } else {
-        let list: Vec<String> = fks
-            .iter()
-            .map(|(c, from, to)| format!("{c} ({from} -> {to})"))
-            .collect();
-        report.fail(
-            &format!("foreign keys {}", t.name),
-            format!(
-                "{} takes part in foreign keys ({}); a renamed table would keep or lose them in ways that break referential integrity",
-                t.name,
-                list.join(", ")
-            ),
-            "drop the foreign keys for the rebuild (and add them back after), or use the server's own ALTER",
-        );
-    }
-    Ok(())
 }
 
 /// Applies the ALTER to an empty copy of the definition and describes the
