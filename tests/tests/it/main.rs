@@ -16,6 +16,7 @@ mod import;
 mod multi;
 mod online;
 mod ops;
+mod predict;
 mod preflight;
 mod queue;
 mod queue_page;

@@ -302,24 +302,18 @@ pub async fn apply_alter_to_copy(
     }
 }
 
-/// Whether an existing `check` table is what a killed check leaves: empty,
-/// and either marked as wraith's or still a bare copy of the source's
-/// definition (killed between `CREATE … LIKE` and the mark). Dropping such a
-/// table loses nothing, whoever made it.
-async fn leftover_check_table(
+/// Whether an existing `check` table is what a killed check leaves: marked
+/// as wraith's (empty, or holding the rows of a killed estimate's sample),
+/// or an empty bare copy of the source's definition (killed between
+/// `CREATE … LIKE` and the mark). Dropping such a table loses nothing,
+/// whoever made it.
+pub(super) async fn leftover_check_table(
     conn: &mut Conn,
     old: &TableInfo,
     check: &str,
 ) -> Result<bool, DbError> {
     let qs = quote_ident(&old.schema);
     let qcheck = format!("{qs}.{}", quote_ident(check));
-    let has_rows: Option<u8> = conn
-        .query_first(format!("SELECT 1 FROM {qcheck} LIMIT 1"))
-        .await
-        .context(|| format!("reading {check}"))?;
-    if has_rows.is_some() {
-        return Ok(false);
-    }
     let comment: Option<String> = conn
         .exec_first(
             "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -329,6 +323,13 @@ async fn leftover_check_table(
         .context(|| format!("reading the comment of {check}"))?;
     if comment.as_deref() == Some(CHECK_TABLE_MARK) {
         return Ok(true);
+    }
+    let has_rows: Option<u8> = conn
+        .query_first(format!("SELECT 1 FROM {qcheck} LIMIT 1"))
+        .await
+        .context(|| format!("reading {check}"))?;
+    if has_rows.is_some() {
+        return Ok(false);
     }
     let leftover = crate::server::inspect::show_create(conn, &old.schema, check).await?;
     let source = crate::server::inspect::show_create(conn, &old.schema, &old.name).await?;
