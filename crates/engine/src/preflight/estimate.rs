@@ -441,12 +441,12 @@ pub(super) async fn estimate(pool: &Pool, config: &Config, report: &mut Report) 
     if let Err(e) = spaces_and_retention(pool, config, &mut job).await {
         tracing::info!(error = %e, "free space or binlog retention not readable");
     }
-    judge(&job, config, report);
+    judge(&job, report);
     report.estimate = Some(job);
 }
 
 /// The failed and warned checks of the estimate: disk and retention.
-fn judge(job: &JobEstimate, config: &Config, report: &mut Report) {
+fn judge(job: &JobEstimate, report: &mut Report) {
     for s in &job.spaces {
         let name = format!("disk {}", s.what);
         match (judge_space(s.needed, s.free), s.free) {
@@ -521,7 +521,6 @@ fn judge(job: &JobEstimate, config: &Config, report: &mut Report) {
             );
         }
     }
-    let _ = config;
 }
 
 /// The throttle's verdict now: a flag file, or a `max_load` variable over
