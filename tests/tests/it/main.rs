@@ -23,5 +23,6 @@ mod queue_page;
 mod resume;
 mod revert;
 mod together;
+mod triggers;
 mod values;
 mod verified;

@@ -85,6 +85,7 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
     match outcome {
         Ok(target) => {
             ledger.released(granted, "renamed");
+            super::triggers::drop_from_retired(&mut a, &names).await;
             // The markers took the sentries' names in the RENAME: litter now.
             for t in &names.tables {
                 let _ = a
@@ -164,6 +165,31 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         }
     }
     budget.check("carrying the AUTO_INCREMENT counters")?;
+    // The last step before the RENAME queues: the shadows get the tables'
+    // triggers (see `triggers`); a failure from here on drops them again.
+    let carried = Instant::now();
+    let made = super::triggers::carry_all(&mut b, names)
+        .await
+        .map_err(Attempt::from)
+        .and_then(|made| {
+            budget
+                .check("creating the triggers on the shadows")
+                .map(|()| made)
+        });
+    let made = match made {
+        Ok(made) => made,
+        Err(e) => {
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+            return Err(e);
+        }
+    };
+    if made > 0 {
+        tracing::info!(
+            triggers = made,
+            ms = ms(carried.elapsed()),
+            "triggers made on the shadows under the lock"
+        );
+    }
     // Every table after the first is handed to the RENAME by a session of
     // its own, queued now behind A: its request is served before the
     // application's writes when A lets go.
@@ -209,6 +235,10 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     .await;
     if let Err(e) = queued_up {
         stop_rename(a, b_id, &rename).await;
+        if made > 0 {
+            // Before A lets go: no write may reach a shadow with triggers.
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+        }
         // A still holds every table: the hand-off sessions get theirs once
         // A lets go (the caller), and give them back at once.
         for h in queued {
@@ -237,7 +267,12 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     a.query_drop("UNLOCK TABLES")
         .await
         .context(|| "UNLOCK TABLES".into())?;
-    hand_over(ctx, a, &mut probe, names, b_id, &rename, queued).await?;
+    if let Err(e) = hand_over(ctx, a, &mut probe, names, b_id, &rename, queued).await {
+        if made > 0 {
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+        }
+        return Err(e);
+    }
     let (_b, result) = rename
         .await
         .map_err(|e| Attempt::Retry(format!("the RENAME task failed: {e}")))?;
@@ -420,6 +455,8 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             }
         }
         budget.check("carrying the AUTO_INCREMENT counters")?;
+        super::triggers::carry_all(a, &names).await?;
+        budget.check("creating the triggers on the shadows")?;
         ledger.let_through = Some(Instant::now());
         let pairs: Vec<String> = names
             .tables
@@ -432,8 +469,15 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
         Ok::<_, Attempt>(target)
     }
     .await;
+    if result.is_err() {
+        // The shadows are still held: no write reaches them before this.
+        super::triggers::undo_carry(lock.conn(), &names, timeout).await;
+    }
     // Its own result is of no use: the session goes back to the pool either way.
-    let _ = lock.unlock().await;
+    let mut unlocked = lock.unlock().await;
+    if result.is_ok() {
+        super::triggers::drop_from_retired(&mut unlocked.conn, &names).await;
+    }
     match &result {
         Ok(_) => ledger.released(granted, "renamed"),
         Err(e) => ledger.released(granted, &attempt_outcome(e)),

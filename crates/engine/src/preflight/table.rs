@@ -1,6 +1,6 @@
 //! The table checks: the table exists and is a base table, its helper names
 //! fit and the old table's name is free, the ALTER parses and applies to a throwaway copy of the definition,
-//! triggers and foreign keys are allowed, the plan stands, and what
+//! the triggers can follow the table and foreign keys are allowed, the plan stands, and what
 //! [`crate::datacheck`] found in the data is judged (refused, or allowed by
 //! `allow_lossy`). A copy left behind by a killed preflight is recognised by
 //! its table comment and dropped; any other table of that name is refused.
@@ -109,9 +109,9 @@ pub(super) async fn check_table(
             "convert the table to InnoDB first",
         );
     }
-    super::triggers::check_triggers(conn, &old, report).await?;
+    let triggers = super::triggers::check_triggers(conn, config, table, &old, report).await?;
     super::foreign_keys::check_foreign_keys(conn, &old, report).await?;
-    check_alter_and_plan(conn, config, table, &old, report).await
+    check_alter_and_plan(conn, config, table, &old, &triggers, report).await
 }
 
 /// The ALTER applied to a throwaway copy of `old`'s definition, then the
@@ -121,6 +121,7 @@ async fn check_alter_and_plan(
     config: &Config,
     table: &TableConfig,
     old: &TableInfo,
+    triggers: &[crate::cutover::triggers::TriggerDef],
     report: &mut Report,
 ) -> Result<(), DbError> {
     match apply_alter_to_copy(conn, old, &table.alter).await? {
@@ -157,6 +158,7 @@ async fn check_alter_and_plan(
                             plan.new_key.join(", ")
                         ),
                     );
+                    super::triggers::check_trigger_columns(report, table, triggers, &plan);
                     if let Some(flavor) = report.flavor {
                         crate::datacheck::check(conn, flavor, old, &new, &mut plan).await?;
                         judge_data(report, table, &plan);
