@@ -22,7 +22,8 @@ async fn binlog_bytes_of(s: &Schema, start: &(String, u64)) -> u64 {
                 .collect()
         })
         .expect("binary logs");
-    let needle = format!("`{}`.", s.name);
+    // MariaDB writes a table map's table as `table_id: 79 (schema.table)`.
+    let needle = format!("({}.", s.name);
     let mut total = 0;
     for (file, _) in logs.iter().filter(|(f, _)| *f >= start.0) {
         let from = if *file == start.0 { start.1 } else { 4 };
