@@ -22,5 +22,6 @@ mod queue_page;
 mod resume;
 mod revert;
 mod together;
+mod types;
 mod values;
 mod verified;
