@@ -273,6 +273,10 @@ fn load_statement(
             && !matches!(tc.data_type.as_str(), "decimal" | "numeric")
         {
             Some(format!("CAST({var} AS DECIMAL(65,30))"))
+        } else if let Some(ty) = spec.kind.fixed_binary_type() {
+            // INET4/INET6/UUID travel as their binary form, which only the
+            // typed cast reads as such (as text it would be parsed, and fail).
+            Some(format!("CAST({var} AS {ty})"))
         } else if tc.data_type == "bit" {
             Some(format!("CAST({var} AS UNSIGNED)"))
         } else if convert_charset {

@@ -133,15 +133,27 @@ pub enum ColumnKind {
     Year,
     /// BIT(n).
     Bit,
+    /// GEOMETRY and its subtypes (POINT, LINESTRING, POLYGON, MULTI*,
+    /// GEOMETRYCOLLECTION): the server's internal bytes, a 4-byte
+    /// little-endian SRID then the WKB, exactly as stored.
+    Geometry,
+    /// MariaDB's INET4: its 4-byte binary form (network order).
+    Inet4,
+    /// MariaDB's INET6: its 16-byte binary form (network order).
+    Inet6,
+    /// MariaDB's UUID: its 16-byte binary form (`CAST(u AS BINARY(16))`).
+    Uuid,
 }
 
 impl ColumnKind {
     /// Maps `information_schema.COLUMNS.DATA_TYPE` to a kind; `None` for types
-    /// wraith does not carry (spatial types).
+    /// wraith does not carry (MariaDB 11.7's VECTOR, or any type name this
+    /// version of wraith does not know): those are refused by `wraith check`.
     ///
     /// MariaDB reports JSON columns as `longtext` (with a `json_valid` CHECK):
     /// they are [`ColumnKind::Text`], which carries them exactly. MariaDB's
-    /// `inet4`, `inet6` and `uuid` are carried as their text form.
+    /// `inet4`, `inet6` and `uuid` are carried as their fixed binary form
+    /// (what a row event holds), never as text: see [`ColumnKind::read_expr`].
     pub fn from_data_type(data_type: &str) -> Option<ColumnKind> {
         let t = data_type.trim().to_ascii_lowercase();
         Some(match t.as_str() {
@@ -151,7 +163,7 @@ impl ColumnKind {
             "double" | "real" | "double precision" => ColumnKind::Double,
             "decimal" | "numeric" | "fixed" | "dec" => ColumnKind::Decimal,
             "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "nchar"
-            | "nvarchar" | "inet4" | "inet6" | "uuid" => ColumnKind::Text,
+            | "nvarchar" => ColumnKind::Text,
             "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
                 ColumnKind::Binary
             }
@@ -164,8 +176,47 @@ impl ColumnKind {
             "timestamp" => ColumnKind::Timestamp,
             "year" => ColumnKind::Year,
             "bit" => ColumnKind::Bit,
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+            | "multipolygon" | "geometrycollection" => ColumnKind::Geometry,
+            "inet4" => ColumnKind::Inet4,
+            "inet6" => ColumnKind::Inet6,
+            "uuid" => ColumnKind::Uuid,
             _ => return None,
         })
+    }
+
+    /// The length of the fixed binary form of INET4, INET6 and UUID values.
+    pub fn fixed_binary_len(self) -> Option<usize> {
+        match self {
+            ColumnKind::Inet4 => Some(4),
+            ColumnKind::Inet6 | ColumnKind::Uuid => Some(16),
+            _ => None,
+        }
+    }
+
+    /// The SQL type name of INET4, INET6 and UUID (for `CAST(.. AS ..)`).
+    pub fn fixed_binary_type(self) -> Option<&'static str> {
+        match self {
+            ColumnKind::Inet4 => Some("INET4"),
+            ColumnKind::Inet6 => Some("INET6"),
+            ColumnKind::Uuid => Some("UUID"),
+            _ => None,
+        }
+    }
+
+    /// The expression that reads column `col` (quoted SQL) so that
+    /// [`Value::from_text`] gets the value's exact bytes: INET4, INET6 and
+    /// UUID as their fixed binary form (the text protocol would print their
+    /// text, which a row event does not carry), FLOAT widened to DOUBLE (the
+    /// text protocol prints 6 digits), everything else as it is.
+    pub fn read_expr(self, col: &str) -> String {
+        match self {
+            ColumnKind::Float => format!("CAST({col} AS DOUBLE)"),
+            k => match k.fixed_binary_len() {
+                Some(n) => format!("CAST({col} AS BINARY({n}))"),
+                None => col.to_string(),
+            },
+        }
     }
 
     /// Whether values of this kind are character strings with a charset.
@@ -482,6 +533,23 @@ impl Value {
             | ColumnKind::Json
             | ColumnKind::Enum
             | ColumnKind::Set => Value::Bytes(bytes),
+            // The internal form, SRID included; the server checks it on write.
+            ColumnKind::Geometry => {
+                if b.len() < 4 {
+                    return Err(bad(spec, b, "not a geometry (shorter than its SRID)"));
+                }
+                Value::Bytes(bytes)
+            }
+            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid => {
+                if Some(b.len()) != spec.kind.fixed_binary_len() {
+                    return Err(bad(
+                        spec,
+                        b,
+                        "not the fixed binary form (read it with ColumnKind::read_expr)",
+                    ));
+                }
+                Value::Bytes(bytes)
+            }
             ColumnKind::Date => {
                 let (year, month, day) = parse_date(b).ok_or_else(|| bad(spec, b, "not a date"))?;
                 Value::Date { year, month, day }
@@ -561,6 +629,15 @@ impl Value {
                 }
             }
             Value::Bytes(b) => {
+                if let Some(ty) = spec.kind.fixed_binary_type() {
+                    // The binary form becomes the typed value (never text):
+                    // the server then converts it into the target column as
+                    // its own ALTER would (INET6 into VARCHAR: its text).
+                    out.extend_from_slice(b"CAST(");
+                    write_hex_string(Some("binary"), b, out);
+                    push_fmt(out, format_args!(" AS {ty})"));
+                    return;
+                }
                 let charset = if spec.kind.is_textual() {
                     Some(charset_of(spec))
                 } else {
@@ -1036,6 +1113,56 @@ mod tests {
             ColumnKind::from_data_type("timestamp"),
             Some(ColumnKind::Timestamp)
         );
-        assert_eq!(ColumnKind::from_data_type("geometry"), None);
+        for spatial in [
+            "geometry",
+            "POINT",
+            "polygon",
+            "geometrycollection",
+            "multilinestring",
+        ] {
+            assert_eq!(
+                ColumnKind::from_data_type(spatial),
+                Some(ColumnKind::Geometry),
+                "{spatial}"
+            );
+        }
+        assert_eq!(ColumnKind::from_data_type("inet6"), Some(ColumnKind::Inet6));
+        assert_eq!(ColumnKind::from_data_type("uuid"), Some(ColumnKind::Uuid));
+        // Types wraith has no exact path for: `check` refuses them.
+        assert_eq!(ColumnKind::from_data_type("vector"), None);
+        assert_eq!(ColumnKind::from_data_type("my_type"), None);
+    }
+
+    #[test]
+    fn fixed_binary_kinds_travel_as_their_binary_form() {
+        let i4 = spec(ColumnKind::Inet4);
+        assert_eq!(i4.kind.read_expr("`a`"), "CAST(`a` AS BINARY(4))");
+        assert_eq!(
+            Value::from_text(M::Bytes(vec![10, 0, 0, 0]), &i4).unwrap(),
+            Value::Bytes(vec![10, 0, 0, 0])
+        );
+        // Text (the plain column read) is refused, never taken as bytes.
+        assert!(Value::from_text(M::Bytes(b"10.0.0.0".to_vec()), &i4).is_err());
+        assert_eq!(
+            lit(&Value::Bytes(vec![10, 0, 0, 32]), &i4),
+            "CAST(_binary X'0A000020' AS INET4)"
+        );
+        let u = spec(ColumnKind::Uuid);
+        assert_eq!(u.kind.read_expr("`u`"), "CAST(`u` AS BINARY(16))");
+        assert_eq!(
+            lit(&Value::Bytes(vec![0; 16]), &u),
+            "CAST(_binary X'00000000000000000000000000000000' AS UUID)"
+        );
+        let g = spec(ColumnKind::Geometry);
+        assert_eq!(g.kind.read_expr("`g`"), "`g`");
+        assert!(Value::from_text(M::Bytes(vec![0, 0]), &g).is_err());
+        assert_eq!(
+            lit(&Value::Bytes(vec![0xE6, 0x10, 0, 0, 1]), &g),
+            "_binary X'E610000001'"
+        );
+        assert_eq!(
+            spec(ColumnKind::Float).kind.read_expr("`f`"),
+            "CAST(`f` AS DOUBLE)"
+        );
     }
 }

@@ -158,6 +158,11 @@ pub(crate) fn cast_to_new(
         "date" => format!("CAST({col} AS DATE)"),
         "datetime" | "timestamp" => format!("CAST({col} AS DATETIME{})", paren.unwrap_or_default()),
         "time" => format!("CAST({col} AS TIME{})", paren.unwrap_or_default()),
+        // Text into INET4/INET6/UUID is parsed by the server (the copy's
+        // path too); the binary form is what the shadow holds.
+        "inet4" => format!("CAST({col} AS INET4)"),
+        "inet6" => format!("CAST({col} AS INET6)"),
+        "uuid" => format!("CAST({col} AS UUID)"),
         "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
             match &new.charset {
                 Some(cs) if old.charset.as_deref() != Some(cs.as_str()) => {

@@ -271,7 +271,11 @@ impl Chunker {
                     .as_ref()
                     .map(|l| keysql.greater(l, true))
                     .unwrap_or_else(|| "1=1".into());
-                let cols: Vec<String> = self.key.iter().map(|c| quote_ident(&c.name)).collect();
+                let cols: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|c| c.kind.read_expr(&quote_ident(&c.name)))
+                    .collect();
                 let n = self.target_rows.max(1);
                 let sql = format!(
                     "SELECT {} FROM {}.{} WHERE {cond} ORDER BY {} LIMIT 1 OFFSET {}",

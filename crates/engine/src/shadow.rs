@@ -60,12 +60,9 @@ pub fn layout(
                 old.name, col.column_type
             )
         })?;
-        // The text protocol prints FLOAT with 6 digits; the widening to DOUBLE is exact.
-        select.push(if col.data_type == "float" {
-            format!("CAST({} AS DOUBLE)", quote_ident(&col.name))
-        } else {
-            quote_ident(&col.name)
-        });
+        // FLOAT widened to DOUBLE (the text protocol prints 6 digits),
+        // INET4/INET6/UUID as their binary form (what a row event holds).
+        select.push(spec.kind.read_expr(&quote_ident(&col.name)));
         spec.zone_shift = plan.zone_shift(to);
         server_select.push(match &spec.zone_shift {
             Some(shift) => shift.wrap_expr(&quote_ident(&col.name)),

@@ -142,7 +142,7 @@ pub fn literal_expr(spec: &ColumnSpec) -> String {
         | ColumnKind::Decimal
         | ColumnKind::Year
         | ColumnKind::Bit => format!("CAST({col} + 0 AS CHAR)"),
-        ColumnKind::Binary => format!("CONCAT('X''', HEX({col}), '''')"),
+        ColumnKind::Binary | ColumnKind::Geometry => format!("CONCAT('X''', HEX({col}), '''')"),
         _ => format!("QUOTE({col})"),
     };
     format!("CAST(COALESCE({e}, 'NULL') AS BINARY)")

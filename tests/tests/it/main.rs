@@ -24,5 +24,6 @@ mod resume;
 mod revert;
 mod together;
 mod triggers;
+mod types;
 mod values;
 mod verified;

@@ -27,6 +27,7 @@
 //! itself never fails. A [`DbError`] from the parts (a server that cannot be
 //! reached, a query that fails) becomes the `connect` or `server` check.
 
+mod column_types;
 mod estimate;
 mod foreign_keys;
 mod grants;

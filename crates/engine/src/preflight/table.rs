@@ -159,6 +159,19 @@ async fn check_alter_and_plan(
                         ),
                     );
                     super::triggers::check_trigger_columns(report, table, triggers, &plan);
+                    let types_name = format!("types {}", table.name);
+                    let mut refusals = super::column_types::type_refusals(old, &new, &plan);
+                    if refusals.is_empty() {
+                        refusals =
+                            super::column_types::spatial_misfits(conn, old, &new, &plan).await?;
+                    }
+                    if !refusals.is_empty() {
+                        for r in refusals {
+                            report.fail(&types_name, r.problem, r.fix);
+                        }
+                        return Ok(());
+                    }
+                    report.ok(&types_name, "every copied column's type is carried exactly");
                     if let Some(flavor) = report.flavor {
                         crate::datacheck::check(conn, flavor, old, &new, &mut plan).await?;
                         judge_data(report, table, &plan);

@@ -92,6 +92,11 @@ pub(crate) enum ColDecoder {
         pack: usize,
         labels: Vec<Vec<u8>>,
     },
+    /// GEOMETRY (every spatial type): a blob of `len_bytes` length bytes
+    /// holding the server's internal form (4-byte SRID, then the WKB).
+    Geometry {
+        len_bytes: usize,
+    },
     /// CHAR / BINARY: a length prefix (1 byte below 256) and the bytes,
     /// trailing pad characters stripped.
     Fixed {
@@ -132,12 +137,19 @@ impl ColDecoder {
                 ColumnKind::Text
             }
             ColDecoder::Json { .. } => ColumnKind::Json,
+            ColDecoder::Geometry { .. } => ColumnKind::Geometry,
         }
     }
 
     /// Whether values decoded this way can be values of `kind`.
     fn fits(&self, kind: ColumnKind) -> bool {
         match self {
+            // INET4 / INET6 / UUID are fixed binary strings in a row event
+            // (MYSQL_TYPE_STRING of their length), with trailing zero bytes
+            // stripped like BINARY(n)'s.
+            ColDecoder::Fixed { max_len } if kind.fixed_binary_len().is_some() => {
+                kind.fixed_binary_len() == Some(*max_len)
+            }
             ColDecoder::Fixed { .. } | ColDecoder::Var { .. } | ColDecoder::Blob { .. } => {
                 matches!(
                     kind,
@@ -258,13 +270,17 @@ fn decoders(tme: &TableMapEvent<'_>) -> Result<Vec<ColDecoder>> {
             | MYSQL_TYPE_MEDIUM_BLOB
             | MYSQL_TYPE_LONG_BLOB => ColDecoder::Blob { len_bytes: m(0)? },
             MYSQL_TYPE_JSON => ColDecoder::Json { len_bytes: m(0)? },
+            MYSQL_TYPE_GEOMETRY => ColDecoder::Geometry { len_bytes: m(0)? },
             other => {
                 return Err(DecodeError::new(format!(
                     "column {i} has binlog type {other:?}, which wraith does not carry"
                 )))
             }
         };
-        if let ColDecoder::Blob { len_bytes } | ColDecoder::Json { len_bytes } = d {
+        if let ColDecoder::Blob { len_bytes }
+        | ColDecoder::Json { len_bytes }
+        | ColDecoder::Geometry { len_bytes } = d
+        {
             if !(1..=4).contains(&len_bytes) {
                 return Err(DecodeError::new(format!(
                     "column {i}: BLOB length size {len_bytes}"
@@ -526,7 +542,10 @@ fn decode_value(d: &ColDecoder, spec: &ColumnSpec, data: &mut &[u8]) -> Result<V
                 le(take(data, 2)?)
             } as usize;
             let mut bytes = take(data, len)?.to_vec();
-            if spec.kind == ColumnKind::Binary && bytes.len() < *max_len {
+            // BINARY(n), INET4, INET6 and UUID lose their trailing zero
+            // bytes in a row event: put them back.
+            let fixed = spec.kind == ColumnKind::Binary || spec.kind.fixed_binary_len().is_some();
+            if fixed && bytes.len() < *max_len {
                 bytes.resize(*max_len, 0);
             }
             Value::Bytes(bytes)
@@ -546,6 +565,10 @@ fn decode_value(d: &ColDecoder, spec: &ColumnSpec, data: &mut &[u8]) -> Result<V
         ColDecoder::Json { len_bytes } => {
             let len = le(take(data, *len_bytes)?) as usize;
             Value::Bytes(json_text(take(data, len)?)?.into_bytes())
+        }
+        ColDecoder::Geometry { len_bytes } => {
+            let len = le(take(data, *len_bytes)?) as usize;
+            Value::Bytes(take(data, len)?.to_vec())
         }
     })
 }
