@@ -125,6 +125,7 @@ mod copy;
 mod cutover;
 mod datacheck;
 mod events;
+pub mod foreign_keys;
 mod hooks;
 mod migration;
 mod names;

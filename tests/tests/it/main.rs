@@ -11,6 +11,7 @@ pub static LATENCY_JUDGED: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_
 mod bench;
 mod copy;
 mod cutover;
+mod foreign_keys;
 mod fuzz;
 mod import;
 mod multi;

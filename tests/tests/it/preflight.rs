@@ -135,7 +135,11 @@ async fn refuses_triggers_and_foreign_keys() {
         &s,
         "sbtest",
         &cfg,
-        &["takes part in foreign keys", "child -> sbtest"],
+        &[
+            "is referenced by other tables' foreign keys",
+            "child (p) -> sbtest (id)",
+            "children = \"rebuild\"",
+        ],
     )
     .await;
 }

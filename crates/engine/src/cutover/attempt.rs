@@ -47,6 +47,11 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         .await
         .context(|| "reading lower_case_table_names".into())?;
     let names = SwapNames::new(ctx.tables, lower_case.unwrap_or(0) != 0);
+    // Children whose constraints follow the table (crate::foreign_keys):
+    // locked with it, re-pointed at the shadow under the lock.
+    let children = crate::foreign_keys::MovingChildren::read(&mut a, ctx.tables)
+        .await
+        .map_err(|e| Attempt::Retry(format!("reading the children's constraints: {e}")))?;
     drop_all_markers(&mut a, ctx).await?;
     for t in &names.tables {
         a.query_drop(format!(
@@ -70,10 +75,8 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
             return Err(e.into());
         }
     };
-    let granted = match acquire(ctx, &mut a, &names.lock_all(), ledger, &|| {
-        drain.verification_backlog()
-    })
-    .await
+    let lock = format!("{}{}", names.lock_all(), children.lock_items());
+    let granted = match acquire(ctx, &mut a, &lock, ledger, &|| drain.verification_backlog()).await
     {
         Ok(granted) => granted,
         Err(e) => {
@@ -81,7 +84,7 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
             return Err(e);
         }
     };
-    let outcome = locked_phase(ctx, &mut a, helpers, &names, drain, ledger).await;
+    let outcome = locked_phase(ctx, &mut a, helpers, &names, &children, drain, ledger).await;
     match outcome {
         Ok(target) => {
             ledger.released(granted, "renamed");
@@ -97,7 +100,16 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         Err(e) => {
             // The locked phase let go of everything it took; the sentries
             // left in place make a RENAME still queued fail harmlessly.
+            // Children re-pointed at a shadow that did not become the table
+            // go back before the lock does.
+            let undone = children.back(&mut a, true).await;
             let _ = a.query_drop("UNLOCK TABLES").await;
+            if let Err(e) = undone {
+                tracing::warn!(error = %e, "re-pointing children back under the lock failed; retrying without it");
+                if let Err(e) = children.back(&mut a, false).await {
+                    tracing::error!(error = %e, "children's constraints may reference the shadow; the next attempt or run re-points them first");
+                }
+            }
             ledger.released(granted, &attempt_outcome(&e));
             let _ = drop_all_markers(&mut a, ctx).await;
             Err(e)
@@ -135,6 +147,7 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     a: &mut Conn,
     helpers: Helpers,
     names: &SwapNames,
+    children: &crate::foreign_keys::MovingChildren,
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
@@ -165,6 +178,13 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         }
     }
     budget.check("carrying the AUTO_INCREMENT counters")?;
+    // After the counters (an ALTER of a shadow that children reference
+    // would wait on them): the children now reference the shadows, equal
+    // to the frozen tables. Not held to the budget: preflight named its cost.
+    children
+        .to_shadows(a)
+        .await
+        .map_err(|e| Attempt::Retry(format!("re-pointing the children's constraints: {e}")))?;
     // The last step before the RENAME queues: the shadows get the tables'
     // triggers (see `triggers`); a failure from here on drops them again.
     let carried = Instant::now();

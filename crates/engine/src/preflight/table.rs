@@ -110,7 +110,7 @@ pub(super) async fn check_table(
         );
     }
     let triggers = super::triggers::check_triggers(conn, config, table, &old, report).await?;
-    super::foreign_keys::check_foreign_keys(conn, &old, report).await?;
+    super::foreign_keys::check_foreign_keys(conn, config, table, &old, report).await?;
     check_alter_and_plan(conn, config, table, &old, &triggers, report).await
 }
 
