@@ -80,15 +80,21 @@ impl ForeignKey {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // RESTRICT is the default and is left unsaid: an explicit one comes
+        // back as NO ACTION from an in-place ADD on MariaDB 10.11.
+        let clause = |what: &str, r: &str| match rule(r) {
+            "RESTRICT" => String::new(),
+            r => format!(" ON {what} {r}"),
+        };
         format!(
-            "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}.{} ({}) ON DELETE {} ON UPDATE {}",
+            "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {}.{} ({}){}{}",
             quote_ident(name),
             cols(&self.columns),
             quote_ident(&self.parent_schema),
             quote_ident(parent),
             cols(&self.parent_columns),
-            rule(&self.on_delete),
-            rule(&self.on_update)
+            clause("DELETE", &self.on_delete),
+            clause("UPDATE", &self.on_update)
         )
     }
 
@@ -258,6 +264,32 @@ async fn bounded_ddl(conn: &mut Conn, sql: &str, patience: Duration) -> Result<(
     }
 }
 
+/// Runs a DDL statement with `foreign_key_checks = 0`: without waiting
+/// for metadata locks (`no_wait`, a session that holds them under `LOCK
+/// TABLES`), or with [`bounded_ddl`]'s waits.
+async fn run_ddl(conn: &mut Conn, sql: &str, no_wait: bool) -> Result<(), DbError> {
+    if no_wait {
+        conn.query_drop(format!(
+            "SET STATEMENT foreign_key_checks = 0, lock_wait_timeout = 0 FOR {sql}"
+        ))
+        .await
+        .context(|| format!("running {sql}"))
+    } else {
+        bounded_ddl(conn, sql, Duration::from_secs(60)).await
+    }
+}
+
+/// The names of a table's indexes.
+async fn index_names(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<String>, DbError> {
+    conn.exec(
+        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+        (schema, table),
+    )
+    .await
+    .context(|| format!("reading the indexes of {table}"))
+}
+
 /// Gives the shadow of `schema.table` the source's constraints under their
 /// alternate names (in place: `foreign_key_checks = 0`, no row read). Runs
 /// once the shadow has all its indexes; a constraint already there (a
@@ -292,14 +324,7 @@ pub async fn add_to_shadow(
         .await?;
         // An index named after the constraint (the one the server made for
         // it) follows the constraint's name on the server: give it back its own.
-        let indexes: Vec<String> = conn
-            .exec(
-                "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (schema, &shadow),
-            )
-            .await
-            .context(|| format!("reading the indexes of {shadow}"))?;
+        let indexes = index_names(conn, schema, &shadow).await?;
         if indexes.contains(&alt) && !indexes.contains(&fk.name) {
             conn.query_drop(format!(
                 "ALTER TABLE {qshadow} RENAME INDEX {} TO {}",
@@ -553,14 +578,32 @@ pub async fn repoint(
             quote_ident(table),
             clauses.join(", ")
         );
-        if no_wait {
-            conn.query_drop(format!(
-                "SET STATEMENT foreign_key_checks = 0, lock_wait_timeout = 0 FOR {sql}"
-            ))
-            .await
-            .context(|| format!("re-pointing the constraints of {table} at {to}"))?;
-        } else {
-            bounded_ddl(conn, &sql, Duration::from_secs(60)).await?;
+        run_ddl(conn, &sql, no_wait).await?;
+        // An index named after a constraint (the one the server made for
+        // it) took the new constraint's name: it gets its own back.
+        let indexes = index_names(conn, schema, table).await?;
+        let renames: Vec<String> = children
+            .iter()
+            .filter(|c| c.schema == schema && c.table == table)
+            .filter_map(|c| {
+                let alt = alternate_name(&c.name).ok()?;
+                (indexes.contains(&alt) && !indexes.contains(&c.name)).then(|| {
+                    format!(
+                        "RENAME INDEX {} TO {}",
+                        quote_ident(&alt),
+                        quote_ident(&c.name)
+                    )
+                })
+            })
+            .collect();
+        if !renames.is_empty() {
+            let sql = format!(
+                "ALTER TABLE {}.{} {}",
+                quote_ident(schema),
+                quote_ident(table),
+                renames.join(", ")
+            );
+            run_ddl(conn, &sql, no_wait).await?;
         }
         tracing::info!(child = table, parent = to, "child constraints re-pointed");
     }
@@ -742,6 +785,12 @@ mod tests {
         assert_eq!(
             fk.definition("g", "p2"),
             "CONSTRAINT `g` FOREIGN KEY (`pid`) REFERENCES `s`.`p2` (`id`) ON DELETE SET NULL ON UPDATE NO ACTION"
+        );
+        fk.on_delete = "RESTRICT".into();
+        fk.on_update = "RESTRICT".into();
+        assert_eq!(
+            fk.definition("g", "p"),
+            "CONSTRAINT `g` FOREIGN KEY (`pid`) REFERENCES `s`.`p` (`id`)"
         );
     }
 }

@@ -63,7 +63,7 @@ fn start_load(pool: Pool, seed: u64, stop: Arc<AtomicBool>) -> tokio::task::Join
         let mut committed = 0u64;
         let mut next_parent = 1_000_000 + (seed as i64 % 1000) * 10_000;
         while !stop.load(Ordering::Relaxed) {
-            let op = rng.gen_range(0..6);
+            let op = rng.random_range(0..6);
             let mut tx = conn
                 .start_transaction(TxOpts::default())
                 .await
@@ -84,32 +84,32 @@ fn start_load(pool: Pool, seed: u64, stop: Arc<AtomicBool>) -> tokio::task::Join
                             .await?;
                     }
                     1 => {
-                        let pid: i64 = rng.gen_range(1..=200);
-                        tx.exec_drop("INSERT INTO t (pid, v) VALUES (?, ?)", (pid, rng.gen_range(0..1000)))
+                        let pid: i64 = rng.random_range(1..=200);
+                        tx.exec_drop("INSERT INTO t (pid, v) VALUES (?, ?)", (pid, rng.random_range(0..1000)))
                             .await?;
                         tx.query_drop("INSERT INTO t_mirror SELECT id, pid, v FROM t WHERE id = LAST_INSERT_ID()")
                             .await?;
                     }
                     2 => {
-                        let id: i64 = rng.gen_range(1..=20_000);
-                        let v: i64 = rng.gen_range(0..1000);
+                        let id: i64 = rng.random_range(1..=20_000);
+                        let v: i64 = rng.random_range(0..1000);
                         tx.exec_drop("UPDATE t SET v = ? WHERE id = ?", (v, id)).await?;
                         tx.exec_drop("UPDATE t_mirror SET v = ? WHERE id = ?", (v, id)).await?;
                     }
                     3 => {
-                        let id: i64 = rng.gen_range(1..=20_000);
-                        let pid: i64 = rng.gen_range(1..=200);
+                        let id: i64 = rng.random_range(1..=20_000);
+                        let pid: i64 = rng.random_range(1..=200);
                         tx.exec_drop("UPDATE t SET pid = ? WHERE id = ?", (pid, id)).await?;
                         tx.exec_drop("UPDATE t_mirror SET pid = ? WHERE id = ?", (pid, id)).await?;
                     }
                     4 => {
-                        let id: i64 = rng.gen_range(1..=20_000);
+                        let id: i64 = rng.random_range(1..=20_000);
                         tx.exec_drop("DELETE FROM t WHERE id = ?", (id,)).await?;
                         tx.exec_drop("DELETE FROM t_mirror WHERE id = ?", (id,)).await?;
                     }
                     _ => {
                         // Refused (RESTRICT) while the parent has children.
-                        let pid: i64 = rng.gen_range(1..=200);
+                        let pid: i64 = rng.random_range(1..=200);
                         tx.exec_drop("DELETE FROM p WHERE id = ?", (pid,)).await?;
                     }
                 }
@@ -212,6 +212,7 @@ async fn child_rebuilt_under_load_keeps_its_constraint_on_the_parent() {
     assert!(c.query_drop("DELETE FROM p WHERE id = 1").await.is_err());
 
     // A second run takes the name back.
+    s.exec("DROP TABLE _t_old").await;
     let run = wraith_with_config(&["run"], &child_config(&s, "FORCE")).await;
     assert_eq!(run.code, 0, "{}", run.output());
     assert_eq!(
@@ -314,7 +315,7 @@ fn start_parent_load(pool: Pool, seed: u64, stop: Arc<AtomicBool>) -> tokio::tas
         let mut committed = 0u64;
         let mut next_parent = 1_000_000 + (seed as i64 % 1000) * 10_000;
         while !stop.load(Ordering::Relaxed) {
-            let op = rng.gen_range(0..5);
+            let op = rng.random_range(0..5);
             let mut tx = conn
                 .start_transaction(TxOpts::default())
                 .await
@@ -331,21 +332,21 @@ fn start_parent_load(pool: Pool, seed: u64, stop: Arc<AtomicBool>) -> tokio::tas
                             .await?;
                     }
                     1 => {
-                        let id: i64 = rng.gen_range(1..=5000);
-                        let name = format!("r{}", rng.gen_range(0..1000));
+                        let id: i64 = rng.random_range(1..=5000);
+                        let name = format!("r{}", rng.random_range(0..1000));
                         tx.exec_drop("UPDATE p SET name = ? WHERE id = ?", (&name, id))
                             .await?;
                         tx.exec_drop("UPDATE p_mirror SET name = ? WHERE id = ?", (&name, id))
                             .await?;
                     }
                     2 => {
-                        let pid: i64 = rng.gen_range(1..=5000);
+                        let pid: i64 = rng.random_range(1..=5000);
                         tx.exec_drop("INSERT INTO c1 (pid) VALUES (?)", (pid,))
                             .await?;
                     }
                     _ => {
                         // Parents above 2500 have no c1 child: deleted, c2's cascade.
-                        let id: i64 = rng.gen_range(1..=5000);
+                        let id: i64 = rng.random_range(1..=5000);
                         tx.exec_drop("DELETE FROM p WHERE id = ?", (id,)).await?;
                         tx.exec_drop("DELETE FROM p_mirror WHERE id = ?", (id,))
                             .await?;

@@ -137,7 +137,7 @@ async fn refuses_triggers_and_foreign_keys() {
         &cfg,
         &[
             "is referenced by other tables' foreign keys",
-            "child (p) -> sbtest (id)",
+            "pf_fk.child (constraint fk_p (p) -> sbtest (id)",
             "children = \"rebuild\"",
         ],
     )

@@ -178,9 +178,9 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         }
     }
     budget.check("carrying the AUTO_INCREMENT counters")?;
-    // After the counters (an ALTER of a shadow that children reference
-    // would wait on them): the children now reference the shadows, equal
-    // to the frozen tables. Not held to the budget: preflight named its cost.
+    // The children now reference the shadows, equal to the frozen tables
+    // (an ALTER or CREATE TRIGGER of a shadow does not wait on the children
+    // A holds: measured). Not held to the budget: preflight named its cost.
     children
         .to_shadows(a)
         .await

@@ -20,15 +20,24 @@ pub(super) async fn check_foreign_keys(
     let name = format!("foreign keys {}", t.name);
     let parents = of_child(conn, &t.schema, &t.name).await?;
     let children = children_of(conn, &t.schema, &t.name).await?;
-    if parents.is_empty() && children.is_empty() {
-        report.ok(&name, "none");
-        return Ok(());
-    }
     let mut refused = false;
     let mut fail = |report: &mut Report, problem: String, fix: String| {
         refused = true;
         report.fail(&name, problem, fix);
     };
+    if mentions_foreign_keys(&table.alter) {
+        fail(
+            report,
+            format!("the ALTER of {} adds or drops a foreign key; wraith writes the shadow without foreign-key checks, so a new constraint would not be validated", t.name),
+            format!("leave the foreign keys out of the ALTER and change them with the server's own ALTER TABLE {} before or after the rebuild", t.name),
+        );
+    }
+    if parents.is_empty() && children.is_empty() {
+        if !mentions_foreign_keys(&table.alter) {
+            report.ok(&name, "none");
+        }
+        return Ok(());
+    }
     if config.target.is_some() {
         fail(
             report,
@@ -41,13 +50,6 @@ pub(super) async fn check_foreign_keys(
             report,
             format!("{} takes part in foreign keys; the revert window keeps the old table in step after the cut-over, and its constraints would have to move back and forth with it, which wraith does not do", t.name),
             "remove [cutover] revert_window for this table".into(),
-        );
-    }
-    if mentions_foreign_keys(&table.alter) {
-        fail(
-            report,
-            format!("the ALTER of {} adds or drops a foreign key; wraith writes the shadow without foreign-key checks, so a new constraint would not be validated", t.name),
-            format!("leave the foreign keys out of the ALTER and change them with the server's own ALTER TABLE {} before or after the rebuild", t.name),
         );
     }
     for fk in &parents {
