@@ -44,8 +44,15 @@ use crate::value::{ColumnSpec, Value};
 
 /// The session settings every wraith writer (and reader) uses, as one
 /// statement: binary strings, UTC, strict mode that allows zero dates.
+///
+/// `foreign_key_checks = 0`: the sessions write only wraith's own tables
+/// (the shadow, an import's target) with rows the source server checked
+/// already; a check against a parent could refuse a row the copy read
+/// before its parent's delete (the checksum proves the shadow equals the
+/// source, and the cut-over checks the constraints afterwards).
 pub const SESSION_SETUP: &str = "SET NAMES binary, time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO'";
+     sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO', \
+     foreign_key_checks = 0";
 
 /// Largest statement the engine crate's writers send (the sql backend caps
 /// its own by `max_batch_bytes` and the server's `max_allowed_packet`).

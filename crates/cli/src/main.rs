@@ -256,7 +256,8 @@ pub(crate) fn print_json(report: &impl serde::Serialize) -> Result<(), Failure> 
 }
 
 async fn check(config: &Config, json: bool) -> Result<Outcome, Failure> {
-    let report = wraith_engine::preflight(config).await;
+    eprintln!("checking; the estimate copies a short sample into a throwaway table ...");
+    let report = wraith_engine::preflight_predicting(config).await;
     if json {
         print_json(&report)?;
     } else {

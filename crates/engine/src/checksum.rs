@@ -99,7 +99,7 @@ impl Side {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
-    fn aggregate_sql(&self, cond: &str) -> String {
+    pub(crate) fn aggregate_sql(&self, cond: &str) -> String {
         let h = self.hash_expr();
         format!(
             "SELECT COUNT(*), CAST(COALESCE(BIT_XOR({h}), 0) AS CHAR), CAST(COALESCE(SUM({h}), 0) AS CHAR) FROM {} WHERE {cond}",

@@ -78,7 +78,10 @@
 // The front door, in the order of the data flow.
 pub mod config;
 
-pub use preflight::{run as preflight, Report as PreflightReport};
+pub use preflight::{
+    run as preflight, run_predicting as preflight_predicting, JobEstimate,
+    Report as PreflightReport, TableEstimate,
+};
 
 pub use migration::{
     discard, finish, revert, run, run_with, FinishReport, RevertReport, RunControl, RunError,
@@ -122,6 +125,7 @@ mod copy;
 mod cutover;
 mod datacheck;
 mod events;
+pub mod foreign_keys;
 mod hooks;
 mod migration;
 mod names;

@@ -35,8 +35,9 @@ use serde::Deserialize;
 
 pub use limits::{CutoverConfig, ReplicaConfig, ThrottleConfig, WindowEnd};
 pub use sections::{
-    BackendKind, ChangesConfig, CheckpointConfig, CheckpointStore, Compression, ConnectionConfig,
-    ControlConfig, CopyConfig, HooksConfig, LocalConfig, RegistryConfig, TableConfig,
+    BackendKind, ChangesConfig, CheckpointConfig, CheckpointStore, ChildrenPolicy, Compression,
+    ConnectionConfig, ControlConfig, CopyConfig, ForeignKeysConfig, HooksConfig, LocalConfig,
+    RegistryConfig, TableConfig,
 };
 pub use values::{ByteSize, HumanDuration, PathList, Secret};
 
@@ -86,6 +87,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     #[serde(default)]
     pub registry: RegistryConfig,
+    #[serde(default)]
+    pub foreign_keys: ForeignKeysConfig,
 }
 
 /// `serde` default of the switches that are on unless turned off.

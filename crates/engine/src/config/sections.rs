@@ -343,3 +343,33 @@ impl ConnectionConfig {
         }
     }
 }
+
+/// What a run does with the tables whose foreign keys reference a rebuilt
+/// table (`[foreign_keys] children`, see [`crate::foreign_keys`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildrenPolicy {
+    /// Preflight refuses the parent, naming each child and what "rebuild" would cost.
+    #[default]
+    Refuse,
+    /// The cut-over re-points each child's constraint at the new table.
+    Rebuild,
+}
+
+impl fmt::Display for ChildrenPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChildrenPolicy::Refuse => "refuse",
+            ChildrenPolicy::Rebuild => "rebuild",
+        })
+    }
+}
+
+/// `[foreign_keys]`: how a table that takes part in foreign keys is rebuilt.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignKeysConfig {
+    /// Tables whose constraints reference the rebuilt table: `refuse` (default) or `rebuild`.
+    #[serde(default)]
+    pub children: ChildrenPolicy,
+}

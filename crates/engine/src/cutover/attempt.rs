@@ -47,6 +47,11 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         .await
         .context(|| "reading lower_case_table_names".into())?;
     let names = SwapNames::new(ctx.tables, lower_case.unwrap_or(0) != 0);
+    // Children whose constraints follow the table (crate::foreign_keys):
+    // locked with it, re-pointed at the shadow under the lock.
+    let children = crate::foreign_keys::MovingChildren::read(&mut a, ctx.tables)
+        .await
+        .map_err(|e| Attempt::Retry(format!("reading the children's constraints: {e}")))?;
     drop_all_markers(&mut a, ctx).await?;
     for t in &names.tables {
         a.query_drop(format!(
@@ -70,10 +75,8 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
             return Err(e.into());
         }
     };
-    let granted = match acquire(ctx, &mut a, &names.lock_all(), ledger, &|| {
-        drain.verification_backlog()
-    })
-    .await
+    let lock = format!("{}{}", names.lock_all(), children.lock_items());
+    let granted = match acquire(ctx, &mut a, &lock, ledger, &|| drain.verification_backlog()).await
     {
         Ok(granted) => granted,
         Err(e) => {
@@ -81,10 +84,11 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
             return Err(e);
         }
     };
-    let outcome = locked_phase(ctx, &mut a, helpers, &names, drain, ledger).await;
+    let outcome = locked_phase(ctx, &mut a, helpers, &names, &children, drain, ledger).await;
     match outcome {
         Ok(target) => {
             ledger.released(granted, "renamed");
+            super::triggers::drop_from_retired(&mut a, &names).await;
             // The markers took the sentries' names in the RENAME: litter now.
             for t in &names.tables {
                 let _ = a
@@ -96,7 +100,16 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         Err(e) => {
             // The locked phase let go of everything it took; the sentries
             // left in place make a RENAME still queued fail harmlessly.
+            // Children re-pointed at a shadow that did not become the table
+            // go back before the lock does.
+            let undone = children.back(&mut a, true).await;
             let _ = a.query_drop("UNLOCK TABLES").await;
+            if let Err(e) = undone {
+                tracing::warn!(error = %e, "re-pointing children back under the lock failed; retrying without it");
+                if let Err(e) = children.back(&mut a, false).await {
+                    tracing::error!(error = %e, "children's constraints may reference the shadow; the next attempt or run re-points them first");
+                }
+            }
             ledger.released(granted, &attempt_outcome(&e));
             let _ = drop_all_markers(&mut a, ctx).await;
             Err(e)
@@ -134,6 +147,7 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     a: &mut Conn,
     helpers: Helpers,
     names: &SwapNames,
+    children: &crate::foreign_keys::MovingChildren,
     drain: &mut D,
     ledger: &mut Ledger,
 ) -> Result<BinlogPosition, Attempt> {
@@ -164,6 +178,38 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         }
     }
     budget.check("carrying the AUTO_INCREMENT counters")?;
+    // After the counters (an ALTER of a shadow that children reference
+    // would wait on them): the children now reference the shadows, equal
+    // to the frozen tables. Not held to the budget: preflight named its cost.
+    children
+        .to_shadows(a)
+        .await
+        .map_err(|e| Attempt::Retry(format!("re-pointing the children's constraints: {e}")))?;
+    // The last step before the RENAME queues: the shadows get the tables'
+    // triggers (see `triggers`); a failure from here on drops them again.
+    let carried = Instant::now();
+    let made = super::triggers::carry_all(&mut b, names)
+        .await
+        .map_err(Attempt::from)
+        .and_then(|made| {
+            budget
+                .check("creating the triggers on the shadows")
+                .map(|()| made)
+        });
+    let made = match made {
+        Ok(made) => made,
+        Err(e) => {
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+            return Err(e);
+        }
+    };
+    if made > 0 {
+        tracing::info!(
+            triggers = made,
+            ms = ms(carried.elapsed()),
+            "triggers made on the shadows under the lock"
+        );
+    }
     // Every table after the first is handed to the RENAME by a session of
     // its own, queued now behind A: its request is served before the
     // application's writes when A lets go.
@@ -209,6 +255,10 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     .await;
     if let Err(e) = queued_up {
         stop_rename(a, b_id, &rename).await;
+        if made > 0 {
+            // Before A lets go: no write may reach a shadow with triggers.
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+        }
         // A still holds every table: the hand-off sessions get theirs once
         // A lets go (the caller), and give them back at once.
         for h in queued {
@@ -237,7 +287,12 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
     a.query_drop("UNLOCK TABLES")
         .await
         .context(|| "UNLOCK TABLES".into())?;
-    hand_over(ctx, a, &mut probe, names, b_id, &rename, queued).await?;
+    if let Err(e) = hand_over(ctx, a, &mut probe, names, b_id, &rename, queued).await {
+        if made > 0 {
+            super::triggers::undo_carry(&mut probe, names, lock_timeout_secs(ctx.settings)).await;
+        }
+        return Err(e);
+    }
     let (_b, result) = rename
         .await
         .map_err(|e| Attempt::Retry(format!("the RENAME task failed: {e}")))?;
@@ -420,6 +475,8 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             }
         }
         budget.check("carrying the AUTO_INCREMENT counters")?;
+        super::triggers::carry_all(a, &names).await?;
+        budget.check("creating the triggers on the shadows")?;
         ledger.let_through = Some(Instant::now());
         let pairs: Vec<String> = names
             .tables
@@ -432,8 +489,15 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
         Ok::<_, Attempt>(target)
     }
     .await;
+    if result.is_err() {
+        // The shadows are still held: no write reaches them before this.
+        super::triggers::undo_carry(lock.conn(), &names, timeout).await;
+    }
     // Its own result is of no use: the session goes back to the pool either way.
-    let _ = lock.unlock().await;
+    let mut unlocked = lock.unlock().await;
+    if result.is_ok() {
+        super::triggers::drop_from_retired(&mut unlocked.conn, &names).await;
+    }
     match &result {
         Ok(_) => ledger.released(granted, "renamed"),
         Err(e) => ledger.released(granted, &attempt_outcome(e)),

@@ -24,6 +24,10 @@ pub(super) struct TableNames {
     /// renames `swap` onto it, so the RENAME fails as long as it exists.
     pub(super) sentry: String,
     pub(super) swap: String,
+    /// Whether the table's triggers are carried to `incoming`.
+    pub(super) carry_triggers: bool,
+    /// The table the live one becomes (unquoted).
+    pub(super) retired: String,
 }
 
 /// The quoted names a two-session swap touches: every table of the group,
@@ -69,6 +73,8 @@ impl SwapNames {
                         incoming: t.incoming.clone(),
                         sentry: q(&sentry_name(&t.name)),
                         swap: q(&swap_name(&t.name)),
+                        carry_triggers: t.carry_triggers,
+                        retired: t.retired.clone(),
                     }
                 })
                 .collect(),

@@ -117,6 +117,7 @@ mod attempt;
 mod lock;
 mod markers;
 mod report;
+pub mod triggers;
 
 use self::attempt::{attempt_one_session, attempt_two_sessions};
 pub use self::lock::lock_bounded;
@@ -304,6 +305,10 @@ pub struct SwapTable {
     pub retired: String,
     /// The table that becomes the live one.
     pub incoming: String,
+    /// Whether the live table's triggers are made on `incoming` in the
+    /// locked phase and dropped from `retired` after the RENAME (see
+    /// [`triggers`]): a cut-over does, a revert does not (refused with triggers).
+    pub carry_triggers: bool,
 }
 
 impl SwapTable {
@@ -314,6 +319,7 @@ impl SwapTable {
             name: name.to_string(),
             retired: old_name(name),
             incoming: shadow_name(name),
+            carry_triggers: true,
         }
     }
 
@@ -324,6 +330,7 @@ impl SwapTable {
             name: name.to_string(),
             retired: shadow_name(name),
             incoming: old_name(name),
+            carry_triggers: false,
         }
     }
 }
@@ -380,6 +387,9 @@ pub async fn cut_over<D: Drain + Sync>(
                 }
             }
         }
+        // No trigger may fire on the shadow while changes are applied to it
+        // (a failed attempt drops what it made; this makes sure).
+        triggers::drop_from_incoming(pool, tables).await?;
         // A big transaction committed since the last apply is read now, not
         // while the application waits on the lock.
         match drain.catch_up().await {

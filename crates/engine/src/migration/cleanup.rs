@@ -18,6 +18,9 @@ enum Owned {
     Markers,
     /// `_t_old`, the source table renamed away by the cut-over.
     OldTable,
+    /// The triggers `_t_old` took along in the RENAME (the live table has
+    /// their copies): they must never fire on the old table.
+    OldTriggers,
     /// The changelog table the stream's tokens are written to.
     Changelog,
     /// The local change store and the local backend's engines.
@@ -46,13 +49,18 @@ impl Moment {
             Moment::Fresh => vec![Owned::Shadow, Owned::Markers, Owned::LocalState],
             Moment::Abandoned => vec![Owned::Shadow, Owned::Changelog, Owned::LocalState],
             Moment::AfterCutover if config.cutover.drop_old_table => {
-                vec![Owned::OldTable, Owned::Changelog, Owned::LocalState]
+                vec![
+                    Owned::OldTriggers,
+                    Owned::OldTable,
+                    Owned::Changelog,
+                    Owned::LocalState,
+                ]
             }
             // The revert window follows the live table through the changelog.
             Moment::AfterCutover if config.cutover.revert_window.is_some() => {
-                vec![Owned::LocalState]
+                vec![Owned::OldTriggers, Owned::LocalState]
             }
-            Moment::AfterCutover => vec![Owned::Changelog, Owned::LocalState],
+            Moment::AfterCutover => vec![Owned::OldTriggers, Owned::Changelog, Owned::LocalState],
             Moment::Finished => vec![Owned::LocalState],
             Moment::Discarded => vec![
                 Owned::Shadow,
@@ -120,6 +128,14 @@ pub(super) async fn clean_up(
                     .await
                     .map_err(RunError::from),
             ),
+            Owned::OldTriggers => {
+                let old = shadow::old_name(&table.name);
+                let result = cutover::triggers::drop_all_on(conn, source, &old)
+                    .await
+                    .map(|_| ())
+                    .map_err(RunError::from);
+                (format!("the triggers of {source}.{old}"), result)
+            }
             Owned::OldTable => {
                 let old = shadow::old_name(&table.name);
                 drop_table(conn, source, &old, "the old table").await

@@ -238,6 +238,25 @@ impl Group<'_, '_> {
             report.cutover_blocked_ms = Some(cut.blocked_ms);
             report.cutover_attempts = Some(cut.attempts);
             report.cutover = Some(cut.clone());
+            // The swap is done: what is wrong with the constraints now is
+            // reported (and logged as an error), not undone.
+            match crate::foreign_keys::after_cutover(
+                &mut tconn,
+                run.target_schema(),
+                &run.table.name,
+            )
+            .await
+            {
+                Ok(after)
+                    if after.constraints.is_empty()
+                        && after.dropped_from_old.is_empty()
+                        && after.children.is_empty() => {}
+                Ok(after) => report.foreign_keys = Some(after),
+                Err(e) => {
+                    tracing::error!(table = %run.table.name, error = %e, "foreign keys after the cut-over");
+                    report.foreign_keys_problem = Some(e.to_string());
+                }
+            }
             run.stage(Stage::Cleanup, run.cleanup_after_cutover(&mut tconn))
                 .await?;
             report.stages = run.stages.timings().await;

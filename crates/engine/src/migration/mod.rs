@@ -331,6 +331,7 @@ async fn run_inner(
     let flavor = report
         .flavor
         .ok_or_else(|| RunError::Connection("preflight did not learn the server flavor".into()))?;
+    repair_foreign_keys(config).await?;
     if config.target.is_some() && !config.same_server() {
         return Err(RunError::Unsupported(
             "a [target] on another server is not supported for online rebuilds yet (the cut-over renames \
@@ -869,4 +870,24 @@ fn is_resumable(e: &RunError) -> bool {
         RunError::Abandoned { .. } => false,
         _ => true,
     }
+}
+
+/// First thing after preflight: child constraints that an interrupted
+/// cut-over left on a table's shadow or old table are re-pointed at the
+/// live table (see [`crate::foreign_keys::repair_children`]).
+async fn repair_foreign_keys(config: &Config) -> Result<(), RunError> {
+    let opts = server::connection_opts(&config.source).map_err(RunError::Connection)?;
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| RunError::Connection(e.to_string()))?;
+    for t in &config.tables {
+        crate::foreign_keys::repair_children(&mut conn, config.schema_of(t), &t.name)
+            .await
+            .map_err(|e| match e {
+                crate::foreign_keys::ForeignKeyError::Db(e) => RunError::Db(e),
+                e => RunError::Unsupported(e.to_string()),
+            })?;
+    }
+    let _ = conn.disconnect().await;
+    Ok(())
 }

@@ -37,6 +37,11 @@ pub struct TableReport {
     pub cutover_attempts: Option<u32>,
     /// The cut-over in detail: each lock attempt, the blockers waited for, the AUTO_INCREMENT carried over.
     pub cutover: Option<crate::cutover::CutoverReport>,
+    /// The table's foreign keys after the cut-over (when it has any): each
+    /// constraint as the live table has it, and the orphans found (none).
+    pub foreign_keys: Option<crate::foreign_keys::ForeignKeysAfter>,
+    /// What was wrong with them after the cut-over, if anything.
+    pub foreign_keys_problem: Option<String>,
     /// Each stage this run went through, in order, with its time.
     pub stages: Vec<StageTiming>,
     pub total_secs: f64,
@@ -68,6 +73,8 @@ impl TableReport {
             cutover_blocked_ms: None,
             cutover_attempts: None,
             cutover: None,
+            foreign_keys: None,
+            foreign_keys_problem: None,
             stages: Vec::new(),
             total_secs: 0.0,
         }

@@ -223,6 +223,17 @@ impl TableRun<'_> {
                 .await?;
             self.save_progress(following, rows).await?;
         }
+        // With every index in place (none is made for a constraint): the
+        // source's constraints, in place. A resumed run adds what is missing.
+        crate::foreign_keys::add_to_shadow(tconn, self.target_schema(), &self.table.name)
+            .await
+            .map_err(|e| match e {
+                crate::foreign_keys::ForeignKeyError::Db(e) => RunError::Db(e),
+                e => RunError::Unsupported(format!(
+                    "adding the foreign keys of {} to its shadow: {e}",
+                    self.table.name
+                )),
+            })?;
         following.check(&self.table.name)
     }
 

@@ -128,6 +128,14 @@ impl TableRun<'_> {
                 &shadow::shadow_name(&self.table.name),
             )
             .await?;
+            // A run killed in its cut-over may have left the triggers it
+            // made on the shadow: none may fire while changes are applied.
+            crate::cutover::triggers::drop_all_on(
+                tconn,
+                self.target_schema(),
+                &shadow::shadow_name(&self.table.name),
+            )
+            .await?;
             return Ok(());
         }
         if recorded {

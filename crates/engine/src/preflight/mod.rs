@@ -28,6 +28,7 @@
 //! reached, a query that fails) becomes the `connect` or `server` check.
 
 mod column_types;
+mod estimate;
 mod foreign_keys;
 mod grants;
 mod table;
@@ -41,6 +42,7 @@ use crate::config::Config;
 use crate::plan::TablePlan;
 use crate::server::{self, Context, DbError, Flavor};
 
+pub use estimate::{JobEstimate, TableEstimate};
 use grants::check_privileges;
 use table::check_table;
 
@@ -86,6 +88,9 @@ pub struct Report {
     pub flavor: Option<Flavor>,
     pub checks: Vec<Check>,
     pub plans: Vec<TablePlan>,
+    /// The predicted time and disk ([`run_predicting`] only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<JobEstimate>,
 }
 
 impl Report {
@@ -121,6 +126,9 @@ impl Report {
         render_checks(&self.checks, &mut out);
         for p in &self.plans {
             out.push_str(&render_plan(p));
+        }
+        if let Some(e) = &self.estimate {
+            out.push_str(&e.render());
         }
         out
     }
@@ -189,11 +197,23 @@ pub use crate::names::check_table_name;
 /// Runs every check: the config's paths, then the configured servers. Fails
 /// only when it could not run at all; refusals are in the report.
 pub async fn run(config: &Config) -> Report {
+    run_with(config, false).await
+}
+
+/// [`run`], then, when every check passed, the prediction of the run's time
+/// and disk from a short sample on the server (`wraith check`; see
+/// `estimate`). The disk it needs beyond the free space fails the check.
+pub async fn run_predicting(config: &Config) -> Report {
+    run_with(config, true).await
+}
+
+async fn run_with(config: &Config, predict: bool) -> Report {
     let mut report = Report {
         server: config.source.describe(),
         flavor: None,
         checks: Vec::new(),
         plans: Vec::new(),
+        estimate: None,
     };
     report.checks.extend(crate::paths::check(config));
     let opts = match server::connection_opts(&config.source) {
@@ -203,7 +223,9 @@ pub async fn run(config: &Config) -> Report {
             return report;
         }
     };
-    let pool = server::pool(opts, 2);
+    // The estimate's sample copies with the run's threads, beside one session of its own.
+    let connections = if predict { config.copy.threads + 2 } else { 2 };
+    let pool = server::pool(opts, connections);
     let result = run_on(&pool, config, &mut report).await;
     if let Err(e) = result {
         if report.flavor.is_none() {
@@ -219,6 +241,8 @@ pub async fn run(config: &Config) -> Report {
                 "see the server's message; the source table was not changed",
             );
         }
+    } else if predict && report.passed() {
+        estimate::estimate(&pool, config, &mut report).await;
     }
     let _ = pool.disconnect().await;
     report

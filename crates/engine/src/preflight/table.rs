@@ -1,6 +1,6 @@
 //! The table checks: the table exists and is a base table, its helper names
 //! fit and the old table's name is free, the ALTER parses and applies to a throwaway copy of the definition,
-//! triggers and foreign keys are allowed, the plan stands, and what
+//! the triggers can follow the table and foreign keys are allowed, the plan stands, and what
 //! [`crate::datacheck`] found in the data is judged (refused, or allowed by
 //! `allow_lossy`). A copy left behind by a killed preflight is recognised by
 //! its table comment and dropped; any other table of that name is refused.
@@ -109,9 +109,9 @@ pub(super) async fn check_table(
             "convert the table to InnoDB first",
         );
     }
-    super::triggers::check_triggers(conn, &old, report).await?;
-    super::foreign_keys::check_foreign_keys(conn, &old, report).await?;
-    check_alter_and_plan(conn, config, table, &old, report).await
+    let triggers = super::triggers::check_triggers(conn, config, table, &old, report).await?;
+    super::foreign_keys::check_foreign_keys(conn, config, table, &old, report).await?;
+    check_alter_and_plan(conn, config, table, &old, &triggers, report).await
 }
 
 /// The ALTER applied to a throwaway copy of `old`'s definition, then the
@@ -121,6 +121,7 @@ async fn check_alter_and_plan(
     config: &Config,
     table: &TableConfig,
     old: &TableInfo,
+    triggers: &[crate::cutover::triggers::TriggerDef],
     report: &mut Report,
 ) -> Result<(), DbError> {
     match apply_alter_to_copy(conn, old, &table.alter).await? {
@@ -157,6 +158,7 @@ async fn check_alter_and_plan(
                             plan.new_key.join(", ")
                         ),
                     );
+                    super::triggers::check_trigger_columns(report, table, triggers, &plan);
                     let types_name = format!("types {}", table.name);
                     let mut refusals = super::column_types::type_refusals(old, &new, &plan);
                     if refusals.is_empty() {
@@ -315,24 +317,18 @@ pub async fn apply_alter_to_copy(
     }
 }
 
-/// Whether an existing `check` table is what a killed check leaves: empty,
-/// and either marked as wraith's or still a bare copy of the source's
-/// definition (killed between `CREATE … LIKE` and the mark). Dropping such a
-/// table loses nothing, whoever made it.
-async fn leftover_check_table(
+/// Whether an existing `check` table is what a killed check leaves: marked
+/// as wraith's (empty, or holding the rows of a killed estimate's sample),
+/// or an empty bare copy of the source's definition (killed between
+/// `CREATE … LIKE` and the mark). Dropping such a table loses nothing,
+/// whoever made it.
+pub(super) async fn leftover_check_table(
     conn: &mut Conn,
     old: &TableInfo,
     check: &str,
 ) -> Result<bool, DbError> {
     let qs = quote_ident(&old.schema);
     let qcheck = format!("{qs}.{}", quote_ident(check));
-    let has_rows: Option<u8> = conn
-        .query_first(format!("SELECT 1 FROM {qcheck} LIMIT 1"))
-        .await
-        .context(|| format!("reading {check}"))?;
-    if has_rows.is_some() {
-        return Ok(false);
-    }
     let comment: Option<String> = conn
         .exec_first(
             "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -342,6 +338,13 @@ async fn leftover_check_table(
         .context(|| format!("reading the comment of {check}"))?;
     if comment.as_deref() == Some(CHECK_TABLE_MARK) {
         return Ok(true);
+    }
+    let has_rows: Option<u8> = conn
+        .query_first(format!("SELECT 1 FROM {qcheck} LIMIT 1"))
+        .await
+        .context(|| format!("reading {check}"))?;
+    if has_rows.is_some() {
+        return Ok(false);
     }
     let leftover = crate::server::inspect::show_create(conn, &old.schema, check).await?;
     let source = crate::server::inspect::show_create(conn, &old.schema, &old.name).await?;
