@@ -299,6 +299,7 @@ pub async fn add_to_shadow(
     conn: &mut Conn,
     schema: &str,
     table: &str,
+    no_wait: bool,
 ) -> Result<Vec<String>, ForeignKeyError> {
     let fks = of_child(conn, schema, table).await?;
     if fks.is_empty() {
@@ -313,31 +314,63 @@ pub async fn add_to_shadow(
         if present.iter().any(|p| p.name == alt) {
             continue;
         }
-        bounded_ddl(
+        run_ddl(
             conn,
             &format!(
                 "ALTER TABLE {qshadow} ADD {}",
                 fk.definition(&alt, &fk.parent)
             ),
-            Duration::from_secs(60),
+            no_wait,
         )
         .await?;
         // An index named after the constraint (the one the server made for
         // it) follows the constraint's name on the server: give it back its own.
         let indexes = index_names(conn, schema, &shadow).await?;
         if indexes.contains(&alt) && !indexes.contains(&fk.name) {
-            conn.query_drop(format!(
-                "ALTER TABLE {qshadow} RENAME INDEX {} TO {}",
-                quote_ident(&alt),
-                quote_ident(&fk.name)
-            ))
-            .await
-            .context(|| format!("renaming index {alt} of {shadow}"))?;
+            run_ddl(
+                conn,
+                &format!(
+                    "ALTER TABLE {qshadow} RENAME INDEX {} TO {}",
+                    quote_ident(&alt),
+                    quote_ident(&fk.name)
+                ),
+                no_wait,
+            )
+            .await?;
         }
         tracing::info!(table, constraint = %fk.name, shadow_name = %alt, "foreign key added to the shadow");
         added.push(alt);
     }
     Ok(added)
+}
+
+/// Drops every constraint of the shadow of `schema.table` (all are
+/// wraith's: the shadow is). A constraint on a shadow that lags its source
+/// would refuse the application's delete of a parent row whose last child
+/// the application just deleted from the source, so the shadow carries its
+/// constraints only from the cut-over's locked phase on: a failed attempt,
+/// and a resumed run, take them off again.
+pub async fn drop_from_shadow(
+    conn: &mut Conn,
+    schema: &str,
+    table: &str,
+) -> Result<(), ForeignKeyError> {
+    let shadow = shadow_name(table);
+    let present = of_child(conn, schema, &shadow).await?;
+    let qshadow = format!("{}.{}", quote_ident(schema), quote_ident(&shadow));
+    for fk in &present {
+        bounded_ddl(
+            conn,
+            &format!(
+                "ALTER TABLE {qshadow} DROP FOREIGN KEY {}",
+                quote_ident(&fk.name)
+            ),
+            Duration::from_secs(60),
+        )
+        .await?;
+        tracing::info!(table, constraint = %fk.name, "foreign key taken off the shadow");
+    }
+    Ok(())
 }
 
 /// What the run found of the constraints after the cut-over.

@@ -110,6 +110,13 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
                     tracing::error!(error = %e, "children's constraints may reference the shadow; the next attempt or run re-points them first");
                 }
             }
+            for t in names.tables.iter().filter(|t| t.carry_triggers) {
+                if let Err(e) =
+                    crate::foreign_keys::drop_from_shadow(&mut a, &t.schema, &t.name).await
+                {
+                    tracing::error!(error = %e, table = %t.name, "the shadow keeps constraints; the next attempt or run takes them off");
+                }
+            }
             ledger.released(granted, &attempt_outcome(&e));
             let _ = drop_all_markers(&mut a, ctx).await;
             Err(e)
@@ -185,6 +192,16 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         .to_shadows(a)
         .await
         .map_err(|e| Attempt::Retry(format!("re-pointing the children's constraints: {e}")))?;
+    // The shadows get their own tables' constraints now, equal to the frozen
+    // tables: earlier, a lagging shadow's row would refuse the application's
+    // delete of its parent. In place, no wait; a failed attempt takes them off.
+    // (A cut-over only: a revert's incoming table is the old one.)
+    for t in names.tables.iter().filter(|t| t.carry_triggers) {
+        crate::foreign_keys::add_to_shadow(&mut b, &t.schema, &t.name, true)
+            .await
+            .map_err(|e| Attempt::Retry(format!("adding the constraints to the shadow: {e}")))?;
+    }
+    budget.check("adding the constraints to the shadows")?;
     // The last step before the RENAME queues: the shadows get the tables'
     // triggers (see `triggers`); a failure from here on drops them again.
     let carried = Instant::now();

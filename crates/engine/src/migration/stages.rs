@@ -223,14 +223,15 @@ impl TableRun<'_> {
                 .await?;
             self.save_progress(following, rows).await?;
         }
-        // With every index in place (none is made for a constraint): the
-        // source's constraints, in place. A resumed run adds what is missing.
-        crate::foreign_keys::add_to_shadow(tconn, self.target_schema(), &self.table.name)
+        // The shadow gets the source's constraints only in the cut-over's
+        // locked phase (see `foreign_keys::drop_from_shadow`): a run resumed
+        // after an attempt that could not take them off does it now.
+        crate::foreign_keys::drop_from_shadow(tconn, self.target_schema(), &self.table.name)
             .await
             .map_err(|e| match e {
                 crate::foreign_keys::ForeignKeyError::Db(e) => RunError::Db(e),
                 e => RunError::Unsupported(format!(
-                    "adding the foreign keys of {} to its shadow: {e}",
+                    "taking the foreign keys off the shadow of {}: {e}",
                     self.table.name
                 )),
             })?;
