@@ -21,9 +21,12 @@
 //! of every wraith writer, `wraith_backend::write::SESSION_SETUP`): the rows
 //! are the source's, which the server checked already, and a check against
 //! the parent could refuse a row the copy read before its parent's delete.
-//! Once the shadow has its indexes back, the source's constraints are
-//! added to it under their alternate names (in place, no scan), so the swap
-//! makes them the live table's. The checksum and the cut-over's
+//! In the cut-over's locked phase, when the shadow equals the frozen
+//! source, the source's constraints are added to it under their alternate
+//! names (in place, no scan), so the swap makes them the live table's; not
+//! earlier, because a shadow that lags its source would refuse the
+//! application's delete of a parent whose last child it just deleted (see
+//! [`drop_from_shadow`]). The checksum and the cut-over's
 //! verification prove the shadow equals the source, which satisfies them.
 //! After the swap the old table's constraints are dropped (they would
 //! refuse a parent's delete for rows only the old table has), and the live
@@ -292,8 +295,8 @@ async fn index_names(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<S
 
 /// Gives the shadow of `schema.table` the source's constraints under their
 /// alternate names (in place: `foreign_key_checks = 0`, no row read). Runs
-/// once the shadow has all its indexes; a constraint already there (a
-/// resumed run) is left. An index the server renamed after the constraint
+/// in the cut-over's locked phase (`no_wait`: never queue on a metadata
+/// lock while the application waits); a constraint already there is left. An index the server renamed after the constraint
 /// gets its source name back.
 pub async fn add_to_shadow(
     conn: &mut Conn,
