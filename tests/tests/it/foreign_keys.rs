@@ -11,7 +11,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 use rand::{Rng, SeedableRng};
-use wraith_tests::{wraith_with_config, Schema, WraithChild};
+use wraith_tests::{wraith_with_config, PostponeFlag, Schema, WraithChild};
 
 const PARENT_CHILD: &str = "CREATE TABLE p (id INT PRIMARY KEY, name VARCHAR(20) NOT NULL); \
     CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, pid INT, v INT NOT NULL, \
@@ -138,6 +138,71 @@ fn child_config(s: &Schema, alter: &str) -> String {
         "[copy]\nbackend = \"sql\"\nthreads = 2\ninitial_chunk_rows = 500\n\n\
          [cutover]\nlock_wait_timeout = \"1s\"\nretries = 10\n",
     )
+}
+
+/// The usual way to delete under RESTRICT (the children, then their parent,
+/// in one transaction) works while a child table is rebuilt: the shadow
+/// carries no constraint before the cut-over's lock, so a child row it has
+/// not yet lost cannot refuse the parent's delete.
+#[tokio::test]
+async fn a_parent_deleted_after_its_children_during_the_run() {
+    let _shared = crate::LATENCY_JUDGED.read().await;
+    let s = Schema::new("fk_child_parent_delete").await;
+    s.exec(PARENT_CHILD).await;
+    let flag = PostponeFlag::new();
+    let cfg = s.config(
+        "t",
+        "ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'n'",
+        &format!(
+            "[copy]\nbackend = \"sql\"\nthreads = 2\ninitial_chunk_rows = 500\n\n\
+             [cutover]\nlock_wait_timeout = \"1s\"\nretries = 10\n{}\n",
+            flag.setting()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    // Copied, checksummed and waiting: the shadow equals the source.
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(180))
+        .await;
+    let mut conn = s.conn().await;
+    for parent in 1..=20i64 {
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .expect("begin");
+        tx.exec_drop("DELETE FROM t WHERE pid = ?", (parent,))
+            .await
+            .expect("delete the children");
+        tx.exec_drop("DELETE FROM p WHERE id = ?", (parent,))
+            .await
+            .unwrap_or_else(|e| panic!("deleting parent {parent} after its children: {e}"));
+        tx.commit().await.expect("commit");
+    }
+    drop(conn);
+    drop(flag);
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    let gone: Option<(u64, u64)> = s
+        .conn()
+        .await
+        .query_first(
+            "SELECT (SELECT COUNT(*) FROM t WHERE pid <= 20), (SELECT COUNT(*) FROM p WHERE id <= 20)",
+        )
+        .await
+        .expect("counts");
+    assert_eq!(gone, Some((0, 0)), "the deleted children and parents");
+    let left: Option<u64> = s
+        .conn()
+        .await
+        .query_first("SELECT COUNT(*) FROM t")
+        .await
+        .expect("rows");
+    assert_eq!(left, Some(20000 - 20 * 100), "the other children stay");
+    assert_eq!(
+        constraints(&s, "t").await,
+        vec![("fk_t_p_wraith".to_string(), "p".to_string())]
+    );
+    assert_eq!(orphans(&s).await, 0);
 }
 
 #[tokio::test]
