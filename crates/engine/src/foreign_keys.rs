@@ -360,20 +360,40 @@ pub async fn drop_from_shadow(
 ) -> Result<(), ForeignKeyError> {
     let shadow = shadow_name(table);
     let present = of_child(conn, schema, &shadow).await?;
-    let qshadow = format!("{}.{}", quote_ident(schema), quote_ident(&shadow));
-    for fk in &present {
-        bounded_ddl(
-            conn,
-            &format!(
-                "ALTER TABLE {qshadow} DROP FOREIGN KEY {}",
-                quote_ident(&fk.name)
-            ),
-            Duration::from_secs(60),
-        )
-        .await?;
-        tracing::info!(table, constraint = %fk.name, "foreign key taken off the shadow");
+    let dropped = drop_all(conn, schema, &shadow, &present).await?;
+    if !dropped.is_empty() {
+        tracing::info!(table, constraints = ?dropped, "foreign keys taken off the shadow");
     }
     Ok(())
+}
+
+/// Drops `constraints` (read from `schema.table`) in one ALTER, in place,
+/// waiting for the metadata lock only as [`bounded_ddl`] does. Returns their names.
+async fn drop_all(
+    conn: &mut Conn,
+    schema: &str,
+    table: &str,
+    constraints: &[ForeignKey],
+) -> Result<Vec<String>, DbError> {
+    if constraints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let drops: Vec<String> = constraints
+        .iter()
+        .map(|fk| format!("DROP FOREIGN KEY {}", quote_ident(&fk.name)))
+        .collect();
+    bounded_ddl(
+        conn,
+        &format!(
+            "ALTER TABLE {}.{} {}",
+            quote_ident(schema),
+            quote_ident(table),
+            drops.join(", ")
+        ),
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok(constraints.iter().map(|fk| fk.name.clone()).collect())
 }
 
 /// What the run found of the constraints after the cut-over.
@@ -401,26 +421,8 @@ pub async fn after_cutover(
     let mut after = ForeignKeysAfter::default();
     let old = old_name(table);
     // The old table's constraints are the source's.
-    let on_old = of_child(conn, schema, &old).await?;
-    let source = on_old.clone();
-    if !on_old.is_empty() {
-        let drops: Vec<String> = on_old
-            .iter()
-            .map(|fk| format!("DROP FOREIGN KEY {}", quote_ident(&fk.name)))
-            .collect();
-        bounded_ddl(
-            conn,
-            &format!(
-                "ALTER TABLE {}.{} {}",
-                quote_ident(schema),
-                quote_ident(&old),
-                drops.join(", ")
-            ),
-            Duration::from_secs(60),
-        )
-        .await?;
-        after.dropped_from_old = on_old.into_iter().map(|fk| fk.name).collect();
-    }
+    let source = of_child(conn, schema, &old).await?;
+    after.dropped_from_old = drop_all(conn, schema, &old, &source).await?;
     let live = of_child(conn, schema, table).await?;
     for fk in &source {
         let alt = alternate_name(&fk.name).map_err(ForeignKeyError::Invalid)?;
