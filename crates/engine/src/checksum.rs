@@ -265,6 +265,16 @@ pub(crate) fn sides(
         source_exprs.push(as_bytes(src));
         shadow_exprs.push(as_bytes(quote_ident(&nc.name)));
     }
+    // Columns the ALTER adds NOT NULL without a DEFAULT hold one value in
+    // every row (see `crate::implicit`): compared against its bytes.
+    for v in &plan.implicit_values {
+        let nc = new.column(&v.column).ok_or_else(|| {
+            ChecksumError::Setup(format!("column {} missing in the shadow", v.column))
+        })?;
+        flagged.push(false);
+        source_exprs.push(as_bytes(v.bytes_expr()));
+        shadow_exprs.push(as_bytes(quote_ident(&nc.name)));
+    }
     let renamed = |old_name: &str| -> Option<String> {
         plan.copied_columns()
             .into_iter()

@@ -748,6 +748,19 @@ impl MovingChildren {
     }
 
     /// `, child WRITE, …` for session A's `LOCK TABLES` (empty without children).
+    /// The child tables A locks with the parents, `(schema, table)`, each
+    /// once: a session holding one would stall the lock as the parent's would.
+    pub fn locked_tables(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for c in self.tables.iter().flat_map(|(_, _, _, c)| c.iter()) {
+            let t = (c.schema.clone(), c.table.clone());
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
     pub fn lock_items(&self) -> String {
         let all: Vec<ForeignKey> = self
             .tables

@@ -127,6 +127,7 @@ mod datacheck;
 mod events;
 pub mod foreign_keys;
 mod hooks;
+mod implicit;
 mod migration;
 mod names;
 mod online;

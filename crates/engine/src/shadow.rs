@@ -145,6 +145,7 @@ pub async fn create(
     conn.query_drop(format!("ALTER TABLE {qshadow} {alter}"))
         .await
         .context(|| format!("applying the ALTER to {shadow}"))?;
+    crate::implicit::hold(conn, target_schema, &shadow, &plan.implicit_values).await?;
     if !plan.deferred_indexes.is_empty() {
         let drops: Vec<String> = plan
             .deferred_indexes

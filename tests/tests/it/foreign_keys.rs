@@ -11,6 +11,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 use rand::{Rng, SeedableRng};
+use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
 use wraith_tests::{wraith_with_config, PostponeFlag, Schema, WraithChild};
 
 const PARENT_CHILD: &str = "CREATE TABLE p (id INT PRIMARY KEY, name VARCHAR(20) NOT NULL); \
@@ -536,4 +537,129 @@ async fn parent_rebuilt_under_load_takes_its_children_along() {
         .await
         .expect("cascaded");
     assert_eq!(left, Some(0), "the delete cascaded into c2");
+}
+
+/// A long transaction that has read a *child* of the parent being rebuilt:
+/// the cut-over's lock takes the children too, so that session would stall
+/// it exactly as one holding the parent would. The cut-over must see it,
+/// wait without asking for the lock, and go on once it ends; the
+/// application's writes to the parent and the child never wait behind it.
+#[tokio::test]
+async fn a_long_transaction_on_a_child_does_not_stall_the_parents_cut_over() {
+    let _alone = crate::LATENCY_JUDGED.write().await;
+    // The plugin names exactly who holds which table: without it every
+    // open transaction counts, and the child would be found by accident.
+    let server = ScratchServer::start(ScratchOptions {
+        buffer_pool: "128M".into(),
+        extra_args: vec!["--plugin-load-add=metadata_lock_info".into()],
+        ..ScratchOptions::default()
+    })
+    .expect("start a server with metadata_lock_info");
+    let s = Schema::on(&server, "fk_child_blocker").await;
+    s.exec(PARENT_CHILDREN).await;
+    let flag = PostponeFlag::new();
+    let cfg = s.config(
+        "p",
+        "ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'n'",
+        &format!(
+            "[copy]\nbackend = \"sql\"\nthreads = 2\n\n\
+             [cutover]\nlock_wait_timeout = \"1s\"\nlock_attempt_timeout = \"100ms\"\n\
+             lock_hold_budget = \"500ms\"\nretries = 10\n{}\n\n\
+             [foreign_keys]\nchildren = \"rebuild\"\n",
+            flag.setting()
+        ),
+    );
+    let mut child = WraithChild::spawn(&["run", "--json"], &cfg);
+    child
+        .wait_for("cut-over postponed", Duration::from_secs(120))
+        .await;
+
+    // The application: each transaction renames a parent (and its mirror)
+    // and adds a child; its slowest one is what the cut-over cost it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (pool, stop) = (s.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut conn = pool.get_conn().await.expect("load conn");
+            let (mut worst, mut committed, mut k) = (Duration::ZERO, 0u64, 0i64);
+            while !stop.load(Ordering::Relaxed) {
+                k += 1;
+                let (id, name) = (1 + (k * 7919) % 5000, format!("w{k}"));
+                let began = std::time::Instant::now();
+                let mut tx = conn
+                    .start_transaction(TxOpts::default())
+                    .await
+                    .expect("begin");
+                tx.exec_drop("UPDATE p SET name = ? WHERE id = ?", (&name, id))
+                    .await
+                    .expect("update p");
+                tx.exec_drop("UPDATE p_mirror SET name = ? WHERE id = ?", (&name, id))
+                    .await
+                    .expect("update p_mirror");
+                tx.exec_drop("INSERT INTO c1 (pid) VALUES (?)", (id,))
+                    .await
+                    .expect("insert c1");
+                tx.commit().await.expect("commit");
+                worst = worst.max(began.elapsed());
+                committed += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (worst, committed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A report that read the child and keeps its transaction open.
+    let mut reader = s.conn().await;
+    reader.query_drop("START TRANSACTION").await.expect("begin");
+    let _: Option<u64> = reader
+        .query_first("SELECT COUNT(*) FROM c1")
+        .await
+        .expect("read c1");
+    let reader_id = u64::from(reader.id());
+    drop(flag);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !s.definition("p").await.0.iter().any(|c| c.contains("note")),
+        "cut over while a session held the child"
+    );
+    reader.query_drop("COMMIT").await.expect("commit");
+    let run = child.finish(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (worst, committed) = load.await.expect("load");
+    assert_eq!(run.code, 0, "{}", run.output());
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
+    let cut = &report["tables"][0]["cutover"];
+    eprintln!(
+        "fk child blocker: worst write {worst:?} over {committed} transactions; cut-over {cut}"
+    );
+    assert!(committed > 100, "the load barely ran: {committed}");
+    assert!(
+        cut["blockers"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["id"].as_u64() == Some(reader_id))),
+        "the session holding the child was not seen as a blocker: {cut}"
+    );
+    assert!(
+        cut["blocker_wait_ms"].as_f64().unwrap_or(0.0) >= 2000.0,
+        "{cut}"
+    );
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a write waited {worst:?}: the cut-over stalled the application: {cut}"
+    );
+    // And the change itself: constraints on the live p, content exact.
+    assert_eq!(
+        constraints(&s, "c1").await,
+        vec![("fk_c1_wraith".to_string(), "p".to_string())]
+    );
+    let mut c = s.conn().await;
+    let differing: Option<u64> = c
+        .query_first(
+            "SELECT COUNT(*) FROM p LEFT JOIN p_mirror m USING (id) \
+             WHERE m.id IS NULL OR m.name <> p.name OR p.note <> 'n'",
+        )
+        .await
+        .expect("compare");
+    assert_eq!(differing, Some(0), "p differs from its mirror");
 }

@@ -105,15 +105,22 @@ async fn refuses_missing_table() {
 }
 
 #[tokio::test]
-async fn refuses_not_null_column_without_default() {
+async fn refuses_not_null_column_without_default_when_its_implicit_value_cannot_be_carried() {
     let s = Schema::new("pf_nodefault").await;
     s.exec(SBTEST).await;
-    let cfg = s.config("sbtest", "ADD COLUMN x INT NOT NULL", "");
+    // The type's implicit value is '', which the column's JSON check
+    // refuses (an instant ADD COLUMN would leave it in every row unchecked).
+    let cfg = s.config("sbtest", "ADD COLUMN x JSON NOT NULL", "");
     assert_refused(
         &s,
         "sbtest",
         &cfg,
-        &["adds column x as NOT NULL without a DEFAULT"],
+        &[
+            "column `x` of sbtest is added NOT NULL without a DEFAULT",
+            "the type's implicit value cannot be carried",
+            "CONSTRAINT",
+            "give the ADD COLUMN an explicit default",
+        ],
     )
     .await;
 }

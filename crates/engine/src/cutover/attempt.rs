@@ -76,7 +76,15 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
         }
     };
     let lock = format!("{}{}", names.lock_all(), children.lock_items());
-    let granted = match acquire(ctx, &mut a, &lock, ledger, &|| drain.verification_backlog()).await
+    let granted = match acquire(
+        ctx,
+        &mut a,
+        &lock,
+        &children.locked_tables(),
+        ledger,
+        &|| drain.verification_backlog(),
+    )
+    .await
     {
         Ok(granted) => granted,
         Err(e) => {
@@ -115,6 +123,15 @@ pub(super) async fn attempt_two_sessions<D: Drain + Sync>(
                     crate::foreign_keys::drop_from_shadow(&mut a, &t.schema, &t.name).await
                 {
                     tracing::error!(error = %e, table = %t.name, "the shadow keeps constraints; the next attempt or run takes them off");
+                }
+            }
+            // The change stream goes on: the shadows need their implicit
+            // values as DEFAULTs again (a resumed run puts them back too).
+            for t in &names.tables {
+                if let Err(e) =
+                    crate::implicit::hold(&mut a, &t.schema, &t.incoming, &t.implicit_values).await
+                {
+                    tracing::error!(error = %e, table = %t.name, "the shadow lacks the implicit values' defaults; the change stream stops at the next insert, and a resumed run puts them back");
                 }
             }
             ledger.released(granted, &attempt_outcome(&e));
@@ -185,6 +202,20 @@ pub(super) async fn locked_phase<D: Drain + Sync>(
         }
     }
     budget.check("carrying the AUTO_INCREMENT counters")?;
+    // The shadows equal the frozen tables: the implicit values' DEFAULTs
+    // come off, so the new table's definition is the server's ALTER's
+    // (instant, no wait; a failed attempt puts them back).
+    for t in &names.tables {
+        crate::implicit::release(
+            &mut b,
+            &t.schema,
+            &t.incoming,
+            &t.implicit_values,
+            ctx.flavor.is_mariadb(),
+        )
+        .await?;
+    }
+    budget.check("taking the implicit values' defaults off the shadows")?;
     // The children now reference the shadows, equal to the frozen tables
     // (an ALTER or CREATE TRIGGER of a shadow does not wait on the children
     // A holds: measured). Not held to the budget: preflight named its cost.
@@ -466,6 +497,7 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
         ctx,
         &mut a,
         &format!("LOCK TABLES {}", locks.join(", ")),
+        &[],
         ledger,
         &|| drain.verification_backlog(),
     )
@@ -492,6 +524,10 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
             }
         }
         budget.check("carrying the AUTO_INCREMENT counters")?;
+        for t in &names.tables {
+            crate::implicit::release(a, &t.schema, &t.incoming, &t.implicit_values, false).await?;
+        }
+        budget.check("taking the implicit values' defaults off the shadows")?;
         super::triggers::carry_all(a, &names).await?;
         budget.check("creating the triggers on the shadows")?;
         ledger.let_through = Some(Instant::now());
@@ -509,6 +545,13 @@ pub(super) async fn attempt_one_session<D: Drain + Sync>(
     if result.is_err() {
         // The shadows are still held: no write reaches them before this.
         super::triggers::undo_carry(lock.conn(), &names, timeout).await;
+        for t in &names.tables {
+            if let Err(e) =
+                crate::implicit::hold(lock.conn(), &t.schema, &t.incoming, &t.implicit_values).await
+            {
+                tracing::error!(error = %e, table = %t.name, "the shadow lacks the implicit values' defaults; a resumed run puts them back");
+            }
+        }
     }
     // Its own result is of no use: the session goes back to the pool either way.
     let mut unlocked = lock.unlock().await;

@@ -25,6 +25,7 @@ pub(super) async fn acquire(
     ctx: &Attempting<'_>,
     a: &mut Conn,
     lock_sql: &str,
+    also_locked: &[(String, String)],
     ledger: &mut Ledger,
     verification_backlog: &(dyn Fn() -> usize + Sync),
 ) -> Result<Instant, Attempt> {
@@ -58,10 +59,15 @@ pub(super) async fn acquire(
             }
         }
         let mut found: Vec<Blocker> = Vec::new();
-        for t in ctx.tables {
-            for b in
-                blockers::find(a, ctx.flavor, ledger.detection, &t.schema, &t.name, &own).await?
-            {
+        // The swapped tables and whatever else the lock takes (the children
+        // of a parent): a session holding any of them would stall it.
+        let locked = ctx
+            .tables
+            .iter()
+            .map(|t| (t.schema.as_str(), t.name.as_str()))
+            .chain(also_locked.iter().map(|(s, t)| (s.as_str(), t.as_str())));
+        for (schema, name) in locked {
+            for b in blockers::find(a, ctx.flavor, ledger.detection, schema, name, &own).await? {
                 if !found.iter().any(|f| f.id == b.id) {
                     found.push(b);
                 }

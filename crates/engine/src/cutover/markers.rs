@@ -28,6 +28,8 @@ pub(super) struct TableNames {
     pub(super) carry_triggers: bool,
     /// The table the live one becomes (unquoted).
     pub(super) retired: String,
+    /// The implicit values `incoming` holds as DEFAULTs until the locked phase.
+    pub(super) implicit_values: Vec<crate::implicit::ImplicitValue>,
 }
 
 /// The quoted names a two-session swap touches: every table of the group,
@@ -75,6 +77,7 @@ impl SwapNames {
                         swap: q(&swap_name(&t.name)),
                         carry_triggers: t.carry_triggers,
                         retired: t.retired.clone(),
+                        implicit_values: t.implicit_values.clone(),
                     }
                 })
                 .collect(),

@@ -309,9 +309,18 @@ pub struct SwapTable {
     /// locked phase and dropped from `retired` after the RENAME (see
     /// [`triggers`]): a cut-over does, a revert does not (refused with triggers).
     pub carry_triggers: bool,
+    /// Columns whose implicit values `incoming` holds as DEFAULTs until its
+    /// locked phase takes them off (see [`crate::implicit`]).
+    pub implicit_values: Vec<crate::implicit::ImplicitValue>,
 }
 
 impl SwapTable {
+    /// With the shadow's implicit values, which the locked phase takes off.
+    pub fn with_implicit_values(mut self, values: Vec<crate::implicit::ImplicitValue>) -> Self {
+        self.implicit_values = values;
+        self
+    }
+
     /// The cut-over: `t` → `_t_old`, `_t_new` → `t`.
     pub fn forward(schema: &str, name: &str) -> SwapTable {
         SwapTable {
@@ -320,6 +329,7 @@ impl SwapTable {
             retired: old_name(name),
             incoming: shadow_name(name),
             carry_triggers: true,
+            implicit_values: Vec::new(),
         }
     }
 
@@ -331,6 +341,7 @@ impl SwapTable {
             retired: shadow_name(name),
             incoming: old_name(name),
             carry_triggers: false,
+            implicit_values: Vec::new(),
         }
     }
 }

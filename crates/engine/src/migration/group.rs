@@ -515,7 +515,10 @@ async fn cut_over(
     let stop = || stop_reason(members).err().map(|e| e.to_string());
     let tables: Vec<cutover::SwapTable> = members
         .iter()
-        .map(|m| cutover::SwapTable::forward(m.run.source_schema(), &m.run.table.name))
+        .map(|m| {
+            cutover::SwapTable::forward(m.run.source_schema(), &m.run.table.name)
+                .with_implicit_values(m.run.plan.implicit_values.clone())
+        })
         .collect();
     let cut = crate::cutover::cut_over(
         first.source_pool,

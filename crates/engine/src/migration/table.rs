@@ -136,6 +136,15 @@ impl TableRun<'_> {
                 &shadow::shadow_name(&self.table.name),
             )
             .await?;
+            // Nor may a cut-over that took the implicit values' defaults off
+            // leave the change stream without them.
+            crate::implicit::hold(
+                tconn,
+                self.target_schema(),
+                &shadow::shadow_name(&self.table.name),
+                &self.plan.implicit_values,
+            )
+            .await?;
             return Ok(());
         }
         if recorded {

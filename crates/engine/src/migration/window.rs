@@ -81,6 +81,13 @@ const VERIFY_BACKLOG: usize = 100_000;
 /// the old table; `None` when the window can follow the change.
 pub fn refusal(plan: &TablePlan, old: &TableInfo) -> Option<String> {
     for change in &plan.columns {
+        if let ColumnChange::AddedImplicit { name, .. } = change {
+            return Some(format!(
+                "the ALTER adds column `{name}` NOT NULL without a DEFAULT, so after a revert, \
+                 rows written to the old table could not be given a value for it in the new one; \
+                 give the column a DEFAULT, or remove [cutover] revert_window"
+            ));
+        }
         if let ColumnChange::Dropped { name } = change {
             if old.column(name).is_some_and(|c| !c.is_generated()) {
                 return Some(format!(
@@ -439,6 +446,7 @@ async fn plans(
         transient_unique_indexes: Vec::new(),
         zone_shifts: Default::default(),
         data: Default::default(),
+        implicit_values: Vec::new(),
     };
     let forward = plan(&old, old_key.clone(), live_key.clone(), forward);
     let reverse = plan(&live, live_key, old_key, reverse);

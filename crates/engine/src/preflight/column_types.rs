@@ -133,36 +133,6 @@ pub(crate) fn type_refusals(
             });
         }
     }
-    for change in &plan.columns {
-        let crate::plan::ColumnChange::Added { name, .. } = change else {
-            continue;
-        };
-        let Some(nc) = new.column(name) else {
-            continue;
-        };
-        if nc.has_default() {
-            continue;
-        }
-        let again = if old.column(name).is_some() {
-            "dropped and added again"
-        } else {
-            "added"
-        };
-        out.push(TypeRefusal {
-            problem: format!(
-                "column `{name}` of {} is {again} as {} NOT NULL without a DEFAULT: the server's \
-                 own ALTER gives every existing row the type's implicit default (0, '', the \
-                 zero date, the first ENUM label), which wraith's copy cannot write yet (an \
-                 INSERT without the column is refused by the server)",
-                old.name, nc.column_type
-            ),
-            fix: format!(
-                "give the ADD COLUMN an explicit default (e.g. `ADD COLUMN {name} {} NOT NULL \
-                 DEFAULT …`), or make it NULL and tighten it in a later run",
-                nc.column_type
-            ),
-        });
-    }
     for (which, key, table) in [
         ("copy (chunk) key", &plan.chunk_key, old),
         ("new key", &plan.new_key, new),

@@ -586,6 +586,8 @@ async fn estimate_table(
         conn.query_drop(format!("ALTER TABLE {qcheck} {}", table.alter))
             .await
             .context(|| format!("applying the ALTER to {check}"))?;
+        // As on the shadow: the sample's rows get the implicit values.
+        crate::implicit::hold(&mut conn, schema, &check, &plan.implicit_values).await?;
         // The ALTER may set a comment of its own: mark it again.
         conn.query_drop(&mark)
             .await

@@ -172,6 +172,9 @@ async fn check_alter_and_plan(
                         return Ok(());
                     }
                     report.ok(&types_name, "every copied column's type is carried exactly");
+                    if !fill_implicit_values(conn, report, table, old, &new, &mut plan).await? {
+                        return Ok(());
+                    }
                     if let Some(flavor) = report.flavor {
                         crate::datacheck::check(conn, flavor, old, &new, &mut plan).await?;
                         judge_data(report, table, &plan);
@@ -197,6 +200,61 @@ async fn check_alter_and_plan(
         }
     }
     Ok(())
+}
+
+/// Asks the server for the value of every column the ALTER adds NOT NULL
+/// without a DEFAULT (see [`crate::implicit`]) and puts it in the plan;
+/// `false` (with the refusal reported) when the server cannot give one.
+async fn fill_implicit_values(
+    conn: &mut Conn,
+    report: &mut Report,
+    table: &TableConfig,
+    old: &TableInfo,
+    new: &TableInfo,
+    plan: &mut TablePlan,
+) -> Result<bool, DbError> {
+    let name = format!("implicit values {}", table.name);
+    let mut filled = true;
+    for change in plan.columns.iter_mut() {
+        let crate::plan::ColumnChange::AddedImplicit {
+            name: column,
+            value,
+        } = change
+        else {
+            continue;
+        };
+        let Some(nc) = new.column(column) else {
+            continue;
+        };
+        match crate::implicit::probe(conn, &old.schema, new, nc).await? {
+            Ok(v) => {
+                *value = v.shown.clone();
+                report.ok(
+                    &name,
+                    format!(
+                        "column `{column}` is added NOT NULL without a DEFAULT: every row gets {}, as the server's own ALTER gives it",
+                        v.shown
+                    ),
+                );
+                plan.implicit_values.push(v);
+            }
+            Err(reason) => {
+                filled = false;
+                report.fail(
+                    &name,
+                    format!(
+                        "column `{column}` of {} is added NOT NULL without a DEFAULT, and the type's implicit value cannot be carried: {reason}",
+                        table.name
+                    ),
+                    format!(
+                        "give the ADD COLUMN an explicit default (`ADD COLUMN {column} {} NOT NULL DEFAULT …`), or make it NULL and tighten it in a later run",
+                        nc.column_type
+                    ),
+                );
+            }
+        }
+    }
+    Ok(filled)
 }
 
 /// Turns what [`crate::datacheck`] found into checks: values the new
