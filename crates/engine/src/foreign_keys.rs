@@ -29,14 +29,21 @@
 //! [`drop_from_shadow`]). The checksum and the cut-over's
 //! verification prove the shadow equals the source, which satisfies them.
 //! After the swap the old table's constraints are dropped (they would
-//! refuse a parent's delete for rows only the old table has), and the live
-//! table's constraints are checked: each references its parent, and no row
-//! is an orphan (an anti-join per constraint).
+//! refuse a parent's delete for rows only the old table has), the live
+//! table's and its children's constraints get their own names back
+//! ([`restore_names`]: in place, never waiting on a lock; kept marked when
+//! the table stays busy), and the live table's constraints are checked:
+//! each references its parent, and no row is an orphan (an anti-join per
+//! constraint).
 //!
 //! **A parent**: with `[foreign_keys] children = "refuse"` (the default)
-//! preflight names each child and what re-pointing it costs.
-//! `children = "rebuild"` is refused too until the cut-over re-points the
-//! children under its lock.
+//! preflight names each child and what re-pointing it costs. With
+//! `children = "rebuild"` the cut-over's lock takes the children too, and
+//! under it each child's constraint is re-pointed at the shadow, in place
+//! ([`MovingChildren`]), so the RENAME carries it to the new table; a failed
+//! attempt points it back, a killed run's leftovers are repaired first
+//! ([`repair_children`]), and sessions holding a child are blockers of the
+//! lock as the table's own are.
 
 use std::time::{Duration, Instant};
 
@@ -396,6 +403,75 @@ async fn drop_all(
     Ok(constraints.iter().map(|fk| fk.name.clone()).collect())
 }
 
+/// How long the constraints' names are tried back after the cut-over.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Gives every constraint of `schema.table` that carries the shadow's mark
+/// (`x_wraith`) its name without it (`x`), when no other constraint has
+/// that name: one in-place ALTER (`DROP FOREIGN KEY x_wraith, ADD
+/// CONSTRAINT x …`, `foreign_key_checks = 0`: no row is read, the
+/// constraint is never missing) that never waits on a metadata lock
+/// (`lock_wait_timeout = 0`: the application's writes never queue behind
+/// it), tried for [`RESTORE_PATIENCE`]. Returns the names given back and
+/// the ones kept (the table stayed busy, or the name is taken).
+pub async fn restore_names(
+    conn: &mut Conn,
+    schema: &str,
+    table: &str,
+) -> Result<(Vec<String>, Vec<String>), DbError> {
+    let marked: Vec<ForeignKey> = of_child(conn, schema, table)
+        .await?
+        .into_iter()
+        .filter(|fk| fk.name.len() > SUFFIX.len() && fk.name.ends_with(SUFFIX))
+        .collect();
+    let (mut restored, mut kept) = (Vec::new(), Vec::new());
+    let mut clauses = Vec::new();
+    for fk in &marked {
+        let original = &fk.name[..fk.name.len() - SUFFIX.len()];
+        let taken: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = ? AND CONSTRAINT_NAME = ?",
+                (schema, original),
+            )
+            .await
+            .context(|| format!("looking for constraint {original}"))?;
+        if taken.unwrap_or(0) > 0 {
+            kept.push(fk.name.clone());
+            continue;
+        }
+        clauses.push(format!("DROP FOREIGN KEY {}", quote_ident(&fk.name)));
+        clauses.push(format!("ADD {}", fk.definition(original, &fk.parent)));
+        restored.push((fk.name.clone(), original.to_string()));
+    }
+    if restored.is_empty() {
+        return Ok((Vec::new(), kept));
+    }
+    let sql = format!(
+        "SET STATEMENT foreign_key_checks = 0, lock_wait_timeout = 0 FOR \
+         ALTER TABLE {}.{} {}, ALGORITHM=INPLACE, LOCK=NONE",
+        quote_ident(schema),
+        quote_ident(table),
+        clauses.join(", ")
+    );
+    let started = Instant::now();
+    loop {
+        match conn.query_drop(&sql).await {
+            Ok(()) => return Ok((restored.into_iter().map(|(_, to)| to).collect(), kept)),
+            Err(mysql_async::Error::Server(e))
+                if e.code == 1205 && started.elapsed() < RESTORE_PATIENCE =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::warn!(table, error = %e, "the constraints keep the shadow's names");
+                kept.extend(restored.into_iter().map(|(from, _)| from));
+                return Ok((Vec::new(), kept));
+            }
+        }
+    }
+}
+
 /// What the run found of the constraints after the cut-over.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ForeignKeysAfter {
@@ -408,6 +484,12 @@ pub struct ForeignKeysAfter {
     /// The children's constraints that reference the live table, as
     /// `schema.child: name (cols) -> table (cols) …`.
     pub children: Vec<String>,
+    /// Constraints (the table's and its children's) given their names back
+    /// after the swap.
+    pub names_restored: Vec<String>,
+    /// Constraints that keep the shadow's name (`x_wraith`): the table
+    /// stayed busy, or the name was taken. The next run gives it back.
+    pub names_kept: Vec<String>,
 }
 
 /// After the cut-over of a child: drops the old table's constraints, then
@@ -423,6 +505,20 @@ pub async fn after_cutover(
     // The old table's constraints are the source's.
     let source = of_child(conn, schema, &old).await?;
     after.dropped_from_old = drop_all(conn, schema, &old, &source).await?;
+    // The names are free again: the live table's constraints, and its
+    // children's (re-pointed under the cut-over's lock), get them back.
+    let mut named = vec![(schema.to_string(), table.to_string())];
+    for c in children_of(conn, schema, table).await? {
+        let t = (c.schema.clone(), c.table.clone());
+        if !named.contains(&t) {
+            named.push(t);
+        }
+    }
+    for (s, t) in &named {
+        let (restored, kept) = restore_names(conn, s, t).await?;
+        after.names_restored.extend(restored);
+        after.names_kept.extend(kept);
+    }
     let live = of_child(conn, schema, table).await?;
     for fk in &source {
         let alt = alternate_name(&fk.name).map_err(ForeignKeyError::Invalid)?;
@@ -517,8 +613,8 @@ pub async fn table_size(conn: &mut Conn, schema: &str, table: &str) -> Result<(u
 /// reads no row, so the child's size does not change it.
 pub async fn measure_repoint(conn: &mut Conn, schema: &str) -> Result<Duration, DbError> {
     let qs = quote_ident(schema);
-    let p = format!("{qs}.`_wraith_fk_probe_p`");
-    let c = format!("{qs}.`_wraith_fk_probe_c`");
+    let p = format!("{qs}.{}", quote_ident(crate::names::FK_PROBE_PARENT));
+    let c = format!("{qs}.{}", quote_ident(crate::names::FK_PROBE_CHILD));
     let drop = format!("DROP TABLE IF EXISTS {c}, {p}");
     conn.query_drop(&drop)
         .await

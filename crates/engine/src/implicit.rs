@@ -52,8 +52,6 @@ impl ImplicitValue {
     }
 }
 
-const PROBE_TABLE: &str = "_wraith_implicit";
-
 /// Types whose values are bytes: their DEFAULT is written as a hex string.
 fn is_binary_type(data_type: &str) -> bool {
     matches!(
@@ -103,7 +101,11 @@ pub async fn probe(
     new: &TableInfo,
     nc: &ColumnInfo,
 ) -> Result<Result<ImplicitValue, String>, DbError> {
-    let q = format!("{}.{}", quote_ident(schema), quote_ident(PROBE_TABLE));
+    let q = format!(
+        "{}.{}",
+        quote_ident(schema),
+        quote_ident(crate::names::IMPLICIT_PROBE_TABLE)
+    );
     let col = quote_ident(&nc.name);
     conn.query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {q}"))
         .await

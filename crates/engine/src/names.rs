@@ -59,6 +59,16 @@ pub const REGIONS_TABLE: &str = "_wraith_import_regions";
 /// The TEMPORARY table an import writes into to find a refused value's row.
 pub const PROBE_TABLE: &str = "_wraith_probe";
 
+/// Preflight's TEMPORARY table (per session) that asks the server for the
+/// implicit value of a column added NOT NULL without a DEFAULT
+/// (`crate::implicit`).
+pub const IMPLICIT_PROBE_TABLE: &str = "_wraith_implicit";
+
+/// Preflight's throwaway parent and child that measure re-pointing a
+/// constraint (`crate::foreign_keys::measure_repoint`).
+pub const FK_PROBE_PARENT: &str = "_wraith_fk_probe_p";
+pub const FK_PROBE_CHILD: &str = "_wraith_fk_probe_c";
+
 /// Where a table's spilled changes live: a directory of wraith's own under
 /// `[changes] dir` (else `sort_dir`). wraith empties it at the start and
 /// removes it at the end, so it is never the configured directory itself,

@@ -147,8 +147,8 @@ pub(super) async fn check_foreign_keys(
                 &name,
                 format!(
                     "parent: children {}; under the cut-over's lock (which then also holds each child) every child's \
-                     constraint is re-pointed at the shadow, which the RENAME makes {}; the constraints keep their \
-                     alternate names (`_wraith` added or taken off). {cost}",
+                     constraint is re-pointed at the shadow, which the RENAME makes {}; the constraints get their \
+                     names back after the swap. {cost}",
                     costs.join("; "),
                     t.name
                 ),
