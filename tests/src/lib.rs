@@ -54,7 +54,9 @@ pub fn tz_server() -> &'static ScratchServer {
     })
 }
 
-/// A fresh, empty schema on a server, with a pool connected to it.
+/// A fresh, empty schema on a server, with a pool connected to it (a clone
+/// shares the pool, for a load running beside the test).
+#[derive(Clone)]
 pub struct Schema {
     pub name: String,
     pub port: u16,

@@ -459,11 +459,7 @@ async fn every_type_under_load_on_both_backends() {
         .await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = {
-            let s2 = Schema {
-                name: s.name.clone(),
-                port: s.port,
-                pool: s.pool.clone(),
-            };
+            let s2 = s.clone();
             let stop = stop.clone();
             tokio::spawn(async move { types_load(&s2, 11, stop).await })
         };

@@ -257,11 +257,7 @@ async fn spatial_columns_copied_and_changed_under_load() {
 
         let stop = Arc::new(AtomicBool::new(false));
         let load = {
-            let s = Schema {
-                name: s.name.clone(),
-                port: s.port,
-                pool: s.pool.clone(),
-            };
+            let s = s.clone();
             let stop = stop.clone();
             tokio::spawn(async move { mirrored_writes(&s, stop, seed * 7, rows).await })
         };

@@ -154,11 +154,7 @@ async fn timestamp_and_datetime_convert_in_the_server_time_zone_under_changes() 
 
         let stop = Arc::new(AtomicBool::new(false));
         let load = {
-            let s = Schema {
-                name: s.name.clone(),
-                port: s.port,
-                pool: s.pool.clone(),
-            };
+            let s = s.clone();
             let stop = stop.clone();
             tokio::spawn(async move { mirrored_writes(&s, stop, 7).await })
         };
@@ -517,11 +513,7 @@ async fn columns_added_not_null_without_a_default_get_the_servers_value_under_ch
 
         let stop = Arc::new(AtomicBool::new(false));
         let load = {
-            let s = Schema {
-                name: s.name.clone(),
-                port: s.port,
-                pool: s.pool.clone(),
-            };
+            let s = s.clone();
             let stop = stop.clone();
             tokio::spawn(async move { mirrored_writes(&s, stop, 97 + k as u64).await })
         };
