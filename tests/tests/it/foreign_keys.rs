@@ -621,6 +621,9 @@ async fn a_long_transaction_on_a_child_does_not_stall_the_parents_cut_over() {
         .await
         .expect("read c1");
     let reader_id = u64::from(reader.id());
+    // Older than the blockers' minimum age (0.5 s) by the time the cut-over
+    // looks: a younger transaction is let end by itself (one bounded request).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     drop(flag);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -645,8 +648,10 @@ async fn a_long_transaction_on_a_child_does_not_stall_the_parents_cut_over() {
             .is_some_and(|b| b.iter().any(|b| b["id"].as_u64() == Some(reader_id))),
         "the session holding the child was not seen as a blocker: {cut}"
     );
+    // Held 3 s after the cut-over was let go (less the flag's poll and the
+    // drain on a busy machine).
     assert!(
-        cut["blocker_wait_ms"].as_f64().unwrap_or(0.0) >= 2000.0,
+        cut["blocker_wait_ms"].as_f64().unwrap_or(0.0) >= 1500.0,
         "{cut}"
     );
     assert!(
