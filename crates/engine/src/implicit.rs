@@ -137,6 +137,19 @@ pub async fn probe(
     Ok(outcome)
 }
 
+/// Runs `sql` for the probe: a server error is an answer (`Some(reason)`,
+/// prefixed by `what`), any other error stops the check.
+async fn refused(conn: &mut Conn, sql: String, what: &str) -> Result<Option<String>, DbError> {
+    match conn.query_drop(&sql).await {
+        Ok(()) => Ok(None),
+        Err(mysql_async::Error::Server(e)) => Ok(Some(format!("{what}: {}", e.message))),
+        Err(error) => Err(DbError {
+            context: what.to_string(),
+            error,
+        }),
+    }
+}
+
 async fn probe_in(
     conn: &mut Conn,
     q: &str,
@@ -144,78 +157,64 @@ async fn probe_in(
     definition: &str,
     nc: &ColumnInfo,
 ) -> Result<Result<ImplicitValue, String>, DbError> {
-    let server = |e: mysql_async::Error, what: &str| -> Result<String, DbError> {
-        match e {
-            mysql_async::Error::Server(e) => Ok(format!("{what}: {}", e.message)),
-            error => Err(DbError {
-                context: what.to_string(),
-                error,
-            }),
-        }
-    };
-    if let Err(e) = conn
-        .query_drop(format!(
-            "CREATE TEMPORARY TABLE {q} (k INT PRIMARY KEY) ENGINE=InnoDB"
-        ))
-        .await
+    if let Some(reason) = refused(
+        conn,
+        format!("CREATE TEMPORARY TABLE {q} (k INT PRIMARY KEY) ENGINE=InnoDB"),
+        "creating a TEMPORARY table to ask the server for the value (wraith's user needs CREATE TEMPORARY TABLES)",
+    )
+    .await?
     {
-        return Ok(Err(server(
-            e,
-            "creating a TEMPORARY table to ask the server for the value (wraith's user needs CREATE TEMPORARY TABLES)",
-        )?));
+        return Ok(Err(reason));
     }
     conn.query_drop(format!("INSERT INTO {q} (k) VALUES (1)"))
         .await
         .context(|| "writing the implicit-value probe's row".into())?;
-    if let Err(e) = conn
-        .query_drop(format!("ALTER TABLE {q} ADD COLUMN {definition}"))
-        .await
+    if let Some(reason) = refused(
+        conn,
+        format!("ALTER TABLE {q} ADD COLUMN {definition}"),
+        "on a table with rows, the server's ADD COLUMN (copying the rows) refuses it",
+    )
+    .await?
     {
-        return Ok(Err(server(
-            e,
-            "on a table with rows, the server's ADD COLUMN (copying the rows) refuses it",
-        )?));
+        return Ok(Err(reason));
     }
-    let row: Option<(String, String)> = conn
+    // The text as bytes: only shown, never trusted to be UTF-8.
+    let row: Option<(String, String, Vec<u8>)> = conn
         .query_first(format!(
-            "SELECT HEX(CAST({col} AS BINARY)), HEX(CAST({col} AS CHAR CHARACTER SET utf8mb4)) FROM {q} WHERE k = 1"
+            "SELECT HEX(CAST({col} AS BINARY)), HEX(CAST({col} AS CHAR CHARACTER SET utf8mb4)), \
+             CAST({col} AS CHAR CHARACTER SET utf8mb4) FROM {q} WHERE k = 1"
         ))
         .await
         .context(|| "reading the implicit value".into())?;
-    let Some((bytes_hex, text_hex)) = row else {
+    let Some((bytes_hex, text_hex, text)) = row else {
         return Ok(Err("the probe's row vanished".into()));
     };
     let (literal, shown) = if is_binary_type(&nc.data_type) {
         (format!("X'{bytes_hex}'"), format!("X'{bytes_hex}'"))
     } else {
-        let text: Option<String> = conn
-            .query_first(format!(
-                "SELECT CAST({col} AS CHAR CHARACTER SET utf8mb4) FROM {q} WHERE k = 1"
-            ))
-            .await
-            .context(|| "reading the implicit value".into())?;
         (
             format!("_utf8mb4 X'{text_hex}'"),
-            format!("'{}'", text.unwrap_or_default()),
+            format!("'{}'", String::from_utf8_lossy(&text)),
         )
     };
     // The DEFAULT must write the very bytes the ALTER wrote.
-    if let Err(e) = conn
-        .query_drop(format!(
-            "ALTER TABLE {q} ALTER COLUMN {col} SET DEFAULT {literal}"
-        ))
-        .await
+    if let Some(reason) = refused(
+        conn,
+        format!("ALTER TABLE {q} ALTER COLUMN {col} SET DEFAULT {literal}"),
+        "the value cannot be the column's DEFAULT",
+    )
+    .await?
     {
-        return Ok(Err(server(e, "the value cannot be the column's DEFAULT")?));
+        return Ok(Err(reason));
     }
-    if let Err(e) = conn
-        .query_drop(format!("INSERT INTO {q} (k) VALUES (2)"))
-        .await
+    if let Some(reason) = refused(
+        conn,
+        format!("INSERT INTO {q} (k) VALUES (2)"),
+        "the server's ALTER gives every row a value that a row written afterwards may not hold",
+    )
+    .await?
     {
-        return Ok(Err(server(
-            e,
-            "the server's ALTER gives every row a value that a row written afterwards may not hold",
-        )?));
+        return Ok(Err(reason));
     }
     let again: Option<String> = conn
         .query_first(format!(
