@@ -46,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             memory_limit: 128 << 20,
             compression: true,
             import_threads: 1,
+            pace: None,
         },
     )?);
     let mgr = EngineManager::new(backend);

@@ -65,7 +65,7 @@ pub use error::{
 };
 pub use key::{decode_key, encode_key, KeyError};
 pub use load_data::LoadData;
-pub use local::{decode_row, encode_row, LocalBackend, LocalBackendConfig};
+pub use local::{decode_row, encode_row, ImportPace, LocalBackend, LocalBackendConfig, Pace};
 pub use retry::{query_retrying_lock_conflicts, RetryOn, RetryPolicy};
 pub use sql::{SqlBackend, SqlBackendConfig};
 pub use value::{quote_str, ColumnKind, ColumnSpec, Row, Value, ValueError, ZoneShift};

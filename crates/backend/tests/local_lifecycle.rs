@@ -9,11 +9,20 @@ use common::{count, fresh_db, specs};
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
 use wraith_backend::{
-    engine_uuid, Backend, EngineConfig, EngineManager, LocalBackend, LocalBackendConfig,
-    LocalEngineConfig, LocalWriterConfig, Row, TargetTable, Value,
+    engine_uuid, Backend, EngineConfig, EngineManager, ImportPace, LocalBackend,
+    LocalBackendConfig, LocalEngineConfig, LocalWriterConfig, Pace, Row, TargetTable, Value,
 };
 
 fn local(pool: &Pool, dir: &std::path::Path, threads: usize) -> Arc<dyn Backend> {
+    paced(pool, dir, threads, None)
+}
+
+fn paced(
+    pool: &Pool,
+    dir: &std::path::Path,
+    threads: usize,
+    pace: Option<ImportPace>,
+) -> Arc<dyn Backend> {
     Arc::new(
         LocalBackend::new(
             pool.clone(),
@@ -22,10 +31,66 @@ fn local(pool: &Pool, dir: &std::path::Path, threads: usize) -> Arc<dyn Backend>
                 memory_limit: 128 << 20,
                 compression: true,
                 import_threads: threads,
+                pace,
             },
         )
         .unwrap(),
     )
+}
+
+/// A pace held shut until opened, counting the ranges it let through.
+struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+    passed: std::sync::atomic::AtomicU64,
+}
+
+#[wraith_backend::async_trait]
+impl Pace for Gate {
+    async fn ready(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+        self.passed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The import asks its pace before every range: held, it writes nothing;
+/// let go, it loads every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_pace_holds_the_import_between_ranges() {
+    let db = "life_pace";
+    let pool = fresh_db(db).await;
+    let target = make_target(&pool, db).await;
+    let cfg = EngineConfig {
+        target,
+        local: LocalEngineConfig::default(),
+    };
+    let names = vec!["id".to_string(), "k".into(), "pad".into()];
+    let all = rows(1009);
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate {
+        open: tokio::sync::watch::Sender::new(false),
+        passed: std::sync::atomic::AtomicU64::new(0),
+    });
+    let mgr = EngineManager::new(paced(&pool, dir.path(), 2, Some(ImportPace(gate.clone()))));
+    let opened = mgr.open_engine(&cfg, "life.p", 1).await.unwrap();
+    let mut w = opened.local_writer(&writer_cfg(false)).await.unwrap();
+    w.append_rows(&names, all.clone()).await.unwrap();
+    w.close().await.unwrap();
+    let closed = opened.close().await.unwrap();
+    let import = tokio::spawn(async move { closed.import(16 << 10, 0).await });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!import.is_finished());
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM dst").await, 0);
+    gate.open.send_replace(true);
+    let stats = import.await.unwrap().unwrap();
+    assert_eq!(stats.rows, 1009);
+    assert!(stats.ranges > 1, "{stats:?}");
+    assert_eq!(
+        gate.passed.load(std::sync::atomic::Ordering::SeqCst),
+        stats.ranges as u64
+    );
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM dst").await, 1009);
 }
 
 fn writer_cfg(sorted: bool) -> LocalWriterConfig {

@@ -235,6 +235,14 @@ impl Operations {
         }
     }
 
+    /// Waits while the copy is throttled; returns at once when the run is
+    /// being stopped. The local backend's import asks it between ranges.
+    pub async fn wait_unthrottled(&self) {
+        while self.throttler.reason().is_some() && self.abort.borrow().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for a share of the job's thread budget for one chunk: at most
     /// `threads` chunks are copied at once over all tables of the job, so
     /// tables copied together share it and a table done early hands its
@@ -728,5 +736,13 @@ async fn serve_lines(
         if write.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// The local backend's import is held by the throttle as the copy is.
+#[wraith_backend::async_trait]
+impl wraith_backend::Pace for Operations {
+    async fn ready(&self) {
+        self.wait_unthrottled().await;
     }
 }

@@ -16,6 +16,22 @@
 //!   not what was received). A replica that cannot be read, or has no
 //!   heartbeat yet, throttles too: not knowing is not a reason to go on.
 //!
+//! - `write debt: checkpoint age 61% of the redo log > 50%`: the server has
+//!   more to write back than it absorbs quietly (`[throttle]
+//!   max_checkpoint_age_pct`, `max_dirty_pages_pct`, `max_purge_backlog`;
+//!   off by default). Checkpoint age is the debt that matters: above
+//!   `innodb_adaptive_flushing_lwm` (10% by default) InnoDB flushes faster
+//!   the older it grows, so a pause on it ends once the server's other
+//!   writers leave it room. Off by default because a server whose own
+//!   writers keep the age above the limit would hold the copy as long as
+//!   they do (a busy server measured 86% for minutes). A copy that writes faster than InnoDB flushes leaves the
+//!   difference behind as dirty pages and uncheckpointed redo; the server pays
+//!   it later, with every writer of the application waiting on its flushes
+//!   (the "aftermath" of a fast copy). Pausing while the debt is high keeps
+//!   the copy to the pace the server flushes at, so little is left when it
+//!   ends. Variables a server lacks (MySQL has no `Innodb_checkpoint_age`)
+//!   are not watched.
+//!
 //! The first source that holds, in that order, is the reason. `critical_load`
 //! is not a throttle: a variable above it stops the run cleanly with a
 //! resumable error (the caller's `on_critical`).
@@ -153,13 +169,16 @@ impl Throttler {
         self.inner.progress.set_throttled(reason);
     }
 
-    /// Checks every `[throttle] interval` (and writes the heartbeat into
-    /// `database` every `heartbeat_interval` while replicas are watched) until
+    /// Checks every `[throttle] interval` (load and replicas on `pool`, the
+    /// source; write debt on `target`, where the copy writes; and writes the
+    /// heartbeat into `database` every `heartbeat_interval` while replicas are
+    /// watched) until
     /// the returned task is aborted. `on_critical` is called when a
     /// `critical_load` threshold is passed.
     pub fn spawn_checker(
         &self,
         pool: Pool,
+        target: Pool,
         database: String,
         on_critical: impl Fn(String) + Send + Sync + 'static,
     ) -> JoinHandle<()> {
@@ -182,7 +201,10 @@ impl Throttler {
                     let load = throttler.check_load(&pool, &settings, &on_critical).await;
                     let verdict = match load {
                         Some(reason) => Some(reason),
-                        None => replica_lag(&settings, &database, &mut replicas).await,
+                        None => match write_debt_reason(&target, &settings).await {
+                            Some(reason) => Some(reason),
+                            None => replica_lag(&settings, &database, &mut replicas).await,
+                        },
                     };
                     *plain(&throttler.inner.load_reason) = verdict;
                     throttler.refresh();
@@ -329,31 +351,20 @@ async fn replica_lag(
     None
 }
 
-/// The first variable above its limit, as `Name=value > limit`.
-fn over(values: &BTreeMap<String, u64>, limits: &BTreeMap<String, u64>) -> Option<String> {
-    limits.iter().find_map(|(name, &limit)| {
-        let value = values.get(&name.to_ascii_lowercase())?;
-        (*value > limit).then(|| format!("{name}={value} > {limit}"))
-    })
-}
-
-/// The global status values of the named variables, keyed by lowercase name.
-async fn read_status(
+/// The global status values of `names`, keyed by lowercase name; a value
+/// that is not a number is left out (and logged).
+async fn global_status(
     pool: &Pool,
-    limits: &BTreeMap<String, u64>,
-    critical: &BTreeMap<String, u64>,
+    names: &[&str],
 ) -> Result<BTreeMap<String, u64>, mysql_async::Error> {
-    // Names are checked by config (letters, digits, _), so they quote safely.
-    let names: Vec<String> = limits
-        .keys()
-        .chain(critical.keys())
-        .map(|n| format!("'{n}'"))
-        .collect();
+    // Names are checked by config (letters, digits, _) or constants here, so
+    // they quote safely.
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
     let mut conn = pool.get_conn().await?;
     let rows: Vec<(String, String)> = conn
         .query(format!(
             "SHOW GLOBAL STATUS WHERE Variable_name IN ({})",
-            names.join(", ")
+            quoted.join(", ")
         ))
         .await?;
     let mut values = BTreeMap::new();
@@ -365,6 +376,131 @@ async fn read_status(
             Err(_) => tracing::warn!(variable = %name, value = %value, "throttler: not a number"),
         }
     }
+    Ok(values)
+}
+
+/// What the server still has to write back of what was written to it: the
+/// InnoDB status a flush storm follows from. `None`: the server does not
+/// have the variable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WriteDebt {
+    /// Redo bytes written since the last checkpoint (`Innodb_checkpoint_age`).
+    pub checkpoint_age: Option<u64>,
+    /// What the redo log holds before InnoDB must checkpoint at once
+    /// (`Innodb_checkpoint_max_age`).
+    pub checkpoint_max_age: Option<u64>,
+    /// `Innodb_buffer_pool_pages_dirty`.
+    pub dirty_pages: Option<u64>,
+    /// `Innodb_buffer_pool_pages_total`.
+    pub total_pages: Option<u64>,
+    /// Undo not yet purged (`Innodb_history_list_length`).
+    pub history_list_length: Option<u64>,
+}
+
+impl WriteDebt {
+    const VARIABLES: [&'static str; 5] = [
+        "Innodb_checkpoint_age",
+        "Innodb_checkpoint_max_age",
+        "Innodb_buffer_pool_pages_dirty",
+        "Innodb_buffer_pool_pages_total",
+        "Innodb_history_list_length",
+    ];
+
+    /// Reads the server's write debt.
+    pub async fn read(pool: &Pool) -> Result<WriteDebt, mysql_async::Error> {
+        let values = global_status(pool, &Self::VARIABLES).await?;
+        Ok(Self::from_status(&values))
+    }
+
+    fn from_status(values: &BTreeMap<String, u64>) -> WriteDebt {
+        let get = |name: &str| values.get(&name.to_ascii_lowercase()).copied();
+        WriteDebt {
+            checkpoint_age: get("Innodb_checkpoint_age"),
+            checkpoint_max_age: get("Innodb_checkpoint_max_age"),
+            dirty_pages: get("Innodb_buffer_pool_pages_dirty"),
+            total_pages: get("Innodb_buffer_pool_pages_total"),
+            history_list_length: get("Innodb_history_list_length"),
+        }
+    }
+
+    /// The checkpoint age as a share (%) of what the redo log can hold.
+    pub fn checkpoint_age_pct(&self) -> Option<f64> {
+        let (age, max) = (self.checkpoint_age?, self.checkpoint_max_age?);
+        (max > 0).then(|| age as f64 * 100.0 / max as f64)
+    }
+
+    /// Dirty pages as a share (%) of the buffer pool.
+    pub fn dirty_pages_pct(&self) -> Option<f64> {
+        let (dirty, total) = (self.dirty_pages?, self.total_pages?);
+        (total > 0).then(|| dirty as f64 * 100.0 / total as f64)
+    }
+
+    /// The first of `settings`' write-debt limits this is over, as a reason.
+    pub fn over(&self, settings: &ThrottleConfig) -> Option<String> {
+        let limit = settings.max_checkpoint_age_pct;
+        if let Some(pct) = self.checkpoint_age_pct() {
+            if limit > 0 && pct > limit as f64 {
+                return Some(format!(
+                    "write debt: checkpoint age {pct:.0}% of the redo log > {limit}%"
+                ));
+            }
+        }
+        let limit = settings.max_dirty_pages_pct;
+        if let Some(pct) = self.dirty_pages_pct() {
+            if limit > 0 && pct > limit as f64 {
+                return Some(format!(
+                    "write debt: {pct:.0}% of the buffer pool dirty > {limit}%"
+                ));
+            }
+        }
+        let limit = settings.max_purge_backlog;
+        match self.history_list_length {
+            Some(n) if limit > 0 && n > limit => Some(format!(
+                "write debt: purge backlog {n} (Innodb_history_list_length) > {limit}"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The write-debt verdict; a server that cannot be read is logged and not
+/// throttled on (the other sources still stand).
+async fn write_debt_reason(target: &Pool, settings: &ThrottleConfig) -> Option<String> {
+    if settings.max_checkpoint_age_pct == 0
+        && settings.max_dirty_pages_pct == 0
+        && settings.max_purge_backlog == 0
+    {
+        return None;
+    }
+    match WriteDebt::read(target).await {
+        Ok(debt) => debt.over(settings),
+        Err(e) => {
+            tracing::warn!(error = %e, "throttler: cannot read the server's write debt");
+            None
+        }
+    }
+}
+
+/// The first variable above its limit, as `Name=value > limit`.
+fn over(values: &BTreeMap<String, u64>, limits: &BTreeMap<String, u64>) -> Option<String> {
+    limits.iter().find_map(|(name, &limit)| {
+        let value = values.get(&name.to_ascii_lowercase())?;
+        (*value > limit).then(|| format!("{name}={value} > {limit}"))
+    })
+}
+
+/// The global status values of the limits' variables, keyed by lowercase name.
+async fn read_status(
+    pool: &Pool,
+    limits: &BTreeMap<String, u64>,
+    critical: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, mysql_async::Error> {
+    let names: Vec<&str> = limits
+        .keys()
+        .chain(critical.keys())
+        .map(String::as_str)
+        .collect();
+    let values = global_status(pool, &names).await?;
     for name in limits.keys().chain(critical.keys()) {
         if !values.contains_key(&name.to_ascii_lowercase()) {
             tracing::warn!(variable = %name, "throttler: no such global status variable");
@@ -393,6 +529,60 @@ mod tests {
         );
         let limits = BTreeMap::from([("Threads_running".to_string(), 57)]);
         assert_eq!(over(&values, &limits), None);
+    }
+
+    #[test]
+    fn write_debt_names_the_first_limit_it_is_over() {
+        let status = |age: u64, dirty: u64, history: u64| {
+            BTreeMap::from([
+                ("innodb_checkpoint_age".to_string(), age),
+                ("innodb_checkpoint_max_age".to_string(), 400),
+                ("innodb_buffer_pool_pages_dirty".to_string(), dirty),
+                ("innodb_buffer_pool_pages_total".to_string(), 1000),
+                ("innodb_history_list_length".to_string(), history),
+            ])
+        };
+        let settings = ThrottleConfig {
+            max_checkpoint_age_pct: 50,
+            max_dirty_pages_pct: 50,
+            max_purge_backlog: 1_000_000,
+            ..ThrottleConfig::default()
+        };
+        assert_eq!(
+            WriteDebt::from_status(&status(390, 990, 5_000_000)).over(&ThrottleConfig::default()),
+            None,
+            "off by default"
+        );
+        let calm = WriteDebt::from_status(&status(100, 100, 10));
+        assert_eq!(calm.over(&settings), None);
+        assert_eq!(calm.checkpoint_age_pct(), Some(25.0));
+        let redo = WriteDebt::from_status(&status(244, 900, 10));
+        assert_eq!(
+            redo.over(&settings).as_deref(),
+            Some("write debt: checkpoint age 61% of the redo log > 50%")
+        );
+        let dirty = WriteDebt::from_status(&status(100, 600, 10));
+        assert_eq!(
+            dirty.over(&settings).as_deref(),
+            Some("write debt: 60% of the buffer pool dirty > 50%")
+        );
+        let purge = WriteDebt::from_status(&status(100, 100, 2_000_000));
+        assert!(purge
+            .over(&settings)
+            .is_some_and(|r| r.contains("purge backlog 2000000")));
+        // 0 turns a limit off; a server without the variables is never over.
+        let off = ThrottleConfig {
+            max_checkpoint_age_pct: 0,
+            ..settings.clone()
+        };
+        assert_eq!(
+            redo.over(&off).as_deref(),
+            Some("write debt: 90% of the buffer pool dirty > 50%")
+        );
+        assert_eq!(
+            WriteDebt::from_status(&BTreeMap::new()).over(&settings),
+            None
+        );
     }
 
     #[test]

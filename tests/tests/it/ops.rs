@@ -740,6 +740,92 @@ async fn replica_lag_throttles_the_copy() {
     assert_matches_mirror(&s).await;
 }
 
+/// Innodb_history_list_length of `conn`'s server.
+async fn purge_backlog(conn: &mut mysql_async::Conn) -> u64 {
+    let row: Option<(String, u64)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")
+        .await
+        .expect("read the purge backlog");
+    row.map(|(_, n)| n).unwrap_or(0)
+}
+
+/// The server's write debt holds the copy: a report keeps its snapshot open
+/// while the application commits, so purge falls behind past
+/// `max_purge_backlog`; the copy waits (and says why) until the report ends
+/// and purge has caught up, then finishes equal to the mirror. On a server of
+/// its own, so no other test's transactions move the backlog.
+#[tokio::test]
+async fn write_debt_holds_the_copy_until_the_server_has_caught_up() {
+    use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
+    let server = ScratchServer::start(ScratchOptions {
+        buffer_pool: "128M".into(),
+        ..ScratchOptions::default()
+    })
+    .expect("start a server of the test's own");
+    let s = Schema::on(&server, "ops_debt").await;
+    sysbench_with_mirror(&s, 60_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    s.exec("CREATE TABLE app (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO app VALUES (1, 0)")
+        .await;
+    let mut report = s.conn().await;
+    report
+        .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .await
+        .unwrap();
+    let _: Option<u64> = report
+        .query_first("SELECT COUNT(*) FROM app")
+        .await
+        .unwrap();
+    // Each commit leaves an undo log the report may still need.
+    let mut app = s.conn().await;
+    for _ in 0..1500 {
+        app.query_drop("UPDATE app SET v = v + 1 WHERE id = 1")
+            .await
+            .unwrap();
+    }
+    let backlog = purge_backlog(&mut app).await;
+    assert!(backlog >= 1500, "purge backlog {backlog}");
+    let cfg = slow_config(
+        &s,
+        dir.path(),
+        "[throttle]\nmax_purge_backlog = 1000\ninterval = \"200ms\"\n",
+    );
+    let mut child = WraithChild::spawn(&["run"], &cfg);
+    let mut ctl = Control::connect(dir.path()).await;
+    let st = ctl
+        .wait_until(
+            "throttled by the purge backlog",
+            Duration::from_secs(60),
+            |st| {
+                st["throttled"].as_str().is_some_and(|r| {
+                    r.starts_with("write debt: purge backlog ") && r.ends_with(" > 1000")
+                })
+            },
+        )
+        .await;
+    assert_eq!(st["rows_copied"].as_u64(), Some(0), "{st}");
+    child
+        .wait_for(
+            "throttled: write debt: purge backlog",
+            Duration::from_secs(5),
+        )
+        .await;
+    ctl.assert_paused(&s).await;
+    // The report ends: purge frees the undo, the backlog drops, the copy goes on.
+    report.query_drop("COMMIT").await.unwrap();
+    ctl.wait_progress().await;
+    assert!(purge_backlog(&mut app).await <= 1000);
+    let run = child.finish(Duration::from_secs(180)).await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(
+        run.output().contains("throttling ended"),
+        "{}",
+        run.output()
+    );
+    assert_matches_mirror(&s).await;
+    drop((report, app));
+}
+
 #[tokio::test]
 async fn default_socket_is_named_after_the_table_and_a_second_run_is_refused() {
     let (s, dir) = table_of(5_000, "ops_default_socket").await;

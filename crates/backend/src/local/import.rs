@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use tokio::sync::{mpsc, Mutex};
 
-use super::{codec, EngineMeta, LocalEngine, HASH_LEN};
+use super::{codec, EngineMeta, ImportPace, LocalEngine, HASH_LEN};
 use crate::engine::ImportStats;
 use crate::error::BackendError;
 use crate::key::{decode_key, format_key};
@@ -25,6 +25,7 @@ struct Range {
 pub(super) async fn import(
     pool: &Pool,
     engine: Arc<LocalEngine>,
+    pace: Option<ImportPace>,
     threads: usize,
     split_bytes: u64,
     split_keys: u64,
@@ -55,6 +56,7 @@ pub(super) async fn import(
         let load = load.clone();
         let target = target.clone();
         let pool = pool.clone();
+        let pace = pace.clone();
         workers.push(async move {
             let mut conn = match conn {
                 Some(c) => c,
@@ -64,6 +66,9 @@ pub(super) async fn import(
                 let next = rx.lock().await.recv().await;
                 let Some(range) = next else { break };
                 let Range { index, data, rows } = range;
+                if let Some(pace) = &pace {
+                    pace.0.ready().await;
+                }
                 let data = Bytes::from(data);
                 let policy = crate::retry::RetryPolicy::LOCK_CONFLICT;
                 let mut failures = 0;

@@ -117,6 +117,28 @@ pub struct LocalBackendConfig {
     pub compression: bool,
     /// Connections that load ranges in parallel during import.
     pub import_threads: usize,
+    /// Asked before each range is loaded: the caller's throttle holds the
+    /// import as it holds the copy (`None`: never held).
+    pub pace: Option<ImportPace>,
+}
+
+/// What holds an import between two ranges: the engine's throttle, so a
+/// paused copy (replica lag, the server's write debt, the operator) pauses
+/// the import's writes too.
+#[async_trait]
+pub trait Pace: Send + Sync {
+    /// Returns when the next range may load.
+    async fn ready(&self);
+}
+
+/// A shared [`Pace`].
+#[derive(Clone)]
+pub struct ImportPace(pub Arc<dyn Pace>);
+
+impl std::fmt::Debug for ImportPace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ImportPace")
+    }
 }
 
 impl LocalBackendConfig {
@@ -592,6 +614,7 @@ impl Backend for LocalBackend {
         let stats = import::import(
             &self.pool,
             engine,
+            self.cfg.pace.clone(),
             self.cfg.import_threads.max(1),
             split_bytes,
             split_keys,

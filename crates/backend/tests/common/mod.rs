@@ -61,6 +61,7 @@ pub fn make_backend(kind: Kind, pool: &Pool, sort_dir: &Path) -> Arc<dyn Backend
                     memory_limit: 256 << 20,
                     compression: true,
                     import_threads: 2,
+                    pace: None,
                 },
             )
             .unwrap(),

@@ -231,6 +231,35 @@ pub struct ThrottleConfig {
     /// How often the throttler looks at its sources.
     #[serde(default = "default_throttle_interval")]
     pub interval: HumanDuration,
+    /// The server's write debt (see [`crate::throttle`]): pause the copy
+    /// while the redo not yet checkpointed is above this share (%) of what
+    /// the redo log can hold (`Innodb_checkpoint_age` of
+    /// `Innodb_checkpoint_max_age`). Near its end InnoDB flushes in a hurry
+    /// and every writer waits; 0 (the default) turns it off.
+    #[serde(default = "default_max_checkpoint_age_pct")]
+    pub max_checkpoint_age_pct: u64,
+    /// Pause the copy while more than this share (%) of the buffer pool's
+    /// pages is dirty (`Innodb_buffer_pool_pages_dirty` of `_total`); 0 (the
+    /// default) turns it off. Set it only above the server's
+    /// `innodb_max_dirty_pages_pct_lwm` (when that is not 0): below the
+    /// point where InnoDB starts flushing by itself the pages may never
+    /// drop, and the copy would wait for ever.
+    #[serde(default = "default_max_dirty_pages_pct")]
+    pub max_dirty_pages_pct: u64,
+    /// Pause the copy while the purge backlog (`Innodb_history_list_length`)
+    /// is above this; 0 (the default) turns it off.
+    #[serde(default = "default_max_purge_backlog")]
+    pub max_purge_backlog: u64,
+}
+
+fn default_max_checkpoint_age_pct() -> u64 {
+    0
+}
+fn default_max_dirty_pages_pct() -> u64 {
+    0
+}
+fn default_max_purge_backlog() -> u64 {
+    0
 }
 
 fn default_throttle_interval() -> HumanDuration {
@@ -286,6 +315,9 @@ impl Default for ThrottleConfig {
             replicas: Vec::new(),
             heartbeat_interval: default_heartbeat_interval(),
             interval: default_throttle_interval(),
+            max_checkpoint_age_pct: default_max_checkpoint_age_pct(),
+            max_dirty_pages_pct: default_max_dirty_pages_pct(),
+            max_purge_backlog: default_max_purge_backlog(),
         }
     }
 }
@@ -340,6 +372,16 @@ impl ThrottleConfig {
         }
         if self.interval.0 < Duration::from_millis(100) {
             return Err("[throttle] interval must be at least 100ms, e.g. \"1s\"".into());
+        }
+        for (name, pct) in [
+            ("max_checkpoint_age_pct", self.max_checkpoint_age_pct),
+            ("max_dirty_pages_pct", self.max_dirty_pages_pct),
+        ] {
+            if pct > 100 {
+                return Err(format!(
+                    "[throttle] {name} = {pct} is a share of 100: give 1 to 100, or 0 to turn it off"
+                ));
+            }
         }
         Ok(())
     }

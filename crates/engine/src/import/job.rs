@@ -316,6 +316,7 @@ async fn load(job: &Job<'_>, planned: &Planned, opened: &Opened) -> Result<Loade
                     memory_limit: cfg.local.memory_limit.0,
                     compression: cfg.local.compression == Compression::Zstd,
                     import_threads: cfg.import.threads.min(4),
+                    pace: None,
                 },
             )
             .map_err(ImportError::Backend)?,

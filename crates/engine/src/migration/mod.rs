@@ -346,12 +346,15 @@ async fn run_inner(
     let pool_size = (ops.max_threads() + config.copy.threads * 2 + 4) * tables + 8;
     let source_pool = server::pool(source_opts.clone(), pool_size);
     let target_pool = server::pool(target_opts, pool_size);
-    let throttle_checker =
-        ops.throttler
-            .spawn_checker(source_pool.clone(), config.source.database.clone(), {
-                let ops = ops.clone();
-                move |reason| ops.abort(reason)
-            });
+    let throttle_checker = ops.throttler.spawn_checker(
+        source_pool.clone(),
+        target_pool.clone(),
+        config.source.database.clone(),
+        {
+            let ops = ops.clone();
+            move |reason| ops.abort(reason)
+        },
+    );
     let result = run_job(
         config,
         &report,
@@ -759,6 +762,7 @@ fn make_backend(
     table: &TableConfig,
     kind: BackendKind,
     target: &Pool,
+    ops: &Arc<Operations>,
 ) -> Result<Arc<dyn Backend>, RunError> {
     Ok(match kind {
         BackendKind::Sql | BackendKind::Auto => {
@@ -772,6 +776,9 @@ fn make_backend(
                     memory_limit: config.local.memory_limit.0,
                     compression: config.local.compression == Compression::Zstd,
                     import_threads: config.copy.threads,
+                    // The import writes what the copy read: the throttle
+                    // (replica lag, write debt, the operator) holds both.
+                    pace: Some(wraith_backend::ImportPace(ops.clone())),
                 },
             )
             .map_err(|e| RunError::Backend {

@@ -141,7 +141,7 @@ impl TableRun<'_> {
         start_after: Option<Vec<wraith_backend::Value>>,
     ) -> Result<(CopyStats, crate::progress::TableHandle), RunError> {
         let (config, table, plan) = (self.config, self.table, self.plan);
-        let backend = make_backend(config, table, plan.backend, self.target_pool)?;
+        let backend = make_backend(config, table, plan.backend, self.target_pool, self.ops)?;
         let avg_row = (old.estimated_bytes / old.estimated_rows.max(1)).max(64);
         let engine_rows = (config.local.engine_size.0 / avg_row).max(10_000);
         let handle = self.progress.table(&table.name, old.estimated_rows);

@@ -259,7 +259,13 @@ impl TableRun<'_> {
             return Ok(low);
         }
         engines.sort_by_key(|e| e.engine_id);
-        let backend = make_backend(self.config, self.table, self.plan.backend, self.target_pool)?;
+        let backend = make_backend(
+            self.config,
+            self.table,
+            self.plan.backend,
+            self.target_pool,
+            self.ops,
+        )?;
         let manager = wraith_backend::EngineManager::new(backend.clone());
         let cfg = wraith_backend::EngineConfig {
             target: layout.target.clone(),
