@@ -19,6 +19,14 @@
 //! the key changed, the shadow has no index on the old key, so the whole table
 //! is compared in one pass (XOR and SUM do not depend on order).
 //!
+//! The shadow is read only through its key index (`FORCE INDEX`), which it
+//! had from its creation: the checksum runs while the deferred secondary
+//! indexes are being added to the shadow, and its snapshot may be older
+//! than that ALTER's commit. InnoDB refuses such a snapshot an index built
+//! after it (error 1412, "Table definition has changed"), and the optimizer
+//! would pick a new index that covers the query (a `COUNT(*)`, a table
+//! whose columns are all in one index); the clustered index is always there.
+//!
 //! On a mismatch, the differing rows are found by streaming `(key, h)` of the
 //! range from both sides in key order and merging, and the first keys are
 //! named in the error as SQL (`` `id` = 5 ``, `` (`a`, `b`) = (1, 'x') ``).
@@ -77,6 +85,9 @@ pub(crate) struct Side {
     /// Key column specs with this side's names (for ranges and ordering),
     /// in the new key's order.
     pub(crate) key: Vec<ColumnSpec>,
+    /// The index every read goes through (the shadow's key index; see the
+    /// module's doc), if any.
+    index: Option<String>,
 }
 
 impl Side {
@@ -95,8 +106,13 @@ impl Side {
         format!("CRC32(CONCAT_WS('#', {}))", parts.join(", "))
     }
 
+    /// The table as the FROM clause names it, with its index hint.
     fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+        let table = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table));
+        match &self.index {
+            Some(index) => format!("{table} FORCE INDEX ({})", quote_ident(index)),
+            None => table,
+        }
     }
 
     pub(crate) fn aggregate_sql(&self, cond: &str) -> String {
@@ -338,6 +354,7 @@ pub(crate) fn sides(
         exprs: source_exprs,
         flagged: flagged.clone(),
         key: source_key,
+        index: None,
     };
     let shadow = Side {
         schema: new.schema.clone(),
@@ -345,9 +362,31 @@ pub(crate) fn sides(
         exprs: shadow_exprs,
         flagged,
         key: shadow_key,
+        index: key_index(new, &plan.new_key),
     };
 
     Ok((source, shadow, aligned))
+}
+
+/// The index of `table` on exactly the `key` columns that is its PRIMARY
+/// KEY or a unique key (never one of the deferred secondary indexes, which
+/// are neither), the PRIMARY KEY first.
+fn key_index(table: &TableInfo, key: &[String]) -> Option<String> {
+    let on_key = |i: &&crate::server::inspect::IndexInfo| {
+        (i.primary || i.unique)
+            && !i.has_prefix
+            && i.columns.len() == key.len()
+            && i.columns
+                .iter()
+                .zip(key)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    };
+    table
+        .indexes
+        .iter()
+        .filter(on_key)
+        .min_by_key(|i| !i.primary)
+        .map(|i| i.name.clone())
 }
 
 async fn compare_range(
@@ -469,4 +508,71 @@ async fn differing_keys(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::inspect::IndexInfo;
+
+    fn index(name: &str, primary: bool, unique: bool, columns: &[&str]) -> IndexInfo {
+        IndexInfo {
+            name: name.into(),
+            unique,
+            primary,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            kind: "BTREE".into(),
+            has_prefix: false,
+            definition: String::new(),
+        }
+    }
+
+    fn table(indexes: Vec<IndexInfo>) -> TableInfo {
+        TableInfo {
+            schema: "db".into(),
+            name: "_t_new".into(),
+            engine: "InnoDB".into(),
+            columns: Vec::new(),
+            indexes,
+            estimated_rows: 0,
+            estimated_bytes: 0,
+            create_time: None,
+            create_statement: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_shadow_is_read_through_its_key_index_only() {
+        let key = vec!["id".to_string()];
+        // A secondary index that covers the key (InnoDB appends it) is not the key index.
+        let t = table(vec![
+            index("k_1", false, false, &["k"]),
+            index("uk_id", false, true, &["ID"]),
+            index("PRIMARY", true, true, &["id"]),
+        ]);
+        assert_eq!(key_index(&t, &key).as_deref(), Some("PRIMARY"));
+        let t = table(vec![
+            index("k_1", false, false, &["id"]),
+            index("uk_id", false, true, &["id"]),
+        ]);
+        assert_eq!(key_index(&t, &key).as_deref(), Some("uk_id"));
+        assert_eq!(
+            key_index(&table(vec![index("k_1", false, false, &["id"])]), &key),
+            None
+        );
+        let side = Side {
+            schema: "db".into(),
+            table: "_t_new".into(),
+            exprs: vec!["CAST(`c` AS BINARY)".into()],
+            flagged: vec![false],
+            key: Vec::new(),
+            index: Some("PRIMARY".into()),
+        };
+        assert!(
+            side.aggregate_sql("1=1")
+                .contains("FROM `db`.`_t_new` FORCE INDEX (`PRIMARY`) WHERE 1=1"),
+            "{}",
+            side.aggregate_sql("1=1")
+        );
+    }
 }

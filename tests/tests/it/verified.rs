@@ -3,6 +3,9 @@
 //! the very end) or by the ALTER's own collation change, stops the run before
 //! any rename, naming the index and the values; no row of the shadow table is
 //! removed to make room, and the source stays what the application wrote.
+//!
+//! The checksum runs beside the deferred index build, and a run killed while
+//! they overlap resumes to the same content, with every index.
 
 use std::time::Duration;
 
@@ -270,4 +273,154 @@ async fn a_collation_change_that_makes_a_duplicate_is_named() {
         );
         assert!(!s.table_exists("_w_old").await);
     }
+}
+
+/// The secondary indexes of `table` (name, column), sorted.
+async fn secondary_indexes(s: &Schema, table: &str) -> Vec<(String, String)> {
+    let mut c = s.conn().await;
+    c.exec(
+        "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME <> 'PRIMARY' \
+         ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (table,),
+    )
+    .await
+    .unwrap()
+}
+
+/// A phase of the JSON report: (start, end) in seconds from the table's start.
+fn phase(report: &serde_json::Value, name: &str) -> (f64, f64) {
+    let p = &report["phases"][name];
+    match (p["start_secs"].as_f64(), p["end_secs"].as_f64()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("no phase {name} in {report}"),
+    }
+}
+
+/// The checksum runs beside the deferred index build (the online ALTER on
+/// the shadow) under a write load: the report shows both, each with its own
+/// time, overlapping; the rebuilt table holds what the application wrote
+/// and has its secondary indexes.
+#[tokio::test]
+async fn the_checksum_runs_beside_the_index_build_under_writes() {
+    let s = Schema::new("ver_overlap").await;
+    let rows = 60_000;
+    sysbench_with_mirror(&s, rows).await;
+    let load = Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            rate: 150,
+            ..mirrored_load(&s, rows, 21)
+        },
+    );
+    let cfg = config(
+        &s,
+        "sql",
+        "sbtest",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n', ADD INDEX k_c (c)",
+        "",
+    );
+    let run = WraithChild::spawn(&["run", "--json", "-v"], &cfg)
+        .finish(Duration::from_secs(300))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(stats.transactions > 50, "the load barely ran: {stats:?}");
+    assert!(
+        !run.stderr.contains("cannot be built online"),
+        "{}",
+        run.stderr
+    );
+    assert_matches_mirror(&s).await;
+    assert_eq!(
+        secondary_indexes(&s, "sbtest").await,
+        [("k_1", "k"), ("k_c", "c")].map(|(i, c)| (i.to_string(), c.to_string())),
+    );
+
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json report");
+    let t = &report["tables"][0];
+    // Each stage keeps its own time, and the fields others read are there.
+    let took = |stage: &str| {
+        t["stages"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["stage"] == stage))
+            .and_then(|x| x["secs"].as_f64())
+            .unwrap_or_else(|| panic!("no stage {stage}: {t}"))
+    };
+    assert!(
+        took("restore_indexes") > 0.0 && took("checksum") > 0.0,
+        "{t}"
+    );
+    assert!(t["index_restore_secs"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["checksum_secs"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["checksum_rows"].as_u64().unwrap() > rows / 2, "{t}");
+    // The checksum began before the index build ended, and the build
+    // before the checksum ended: they ran at once.
+    let (build_start, build_end) = phase(t, "index_build");
+    let (sum_start, sum_end) = phase(t, "checksum");
+    assert!(
+        sum_start < build_end && build_start < sum_end,
+        "no overlap: {t}"
+    );
+    assert!(
+        t["phases"]["overlap_saved_secs"].as_f64().unwrap() > 0.0,
+        "{t}"
+    );
+    let (copy_start, copy_end) = phase(t, "copy");
+    let (cut_start, _) = phase(t, "cut_over");
+    assert!(copy_start < copy_end && copy_end <= sum_start, "{t}");
+    assert!(build_end <= cut_start && sum_end <= cut_start, "{t}");
+}
+
+/// A run killed while its checksum and index build overlap resumes: the
+/// rerun builds what is missing and ends with the rows the application
+/// wrote and every secondary index.
+#[tokio::test]
+async fn a_run_killed_while_the_checksum_and_index_build_overlap_resumes_exact() {
+    let s = Schema::new("ver_overlap_kill").await;
+    let rows = 60_000;
+    sysbench_with_mirror(&s, rows).await;
+    let load = Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            rate: 150,
+            ..mirrored_load(&s, rows, 22)
+        },
+    );
+    let cfg = config(
+        &s,
+        "sql",
+        "sbtest",
+        "ADD COLUMN note VARCHAR(20) NOT NULL DEFAULT 'n', ADD INDEX k_c (c)",
+        "",
+    );
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    // The build starts once the checksum's point is taken.
+    child
+        .wait_for("to=RestoreSecondaryIndexes", Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    child.signal(libc::SIGKILL);
+    let killed = child.finish(Duration::from_secs(10)).await;
+    assert!(killed.stderr.contains("to=Checksum"), "{}", killed.stderr);
+    // Where it landed, for the log: in the build, or just after it.
+    let built = killed
+        .stderr
+        .lines()
+        .any(|l| l.contains("stage done") && l.contains("restore_indexes"));
+    eprintln!("killed after the index build finished: {built}");
+    let run = WraithChild::spawn(&["run", "-v"], &cfg)
+        .finish(Duration::from_secs(300))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+    assert_matches_mirror(&s).await;
+    assert_eq!(
+        secondary_indexes(&s, "sbtest").await,
+        [("k_1", "k"), ("k_c", "c")].map(|(i, c)| (i.to_string(), c.to_string())),
+    );
+    assert!(!s.table_exists("_sbtest_new").await);
 }

@@ -4,12 +4,21 @@
 //! another.
 //!
 //! Each table runs its own stages concurrently with the others' up to its
-//! analyzed shadow ([`TableRun::start`]): its copy takes chunks from the
-//! job's shared thread budget, so a big table does not wait behind a small
-//! one, and a table done early keeps following its changes. Then the group
-//! goes on as one:
+//! copied shadow ([`TableRun::start`], [`TableRun::copy_phase`]): its copy
+//! takes chunks from the job's shared thread budget, so a big table does
+//! not wait behind a small one, and a table done early keeps following its
+//! changes and builds its secondary indexes while the others copy. Then the
+//! group goes on as one:
 //! - the checksum of every table at **one** consistent point (one short
-//!   `LOCK TABLES … READ` over all of them, every stream drained once);
+//!   `LOCK TABLES … READ` over all of them, every stream drained once),
+//!   beside the index builds still to do ([`TableRun::index_phase`]). The
+//!   point comes first, then the builds start, and the comparison reads
+//!   each shadow once its build is past the exclusive lock it takes to
+//!   begin: so the drain under the source's lock never waits for an ALTER,
+//!   and an ALTER never waits to begin behind the comparison's snapshot
+//!   (see `stages.rs`). `Checksummed` is saved only once every build and
+//!   analysis is done too; a failure of either stops the other, and the
+//!   group's error is the real one;
 //! - the wait for the cut-over (catch-up, postponement, the
 //!   `on-before-cut-over` hook once, the last verification);
 //! - **one** cut-over that swaps every table in one `RENAME TABLE`
@@ -24,7 +33,8 @@
 use futures_util::future::join_all;
 
 use super::points::consistent_point;
-use super::stage::stage_all;
+use super::report::Phases;
+use super::stage::{record_all, stage_all, timed_all};
 use super::*;
 use crate::checksum::ChecksumReport;
 use crate::progress::TableHandle;
@@ -61,17 +71,22 @@ impl Drop for SharedStream {
 pub(super) struct Copied {
     pub(super) old: TableInfo,
     pub(super) tconn: Conn,
-    pub(super) following: Following,
     pub(super) stats: CopyStats,
     pub(super) handle: TableHandle,
     /// When the table's run started, for its report's total.
     pub(super) started: Instant,
+    /// The checkpoint stage the run started from.
+    pub(super) stage: TableStage,
+    /// Its indexes were built and the shadow analyzed while other tables
+    /// of the group still copied.
+    pub(super) indexes_built: bool,
 }
 
 /// A table of the group past its copy.
 struct Member<'r, 'a> {
     run: &'r TableRun<'a>,
     copied: Copied,
+    following: Following,
 }
 
 /// The tables cut over together.
@@ -112,19 +127,33 @@ impl Group<'_, '_> {
             Ok(f) => f,
             Err(e) => return Err(self.fail(e).await),
         };
-        let copied = join_all(shadowed.into_iter().zip(followings).map(
+        // A table whose copy ends while another still copies builds its
+        // indexes now; the last ones build theirs beside the checksum.
+        let copying = std::sync::atomic::AtomicUsize::new(shadowed.len());
+        let copying = &copying;
+        let copied = join_all(shadowed.into_iter().zip(&followings).map(
             |((run, s), following)| async move {
-                (
-                    run,
-                    self.stopping_others(run.copy_phase(s, following)).await,
-                )
+                let copied = self.stopping_others(async {
+                    let mut copied = run.copy_phase(s, following).await?;
+                    if copying.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) > 1 {
+                        let (gate, _) = watch::channel(false);
+                        run.index_phase(&copied, following, &gate).await?;
+                        copied.indexes_built = true;
+                    }
+                    Ok(copied)
+                });
+                (run, copied.await)
             },
         ))
         .await;
         let mut members = Vec::new();
-        for (run, result) in copied {
+        for ((run, result), following) in copied.into_iter().zip(followings) {
             match result {
-                Ok(copied) => members.push(Member { run, copied }),
+                Ok(copied) => members.push(Member {
+                    run,
+                    copied,
+                    following,
+                }),
                 Err(e) => failure = Some(first_real(failure, e)),
             }
         }
@@ -169,15 +198,16 @@ impl Group<'_, '_> {
         abandon_all(&self.runs, e).await
     }
 
-    /// The group's stages from the checksum on.
+    /// The group's stages from the checksum (and the index builds beside
+    /// it) on.
     async fn finish(&self, mut members: Vec<Member<'_, '_>>) -> Result<Vec<TableReport>, RunError> {
         let runs: Vec<&TableRun<'_>> = members.iter().map(|m| m.run).collect();
-        let (checksums, lock) = stage_all(&runs, Stage::Checksum, checksum(&mut members)).await?;
+        let (checksums, lock) = self.checksum_beside_indexes(&mut members).await?;
         let mut reports = Vec::with_capacity(members.len());
         let mut news = Vec::with_capacity(members.len());
         for (m, (new, sum)) in members.iter().zip(checksums) {
             m.copied.handle.complete();
-            m.copied.following.check(&m.run.table.name)?;
+            m.following.check(&m.run.table.name)?;
             let mut report = copy_report(m, &sum, lock);
             report.index_restore_secs =
                 m.run.stages.took(Stage::RestoreIndexes).await.as_secs_f64();
@@ -192,15 +222,16 @@ impl Group<'_, '_> {
                 let kept = join_all(members.iter().zip(&news).map(|(m, new)| {
                     m.run.stage(
                         Stage::KeepInSync,
-                        m.run.keep_in_sync(&m.copied.old, new, &m.copied.following),
+                        m.run.keep_in_sync(&m.copied.old, new, &m.following),
                     )
                 }))
                 .await;
                 kept.into_iter().collect::<Result<Vec<()>, _>>()?;
             }
             for (m, report) in members.iter().zip(reports.iter_mut()) {
-                m.run.fill_change_figures(report, &m.copied.following).await;
+                m.run.fill_change_figures(report, &m.following).await;
                 report.stages = m.run.stages.timings().await;
+                report.phases = Some(Phases::of(&m.run.stages, m.copied.started).await);
                 report.total_secs = m.copied.started.elapsed().as_secs_f64();
             }
             return Ok(reports);
@@ -225,13 +256,14 @@ impl Group<'_, '_> {
         }
         let cut = stage_all(&runs, Stage::CutOver, cut_over(&members, &verifiers)).await?;
         for (m, report) in members.into_iter().zip(reports.iter_mut()) {
-            m.run.fill_change_figures(report, &m.copied.following).await;
-            let Member { run, copied } = m;
-            let Copied {
-                mut tconn,
+            m.run.fill_change_figures(report, &m.following).await;
+            let Member {
+                run,
+                copied,
                 following,
-                started,
-                ..
+            } = m;
+            let Copied {
+                mut tconn, started, ..
             } = copied;
             drop(following);
             report.cut_over = true;
@@ -260,9 +292,87 @@ impl Group<'_, '_> {
             run.stage(Stage::Cleanup, run.cleanup_after_cutover(&mut tconn))
                 .await?;
             report.stages = run.stages.timings().await;
+            report.phases = Some(Phases::of(&run.stages, started).await);
             report.total_secs = started.elapsed().as_secs_f64();
         }
         Ok(reports)
+    }
+}
+
+impl Group<'_, '_> {
+    /// [`Stage::Checksum`] of every table at one consistent point, beside
+    /// each table's [`TableRun::index_phase`] still to do: the point is
+    /// taken first, then the builds start, and each shadow is compared once
+    /// its build is under way (see the module's doc). Records the checksum
+    /// (`Checksummed`) only once every build is done too. Returns each
+    /// shadow as inspected with its checksum, and how long the sources were
+    /// locked.
+    async fn checksum_beside_indexes(
+        &self,
+        members: &mut [Member<'_, '_>],
+    ) -> Result<(Vec<(TableInfo, ChecksumReport)>, Duration), RunError> {
+        let runs: Vec<&TableRun<'_>> = members.iter().map(|m| m.run).collect();
+        let Some(first) = runs.first().copied() else {
+            return Ok((Vec::new(), Duration::ZERO));
+        };
+        // The columns are all the checksum needs of the shadow: they are
+        // final, whatever the index builds do.
+        let mut news = Vec::with_capacity(members.len());
+        for m in members.iter_mut() {
+            let shadow_name = shadow::shadow_name(&m.run.table.name);
+            news.push(
+                inspect_table(&mut m.copied.tconn, m.run.target_schema(), &shadow_name).await?,
+            );
+        }
+        let members: &[Member<'_, '_>] = members;
+        let (point_taken, point) = watch::channel(false);
+        let (gates, gated): (Vec<_>, Vec<_>) =
+            members.iter().map(|_| watch::channel(false)).unzip();
+        let builds = join_all(members.iter().zip(&gates).map(|(m, gate)| {
+            let mut point = point.clone();
+            self.stopping_others(async move {
+                // The point's drain runs under the sources' lock: no ALTER
+                // may take its exclusive moments meanwhile.
+                if point.wait_for(|taken| *taken).await.is_err() {
+                    return Err(stopped(m.run));
+                }
+                if m.copied.indexes_built {
+                    gate.send_replace(true);
+                    return Ok(());
+                }
+                m.run.index_phase(&m.copied, &m.following, gate).await
+            })
+        }));
+        let checksum = self.stopping_others(timed_all(
+            &runs,
+            Stage::Checksum,
+            compare(members, &news, point_taken, gated),
+        ));
+        let (built, checksum) = tokio::join!(builds, checksum);
+        let mut failure = None;
+        for e in built.into_iter().filter_map(Result::err) {
+            failure = Some(first_real(failure, e));
+        }
+        let checksum = match checksum {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failure = Some(first_real(failure, e));
+                None
+            }
+        };
+        let ((sums, held), ran) = match (failure, checksum) {
+            (None, Some(c)) => c,
+            (Some(e), _) => return Err(e),
+            (None, None) => return Err(stopped(first)),
+        };
+        // Every table's indexes are restored: the checksum may be saved.
+        record_all(&runs, Stage::Checksum, ran).await?;
+        for m in members {
+            m.run
+                .save_progress(&m.following, m.copied.stats.rows)
+                .await?;
+        }
+        Ok((news.into_iter().zip(sums).collect(), held))
     }
 }
 
@@ -291,51 +401,91 @@ fn copy_report(m: &Member<'_, '_>, sum: &ChecksumReport, lock: Duration) -> Tabl
     report
 }
 
-/// [`Stage::Checksum`] of every table at one consistent point: returns each
-/// shadow as inspected with its checksum, and how long the sources were
-/// locked.
-async fn checksum(
-    members: &mut [Member<'_, '_>],
-) -> Result<(Vec<(TableInfo, ChecksumReport)>, Duration), RunError> {
-    let mut news = Vec::with_capacity(members.len());
-    for m in members.iter_mut() {
-        let shadow_name = shadow::shadow_name(&m.run.table.name);
-        news.push(inspect_table(&mut m.copied.tconn, m.run.target_schema(), &shadow_name).await?);
-    }
-    let pairs: Vec<(&TableRun<'_>, &Following)> = members
-        .iter()
-        .map(|m| (m.run, &m.copied.following))
-        .collect();
+/// The body of [`Stage::Checksum`]: the consistent point of every table
+/// (said on `point_taken`), then each table compared at it, its shadow read
+/// once its `gates` is open. The comparison stops as soon as the job is
+/// asked to (a failed index build, Ctrl-C). Returns each table's checksum
+/// and how long the sources were locked.
+async fn compare(
+    members: &[Member<'_, '_>],
+    news: &[TableInfo],
+    point_taken: watch::Sender<bool>,
+    gates: Vec<watch::Receiver<bool>>,
+) -> Result<(Vec<ChecksumReport>, Duration), RunError> {
+    let pairs: Vec<(&TableRun<'_>, &Following)> =
+        members.iter().map(|m| (m.run, &m.following)).collect();
     let points = consistent_point(&pairs, "found at the checksum's consistent point").await?;
     let held = points.first().map(|p| p.held).unwrap_or_default();
-    // Each table is compared on its own snapshots of the one point, all at once.
-    let sums = join_all(members.iter().zip(points).zip(&news).map(
-        |((m, point), new)| async move {
-            let (mut sconn, mut tconn) = (point.source, point.shadow);
-            let sum = checksum_on(
-                &mut sconn,
-                &mut tconn,
-                &m.copied.old,
-                new,
-                m.run.plan,
-                Duration::from_millis(500),
-            )
-            .await;
-            let _ = sconn.query_drop("COMMIT").await;
-            let _ = tconn.query_drop("COMMIT").await;
-            sum
-        },
-    ))
-    .await;
-    let mut out = Vec::with_capacity(members.len());
-    for ((m, new), sum) in members.iter().zip(news).zip(sums) {
-        let sum = sum?;
-        m.run
-            .save_progress(&m.copied.following, m.copied.stats.rows)
-            .await?;
-        out.push((new, sum));
+    point_taken.send_replace(true);
+    let Some(first) = members.first() else {
+        return Ok((Vec::new(), held));
+    };
+    let sums = or_stopped(first.run, compare_at(members, news, points, gates)).await?;
+    Ok((sums, held))
+}
+
+/// Compares each table on its own snapshots of the one point, all at once,
+/// each shadow once its gate is open.
+async fn compare_at(
+    members: &[Member<'_, '_>],
+    news: &[TableInfo],
+    points: Vec<ConsistentPoint>,
+    gates: Vec<watch::Receiver<bool>>,
+) -> Result<Vec<ChecksumReport>, RunError> {
+    // The snapshots hold no lock yet: each ALTER begins before the first read.
+    for (m, mut gate) in members.iter().zip(gates) {
+        if gate.wait_for(|open| *open).await.is_err() {
+            return Err(stopped(m.run));
+        }
     }
-    Ok((out, held))
+    let sums = join_all(
+        members
+            .iter()
+            .zip(points)
+            .zip(news)
+            .map(|((m, point), new)| async move {
+                let (mut sconn, mut tconn) = (point.source, point.shadow);
+                let sum = checksum_on(
+                    &mut sconn,
+                    &mut tconn,
+                    &m.copied.old,
+                    new,
+                    m.run.plan,
+                    Duration::from_millis(500),
+                )
+                .await;
+                // The shadow's ALTER waits for this snapshot to end.
+                let _ = sconn.query_drop("COMMIT").await;
+                let _ = tconn.query_drop("COMMIT").await;
+                sum
+            }),
+    )
+    .await;
+    Ok(sums.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The error of a part of the group that stopped because another failed
+/// (or the run was asked to stop).
+fn stopped(run: &TableRun<'_>) -> RunError {
+    run.interrupted()
+        .err()
+        .unwrap_or_else(|| RunError::Interrupted {
+            table: run.table.name.clone(),
+        })
+}
+
+/// `body`, or [`stopped`] as soon as the job is asked to stop (Ctrl-C, or
+/// another part of the group failed): dropping `body` drops its sessions,
+/// and their snapshots with them (so a waiting ALTER can end).
+async fn or_stopped<T>(
+    run: &TableRun<'_>,
+    body: impl std::future::Future<Output = Result<T, RunError>>,
+) -> Result<T, RunError> {
+    let mut stop = run.control.shutdown.clone();
+    tokio::select! {
+        r = body => r,
+        Ok(_) = stop.wait_for(|stop| *stop) => Err(stopped(run)),
+    }
 }
 
 /// [`Stage::AwaitCutover`]: waits until the cut-over may go: every stream
@@ -349,7 +499,7 @@ async fn await_cutover(
         return Ok(());
     };
     for m in members {
-        m.run.wait_for_catch_up(&m.copied.following).await?;
+        m.run.wait_for_catch_up(&m.following).await?;
     }
     wait_while_postponed(members, verifiers).await?;
     first
@@ -363,9 +513,9 @@ async fn await_cutover(
     // What changed while the cut-over waited is verified outside the
     // cut-over's lock; under it only the last moments remain.
     for (m, verifier) in members.iter().zip(verifiers) {
-        m.run.reverify(&m.copied.following, verifier).await?;
+        m.run.reverify(&m.following, verifier).await?;
         m.run
-            .save_progress(&m.copied.following, m.copied.stats.rows)
+            .save_progress(&m.following, m.copied.stats.rows)
             .await?;
     }
     Ok(())
@@ -384,7 +534,7 @@ fn label(members: &[Member<'_, '_>]) -> String {
 fn stop_reason(members: &[Member<'_, '_>]) -> Result<(), RunError> {
     members
         .iter()
-        .try_for_each(|m| m.run.must_stop(&m.copied.following))
+        .try_for_each(|m| m.run.must_stop(&m.following))
 }
 
 /// Waits while the cut-over is postponed (flag file, sentinel table, or the
@@ -402,7 +552,7 @@ async fn wait_while_postponed(
         stop_reason(members)?;
         if verified.elapsed() >= REVERIFY_INTERVAL {
             for (m, verifier) in members.iter().zip(verifiers) {
-                m.run.reverify(&m.copied.following, verifier).await?;
+                m.run.reverify(&m.following, verifier).await?;
             }
             verified = Instant::now();
         }
@@ -501,13 +651,13 @@ async fn cut_over(
             .zip(verifiers)
             .map(|(m, verifier)| RunDrain {
                 online: OnlineDrain {
-                    state: m.copied.following.state.clone(),
+                    state: m.following.state.clone(),
                     timeout: first.config.cutover.lock_wait_timeout.0,
                     verifier: Some(verifier.clone()),
                     target_pool: first.target_pool.clone(),
                 },
                 run: m.run,
-                following: &m.copied.following,
+                following: &m.following,
                 verifier: verifier.clone(),
             })
             .collect(),

@@ -2,10 +2,14 @@
 //!
 //! Initial (preflight, shadow table, binlog position, change stream) →
 //! CopyRows (chunker, readers, engines, import; changes applied below the low
-//! watermark all along) → RestoreSecondaryIndexes → AnalyzeTable → Checksum
-//! (source briefly locked, shadow caught up, both sides compared in snapshots
-//! of that one point) → PostChecksum (catch-up) → WaitingOnSentinelTable (while
-//! a postpone flag file or the sentinel table exists) → CutOver → Close.
+//! watermark all along) → Checksum (source briefly locked, shadow caught up,
+//! both sides compared in snapshots of that one point) *beside*
+//! RestoreSecondaryIndexes → AnalyzeTable (an online ALTER on the shadow
+//! started right after the point; the comparison reads through the key index
+//! only, once the ALTER is past its exclusive start; see `group.rs`) →
+//! PostChecksum (catch-up) → WaitingOnSentinelTable (while a postpone flag
+//! file or the sentinel table exists) → CutOver → Close. The checkpoint
+//! says `Checksummed` only once the indexes are restored as well.
 //!
 //! A failure before the cut-over that a rerun can resume from keeps the
 //! shadow table, engines and change store. One that cannot be resumed (a
@@ -35,20 +39,21 @@
 //!
 //! Several tables: the job's tables are rebuilt together as one *group*
 //! (`[cutover] together`, the default): each runs its own stages at once
-//! with the others up to its analyzed shadow, then the group takes one
-//! checksum point, waits once and swaps every table in one RENAME
-//! (`group.rs`). With `together = false` each table is a group of its own,
-//! one after another.
+//! with the others up to its copied shadow (one done early builds its
+//! indexes while the others copy), then the group takes one checksum point
+//! (beside the index builds left), waits once and swaps every table in one
+//! RENAME (`group.rs`). With `together = false` each table is a group of
+//! its own, one after another.
 //!
 //! Layout: this file holds the job (control socket, hooks, preflight,
 //! checkpoint, one [`TableRun`] per table, the groups); `group.rs` a group's
-//! run from the checksum to the cleanup; `stage.rs` the stages and their
-//! tracker; `table.rs` a table's start and its checkpoint updates,
-//! `stages.rs` its stages from the copy to the analysis, `points.rs` the
-//! consistent points (checksum, re-verification), `cleanup.rs` what is
-//! dropped and when, `report.rs` the report, `window.rs` the revert window
-//! after the cut-over (`[cutover] revert_window`) and its two ends,
-//! [`revert`] and [`finish`].
+//! run from the checksum (and the index builds beside it) to the cleanup;
+//! `stage.rs` the stages and their tracker; `table.rs` a table's start and
+//! its checkpoint updates, `stages.rs` its stages from the copy to the
+//! analysis, `points.rs` the consistent points (checksum,
+//! re-verification), `cleanup.rs` what is dropped and when, `report.rs` the
+//! report, `window.rs` the revert window after the cut-over (`[cutover]
+//! revert_window`) and its two ends, [`revert`] and [`finish`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

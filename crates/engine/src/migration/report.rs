@@ -1,5 +1,10 @@
 //! What a run reports, per table and for the job.
+//!
+//! Each stage keeps its own time (`stages`), also where stages ran at once
+//! (the index build beside the checksum); `phases` says where the table's
+//! wall time went and how much the overlap saved.
 
+use super::stage::StageLog;
 use super::*;
 use crate::progress::StageTiming;
 
@@ -44,7 +49,67 @@ pub struct TableReport {
     pub foreign_keys_problem: Option<String>,
     /// Each stage this run went through, in order, with its time.
     pub stages: Vec<StageTiming>,
+    /// Where the wall time went, stages that ran at once side by side
+    /// (none for a table an earlier run swapped).
+    pub phases: Option<Phases>,
     pub total_secs: f64,
+}
+
+/// A table's wall time in phases, each from when it began to when it
+/// ended, in seconds from the table's start. The index build and the
+/// checksum run at once: `overlap_saved_secs` is how long both ran, what
+/// running them one after the other would have added.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// The shadow made, the change stream started, the rows copied.
+    pub copy: Option<PhaseSpan>,
+    /// The secondary indexes built and the shadow analyzed.
+    pub index_build: Option<PhaseSpan>,
+    /// The consistent point and the comparison.
+    pub checksum: Option<PhaseSpan>,
+    pub overlap_saved_secs: f64,
+    /// Catch-up, postponement, the last verification and the swap (or the
+    /// shadow kept in sync).
+    pub cut_over: Option<PhaseSpan>,
+    /// What wraith made, dropped after the swap.
+    pub cleanup: Option<PhaseSpan>,
+}
+
+/// When a phase began and ended, from the table's start.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PhaseSpan {
+    pub start_secs: f64,
+    pub end_secs: f64,
+    pub secs: f64,
+}
+
+impl Phases {
+    /// The phases of the stages `log` recorded, for a table started at `started`.
+    pub(super) async fn of(log: &StageLog, started: Instant) -> Phases {
+        let span = |stages: &'static [Stage]| async move {
+            log.span(stages).await.map(|(from, to)| PhaseSpan {
+                start_secs: from.saturating_duration_since(started).as_secs_f64(),
+                end_secs: to.saturating_duration_since(started).as_secs_f64(),
+                secs: to.saturating_duration_since(from).as_secs_f64(),
+            })
+        };
+        let index_build = span(&[Stage::RestoreIndexes, Stage::Analyze]).await;
+        let checksum = span(&[Stage::Checksum]).await;
+        let overlap_saved_secs = match (index_build, checksum) {
+            (Some(a), Some(b)) => {
+                (a.end_secs.min(b.end_secs) - a.start_secs.max(b.start_secs)).max(0.0)
+            }
+            _ => 0.0,
+        };
+        Phases {
+            copy: span(&[Stage::CreateShadow, Stage::PrepareCopy, Stage::Copy]).await,
+            index_build,
+            checksum,
+            overlap_saved_secs,
+            cut_over: span(&[Stage::KeepInSync, Stage::AwaitCutover, Stage::CutOver]).await,
+            cleanup: span(&[Stage::Cleanup]).await,
+        }
+    }
 }
 
 impl TableReport {
@@ -76,6 +141,7 @@ impl TableReport {
             foreign_keys: None,
             foreign_keys_problem: None,
             stages: Vec::new(),
+            phases: None,
             total_secs: 0.0,
         }
     }

@@ -12,6 +12,15 @@
 //! body knows what to skip (the copy starts at the saved watermark, the
 //! indexes are not restored twice), and the checkpoint only moves forward.
 //!
+//! Stages that run at once: a group's [`Stage::Checksum`] runs beside its
+//! tables' [`Stage::RestoreIndexes`] and [`Stage::Analyze`] (see
+//! [`super::group`]). Its body is timed by [`timed_all`] and recorded by
+//! [`record_all`] only once every index build is done too, so the
+//! checkpoint never says `Checksummed` of a table whose indexes are not
+//! restored (a resumed run skips what the checkpoint says is done). Each
+//! stage keeps its own time and when it started ([`StageLog::span`]), so
+//! the report shows each one's duration and how they overlapped.
+//!
 //! Errors: a stage that fails records nothing; its error goes to the
 //! caller unchanged, and the checkpoint stays at the last finished stage.
 
@@ -33,11 +42,13 @@ pub(super) enum Stage {
     PrepareCopy,
     /// The rows are copied while changes are applied below the watermark.
     Copy,
-    /// The secondary indexes the copy left out are added.
+    /// The secondary indexes the copy left out are added (while the
+    /// group's checksum runs).
     RestoreIndexes,
     /// `ANALYZE TABLE` on the shadow, so its plans are right from the swap.
     Analyze,
-    /// Source and shadow compared at one consistent point.
+    /// Source and shadow compared at one consistent point, beside the index
+    /// builds.
     Checksum,
     /// The cut-over is disabled: the shadow kept in step and verified until
     /// the run is stopped.
@@ -99,22 +110,35 @@ impl Stage {
     }
 }
 
+/// One run of a stage's body: when it began and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ran {
+    pub(super) started: Instant,
+    pub(super) took: Duration,
+}
+
+impl Ran {
+    pub(super) fn ended(&self) -> Instant {
+        self.started + self.took
+    }
+}
+
 /// The stages a table run finished, in order, with their times.
 #[derive(Debug, Default)]
 pub(super) struct StageLog {
-    finished: tokio::sync::Mutex<Vec<(Stage, Duration)>>,
+    finished: tokio::sync::Mutex<Vec<(Stage, Ran)>>,
 }
 
 impl StageLog {
-    /// Every finished stage's time, in the order they ran.
+    /// Every finished stage's time, in the order they were recorded.
     pub(super) async fn timings(&self) -> Vec<StageTiming> {
         self.finished
             .lock()
             .await
             .iter()
-            .map(|(stage, took)| StageTiming {
+            .map(|(stage, ran)| StageTiming {
                 stage: stage.name(),
-                secs: took.as_secs_f64(),
+                secs: ran.took.as_secs_f64(),
             })
             .collect()
     }
@@ -126,8 +150,18 @@ impl StageLog {
             .await
             .iter()
             .filter(|(s, _)| *s == stage)
-            .map(|(_, took)| *took)
+            .map(|(_, ran)| ran.took)
             .sum()
+    }
+
+    /// From the first start of any of `stages` to the last end of one
+    /// (`None` when none of them ran).
+    pub(super) async fn span(&self, stages: &[Stage]) -> Option<(Instant, Instant)> {
+        let finished = self.finished.lock().await;
+        let runs = finished.iter().filter(|(s, _)| stages.contains(s));
+        let start = runs.clone().map(|(_, ran)| ran.started).min()?;
+        let end = runs.map(|(_, ran)| ran.ended()).max()?;
+        Some((start, end))
     }
 }
 
@@ -150,12 +184,12 @@ impl TableRun<'_> {
     }
 
     /// Saves the checkpoint stage `stage` completes and records its time.
-    async fn finish(&self, stage: Stage, took: Duration) -> Result<(), RunError> {
+    async fn finish(&self, stage: Stage, ran: Ran) -> Result<(), RunError> {
         if let Some(done) = stage.completes() {
             self.advance(done).await?;
         }
-        tracing::info!(table = %self.table.name, stage = stage.name(), secs = took.as_secs_f64(), "stage done");
-        self.stages.finished.lock().await.push((stage, took));
+        tracing::info!(table = %self.table.name, stage = stage.name(), secs = ran.took.as_secs_f64(), "stage done");
+        self.stages.finished.lock().await.push((stage, ran));
         Ok(())
     }
 }
@@ -168,14 +202,42 @@ pub(super) async fn stage_all<T>(
     stage: Stage,
     body: impl std::future::Future<Output = Result<T, RunError>>,
 ) -> Result<T, RunError> {
+    let (out, ran) = timed_all(runs, stage, body).await?;
+    record_all(runs, stage, ran).await?;
+    Ok(out)
+}
+
+/// The first half of [`stage_all`]: each table of `runs` shows `stage`,
+/// and `body` runs and is timed; nothing is recorded ([`record_all`] does
+/// it when the caller may).
+pub(super) async fn timed_all<T>(
+    runs: &[&TableRun<'_>],
+    stage: Stage,
+    body: impl std::future::Future<Output = Result<T, RunError>>,
+) -> Result<(T, Ran), RunError> {
     for run in runs {
         run.enter(stage);
     }
     let started = Instant::now();
     let out = body.await?;
-    let took = started.elapsed();
+    Ok((
+        out,
+        Ran {
+            started,
+            took: started.elapsed(),
+        },
+    ))
+}
+
+/// The second half of [`stage_all`]: each table of `runs` saves the
+/// checkpoint stage `stage` completes and records `ran` as its time.
+pub(super) async fn record_all(
+    runs: &[&TableRun<'_>],
+    stage: Stage,
+    ran: Ran,
+) -> Result<(), RunError> {
     for run in runs {
-        run.finish(stage, took).await?;
+        run.finish(stage, ran).await?;
     }
-    Ok(out)
+    Ok(())
 }

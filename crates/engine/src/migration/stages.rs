@@ -1,17 +1,42 @@
 //! A table's stages after its shadow exists: copy, restore indexes, analyze,
-//! checksum, keep in sync or await and perform the cut-over.
+//! keep in sync.
+//!
+//! The index build ([`TableRun::index_phase`]) runs beside the group's
+//! checksum: its ALTER is `ALGORITHM=INPLACE, LOCK=NONE`, so the change
+//! applier keeps writing the shadow while it builds, and it says on a
+//! *gate* when it is past its exclusive start (the metadata lock it takes
+//! for a moment to begin): the checksum reads the shadow only after that,
+//! since its snapshot's shared lock would otherwise hold the ALTER's start
+//! (and every write queued behind it) for the whole comparison. The ALTER
+//! still needs the exclusive lock for a moment at its end, and waits for the
+//! checksum's snapshot to commit; the applier waits behind it meanwhile,
+//! which is safe because nothing the comparison does waits for the applier.
+//! An ALTER the server cannot run with `LOCK=NONE` (one that blocks writes
+//! while it builds) runs as before, and its gate opens only when it is done:
+//! the checksum then follows it as it used to.
 
 use super::*;
 
+/// The states `information_schema.PROCESSLIST` shows for an in-place ALTER
+/// past its exclusive start (MariaDB and MySQL alike): it holds only the
+/// shared upgradable lock from the first until its commit asks for the
+/// exclusive one.
+const ALTER_UNDER_WAY: [&str; 2] = ["altering table", "committing alter table to storage engine"];
+
+/// The least `lock_wait_timeout` the index build's session gets (MariaDB's
+/// default): its last step waits for the checksum's snapshot, and a short
+/// server-wide setting must not throw the built index away.
+const INDEX_BUILD_LOCK_WAIT_SECS: u64 = 86_400;
+
 impl TableRun<'_> {
-    /// The table's stages after the shadow exists up to its analysis, each
-    /// its own function run through [`TableRun::stage`]: prepare the copy,
-    /// copy, restore indexes, analyze. The checksum and what follows are
-    /// the group's ([`super::group`]).
+    /// The table's stages after the shadow exists up to its copy, each its
+    /// own function run through [`TableRun::stage`]: prepare the copy,
+    /// copy. The index build ([`TableRun::index_phase`]) follows, beside
+    /// the group's checksum ([`super::group`]).
     pub(super) async fn copy_phase(
         &self,
         shadowed: Shadowed,
-        following: Following,
+        following: &Following,
     ) -> Result<Copied, RunError> {
         let Shadowed {
             old,
@@ -28,7 +53,7 @@ impl TableRun<'_> {
             .get_conn()
             .await
             .context(|| "connecting to the target".into())?;
-        let (following, copy_needed, start_after) = self
+        let (copy_needed, start_after) = self
             .stage(
                 Stage::PrepareCopy,
                 self.prepare_copy(&old, &layout, following, &mut tconn, saved, stage),
@@ -37,24 +62,38 @@ impl TableRun<'_> {
         let (stats, handle) = self
             .stage(
                 Stage::Copy,
-                self.copy(&old, &layout, &following, copy_needed, start_after),
+                self.copy(&old, &layout, following, copy_needed, start_after),
             )
             .await?;
         self.interrupted()?;
-        self.stage(
-            Stage::RestoreIndexes,
-            self.restore_indexes(&mut tconn, stage, &following, stats.rows),
-        )
-        .await?;
-        self.stage(Stage::Analyze, self.analyze(&mut tconn)).await?;
         Ok(Copied {
             old,
             tconn,
-            following,
             stats,
             handle,
             started,
+            stage,
+            indexes_built: false,
         })
+    }
+
+    /// [`Stage::RestoreIndexes`] then [`Stage::Analyze`] (the optimizer
+    /// must know the new indexes). `gate` is set once the checksum may read
+    /// the shadow (see the module's doc); on every path that returns, it is
+    /// set or dropped.
+    pub(super) async fn index_phase(
+        &self,
+        copied: &Copied,
+        following: &Following,
+        gate: &watch::Sender<bool>,
+    ) -> Result<(), RunError> {
+        self.stage(
+            Stage::RestoreIndexes,
+            self.restore_indexes(copied.stage, following, copied.stats.rows, gate),
+        )
+        .await?;
+        gate.send_replace(true);
+        self.stage(Stage::Analyze, self.analyze()).await
     }
 
     /// Starts following the changes, and finds where the copy starts: after
@@ -65,11 +104,11 @@ impl TableRun<'_> {
         &self,
         old: &TableInfo,
         layout: &CopyLayout,
-        following: Following,
+        following: &Following,
         tconn: &mut Conn,
         saved: Option<&TableCheckpoint>,
         stage: TableStage,
-    ) -> Result<(Following, bool, Option<Vec<wraith_backend::Value>>), RunError> {
+    ) -> Result<(bool, Option<Vec<wraith_backend::Value>>), RunError> {
         self.progress
             .table(&self.table.name, 0)
             .attach_stream(following.state.clone());
@@ -125,9 +164,9 @@ impl TableRun<'_> {
                     }
                 }
             }
-            self.save_progress(&following, 0).await?;
+            self.save_progress(following, 0).await?;
         }
-        Ok((following, copy_needed, start_after))
+        Ok((copy_needed, start_after))
     }
 
     /// Copies the rows (or nothing when a resumed run is past the copy),
@@ -210,23 +249,26 @@ impl TableRun<'_> {
     }
 
     /// Restores the secondary indexes the copy left out (unless a resumed
-    /// run is past them).
+    /// run is past them), setting `gate` once the checksum may read the
+    /// shadow.
     async fn restore_indexes(
         &self,
-        tconn: &mut Conn,
         stage: TableStage,
         following: &Following,
         rows: u64,
+        gate: &watch::Sender<bool>,
     ) -> Result<(), RunError> {
-        if stage < TableStage::IndexesRestored {
-            shadow::restore_indexes(tconn, self.target_schema(), &self.table.name, self.plan)
-                .await?;
-            self.save_progress(following, rows).await?;
-        }
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
         // The shadow gets the source's constraints only in the cut-over's
         // locked phase (see `foreign_keys::drop_from_shadow`): a run resumed
-        // after an attempt that could not take them off does it now.
-        crate::foreign_keys::drop_from_shadow(tconn, self.target_schema(), &self.table.name)
+        // after an attempt that could not take them off does it now, first,
+        // as its bounded wait for the shadow would fail behind the
+        // checksum's snapshot.
+        crate::foreign_keys::drop_from_shadow(&mut tconn, self.target_schema(), &self.table.name)
             .await
             .map_err(|e| match e {
                 crate::foreign_keys::ForeignKeyError::Db(e) => RunError::Db(e),
@@ -235,12 +277,90 @@ impl TableRun<'_> {
                     self.table.name
                 )),
             })?;
+        drop(tconn);
+        if stage < TableStage::IndexesRestored {
+            self.build_indexes(gate).await?;
+            self.save_progress(following, rows).await?;
+        }
         following.check(&self.table.name)
     }
 
-    /// Analyzes the shadow, so the optimizer knows it from the swap on.
-    async fn analyze(&self, tconn: &mut Conn) -> Result<(), RunError> {
+    /// Adds the deferred indexes the shadow lacks (a resumed run may find
+    /// some built: the ALTER is atomic, the checkpoint after it may not have
+    /// been written) in one online ALTER on a session of its own, opening
+    /// `gate` once it is under way. One the server refuses to run online
+    /// runs as [`shadow::restore_indexes`] does, and `gate` waits for its end.
+    async fn build_indexes(&self, gate: &watch::Sender<bool>) -> Result<(), RunError> {
+        if self.plan.deferred_indexes.is_empty() {
+            return Ok(());
+        }
         let shadow_name = shadow::shadow_name(&self.table.name);
+        let mut conn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
+        conn.query_drop(format!(
+            "SET SESSION lock_wait_timeout = GREATEST(@@GLOBAL.lock_wait_timeout, {INDEX_BUILD_LOCK_WAIT_SECS})"
+        ))
+        .await
+        .context(|| "setting the index build's lock_wait_timeout".into())?;
+        let existing = inspect_table(&mut conn, self.target_schema(), &shadow_name).await?;
+        let adds: Vec<String> = self
+            .plan
+            .deferred_indexes
+            .iter()
+            .filter(|i| !existing.indexes.iter().any(|e| e.name == i.name))
+            .map(|i| format!("ADD {}", i.definition))
+            .collect();
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let online = format!(
+            "ALTER TABLE {}.{} {}, ALGORITHM=INPLACE, LOCK=NONE",
+            quote_ident(self.target_schema()),
+            quote_ident(&shadow_name),
+            adds.join(", ")
+        );
+        let id = conn.id();
+        let built = {
+            let build = conn.query_drop(online);
+            tokio::pin!(build);
+            tokio::select! {
+                built = &mut build => built,
+                () = open_when_under_way(self.target_pool, id, gate) => build.await,
+            }
+        };
+        match built {
+            Ok(()) => Ok(()),
+            // ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): not online; the
+            // writes wait for it as they did before, and so does the checksum.
+            Err(e) if matches!(server::server_error_code(&e), Some(1845 | 1846)) => {
+                tracing::info!(table = %self.table.name, error = %e, "the indexes cannot be built online; the checksum waits for them");
+                shadow::restore_indexes(
+                    &mut conn,
+                    self.target_schema(),
+                    &self.table.name,
+                    self.plan,
+                )
+                .await
+                .map_err(RunError::Db)
+            }
+            Err(error) => Err(RunError::Db(DbError {
+                context: format!("restoring secondary indexes of {shadow_name}"),
+                error,
+            })),
+        }
+    }
+
+    /// Analyzes the shadow, so the optimizer knows it from the swap on.
+    async fn analyze(&self) -> Result<(), RunError> {
+        let shadow_name = shadow::shadow_name(&self.table.name);
+        let mut tconn = self
+            .target_pool
+            .get_conn()
+            .await
+            .context(|| "connecting to the target".into())?;
         tconn
             .query_drop(format!(
                 "ANALYZE TABLE {}.{}",
@@ -350,5 +470,39 @@ impl TableRun<'_> {
             .state
             .reverified
             .load(std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Sets `gate` once session `id`'s ALTER is past its exclusive start
+/// ([`ALTER_UNDER_WAY`]), watching the processlist; returns only then. When
+/// it cannot tell (a failed query), it never returns, and the gate waits for
+/// the ALTER's end.
+async fn open_when_under_way(pool: &Pool, id: u32, gate: &watch::Sender<bool>) {
+    let watched = async {
+        let mut conn = pool.get_conn().await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let state: Option<Option<String>> = conn
+                .exec_first(
+                    "SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = ?",
+                    (id,),
+                )
+                .await?;
+            if state
+                .flatten()
+                .is_some_and(|s| ALTER_UNDER_WAY.iter().any(|u| s.eq_ignore_ascii_case(u)))
+            {
+                return Ok::<_, mysql_async::Error>(());
+            }
+        }
+    };
+    match watched.await {
+        Ok(()) => {
+            gate.send_replace(true);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot watch the index build; the checksum waits for its end");
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -13,10 +13,9 @@ impl TableRun<'_> {
     }
 
     /// The table's own part of its group's run, from where its checkpoint
-    /// says it is: the shadow made, the rows copied, the indexes restored
-    /// and the shadow analyzed, each through [`TableRun::stage`]; or the
+    /// says it is: the shadow made, through [`TableRun::stage`]; or the
     /// report of a table an earlier run swapped already. The group goes on
-    /// from there ([`super::group`]).
+    /// from there ([`super::group`]): the copy, the index build, the checksum.
     pub(super) async fn start(&self) -> Result<Started, RunError> {
         let started = Instant::now();
         self.ops.set_table(&self.table.name);
