@@ -1,6 +1,8 @@
-//! `wraith bench`: wraith's backends against the server's own `ALTER TABLE`
-//! and pt-online-schema-change, in one run on one server, idle and under a
-//! write load.
+//! `wraith bench`: wraith's backends against the server's own `ALTER TABLE`,
+//! its floor for the same work, pt-online-schema-change and gh-ost, in one
+//! run on one server, idle, under a write load, and under the write load
+//! with a long transaction at the final lock; with `--replica`, on a real
+//! replica too.
 //!
 //! This module only turns the arguments into
 //! [`BenchSettings`](wraith_engine::testkit::bench::BenchSettings), prints the
@@ -12,12 +14,14 @@
 mod report;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 use wraith_engine::config::Config;
+use wraith_engine::testkit::bench::results::parse_methods;
 use wraith_engine::testkit::bench::{
-    self, BenchError, BenchEvent, BenchSettings, Condition, Method, ServerChoice,
+    self, BenchError, BenchEvent, BenchSettings, Condition, ServerChoice,
 };
 
 use crate::{Failure, Outcome};
@@ -33,13 +37,22 @@ pub struct BenchArgs {
     /// Rounds; each round runs every method once per condition, interleaved.
     #[arg(long, default_value_t = 3)]
     repeat: u32,
-    /// Methods (comma-separated): wraith-sql, wraith-local, native-inplace, native-copy, pt-osc.
+    /// Methods (comma-separated): wraith-sql, wraith-local, native-inplace,
+    /// native-copy, pt-osc, ghost (one run per --ghost-chunk; ghost-N for
+    /// one chunk size), floor (one INSERT … SELECT plus the index build). A
+    /// peer that is not installed is reported as skipped.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "wraith-sql,wraith-local,native-inplace,native-copy,pt-osc"
+        default_value = "wraith-sql,wraith-local,native-inplace,native-copy,pt-osc,ghost,floor"
     )]
     methods: Vec<String>,
+    /// The gh-ost binary [default: gh-ost in PATH; without one, gh-ost is skipped].
+    #[arg(long, value_name = "PATH")]
+    ghost_bin: Option<PathBuf>,
+    /// gh-ost's --chunk-size values (comma-separated); each is a method of its own.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    ghost_chunk: Vec<u64>,
     /// Write load in transactions per second for the `load` condition (0: idle only).
     #[arg(long, default_value_t = 200)]
     load_rate: u32,
@@ -49,13 +62,31 @@ pub struct BenchArgs {
     /// Seconds the load runs before each method; its latency then is the baseline.
     #[arg(long, default_value_t = 5.0)]
     baseline_secs: f64,
-    /// Conditions (comma-separated): idle, load.
-    #[arg(long, value_delimiter = ',', default_value = "idle,load")]
+    /// Conditions (comma-separated): idle; load (the write load);
+    /// blocker (the write load, and a transaction that reads the table
+    /// shortly before each method's final lock and stays open --blocker-secs).
+    #[arg(long, value_delimiter = ',', default_value = "idle,load,blocker")]
     conditions: Vec<String>,
+    /// Seconds the blocker holds its transaction open.
+    #[arg(long, default_value_t = 10.0)]
+    blocker_secs: f64,
+    /// Seconds the load runs on after each method (its aftermath is
+    /// measured); also the longest an idle run waits for the dirty pages.
+    #[arg(long, default_value_t = 60.0)]
+    aftermath_secs: f64,
+    /// Start a second scratch server replicating from the first and measure
+    /// each method's replica lag and the time until it is complete there
+    /// (not with --config).
+    #[arg(long)]
+    replica: bool,
+    /// With --replica: the lag (seconds) wraith, pt-osc and gh-ost throttle at.
+    #[arg(long, default_value_t = 1.0)]
+    max_lag: f64,
     /// Write the runs and the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Draw the median time per method, idle and under load, as SVG to FILE.
+    /// Draw the median time per method and condition, the writers' p95
+    /// before, during and after, and the replica's lag, as SVG to FILE.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Benchmark on the server of this job config's [source] instead of a
@@ -115,22 +146,37 @@ fn settings(args: BenchArgs) -> Result<BenchSettings, Failure> {
         .iter()
         .map(|t| t.parse().map_err(usage))
         .collect::<Result<Vec<_>, _>>()?;
-    let methods = args
-        .methods
-        .iter()
-        .map(|m| m.parse::<Method>().map_err(usage))
-        .collect::<Result<Vec<_>, _>>()?;
+    let methods = parse_methods(&args.methods, &args.ghost_chunk).map_err(usage)?;
     let mut conditions = Vec::new();
     for c in &args.conditions {
-        match c.trim() {
-            "idle" => conditions.push(Condition::Idle),
-            "load" => conditions.push(Condition::Load),
-            other => {
-                return Err(Failure::Config(format!(
-                    "unknown condition {other:?}; use idle or load"
-                )))
-            }
+        let condition = c.parse::<Condition>().map_err(usage)?;
+        if !conditions.contains(&condition) {
+            conditions.push(condition);
         }
+    }
+    for (flag, value) in [
+        ("--blocker-secs", args.blocker_secs),
+        ("--aftermath-secs", args.aftermath_secs),
+        ("--baseline-secs", args.baseline_secs),
+    ] {
+        if !(0.0..=86_400.0).contains(&value) {
+            return Err(Failure::Config(format!(
+                "{flag} {value} is out of range; give 0 to 86400 seconds"
+            )));
+        }
+    }
+    if !(0.01..=3600.0).contains(&args.max_lag) {
+        return Err(Failure::Config(format!(
+            "--max-lag {} is out of range; give 0.01 to 3600 seconds, e.g. 1",
+            args.max_lag
+        )));
+    }
+    if args.replica && args.config.is_some() {
+        return Err(Failure::Config(
+            "--replica starts a second scratch server replicating from the benchmark's own scratch \
+             server; it cannot be used with --config (an operator's server): drop one of them"
+                .into(),
+        ));
     }
     let server = match &args.config {
         Some(path) => {
@@ -154,5 +200,10 @@ fn settings(args: BenchArgs) -> Result<BenchSettings, Failure> {
         apply_burst: args.apply_burst,
         import: args.import,
         wraith_exe: std::env::current_exe().context("finding the wraith binary")?,
+        ghost_bin: args.ghost_bin,
+        replica: args.replica,
+        max_lag: Duration::from_secs_f64(args.max_lag),
+        blocker_secs: args.blocker_secs,
+        aftermath_secs: args.aftermath_secs,
     })
 }

@@ -354,13 +354,12 @@ async fn replica_lag(
 /// The global status values of `names`, keyed by lowercase name; a value
 /// that is not a number is left out (and logged).
 async fn global_status(
-    pool: &Pool,
+    conn: &mut mysql_async::Conn,
     names: &[&str],
 ) -> Result<BTreeMap<String, u64>, mysql_async::Error> {
     // Names are checked by config (letters, digits, _) or constants here, so
     // they quote safely.
     let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-    let mut conn = pool.get_conn().await?;
     let rows: Vec<(String, String)> = conn
         .query(format!(
             "SHOW GLOBAL STATUS WHERE Variable_name IN ({})",
@@ -408,7 +407,13 @@ impl WriteDebt {
 
     /// Reads the server's write debt.
     pub async fn read(pool: &Pool) -> Result<WriteDebt, mysql_async::Error> {
-        let values = global_status(pool, &Self::VARIABLES).await?;
+        let mut conn = pool.get_conn().await?;
+        Self::read_on(&mut conn).await
+    }
+
+    /// Reads the server's write debt on `conn`.
+    pub async fn read_on(conn: &mut mysql_async::Conn) -> Result<WriteDebt, mysql_async::Error> {
+        let values = global_status(conn, &Self::VARIABLES).await?;
         Ok(Self::from_status(&values))
     }
 
@@ -500,7 +505,8 @@ async fn read_status(
         .chain(critical.keys())
         .map(String::as_str)
         .collect();
-    let values = global_status(pool, &names).await?;
+    let mut conn = pool.get_conn().await?;
+    let values = global_status(&mut conn, &names).await?;
     for name in limits.keys().chain(critical.keys()) {
         if !values.contains_key(&name.to_ascii_lowercase()) {
             tracing::warn!(variable = %name, "throttler: no such global status variable");

@@ -1,6 +1,12 @@
 //! How `wraith bench` shows its results: a line per event and per run as it
 //! finishes, the markdown tables of the summary, and the SVG plot. The data
 //! (runs, summary, the JSON shape) is `wraith_engine::testkit::bench::results`.
+//!
+//! The markdown has two tables per table and condition, so neither is too
+//! wide to read: the time each method took (with its ratios to the floor,
+//! to the best wraith and to native INPLACE), then what it did around it
+//! (the replica's lag and completion, the blocker, the writers' latency
+//! before, during and after, the write debt it left); then wraith's phases.
 
 use std::path::Path;
 
@@ -23,6 +29,10 @@ pub fn event_line(event: &BenchEvent<'_>) -> String {
             format!("starting a scratch MariaDB (buffer pool {buffer_pool}) ...")
         }
         BenchEvent::ScratchStarted { port } => format!("scratch server on 127.0.0.1:{port}"),
+        BenchEvent::StartingReplica => "starting its replica (a second scratch MariaDB) ...".into(),
+        BenchEvent::ReplicaStarted { port } => {
+            format!("replica on 127.0.0.1:{port}, replicating by GTID")
+        }
         BenchEvent::NoServerCpu => {
             "note: the server's process is not on this machine; its CPU time is not reported".into()
         }
@@ -49,22 +59,43 @@ pub fn event_line(event: &BenchEvent<'_>) -> String {
     }
 }
 
-/// The summary as markdown tables, one per table and condition.
+/// The summary as markdown tables: per table and condition, the times and
+/// the effects; then wraith's phases, the apply rate, the imports and what
+/// was skipped.
 pub fn render_markdown(results: &BenchResults) -> String {
     let mut out = String::new();
     method_tables(results, &mut out);
+    phase_table(results, &mut out);
     apply_table(results, &mut out);
     import_tables(results, &mut out);
     for s in &results.skipped {
-        out += &format!("\nskipped {}: {}\n", s.method.name(), s.reason);
+        out += &format!("\nskipped {}: {}\n", s.method, s.reason);
     }
     out
 }
 
-/// One table per generated table and condition: the methods' summaries.
+/// What a condition means, for a table's heading.
+fn condition_text(results: &BenchResults, condition: Condition) -> String {
+    let load = format!(
+        "under {} tx/s of writes on {} connections",
+        results.settings.load_rate, results.settings.load_connections
+    );
+    match condition {
+        Condition::Idle => "idle".into(),
+        Condition::Load => load,
+        Condition::Blocker => format!(
+            "{load}, and a transaction reading the table held {:.0}s from shortly before the final lock",
+            results.settings.blocker_secs
+        ),
+    }
+}
+
+/// Two tables per generated table and condition: the time each method
+/// took, then what it did to the writers, the replica and the server.
 fn method_tables(results: &BenchResults, out: &mut String) {
+    let replica = results.settings.replica;
     for table in &results.tables {
-        for condition in [Condition::Idle, Condition::Load] {
+        for condition in Condition::ALL {
             let rows: Vec<&MethodSummary> = results
                 .summary
                 .iter()
@@ -74,59 +105,179 @@ fn method_tables(results: &BenchResults, out: &mut String) {
                 continue;
             }
             *out += &format!(
-                "\n{} ({} rows, {:.0} MiB), {}, {} round(s), server {}:\n\n",
+                "\n{} ({} rows, {:.0} MiB), {}, {} round(s), server {}{}:\n\n",
                 table.table,
                 table.rows,
                 table.table_bytes as f64 / 1048576.0,
-                match condition {
-                    Condition::Idle => "idle".to_string(),
-                    Condition::Load => format!(
-                        "under {} tx/s of writes on {} connections",
-                        results.settings.load_rate, results.settings.load_connections
-                    ),
-                },
+                condition_text(results, condition),
                 results.settings.repeat,
-                results.server_version
+                results.server_version,
+                if replica { ", with a replica" } else { "" }
             );
-            *out += "| method | median s | min s | max s | rows/s | MiB/s | × INPLACE | cut-over ms | server CPU s | peak RSS MiB |";
-            if condition == Condition::Load {
-                *out +=
-                    " load p95 before → during ms | load p99 during ms | load tx/s | load errors |";
-            }
-            *out += " result |\n";
-            *out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
-            if condition == Condition::Load {
-                *out += " ---: | ---: | ---: | ---: |";
-            }
-            *out += " --- |\n";
-            for s in rows {
+            *out += "| method | median s | min–max s | rows/s | × floor | × wraith | × INPLACE | cut-over ms | server CPU s | peak RSS MiB | result |\n";
+            *out +=
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+            for s in &rows {
                 *out += &format!(
-                    "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {} | {} | {} |",
-                    s.method.name(),
+                    "| {} | {:.2} | {:.2}–{:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    s.method,
                     s.wall_secs_median,
                     s.wall_secs_min,
                     s.wall_secs_max,
                     s.rows_per_sec,
-                    s.mb_per_sec,
-                    opt(s.ratio_to_native_inplace, |v| format!("{v:.2}×")),
+                    ratio(s.ratio_to_floor),
+                    ratio(s.ratio_to_wraith),
+                    ratio(s.ratio_to_native_inplace),
                     opt(s.cutover_blocked_ms, |v| format!("{v:.1}")),
                     opt(s.server_cpu_secs, |v| format!("{v:.1}")),
                     opt(s.peak_rss_mib, |v| format!("{v:.0}")),
+                    if s.all_correct { "correct" } else { "WRONG" }
                 );
-                if condition == Condition::Load {
-                    *out += &format!(
-                        " {} → {} | {} | {} | {} |",
-                        opt(s.load_p95_before_ms, |v| format!("{v:.1}")),
-                        opt(s.load_p95_during_ms, |v| format!("{v:.1}")),
-                        opt(s.load_p99_during_ms, |v| format!("{v:.1}")),
-                        opt(s.load_tps_during, |v| format!("{v:.0}")),
-                        opt(s.load_errors_during, |v| v.to_string()),
-                    );
-                }
-                *out += &format!(" {} |\n", if s.all_correct { "correct" } else { "WRONG" });
+            }
+            effects_table(results, condition, &rows, out);
+        }
+    }
+}
+
+/// The second table of a condition: replica, blocker, writers, write debt.
+fn effects_table(
+    results: &BenchResults,
+    condition: Condition,
+    rows: &[&MethodSummary],
+    out: &mut String,
+) {
+    let replica = results.settings.replica;
+    let loaded = condition.loaded();
+    let mut head = vec!["method"];
+    if replica {
+        head.extend(["replica max lag s", "complete on replica s"]);
+    }
+    if condition == Condition::Blocker {
+        head.push("blocker opened s");
+    }
+    if loaded {
+        head.extend([
+            "worst write ms",
+            "load p95 before → during → after ms",
+            "p95 × before during / after",
+            "tail s",
+            "load errors",
+        ]);
+    }
+    head.extend([
+        "dirty % before → after",
+        "ckpt age %",
+        "history",
+        "dirty back s",
+    ]);
+    *out += &format!("\n| {} |\n", head.join(" | "));
+    *out += &format!(
+        "| --- |{}\n",
+        " ---: |".repeat(head.len().saturating_sub(1))
+    );
+    for s in rows {
+        let mut cells = vec![s.method.to_string()];
+        if replica {
+            cells.push(opt(s.replica_max_lag_ms, |v| format!("{:.2}", v / 1000.0)));
+            cells.push(opt(s.replica_complete_secs, |v| format!("{v:.2}")));
+        }
+        if condition == Condition::Blocker {
+            cells.push(opt(s.blocker_opened_secs, |v| format!("{v:.2}")));
+        }
+        if loaded {
+            cells.push(opt(s.load_max_during_ms, |v| format!("{v:.0}")));
+            cells.push(format!(
+                "{} → {} → {}",
+                opt(s.load_p95_before_ms, |v| format!("{v:.1}")),
+                opt(s.load_p95_during_ms, |v| format!("{v:.1}")),
+                opt(s.load_p95_after_ms, |v| format!("{v:.1}")),
+            ));
+            cells.push(format!(
+                "{} / {}",
+                ratio(s.load_p95_during_ratio),
+                ratio(s.load_p95_after_ratio)
+            ));
+            cells.push(opt(s.load_tail_secs, |v| format!("{v:.0}")));
+            cells.push(opt(s.load_errors_during, |v| v.to_string()));
+        }
+        cells.push(format!(
+            "{} → {}",
+            opt(s.debt_before_dirty_pct, |v| format!("{v:.1}")),
+            opt(s.debt_after_dirty_pct, |v| format!("{v:.1}"))
+        ));
+        cells.push(opt(s.debt_after_checkpoint_age_pct, |v| format!("{v:.1}")));
+        cells.push(opt(s.debt_after_history_list_length, |v| format!("{v:.0}")));
+        cells.push(opt(s.dirty_recovery_secs, |v| format!("{v:.1}")));
+        *out += &format!("| {} |\n", cells.join(" | "));
+    }
+}
+
+/// The order phases are shown in (wraith's stages, then the rest by name).
+const PHASE_ORDER: [&str; 13] = [
+    "create_shadow",
+    "prepare_copy",
+    "copy",
+    "restore_indexes",
+    "index_build",
+    "analyze",
+    "checksum",
+    "overlap_saved_secs",
+    "keep_in_sync",
+    "await_cutover",
+    "cut_over",
+    "cleanup",
+    "total",
+];
+
+/// wraith's time per phase, per method and condition (medians).
+fn phase_table(results: &BenchResults, out: &mut String) {
+    let with: Vec<&MethodSummary> = results
+        .summary
+        .iter()
+        .filter(|s| s.phases.is_some())
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = Vec::new();
+    for s in &with {
+        for name in s.phases.iter().flat_map(|p| p.keys()) {
+            if !names.contains(name) {
+                names.push(name.clone());
             }
         }
     }
+    let rank = |n: &str| {
+        PHASE_ORDER
+            .iter()
+            .position(|p| *p == n)
+            .unwrap_or(usize::MAX)
+    };
+    names.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    *out += "\nwraith's phases (median s):\n\n";
+    *out += &format!("| table | method | condition | {} |\n", names.join(" | "));
+    *out += &format!("| --- | --- | --- |{}\n", " ---: |".repeat(names.len()));
+    for s in with {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                opt(s.phases.as_ref().and_then(|p| p.get(n)).copied(), |v| {
+                    format!("{v:.2}")
+                })
+            })
+            .collect();
+        *out += &format!(
+            "| {} | {} | {} | {} |\n",
+            s.table.as_str(),
+            s.method,
+            s.condition.name(),
+            cells.join(" | ")
+        );
+    }
+}
+
+fn ratio(value: Option<f64>) -> String {
+    opt(value, |v| format!("{v:.2}×"))
 }
 
 /// The change apply measurements.
@@ -205,13 +356,10 @@ fn import_tables(results: &BenchResults, out: &mut String) {
 }
 
 /// The method name under a whole x position of a plot, nothing between.
-fn method_label(names: &[&str], x: f64) -> String {
+fn method_label(names: &[String], x: f64) -> String {
     let i = x.round();
     if (x - i).abs() < 0.01 && i >= 0.0 {
-        names
-            .get(i as usize)
-            .map(|n| n.to_string())
-            .unwrap_or_default()
+        names.get(i as usize).cloned().unwrap_or_default()
     } else {
         String::new()
     }
@@ -270,7 +418,7 @@ pub fn apply_line(a: &ApplyRun) -> String {
 /// One line per run, as it finishes.
 pub fn run_line(r: &MethodRun) -> String {
     let mut line = format!(
-        "{:<8} {:<4} round {} {:<14} {:>7.2}s {:>8.0} rows/s {:>6.1} MiB/s",
+        "{:<8} {:<7} round {} {:<14} {:>7.2}s {:>8.0} rows/s {:>6.1} MiB/s",
         r.table.as_str(),
         r.condition.name(),
         r.round,
@@ -282,13 +430,17 @@ pub fn run_line(r: &MethodRun) -> String {
     if let Some(ms) = r.cutover_blocked_ms {
         line += &format!("  cut-over {ms:.1} ms");
     }
-    if let Some(report) = &r.wraith_report {
-        let secs = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    if let Some(phases) = &r.phases {
+        let secs = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| phases.get(*k).copied())
+                .unwrap_or(0.0)
+        };
         line += &format!(
             " (copy {:.2}s, indexes {:.2}s, checksum {:.2}s)",
-            secs("copy_secs"),
-            secs("index_restore_secs"),
-            secs("checksum_secs")
+            secs(&["copy"]),
+            secs(&["index_build", "restore_indexes"]),
+            secs(&["checksum"])
         );
     }
     if let Some(cpu) = r.server_cpu_secs {
@@ -297,14 +449,48 @@ pub fn run_line(r: &MethodRun) -> String {
     if let Some(rss) = r.peak_rss_mib {
         line += &format!("  peak RSS {rss:.0} MiB");
     }
+    if let Some(b) = &r.blocker {
+        line += &match (b.fired_secs, b.opened_secs) {
+            // Its read waited for the method's own lock: the method won the race.
+            (Some(fired), Some(at)) if at - fired > 0.05 => {
+                format!("  blocker at {fired:.2}s (its read queued until {at:.2}s)")
+            }
+            (_, Some(at)) => format!("  blocker at {at:.2}s"),
+            _ => "  blocker not opened (the method ended first)".into(),
+        };
+    }
     if let (Some(b), Some(d)) = (&r.load_before, &r.load_during) {
         line += &format!(
-            "  load p95 {:.1} → {:.1} ms, p99 {:.1} ms, {:.0} tx/s, {} errors",
+            "  load p95 {:.1} → {:.1} ms, p99 {:.1} ms, worst {:.0} ms, {:.0} tx/s, {} errors",
             b.p95_ms,
             d.p95_ms,
             d.p99_ms,
+            d.max_ms,
             d.transactions_per_sec,
             d.error_count()
+        );
+    }
+    if let Some(a) = &r.load_after {
+        line += &format!("; after: p95 {:.1} ms, worst {:.0} ms", a.p95_ms, a.max_ms);
+    }
+    if let Some(replica) = &r.replica {
+        line += &format!(
+            "  replica: max lag {}, complete at {}{}",
+            opt(replica.max_lag_ms, |v| format!("{:.2}s", v / 1000.0)),
+            opt(replica.complete_secs, |v| format!("{v:.2}s")),
+            if replica.verified {
+                ", equal"
+            } else {
+                ", NOT equal"
+            }
+        );
+    }
+    if let Some(debt) = &r.debt_after {
+        line += &format!(
+            "  left: {} dirty, ckpt age {}, history {}",
+            opt(debt.dirty_pages_pct(), |v| format!("{v:.1}%")),
+            opt(debt.checkpoint_age_pct(), |v| format!("{v:.1}%")),
+            opt(debt.history_list_length, |v| v.to_string())
         );
     }
     line += if r.correct { "  correct" } else { "  WRONG" };
@@ -314,8 +500,20 @@ pub fn run_line(r: &MethodRun) -> String {
     line
 }
 
-/// Bars of the median time per method, idle and under load, with min–max
-/// whiskers; one panel per table.
+type Area<'a> =
+    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
+
+/// The conditions' colours and bar offsets in the plots.
+const CONDITION_BARS: [(Condition, f64, (u8, u8, u8)); 3] = [
+    (Condition::Idle, -0.27, (70, 110, 180)),
+    (Condition::Load, 0.0, (220, 120, 50)),
+    (Condition::Blocker, 0.27, (150, 60, 150)),
+];
+
+/// One column of panels per table: the median time per method and
+/// condition (min–max whiskers); the writers' p95 before, during and after
+/// (with a load); the replica's maximum lag and the time until the change
+/// was complete on it (with a replica).
 pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
@@ -323,135 +521,163 @@ pub fn plot(results: &BenchResults, path: &Path) -> anyhow::Result<()> {
     let with_load = results
         .summary
         .iter()
-        .any(|s| s.condition == Condition::Load && s.load_p95_during_ms.is_some());
-    let rows = if with_load { 2 } else { 1 };
-    let root = SVGBackend::new(path, (560 * panels as u32, 420 * rows as u32)).into_drawing_area();
+        .any(|s| s.condition.loaded() && s.load_p95_during_ms.is_some());
+    let with_replica = results
+        .summary
+        .iter()
+        .any(|s| s.replica_complete_secs.is_some());
+    let rows = 1 + usize::from(with_load) + usize::from(with_replica);
+    let methods = results.methods();
+    let width = (110 * methods.len() as u32).max(560);
+    let root =
+        SVGBackend::new(path, (width * panels as u32, 420 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let areas = root.split_evenly((rows, panels));
     for (i, table) in results.tables.iter().enumerate() {
-        let Some(area) = areas.get(i) else {
-            continue;
-        };
-        let methods: Vec<Method> = Method::ALL
-            .into_iter()
-            .filter(|m| {
-                results
-                    .summary
-                    .iter()
-                    .any(|s| s.table == table.kind && s.method == *m)
-            })
-            .collect();
-        let top = results
-            .summary
-            .iter()
-            .filter(|s| s.table == table.kind)
-            .map(|s| s.wall_secs_max)
-            .fold(0.0, f64::max)
-            .max(0.001)
-            * 1.15;
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!("{} ({} rows): rebuild time", table.table, table.rows),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
-            .build_cartesian_2d(-0.5f64..(methods.len() as f64 - 0.5), 0f64..top)?;
-        let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(methods.len().max(1))
-            .x_label_formatter(&|x| method_label(&names, *x))
-            .y_desc("seconds (median; whiskers min–max)")
-            .draw()?;
-        for (condition, offset, color) in [
-            (Condition::Idle, -0.2, RGBColor(70, 110, 180)),
-            (Condition::Load, 0.2, RGBColor(220, 120, 50)),
-        ] {
-            let bars: Vec<(f64, &MethodSummary)> = methods
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| {
-                    results
-                        .summary
-                        .iter()
-                        .find(|s| {
-                            s.table == table.kind && s.method == *m && s.condition == condition
-                        })
-                        .map(|s| (i as f64 + offset, s))
-                })
-                .collect();
-            if bars.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(bars.iter().map(|(x, s)| {
-                    Rectangle::new(
-                        [(x - 0.18, 0.0), (x + 0.18, s.wall_secs_median)],
-                        color.filled(),
-                    )
-                }))?
-                .label(condition.name())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
-            chart.draw_series(bars.iter().map(|(x, s)| {
-                PathElement::new(
-                    vec![(*x, s.wall_secs_min), (*x, s.wall_secs_max)],
-                    BLACK.stroke_width(1),
-                )
-            }))?;
-            chart.draw_series(bars.iter().filter(|(_, s)| !s.all_correct).map(|(x, s)| {
-                Text::new(
-                    "WRONG",
-                    (*x - 0.15, s.wall_secs_median),
-                    ("sans-serif", 12).into_font().color(&RED),
-                )
-            }))?;
+        let mut row = 0;
+        if let Some(area) = areas.get(i) {
+            plot_times(area, results, table, &methods)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperMiddle)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
-        if let Some(area) = areas.get(panels + i).filter(|_| with_load) {
-            plot_latency(area, results, table, &methods)?;
+        if with_load {
+            row += 1;
+            if let Some(area) = areas.get(row * panels + i) {
+                plot_latency(area, results, table, &methods)?;
+            }
+        }
+        if with_replica {
+            row += 1;
+            if let Some(area) = areas.get(row * panels + i) {
+                plot_replica(area, results, table, &methods)?;
+            }
         }
     }
     root.present()?;
     Ok(())
 }
 
-/// The writers' p95 during each method (bars, log scale) and right before it
-/// (black ticks), medians over the rounds.
-fn plot_latency(
-    area: &plotters::drawing::DrawingArea<
-        plotters::prelude::SVGBackend<'_>,
-        plotters::coord::Shift,
-    >,
+fn plot_times(
+    area: &Area<'_>,
     results: &BenchResults,
     table: &TableInfo,
     methods: &[Method],
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
+    let top = results
+        .summary
+        .iter()
+        .filter(|s| s.table == table.kind)
+        .map(|s| s.wall_secs_max)
+        .fold(0.0, f64::max)
+        .max(0.001)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{} ({} rows): rebuild time", table.table, table.rows),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(-0.5f64..(methods.len() as f64 - 0.5), 0f64..top)?;
+    let names: Vec<String> = methods.iter().map(|m| m.name()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(methods.len().max(1))
+        .x_label_formatter(&|x| method_label(&names, *x))
+        .y_desc("seconds (median; whiskers min–max)")
+        .draw()?;
+    for (condition, offset, (r, g, b)) in CONDITION_BARS {
+        let color = RGBColor(r, g, b);
+        let bars: Vec<(f64, &MethodSummary)> = methods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                find(results, table, *m, condition).map(|s| (i as f64 + offset, s))
+            })
+            .collect();
+        if bars.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(bars.iter().map(|(x, s)| {
+                Rectangle::new(
+                    [(x - 0.12, 0.0), (x + 0.12, s.wall_secs_median)],
+                    color.filled(),
+                )
+            }))?
+            .label(condition.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(bars.iter().map(|(x, s)| {
+            PathElement::new(
+                vec![(*x, s.wall_secs_min), (*x, s.wall_secs_max)],
+                BLACK.stroke_width(1),
+            )
+        }))?;
+        chart.draw_series(bars.iter().filter(|(_, s)| !s.all_correct).map(|(x, s)| {
+            Text::new(
+                "WRONG",
+                (*x - 0.12, s.wall_secs_median),
+                ("sans-serif", 12).into_font().color(&RED),
+            )
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
+fn find<'r>(
+    results: &'r BenchResults,
+    table: &TableInfo,
+    method: Method,
+    condition: Condition,
+) -> Option<&'r MethodSummary> {
+    results
+        .summary
+        .iter()
+        .find(|s| s.table == table.kind && s.method == method && s.condition == condition)
+}
+
+/// Under the load (`load`, else `blocker`): the writers' p95 during each
+/// method and in its aftermath (bars, log scale) and right before it (black
+/// ticks), medians over the rounds.
+fn plot_latency(
+    area: &Area<'_>,
+    results: &BenchResults,
+    table: &TableInfo,
+    methods: &[Method],
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let condition = if results
+        .summary
+        .iter()
+        .any(|s| s.table == table.kind && s.condition == Condition::Load)
+    {
+        Condition::Load
+    } else {
+        Condition::Blocker
+    };
     let load: Vec<(f64, &MethodSummary)> = methods
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| {
-            results
-                .summary
-                .iter()
-                .find(|s| s.table == table.kind && s.method == *m && s.condition == Condition::Load)
-                .map(|s| (i as f64, s))
-        })
+        .filter_map(|(i, m)| find(results, table, *m, condition).map(|s| (i as f64, s)))
         .collect();
     let top = load
         .iter()
-        .flat_map(|(_, s)| [s.load_p95_during_ms, s.load_p95_before_ms])
+        .flat_map(|(_, s)| {
+            [
+                s.load_p95_during_ms,
+                s.load_p95_before_ms,
+                s.load_p95_after_ms,
+            ]
+        })
         .flatten()
         .fold(1.0, f64::max)
         * 3.0;
@@ -459,8 +685,10 @@ fn plot_latency(
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
-                "{}: writers' p95 under {} tx/s (bar: during, tick: before)",
-                table.table, results.settings.load_rate
+                "{}: writers' p95 under {} tx/s ({}; tick: before)",
+                table.table,
+                results.settings.load_rate,
+                condition.name()
             ),
             ("sans-serif", 16),
         )
@@ -471,7 +699,7 @@ fn plot_latency(
             -0.5f64..(methods.len() as f64 - 0.5),
             (floor..top).log_scale(),
         )?;
-    let names: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+    let names: Vec<String> = methods.iter().map(|m| m.name()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -479,18 +707,32 @@ fn plot_latency(
         .x_label_formatter(&|x| method_label(&names, *x))
         .y_desc("ms (log scale)")
         .draw()?;
-    let color = RGBColor(220, 120, 50);
-    chart.draw_series(load.iter().filter_map(|(x, s)| {
-        let during = s.load_p95_during_ms?.max(floor);
-        Some(Rectangle::new(
-            [(x - 0.25, floor), (x + 0.25, during)],
-            color.filled(),
-        ))
-    }))?;
+    let during_color = RGBColor(220, 120, 50);
+    let after_color = RGBColor(120, 160, 90);
+    chart
+        .draw_series(load.iter().filter_map(|(x, s)| {
+            let during = s.load_p95_during_ms?.max(floor);
+            Some(Rectangle::new(
+                [(x - 0.3, floor), (x - 0.02, during)],
+                during_color.filled(),
+            ))
+        }))?
+        .label("during")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], during_color.filled()));
+    chart
+        .draw_series(load.iter().filter_map(|(x, s)| {
+            let after = s.load_p95_after_ms?.max(floor);
+            Some(Rectangle::new(
+                [(x + 0.02, floor), (x + 0.3, after)],
+                after_color.filled(),
+            ))
+        }))?
+        .label("after")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], after_color.filled()));
     chart.draw_series(load.iter().filter_map(|(x, s)| {
         let before = s.load_p95_before_ms?.max(floor);
         Some(PathElement::new(
-            vec![(x - 0.35, before), (x + 0.35, before)],
+            vec![(x - 0.38, before), (x + 0.38, before)],
             BLACK.stroke_width(2),
         ))
     }))?;
@@ -498,9 +740,98 @@ fn plot_latency(
         let during = s.load_p95_during_ms?;
         Some(Text::new(
             format!("{during:.1}"),
-            (x - 0.2, (during * 1.3).max(floor)),
+            (x - 0.3, (during * 1.3).max(floor)),
             ("sans-serif", 12).into_font(),
         ))
     }))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
+/// The replica, idle (else the first condition measured): each method's
+/// maximum lag and the time until its change was complete on the replica.
+fn plot_replica(
+    area: &Area<'_>,
+    results: &BenchResults,
+    table: &TableInfo,
+    methods: &[Method],
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let pick = |m: Method| {
+        Condition::ALL
+            .into_iter()
+            .find_map(|c| find(results, table, m, c).filter(|s| s.replica_complete_secs.is_some()))
+    };
+    let bars: Vec<(f64, &MethodSummary)> = methods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| pick(*m).map(|s| (i as f64, s)))
+        .collect();
+    let top = bars
+        .iter()
+        .flat_map(|(_, s)| {
+            [
+                s.replica_complete_secs,
+                s.replica_max_lag_ms.map(|v| v / 1000.0),
+            ]
+        })
+        .flatten()
+        .fold(0.001, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "{}: replica (max lag; complete on the replica)",
+                table.table
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(-0.5f64..(methods.len() as f64 - 0.5), 0f64..top)?;
+    let names: Vec<String> = methods.iter().map(|m| m.name()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(methods.len().max(1))
+        .x_label_formatter(&|x| method_label(&names, *x))
+        .y_desc("seconds from the method's start")
+        .draw()?;
+    let lag_color = RGBColor(200, 60, 60);
+    let complete_color = RGBColor(90, 90, 90);
+    chart
+        .draw_series(bars.iter().filter_map(|(x, s)| {
+            let lag = s.replica_max_lag_ms? / 1000.0;
+            Some(Rectangle::new(
+                [(x - 0.3, 0.0), (x - 0.02, lag)],
+                lag_color.filled(),
+            ))
+        }))?
+        .label("max lag")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], lag_color.filled()));
+    chart
+        .draw_series(bars.iter().filter_map(|(x, s)| {
+            Some(Rectangle::new(
+                [(x + 0.02, 0.0), (x + 0.3, s.replica_complete_secs?)],
+                complete_color.filled(),
+            ))
+        }))?
+        .label("complete on the replica")
+        .legend(move |(x, y)| {
+            Rectangle::new([(x, y - 5), (x + 10, y + 5)], complete_color.filled())
+        });
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     Ok(())
 }

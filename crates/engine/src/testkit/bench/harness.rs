@@ -1,34 +1,61 @@
 //! The order of a benchmark's runs and one measured run.
 //!
-//! For each generated table: a pristine copy is made once; then, for each
-//! round, each condition (idle, load) and each method in turn (A B C A B C …),
-//! the table is restored from the pristine copy, the method rebuilds it, and the
-//! result is checked (row count, `CHECKSUM TABLE`, definition) against the
-//! pristine copy, or under load against the pristine copy with the load's
-//! committed transactions replayed: a wrong result is reported as wrong, never
-//! as fast. wraith runs as a child `wraith run` of the binary named in
-//! [`BenchSettings::wraith_exe`] (its wall time includes preflight and
-//! cut-over; its peak RSS comes from `wait4`); pt-online-schema-change runs as
-//! a child too; native ALTERs run on a connection of this process. The
-//! server's CPU time per method comes from `/proc/<pid>/stat`.
-//!
+//! **Order.** For each generated table: a pristine copy is made once; then,
+//! for each round, the change-apply measurement (`--apply-burst`), then each
+//! condition (idle, load, blocker) and each method in turn (A B C A B C …).
 //! Interleaving the methods (rather than all rounds of one, then the next)
 //! spreads slow drifts of the machine (page cache, other tenants, thermal)
 //! over all of them instead of charging them to one.
+//!
+//! **One run** ([`Bench::measure`]):
+//! 1. *Fresh start*: with a replica, it first catches up (the previous
+//!    run's tail); the table is restored from the pristine copy (on the
+//!    replica too, binlog off on both, each checked against the pristine
+//!    fingerprint, so both start equal); old binlogs go (`RESET MASTER`, or
+//!    with a replica a purge up to a new binlog: a reset would pull the
+//!    positions from under it); dirty pages are flushed.
+//! 2. Under `load` and `blocker`, the write load starts and runs
+//!    `--baseline-secs`: its latency then is the baseline. With a replica,
+//!    the heartbeat starts and the replica's lag is sampled (`replica`). The
+//!    write debt is read (`debt`); under `blocker`, the blocker's session
+//!    connects and is armed with the method's moment (`blocker`).
+//! 3. The method runs (`methods`): what is timed. wraith runs as a child
+//!    `wraith run` of the binary named in [`BenchSettings::wraith_exe`] (its
+//!    wall time includes preflight and cut-over; its peak RSS comes from
+//!    `wait4`), pt-online-schema-change and gh-ost as children too, native
+//!    ALTER and the floor on connections of this process. The server's CPU
+//!    time comes from `/proc/<pid>/stat`.
+//! 4. *Aftermath*, all at once: the write debt is read; the load runs on for
+//!    `--aftermath-secs` (its `load_after` window); the dirty pages are
+//!    followed every 500 ms until they are back within 10% of before (an
+//!    idle run waits at most as long); the replica is waited for until it
+//!    has applied everything the primary had at the method's end
+//!    (`MASTER_GTID_WAIT`), which ends its lag series.
+//! 5. *Verification*: the load stops and the blocker commits; the result is
+//!    compared (row count, `CHECKSUM TABLE`, definition) with the pristine
+//!    copy, or under load with the pristine copy with the load's committed
+//!    transactions replayed (binlog off: the replica never sees it); with a
+//!    replica, once it has caught up again, its table with the primary's. A
+//!    wrong result is reported as wrong, never as fast.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
+use tokio::sync::Notify;
 
-use super::child::{find_in_path, run_child, stream_figure, WraithJob};
+use super::blocker::{Blocker, Trigger};
+use super::child::find_in_path;
+use super::debt;
 use super::load::{WriteLoad, WriteLoadConfig};
-use super::pristine::{self, Pristine};
+use super::methods::BlockerHandshake;
+use super::pristine::{self, Fingerprint, Pristine};
+use super::replica::{self, LagWatch, Replica, HEARTBEAT_SCHEMA};
 use super::results::{
-    set_ratios, ApplyRun, BenchResults, Condition, Method, MethodRun, Runs, Settings, Skipped,
-    TableInfo,
+    set_ratios, ApplyRun, BenchResults, Condition, Method, MethodRun, ReplicaRun, Runs, Settings,
+    Skipped, TableInfo,
 };
 use super::server::{server_pid, start_scratch, BenchServer};
 use super::tables::TableKind;
@@ -45,6 +72,12 @@ pub const PRISTINE_SCHEMA: &str = "wraith_bench_pristine";
 pub const EXPECTED_SCHEMA: &str = "wraith_bench_expected";
 /// The schema dumps are loaded into by `--import`.
 pub const IMPORT_SCHEMA: &str = "wraith_bench_import";
+
+/// Why gh-ost is left out when it is not found.
+pub const GHOST_MISSING: &str = "gh-ost not found in PATH; give --ghost-bin PATH (gh-ost v1.1.5 runs on MariaDB 10.11; shared/bench/peers/README.md says how to build it)";
+
+/// The longest the benchmark waits for the replica to catch up.
+const REPLICA_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Where to run.
 pub enum ServerChoice {
@@ -64,7 +97,7 @@ pub struct BenchSettings {
     pub repeat: u32,
     pub methods: Vec<Method>,
     pub conditions: Vec<Condition>,
-    /// Write load in transactions per second for the `load` condition.
+    /// Write load in transactions per second for the `load` and `blocker` conditions.
     pub load_rate: u32,
     pub load_connections: usize,
     /// Seconds the load runs before each method (its baseline window).
@@ -77,6 +110,17 @@ pub struct BenchSettings {
     pub import: bool,
     /// The `wraith` binary run as a child for each wraith method.
     pub wraith_exe: PathBuf,
+    /// gh-ost's binary (`None`: `gh-ost` in PATH, or gh-ost is skipped).
+    pub ghost_bin: Option<PathBuf>,
+    /// Start a replica of the scratch server and measure it.
+    pub replica: bool,
+    /// The replica lag wraith, pt-osc and gh-ost throttle at.
+    pub max_lag: Duration,
+    /// How long the blocker holds its transaction.
+    pub blocker_secs: f64,
+    /// How long the load runs on after each method; the longest an idle
+    /// run waits for the dirty pages to come back.
+    pub aftermath_secs: f64,
 }
 
 /// What happens, as it happens, for the caller to show.
@@ -89,6 +133,10 @@ pub enum BenchEvent<'a> {
         buffer_pool: &'a str,
     },
     ScratchStarted {
+        port: u16,
+    },
+    StartingReplica,
+    ReplicaStarted {
         port: u16,
     },
     /// The server's process is not on this machine: no CPU times.
@@ -125,8 +173,11 @@ pub(super) struct Bench {
     pub(super) work_dir: tempfile::TempDir,
     pub(super) settings: BenchSettings,
     pub(super) ptosc: Option<PathBuf>,
+    pub(super) ghost: Option<PathBuf>,
     /// mydumper and myloader, for `--import`.
     pub(super) dump_tools: Option<(PathBuf, PathBuf)>,
+    /// `--replica`: the second scratch server.
+    pub(super) replica: Option<Replica>,
 }
 
 /// Runs the benchmark `settings` describe and returns what it measured.
@@ -137,7 +188,8 @@ pub async fn run(
     on_event: &mut OnEvent<'_>,
 ) -> Result<BenchResults, BenchError> {
     if settings.load_rate == 0 {
-        settings.conditions.retain(|c| *c != Condition::Load);
+        // The blocker condition runs under the load too.
+        settings.conditions.retain(|c| !c.loaded());
     }
     if settings.conditions.is_empty()
         || settings.tables.is_empty()
@@ -146,6 +198,11 @@ pub async fn run(
     {
         return Err(BenchError::Usage(
             "nothing to run: give at least one table, method and condition, and --repeat 1 or more (--load-rate 0 leaves only idle)".into(),
+        ));
+    }
+    if settings.replica && matches!(settings.server, ServerChoice::External(_)) {
+        return Err(BenchError::Usage(
+            "--replica starts a second scratch server replicating from the benchmark's own scratch server; it cannot be used with --config (an operator's server): drop one of them".into(),
         ));
     }
     let mut runs = Runs::default();
@@ -160,6 +217,7 @@ pub async fn run(
         PRISTINE_SCHEMA,
         EXPECTED_SCHEMA,
         IMPORT_SCHEMA,
+        HEARTBEAT_SCHEMA,
     ] {
         let _ = conn
             .query_drop(format!("DROP DATABASE IF EXISTS {}", quote_ident(schema)))
@@ -167,6 +225,9 @@ pub async fn run(
     }
     drop(conn);
     bench.pool.clone().disconnect().await.ok();
+    if let Some(replica) = &bench.replica {
+        replica.pool.clone().disconnect().await.ok();
+    }
     Ok(BenchResults::new(
         version.unwrap_or_default(),
         &bench.summary_settings(),
@@ -174,9 +235,45 @@ pub async fn run(
     ))
 }
 
+/// gh-ost's binary: the one `--ghost-bin` names (it must exist), else the
+/// one found in PATH (`in_path`); `None` when there is none.
+pub fn locate_ghost(
+    explicit: Option<&Path>,
+    in_path: Option<PathBuf>,
+) -> Result<Option<PathBuf>, BenchError> {
+    match explicit {
+        Some(path) if path.is_file() => Ok(Some(path.to_path_buf())),
+        Some(path) => Err(BenchError::Usage(format!(
+            "--ghost-bin {}: no such file; give the path of a gh-ost binary (v1.1.5 runs on MariaDB 10.11), or leave --ghost-bin out to skip gh-ost when it is not in PATH",
+            path.display()
+        ))),
+        None => Ok(in_path),
+    }
+}
+
+/// Leaves out the methods `matches` picks, each reported skipped with `reason`.
+fn skip_methods(
+    settings: &mut BenchSettings,
+    matches: impl Fn(Method) -> bool,
+    reason: &str,
+    skipped: &mut Vec<Skipped>,
+    on_event: &mut OnEvent<'_>,
+) {
+    for &method in settings.methods.iter().filter(|m| matches(**m)) {
+        let skip = Skipped {
+            method,
+            reason: reason.to_string(),
+        };
+        on_event(BenchEvent::Skipped(&skip));
+        skipped.push(skip);
+    }
+    settings.methods.retain(|m| !matches(*m));
+}
+
 impl Bench {
-    /// Finds the tools, starts or connects to the server and makes the work
-    /// directory; returns a connection and the server's version.
+    /// Finds the tools, starts or connects to the server (and the replica)
+    /// and makes the work directory; returns a connection and the server's
+    /// version.
     async fn prepare(
         mut settings: BenchSettings,
         skipped: &mut Vec<Skipped>,
@@ -193,17 +290,31 @@ impl Bench {
             None
         };
         let ptosc = find_in_path("pt-online-schema-change");
-        if settings.methods.contains(&Method::PtOsc) && ptosc.is_none() {
-            let skip = Skipped {
-                method: Method::PtOsc,
-                reason:
-                    "pt-online-schema-change not found in PATH (Debian package percona-toolkit)"
-                        .into(),
-            };
-            on_event(BenchEvent::Skipped(&skip));
-            skipped.push(skip);
-            settings.methods.retain(|m| *m != Method::PtOsc);
+        if ptosc.is_none() {
+            skip_methods(
+                &mut settings,
+                |m| m == Method::PtOsc,
+                "pt-online-schema-change not found in PATH (Debian package percona-toolkit)",
+                skipped,
+                on_event,
+            );
         }
+        let ghost = locate_ghost(settings.ghost_bin.as_deref(), find_in_path("gh-ost"))?;
+        if ghost.is_none() {
+            skip_methods(
+                &mut settings,
+                Method::is_ghost,
+                GHOST_MISSING,
+                skipped,
+                on_event,
+            );
+        }
+        if settings.methods.is_empty() {
+            return Err(BenchError::Usage(
+                "nothing to run: every method given was skipped (see the notes above)".into(),
+            ));
+        }
+        let mut scratch_options = None;
         let server = match &settings.server {
             ServerChoice::External(config) => {
                 on_event(BenchEvent::OnServer(config.describe()));
@@ -218,6 +329,7 @@ impl Bench {
                     extra_args: vec!["--innodb-log-file-size=512M".into()],
                     ..ScratchOptions::default()
                 };
+                scratch_options = Some(options.clone());
                 let server = tokio::task::spawn_blocking(move || start_scratch(options))
                     .await
                     .step("scratch server thread")?
@@ -238,6 +350,17 @@ impl Bench {
         if server_pid.is_none() {
             on_event(BenchEvent::NoServerCpu);
         }
+        let replica = match (settings.replica, scratch_options, server.scratch_port()) {
+            (true, Some(options), Some(port)) => {
+                on_event(BenchEvent::StartingReplica);
+                let replica = Replica::start(options, &mut conn, port).await?;
+                on_event(BenchEvent::ReplicaStarted {
+                    port: replica.port(),
+                });
+                Some(replica)
+            }
+            _ => None,
+        };
         let work_dir = tempfile::Builder::new()
             .prefix("wraith-bench-")
             .tempdir()
@@ -249,7 +372,9 @@ impl Bench {
             work_dir,
             settings,
             ptosc,
+            ghost,
             dump_tools,
+            replica,
         };
         Ok((bench, conn, version))
     }
@@ -329,6 +454,10 @@ impl Bench {
             load_connections: self.settings.load_connections,
             baseline_secs: self.settings.baseline_secs,
             scratch_server: self.server.owned(),
+            replica: self.replica.is_some(),
+            max_lag_secs: self.settings.max_lag.as_secs_f64(),
+            blocker_secs: self.settings.blocker_secs,
+            aftermath_secs: self.settings.aftermath_secs,
         }
     }
 
@@ -359,28 +488,53 @@ impl Bench {
         run
     }
 
-    /// The same start for every timed run: `pristine` restored into
-    /// [`BENCH_SCHEMA`] (when given), the scratch server's earlier binlogs
-    /// dropped, dirty pages flushed.
+    /// The same start for every timed run: the replica caught up,
+    /// `pristine` restored into [`BENCH_SCHEMA`] (when given; on the replica
+    /// too), the scratch server's earlier binlogs dropped, dirty pages
+    /// flushed.
     pub(super) async fn fresh_start(
         &self,
         conn: &mut Conn,
         pristine: Option<&Pristine>,
     ) -> Result<(), BenchError> {
+        let mut replica_conn = None;
+        if let Some(replica) = &self.replica {
+            // The previous run's tail is applied before the table is replaced under it.
+            replica.catch_up(conn, REPLICA_TIMEOUT).await?;
+            replica_conn = Some(replica.conn().await?);
+        }
         if let Some(pristine) = pristine {
             pristine
                 .restore(conn, BENCH_SCHEMA)
                 .await
                 .step("restoring the table")?;
+            if let Some(rc) = replica_conn.as_mut() {
+                // Checked against the pristine fingerprint, as the primary's is:
+                // both servers start from equal tables.
+                pristine
+                    .restore(rc, BENCH_SCHEMA)
+                    .await
+                    .step("restoring the table on the replica")?;
+            }
         }
         if self.server.owned() {
-            // Earlier runs' binlogs are of no use; the scratch server is ours.
-            conn.query_drop("RESET MASTER").await.step("RESET MASTER")?;
+            match replica_conn.as_mut() {
+                // Earlier runs' binlogs are of no use; the scratch server is ours.
+                None => conn.query_drop("RESET MASTER").await.step("RESET MASTER")?,
+                Some(rc) => {
+                    replica::purge_binlogs(conn).await;
+                    replica::purge_binlogs(rc).await;
+                }
+            }
         }
         pristine::flush_dirty_pages(conn, Duration::from_secs(120)).await;
+        if let Some(rc) = replica_conn.as_mut() {
+            pristine::flush_dirty_pages(rc, Duration::from_secs(120)).await;
+        }
         Ok(())
     }
 
+    /// One measured run (see the module's page).
     async fn measure(
         &self,
         conn: &mut Conn,
@@ -388,33 +542,143 @@ impl Bench {
         run: &mut MethodRun,
     ) -> Result<(), BenchError> {
         self.fresh_start(conn, Some(pristine)).await?;
-        let load_config = self.load_config(pristine);
-        let load = match run.condition {
-            Condition::Idle => None,
-            Condition::Load => {
-                let load = WriteLoad::start(self.pool.clone(), load_config.clone());
-                let baseline = Duration::from_secs_f64(self.settings.baseline_secs.max(0.5));
-                tokio::time::sleep(baseline).await;
-                run.load_before = Some(load.end_window().await);
-                Some(load)
-            }
+        let name = format!(
+            "{}-{}-{}-{}",
+            pristine.kind,
+            run.method,
+            run.condition.name(),
+            run.round
+        );
+        // The heartbeat and the blocker's session come first: nothing may
+        // fail between the load's start and its stop.
+        let lag_watch = match &self.replica {
+            Some(replica) => Some(LagWatch::start(&self.pool, replica).await?),
+            None => None,
         };
+        let blocker = match run.condition {
+            Condition::Blocker => Some(
+                Blocker::connect(
+                    &self.pool,
+                    format!(
+                        "{}.{}",
+                        quote_ident(BENCH_SCHEMA),
+                        quote_ident(&pristine.table)
+                    ),
+                    Duration::from_secs_f64(self.settings.blocker_secs.max(0.0)),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        let load_config = self.load_config(pristine);
+        let load = if run.condition.loaded() {
+            let load = WriteLoad::start(self.pool.clone(), load_config.clone());
+            let baseline = Duration::from_secs_f64(self.settings.baseline_secs.max(0.5));
+            tokio::time::sleep(baseline).await;
+            run.load_before = Some(load.end_window().await);
+            Some(load)
+        } else {
+            None
+        };
+        let debt_before = debt::read(conn).await;
         let cpu_before = self.server_pid.and_then(process_cpu_secs);
         let started = Instant::now();
-        let outcome = self.execute(conn, pristine, run).await;
+        let mut handshake = None;
+        let blocker = blocker.map(|blocker| {
+            let opened = Arc::new(Notify::new());
+            let trigger = match run.method {
+                Method::NativeInplace | Method::NativeCopy => {
+                    Trigger::After(Duration::from_millis(500))
+                }
+                Method::WraithSql | Method::WraithLocal => {
+                    Trigger::WraithChecksum(self.socket_path(&name))
+                }
+                Method::PtOsc => Trigger::Output {
+                    files: self.output_files(&name),
+                    needle: "Copied rows OK.",
+                },
+                Method::Ghost { .. } => Trigger::Output {
+                    files: self.output_files(&name),
+                    needle: "Row copy complete",
+                },
+                Method::Floor => {
+                    let open = Arc::new(Notify::new());
+                    handshake = Some(BlockerHandshake {
+                        open: open.clone(),
+                        opened: opened.clone(),
+                    });
+                    Trigger::Notified(open)
+                }
+            };
+            blocker.arm(trigger, started, Some(opened))
+        });
+        let outcome = self
+            .execute(conn, pristine, run, &name, handshake.as_ref())
+            .await;
         run.wall_secs = started.elapsed().as_secs_f64();
+        let ended = Instant::now();
         let cpu_after = self.server_pid.and_then(process_cpu_secs);
         if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
             run.server_cpu_secs = Some(b - a);
         }
-        let log = match load {
-            Some(load) => {
-                run.load_during = Some(load.end_window().await);
-                Some(load.stop().await)
+        run.debt_after = Some(debt::read(conn).await);
+        if let Some(blocker) = &blocker {
+            blocker.method_ended();
+        }
+        let position_at_end = match &self.replica {
+            Some(_) => replica::primary_position(conn).await.ok(),
+            None => None,
+        };
+        if let Some(load) = &load {
+            run.load_during = Some(load.end_window().await);
+        }
+
+        // The aftermath: the load, the dirty pages and the replica, at once.
+        let aftermath = Duration::from_secs_f64(self.settings.aftermath_secs.max(0.0));
+        let replica_done = async {
+            let (Some(replica), Some(position), Some(watch)) =
+                (&self.replica, &position_at_end, lag_watch)
+            else {
+                return None;
+            };
+            let reached = replica.wait_for(position, REPLICA_TIMEOUT).await;
+            let complete_secs = started.elapsed().as_secs_f64();
+            let (lag_series_ms, max_lag_ms) = watch.stop(started).await;
+            Some(ReplicaRun {
+                lag_series_ms,
+                max_lag_ms,
+                complete_secs: reached.is_ok().then_some(complete_secs),
+                error: reached.err().map(|e| error_chain(&e)),
+                ..ReplicaRun::default()
+            })
+        };
+        let dirty_recovery = async {
+            if outcome.is_err() {
+                return None;
             }
+            let mut c = self.pool.get_conn().await.ok()?;
+            debt::dirty_recovery(&mut c, &debt_before, ended, aftermath).await
+        };
+        let load_after = async {
+            let load = load.as_ref().filter(|_| outcome.is_ok())?;
+            tokio::time::sleep_until((ended + aftermath).into()).await;
+            Some(load.end_window().await)
+        };
+        let (replica_run, dirty_recovery_secs, load_after) =
+            tokio::join!(replica_done, dirty_recovery, load_after);
+        run.debt_before = Some(debt_before);
+        run.dirty_recovery_secs = dirty_recovery_secs;
+        run.load_after = load_after;
+        run.replica = replica_run;
+        if let Some(blocker) = blocker {
+            run.blocker = Some(blocker.finish().await);
+        }
+        let log = match load {
+            Some(load) => Some(load.stop().await),
             None => None,
         };
         outcome?;
+
         run.rows_per_sec = pristine.rows as f64 / run.wall_secs;
         run.mb_per_sec = pristine.table_bytes as f64 / 1048576.0 / run.wall_secs;
         let expected = match &log {
@@ -430,7 +694,11 @@ impl Bench {
                     .restore(conn, EXPECTED_SCHEMA)
                     .await
                     .step("restoring the expected table")?;
-                log.replay(conn, &load_config, EXPECTED_SCHEMA).await?;
+                // The expected table is the benchmark's own business: never replicated.
+                let _ = conn.query_drop("SET SESSION sql_log_bin = 0").await;
+                let replayed = log.replay(conn, &load_config, EXPECTED_SCHEMA).await;
+                let _ = conn.query_drop("SET SESSION sql_log_bin = 1").await;
+                replayed?;
                 pristine::fingerprint(conn, EXPECTED_SCHEMA, &pristine.table).await?
             }
         };
@@ -448,232 +716,137 @@ impl Bench {
                 if comparison.definition_match { "equal" } else { "differs" }
             ));
         }
-        Ok(())
-    }
-
-    /// Runs the method itself: what is timed.
-    async fn execute(
-        &self,
-        conn: &mut Conn,
-        pristine: &Pristine,
-        run: &mut MethodRun,
-    ) -> Result<(), BenchError> {
-        let qt = format!(
-            "{}.{}",
-            quote_ident(BENCH_SCHEMA),
-            quote_ident(&pristine.table)
-        );
-        match run.method {
-            Method::NativeInplace => conn
-                .query_drop(format!(
-                    "ALTER TABLE {qt} FORCE, ALGORITHM=INPLACE, LOCK=NONE"
-                ))
-                .await
-                .step("ALTER TABLE ... ALGORITHM=INPLACE"),
-            Method::NativeCopy => conn
-                .query_drop(format!("ALTER TABLE {qt} FORCE, ALGORITHM=COPY"))
-                .await
-                .step("ALTER TABLE ... ALGORITHM=COPY"),
-            Method::WraithSql | Method::WraithLocal => self.run_wraith(pristine, run).await,
-            Method::PtOsc => self.run_ptosc(pristine, run).await,
-        }
-    }
-
-    async fn run_wraith(&self, pristine: &Pristine, run: &mut MethodRun) -> Result<(), BenchError> {
-        let backend = if run.method == Method::WraithLocal {
-            "local"
-        } else {
-            "sql"
-        };
-        let name = format!(
-            "{}-{}-{}-{}",
-            pristine.kind,
-            run.method.name(),
-            run.condition.name(),
-            run.round
-        );
-        let job = self.wraith_job(pristine, backend, &name, "")?;
-        let child = job.run().await?;
-        run.peak_rss_mib = child.peak_rss_mib;
-        let report = child.report()?;
-        run.cutover_blocked_ms = report["cutover_blocked_ms"].as_f64();
-        run.wraith_report = Some(report);
-        Ok(())
-    }
-
-    /// A `wraith run` of `pristine`'s table in [`BENCH_SCHEMA`] with `backend`;
-    /// `cutover_toml` goes under `[cutover]`.
-    fn wraith_job(
-        &self,
-        pristine: &Pristine,
-        backend: &str,
-        name: &str,
-        cutover_toml: &str,
-    ) -> Result<WraithJob, BenchError> {
-        let dir = self.work_dir.path();
-        // A sort directory of its own: a failed run's engines are never found by the next.
-        let sort_dir = dir.join(format!("sort-{name}"));
-        let socket = dir.join(format!("{name}.sock"));
-        let toml = format!(
-            "{source}\n[[table]]\nname = {table:?}\nalter = \"FORCE\"\n\n[copy]\nbackend = {backend:?}\n\n\
-             [local]\nsort_dir = {sort:?}\n\n[cutover]\ndrop_old_table = true\n{cutover_toml}\n\
-             [control]\nsocket = {socket:?}\n\n\
-             [checkpoint]\nstore = \"file\"\npath = {checkpoint:?}\n",
-            source = self.server.source_toml()?,
-            table = pristine.table,
-            sort = sort_dir.display().to_string(),
-            socket = socket.display().to_string(),
-            checkpoint = dir.join(format!("{name}.checkpoint")).display().to_string(),
-        );
-        let config_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_path, toml).step("writing the run's config")?;
-        let mut command = Command::new(&self.settings.wraith_exe);
-        command.arg("run").arg("--json").arg(&config_path);
-        Ok(WraithJob {
-            command,
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-            sort_dir,
-            socket,
-        })
-    }
-
-    /// The change apply rate: wraith-sql copies the table and holds its
-    /// cut-over (postpone flag); then one statement updates `apply_burst`
-    /// rows (`k = k + 1`) and, once that is applied, another undoes it. The
-    /// time counted runs from each statement's commit (when its changes reach
-    /// the binlog at once) until wraith has received them all and its backlog
-    /// is empty. The table must then equal the pristine copy.
-    async fn measure_apply(&self, conn: &mut Conn, pristine: &Pristine, round: u32) -> ApplyRun {
-        let mut run = ApplyRun {
-            table: pristine.kind,
-            round,
-            changes: 0,
-            apply_secs: 0.0,
-            changes_per_sec: 0.0,
-            correct: false,
-            error: None,
-        };
-        if let Err(e) = self.apply_bursts(conn, pristine, &mut run).await {
-            run.correct = false;
-            run.error = Some(error_chain(&e));
-        }
-        run
-    }
-
-    async fn apply_bursts(
-        &self,
-        conn: &mut Conn,
-        pristine: &Pristine,
-        run: &mut ApplyRun,
-    ) -> Result<(), BenchError> {
-        self.fresh_start(conn, Some(pristine)).await?;
-        let name = format!("{}-apply-{}", pristine.kind, run.round);
-        let flag = self.work_dir.path().join(format!("{name}.postpone"));
-        std::fs::write(&flag, b"").step("creating the postpone flag file")?;
-        let job = self.wraith_job(
-            pristine,
-            "sql",
-            &name,
-            &format!("postpone_flag_file = {:?}\n", flag.display().to_string()),
-        )?;
-        let socket = job.socket.clone();
-        let child = tokio::spawn(job.run());
-        let bursts = self.run_bursts(conn, pristine, &socket, run).await;
-        // The run ends whatever the bursts did: without the flag it cuts over.
-        let _ = std::fs::remove_file(&flag);
-        let child = child.await.step("waiting for wraith run")??;
-        bursts?;
-        child.report()?;
-        let result = pristine::fingerprint(conn, BENCH_SCHEMA, &pristine.table).await?;
-        let comparison = result.compare(&pristine.fingerprint);
-        run.correct = comparison.all_match();
-        if !run.correct {
-            run.error = Some(format!(
-                "result differs from the pristine table: {} rows (expected {}), checksum {:?} (expected {:?})",
-                result.rows, pristine.fingerprint.rows, result.checksum, pristine.fingerprint.checksum
-            ));
-        }
-        Ok(())
-    }
-
-    async fn run_bursts(
-        &self,
-        conn: &mut Conn,
-        pristine: &Pristine,
-        socket: &Path,
-        run: &mut ApplyRun,
-    ) -> Result<(), BenchError> {
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        // Wait until the copy, indexes and checksum are done and wraith only
-        // follows changes, held by the flag.
-        loop {
-            let status = crate::control::query_status(socket, Duration::from_secs(2)).await;
-            if status.as_ref().and_then(|s| s["state"].as_str()) == Some("WaitingOnSentinelTable") {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(BenchError::Failed(
-                    "wraith did not reach the postponed cut-over in 30 minutes".into(),
+        if let Some(replica_run) = run.replica.as_mut() {
+            self.verify_replica(conn, pristine, &result, replica_run)
+                .await;
+            if !replica_run.verified && run.correct {
+                run.correct = false;
+                run.error = Some(format!(
+                    "the replica's table differs from the primary's: {}",
+                    replica_run
+                        .error
+                        .as_deref()
+                        .unwrap_or("see replica.comparison")
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let qt = format!(
-            "{}.{}",
-            quote_ident(BENCH_SCHEMA),
-            quote_ident(&pristine.table)
-        );
-        let rows = self.settings.apply_burst.min(pristine.rows);
-        let row_number = pristine.kind.row_number_column();
-        for change in ["k + 1", "k - 1"] {
-            let received_before = stream_figure(socket, "changes_received").await?;
-            conn.query_drop(format!(
-                "UPDATE {qt} SET k = {change} WHERE {row_number} <= {rows}"
-            ))
-            .await
-            .step("the burst's UPDATE")?;
-            let committed = Instant::now();
-            let updated = conn.affected_rows();
-            loop {
-                let received = stream_figure(socket, "changes_received").await?;
-                let backlog = stream_figure(socket, "changes_backlog").await?;
-                if received >= received_before + updated && backlog == 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(BenchError::Failed(format!("wraith did not apply the burst's {updated} changes in time ({} received, {backlog} waiting)", received - received_before)));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            run.apply_secs += committed.elapsed().as_secs_f64();
-            run.changes += updated;
-        }
-        run.changes_per_sec = run.changes as f64 / run.apply_secs.max(1e-9);
         Ok(())
     }
 
-    async fn run_ptosc(&self, pristine: &Pristine, run: &mut MethodRun) -> Result<(), BenchError> {
-        let tool = self
-            .ptosc
-            .as_ref()
-            .ok_or_else(|| BenchError::Failed("pt-online-schema-change is not installed".into()))?;
-        let name = format!(
-            "{}-pt-osc-{}-{}",
-            pristine.kind,
-            run.condition.name(),
-            run.round
+    /// Once the replica has caught up with everything (the aftermath's load
+    /// included), compares its table with the primary's `result`.
+    async fn verify_replica(
+        &self,
+        conn: &mut Conn,
+        pristine: &Pristine,
+        result: &Fingerprint,
+        replica_run: &mut ReplicaRun,
+    ) {
+        let Some(replica) = &self.replica else {
+            return;
+        };
+        let compared = async {
+            replica.catch_up(conn, REPLICA_TIMEOUT).await?;
+            let mut rc = replica.conn().await?;
+            pristine::fingerprint(&mut rc, BENCH_SCHEMA, &pristine.table).await
+        }
+        .await;
+        match compared {
+            Ok(on_replica) => {
+                let comparison = on_replica.compare(result);
+                replica_run.verified = comparison.all_match();
+                replica_run.comparison = Some(comparison);
+                if !replica_run.verified {
+                    replica_run.error = Some(format!(
+                        "{} rows (primary {}), checksum {:?} (primary {:?}), definition {}",
+                        on_replica.rows,
+                        result.rows,
+                        on_replica.checksum,
+                        result.checksum,
+                        if comparison.definition_match {
+                            "equal"
+                        } else {
+                            "differs"
+                        }
+                    ));
+                }
+            }
+            Err(e) => {
+                replica_run.verified = false;
+                replica_run.error = Some(error_chain(&e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ghost_is_found_where_it_is_named_or_skipped() {
+        assert!(matches!(locate_ghost(None, None), Ok(None)));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let binary = dir.path().join("gh-ost");
+        std::fs::write(&binary, b"#!/bin/sh\n").expect("write");
+        assert_eq!(
+            locate_ghost(Some(&binary), None).ok().flatten(),
+            Some(binary.clone())
         );
-        let mut cmd = Command::new(tool);
-        cmd.arg("--alter")
-            .arg("ENGINE=InnoDB")
-            .arg(self.server.ptosc_dsn(&pristine.table)?)
-            .arg("--recursion-method=none")
-            .arg("--no-check-replication-filters")
-            .arg("--execute");
-        let child = run_child(cmd, self.work_dir.path(), &name).await?;
-        run.peak_rss_mib = child.peak_rss_mib;
-        child.succeeded("pt-online-schema-change")?;
-        Ok(())
+        assert_eq!(
+            locate_ghost(None, Some(binary.clone())).ok().flatten(),
+            Some(binary)
+        );
+        let missing = dir.path().join("nowhere/gh-ost");
+        assert!(matches!(
+            locate_ghost(Some(&missing), None),
+            Err(BenchError::Usage(m)) if m.contains("--ghost-bin")
+        ));
+    }
+
+    #[test]
+    fn missing_tools_skip_their_methods_with_the_reason() {
+        let mut settings = BenchSettings {
+            tables: vec![TableKind::Sysbench],
+            rows: None,
+            repeat: 1,
+            methods: vec![
+                Method::WraithSql,
+                Method::Ghost { chunk: 1000 },
+                Method::Ghost { chunk: 10000 },
+            ],
+            conditions: vec![Condition::Idle],
+            load_rate: 0,
+            load_connections: 1,
+            baseline_secs: 1.0,
+            server: ServerChoice::Scratch {
+                buffer_pool: "128M".into(),
+            },
+            apply_burst: 0,
+            import: false,
+            wraith_exe: PathBuf::from("wraith"),
+            ghost_bin: None,
+            replica: false,
+            max_lag: Duration::from_secs(1),
+            blocker_secs: 10.0,
+            aftermath_secs: 60.0,
+        };
+        let mut skipped = Vec::new();
+        let mut lines = Vec::new();
+        let mut on_event = |e: BenchEvent<'_>| {
+            if let BenchEvent::Skipped(s) = e {
+                lines.push(s.method.name());
+            }
+        };
+        skip_methods(
+            &mut settings,
+            Method::is_ghost,
+            GHOST_MISSING,
+            &mut skipped,
+            &mut on_event,
+        );
+        assert_eq!(settings.methods, vec![Method::WraithSql]);
+        assert_eq!(lines, vec!["ghost-1000", "ghost-10000"]);
+        assert!(skipped.iter().all(|s| s.reason.contains("--ghost-bin")));
     }
 }

@@ -14,11 +14,13 @@
 //! from when it could start: a writer stuck behind a locked table keeps its
 //! schedule, and every transaction it is late for counts the wait (open loop,
 //! no coordinated omission). Histograms are read in windows
-//! ([`WriteLoad::end_window`]): one before a method (its baseline) and one
-//! while it runs. A transaction belongs to the window it was due in, and a
-//! window is closed only once every transaction due in it has finished, so a
-//! writer blocked until the method's end counts its whole wait in the method's
-//! window.
+//! ([`WriteLoad::end_window`]): one before a method (its baseline), one
+//! while it runs and one after it (the aftermath). A transaction belongs to
+//! the window it was due in, and a window is closed only once every
+//! transaction due in it has finished, so a writer blocked until the method's
+//! end counts its whole wait in the method's window. Each window also keeps
+//! its p95 per second (by when transactions were due), which shows how long
+//! a method's effect on the writers lasts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,7 +60,12 @@ pub struct LoadWindow {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    /// The worst latency in the window.
     pub max_ms: f64,
+    /// The p95 of the transactions due in each second of the window (0 for
+    /// a second without a committed one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_second_p95_ms: Vec<f64>,
 }
 
 impl LoadWindow {
@@ -72,6 +79,8 @@ struct WindowState {
     latencies_us: Histogram<u64>,
     transactions: u64,
     errors: BTreeMap<u16, u64>,
+    /// Latencies (µs) by the second of the window they were due in.
+    per_second_us: Vec<Vec<u64>>,
 }
 
 impl WindowState {
@@ -83,7 +92,18 @@ impl WindowState {
                 .expect("constant histogram bounds are valid"),
             transactions: 0,
             errors: BTreeMap::new(),
+            per_second_us: Vec::new(),
         }
+    }
+
+    fn record(&mut self, due: Instant, latency_us: u64) {
+        self.transactions += 1;
+        self.latencies_us.saturating_record(latency_us.max(1));
+        let second = due.saturating_duration_since(self.started).as_secs() as usize;
+        if self.per_second_us.len() <= second {
+            self.per_second_us.resize_with(second + 1, Vec::new);
+        }
+        self.per_second_us[second].push(latency_us);
     }
 
     fn into_window(self, ended: Instant) -> LoadWindow {
@@ -108,6 +128,18 @@ impl WindowState {
             p95_ms: ms(0.95),
             p99_ms: ms(0.99),
             max_ms: self.latencies_us.max() as f64 / 1000.0,
+            per_second_p95_ms: self
+                .per_second_us
+                .into_iter()
+                .map(|mut second| {
+                    if second.is_empty() {
+                        return 0.0;
+                    }
+                    second.sort_unstable();
+                    let at = ((second.len() as f64 * 0.95).ceil() as usize).clamp(1, second.len());
+                    second[at - 1] as f64 / 1000.0
+                })
+                .collect(),
         }
     }
 }
@@ -256,6 +288,14 @@ impl WriteLoad {
     }
 }
 
+impl Drop for WriteLoad {
+    /// A load dropped without [`WriteLoad::stop`] (a run that failed) stops
+    /// its writers all the same.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl LoadLog {
     pub fn transactions(&self) -> usize {
         self.committed.iter().map(Vec::len).sum()
@@ -347,8 +387,7 @@ impl Writer {
             due += interval;
             match outcome {
                 Outcome::Committed => {
-                    w.transactions += 1;
-                    w.latencies_us.saturating_record(latency_us.max(1));
+                    w.record(due, latency_us);
                     log.committed.push(statements);
                 }
                 Outcome::Failed(code) => *w.errors.entry(code).or_default() += 1,
@@ -467,13 +506,17 @@ mod tests {
         let start = Instant::now();
         let mut w = WindowState::new(start);
         for us in 1..=1000u64 {
-            w.latencies_us.saturating_record(us * 1000);
-            w.transactions += 1;
+            // Due in the window's second us / 100.
+            let due = start + Duration::from_millis(us * 10);
+            w.record(due, us * 1000);
         }
         let window = w.into_window(start + Duration::from_secs(10));
         assert!((window.transactions_per_sec - 100.0).abs() < 0.01);
         assert_eq!(window.transactions, 1000);
         assert!((window.p95_ms - 950.0).abs() < 5.0, "{}", window.p95_ms);
         assert!((window.max_ms - 1000.0).abs() < 5.0);
+        assert_eq!(window.per_second_p95_ms.len(), 11);
+        // Second 0 holds 1..=99 ms.
+        assert!((window.per_second_p95_ms[0] - 95.0).abs() < 1.0);
     }
 }

@@ -1,30 +1,48 @@
 //! # The benchmark (`wraith bench`)
 //!
 //! What this module is for: everything `wraith bench` does short of drawing
-//! it: the generated tables, the pristine copies, the write load, running
-//! each method and checking its result, and the results the report is drawn
-//! from. The CLI parses the arguments into [`BenchSettings`], calls
-//! [`harness::run`], prints the [`BenchEvent`]s as they come and renders the
-//! [`BenchResults`] (markdown, JSON, SVG).
+//! it: the generated tables, the pristine copies, the write load, the
+//! replica, the blocker, running each method and checking its result, and
+//! the results the report is drawn from. The CLI parses the arguments into
+//! [`BenchSettings`], calls [`harness::run`], prints the [`BenchEvent`]s as
+//! they come and renders the [`BenchResults`] (markdown, JSON, SVG).
+//!
+//! The comparison it makes is the one users make when they choose a tool:
+//! wraith's backends against native `ALTER TABLE` (INPLACE, COPY), the
+//! server's own floor for the same work, pt-online-schema-change and gh-ost
+//! (each per chunk size), under three conditions (idle; a write load; the
+//! load and a long transaction at the final lock), and with `--replica` on
+//! a real replica (its lag, and when the change is complete there), with the
+//! writers' latency before, during and after each method and the write debt
+//! it left on the server.
 //!
 //! - [`tables`]: the generated tables (`sysbench`, `wide`, `uuid`).
 //! - [`pristine`]: one pristine copy per table, restored before every method
 //!   (a transportable tablespace when the server's datadir is on this machine,
-//!   `INSERT … SELECT` otherwise), and the fingerprint (row count, `CHECKSUM
-//!   TABLE`, definition) every result is checked against, so a benchmark never
-//!   reports a fast wrong result.
+//!   `INSERT … SELECT` otherwise; on the replica too, binlog off), and the
+//!   fingerprint (row count, `CHECKSUM TABLE`, definition) every result is
+//!   checked against, so a benchmark never reports a fast wrong result.
 //! - [`load`]: a sysbench `oltp_write_only`-like write load (update an indexed
 //!   column, update a plain column, delete and re-insert a row) at a fixed
-//!   rate, with latency histograms read in windows (before and during each
-//!   method), and a log of its committed transactions that is replayed onto
-//!   the pristine copy to know what the table must hold afterwards.
+//!   rate, with latency histograms read in windows (before, during and after
+//!   each method, with a p95 per second), and a log of its committed
+//!   transactions that is replayed onto the pristine copy to know what the
+//!   table must hold afterwards.
 //! - [`harness`]: the order of the runs (per table, round, condition and
-//!   method: A B C A B C …), one method's measured run, and the change-apply
-//!   measurement; `import` (private): `--import`'s dump and loads.
+//!   method: A B C A B C …) and one measured run, step by step (its page);
+//!   `methods` (private): each method's rebuild and the tools' command
+//!   lines; `apply` (private): the change-apply measurement; `import`
+//!   (private): `--import`'s dump and loads.
+//! - `replica` (private): the second scratch server, replication by GTID,
+//!   catching up, and the heartbeat and lag sampling while a method runs.
+//! - `blocker` (private): the session that opens a transaction reading the
+//!   table shortly before a method's final lock, and when that moment is.
+//! - `debt` (private): InnoDB's dirty pages, checkpoint age and purge backlog
+//!   before and after a method, and how long the dirty pages take to return.
 //! - [`results`]: what was measured, and the summary per method.
 //! - `server` and `child` (private): where the benchmark runs and how the
-//!   child tools (`wraith run`, pt-online-schema-change, mydumper, myloader)
-//!   are started and measured (`wait4` for their peak RSS).
+//!   child tools (`wraith run`, pt-online-schema-change, gh-ost, mydumper,
+//!   myloader) are started and measured (`wait4` for their peak RSS).
 //! - [`process_cpu_secs`]: a process's CPU time (the server's, per method).
 //!
 //! What it leaves to others: the rebuild and the import themselves (a child
@@ -32,22 +50,30 @@
 //! each is timed as an operator runs it), the terminal and the files (the CLI).
 //!
 //! Fairness rules the pieces keep: every method starts from the same restored,
-//! warmed table with no dirty pages in the buffer pool; the load starts fresh
-//! for each method and its baseline window is measured right before the method
-//! starts; latency is counted from when a transaction was *due* (open loop),
-//! so a method that blocks writers shows the full wait, not just the stalled
-//! statement (no coordinated omission).
+//! warmed table with no dirty pages in the buffer pool and, with a replica,
+//! a replica that has caught up and holds the same table; the load starts
+//! fresh for each method and its baseline window is measured right before the
+//! method starts; latency is counted from when a transaction was *due* (open
+//! loop), so a method that blocks writers shows the full wait, not just the
+//! stalled statement (no coordinated omission); ratios compare runs of the
+//! same round and condition.
 //!
 //! Errors: [`BenchError`]. A failed or wrong *run* is not an error: it is a
 //! result marked incorrect, with its error chain as text, and the benchmark
 //! goes on; only what stops the whole benchmark (no server, unusable
-//! settings, a table that cannot be generated) is returned as an error.
+//! settings, a table that cannot be generated, a replica that does not
+//! start) is returned as an error.
 
+mod apply;
+mod blocker;
 mod child;
+mod debt;
 pub mod harness;
 mod import;
 pub mod load;
+mod methods;
 pub mod pristine;
+mod replica;
 pub mod results;
 mod server;
 pub mod tables;

@@ -12,7 +12,11 @@
 //!   empty table with `unique_checks=0` (MariaDB's bulk-insert path).
 //!
 //! Either way the restored table is read once through every index (warm, like
-//! a table in use) and its checksum compared with the pristine one.
+//! a table in use) and its checksum compared with the pristine one. A restore
+//! never reaches the binlog (`sql_log_bin = 0`): with `--replica` the same
+//! restore is done on the replica (its datadir is on this machine too; the
+//! pristine table reached it by replication when it was generated), so both
+//! servers start each method from the same table without replicating it.
 //!
 //! A [`Fingerprint`] is what "the same content" means here: the row count,
 //! `CHECKSUM TABLE`, and the definition's lines (in any order, without
@@ -67,9 +71,9 @@ impl Fingerprint {
 /// How restores are done.
 #[derive(Debug, Clone)]
 enum RestoreMethod {
+    /// The restoring server's datadir is asked for at each restore, so the
+    /// same files restore on a replica.
     Tablespace {
-        /// The server's datadir (schema directories inside).
-        datadir: PathBuf,
         /// Where the exported `.ibd` and `.cfg` are kept.
         saved: PathBuf,
     },
@@ -119,7 +123,6 @@ impl Pristine {
             Some((datadir, _)) => {
                 export_tablespace(conn, pristine_schema, &table, &datadir, files_dir).await?;
                 RestoreMethod::Tablespace {
-                    datadir,
                     saved: files_dir.to_path_buf(),
                 }
             }
@@ -146,7 +149,8 @@ impl Pristine {
     }
 
     /// Replaces every table in `schema` with a restored copy of the pristine
-    /// table (same name), warms it and checks it.
+    /// table (same name), warms it and checks it; `conn`'s server may be the
+    /// one the table was generated on or its replica.
     pub async fn restore(&self, conn: &mut Conn, schema: &str) -> Result<(), BenchError> {
         let qs = quote_ident(schema);
         let qt = format!("{qs}.{}", quote_ident(&self.table));
@@ -156,7 +160,13 @@ impl Pristine {
             quote_ident(&self.table)
         );
         // The restore is not part of any benchmark and must not reach the binlog
-        // (the change streams would read it); not every user may turn it off.
+        // (the change streams and a replica would read it); not every user may
+        // turn it off. The session's own setting is put back afterwards.
+        let log_bin: Option<i64> = conn
+            .query_first("SELECT @@session.sql_log_bin")
+            .await
+            .ok()
+            .flatten();
         let _ = conn.query_drop("SET SESSION sql_log_bin = 0").await;
         conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {qs}"))
             .await
@@ -177,7 +187,12 @@ impl Pristine {
             .await
             .context(|| format!("creating {schema}.{}", self.table))?;
         match &self.method {
-            RestoreMethod::Tablespace { datadir, saved } => {
+            RestoreMethod::Tablespace { saved } => {
+                let datadir: Option<String> = conn
+                    .query_first("SELECT @@datadir")
+                    .await
+                    .context(|| "SELECT @@datadir".into())?;
+                let datadir = PathBuf::from(datadir.unwrap_or_default());
                 conn.query_drop(format!("ALTER TABLE {qt} DISCARD TABLESPACE"))
                     .await
                     .context(|| format!("discarding the tablespace of {schema}.{}", self.table))?;
@@ -205,7 +220,12 @@ impl Pristine {
                 .context(|| format!("copying the pristine rows into {schema}.{}", self.table))?;
             }
         }
-        let _ = conn.query_drop("SET SESSION sql_log_bin = 1").await;
+        let _ = conn
+            .query_drop(format!(
+                "SET SESSION sql_log_bin = {}",
+                log_bin.unwrap_or(1)
+            ))
+            .await;
         self.warm(conn, schema).await?;
         let restored = fingerprint(conn, schema, &self.table).await?;
         if !restored.compare(&self.fingerprint).all_match() {

@@ -1,6 +1,7 @@
 //! The server a benchmark runs on: a scratch server of its own, or the
 //! `[source]` of an operator's job config; and how each child tool connects
-//! to it (a job config section, mydumper/myloader options, a pt-osc DSN).
+//! to it (a job config section, mydumper/myloader options, a pt-osc DSN,
+//! gh-ost's host and port).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,17 @@ use super::harness::BENCH_SCHEMA;
 use super::BenchError;
 use crate::config::ConnectionConfig;
 use crate::testkit::scratch::{ScratchError, ScratchOptions, ScratchServer};
+
+/// Where a tool that takes host, port, user and password connects (gh-ost,
+/// which has no socket option: a server reached by socket is asked on its
+/// host and port).
+#[derive(Debug, Clone)]
+pub(super) struct ToolConnection {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) user: String,
+    pub(super) password: Option<String>,
+}
 
 /// Where the benchmark runs.
 pub(super) enum BenchServer {
@@ -102,6 +114,32 @@ impl BenchServer {
         }
         toml += &format!("database = {database:?}\n");
         Ok(toml)
+    }
+
+    /// How gh-ost connects.
+    pub(super) fn tool_connection(&self) -> Result<ToolConnection, BenchError> {
+        Ok(match self {
+            BenchServer::Scratch(s) => ToolConnection {
+                host: "127.0.0.1".into(),
+                port: s.port(),
+                user: "root".into(),
+                password: None,
+            },
+            BenchServer::External(c) => ToolConnection {
+                host: c.host.clone(),
+                port: c.port,
+                user: c.user.clone(),
+                password: Self::password(c)?,
+            },
+        })
+    }
+
+    /// The scratch server's port (`None` on an operator's server).
+    pub(super) fn scratch_port(&self) -> Option<u16> {
+        match self {
+            BenchServer::Scratch(s) => Some(s.port()),
+            BenchServer::External(_) => None,
+        }
     }
 
     /// The DSN pt-online-schema-change connects with.
