@@ -37,14 +37,16 @@ pub struct BenchArgs {
     /// Rounds; each round runs every method once per condition, interleaved.
     #[arg(long, default_value_t = 3)]
     repeat: u32,
-    /// Methods (comma-separated): wraith-sql, wraith-local, native-inplace,
+    /// Methods (comma-separated): wraith-sql, wraith-local, wraith-paced
+    /// (wraith-sql with --paced-checkpoint-age), wraith-deferred (wraith-sql
+    /// building the indexes after the copy even with --replica), native-inplace,
     /// native-copy, pt-osc, ghost (one run per --ghost-chunk; ghost-N for
     /// one chunk size), floor (one INSERT … SELECT plus the index build). A
     /// peer that is not installed is reported as skipped.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "wraith-sql,wraith-local,native-inplace,native-copy,pt-osc,ghost,floor"
+        default_value = "wraith-sql,wraith-local,wraith-paced,native-inplace,native-copy,pt-osc,ghost,floor"
     )]
     methods: Vec<String>,
     /// The gh-ost binary [default: gh-ost in PATH; without one, gh-ost is skipped].
@@ -82,6 +84,10 @@ pub struct BenchArgs {
     /// With --replica: the lag (seconds) wraith, pt-osc and gh-ost throttle at.
     #[arg(long, default_value_t = 1.0)]
     max_lag: f64,
+    /// wraith-paced's `[throttle] max_checkpoint_age_pct`: the share of the
+    /// redo log not yet checkpointed above which its copy waits.
+    #[arg(long, default_value_t = 50)]
+    paced_checkpoint_age: u64,
     /// Write the runs and the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -171,6 +177,12 @@ fn settings(args: BenchArgs) -> Result<BenchSettings, Failure> {
             args.max_lag
         )));
     }
+    if !(1..=99).contains(&args.paced_checkpoint_age) {
+        return Err(Failure::Config(format!(
+            "--paced-checkpoint-age {} is out of range; give a share of the redo log from 1 to 99, e.g. 50",
+            args.paced_checkpoint_age
+        )));
+    }
     if args.replica && args.config.is_some() {
         return Err(Failure::Config(
             "--replica starts a second scratch server replicating from the benchmark's own scratch \
@@ -203,6 +215,7 @@ fn settings(args: BenchArgs) -> Result<BenchSettings, Failure> {
         ghost_bin: args.ghost_bin,
         replica: args.replica,
         max_lag: Duration::from_secs_f64(args.max_lag),
+        paced_checkpoint_age_pct: args.paced_checkpoint_age,
         blocker_secs: args.blocker_secs,
         aftermath_secs: args.aftermath_secs,
     })

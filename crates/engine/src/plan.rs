@@ -133,6 +133,12 @@ pub struct TablePlan {
     pub columns: Vec<ColumnChange>,
     /// Secondary indexes of the new table built after the copy.
     pub deferred_indexes: Vec<IndexInfo>,
+    /// Every secondary index that could be deferred (non-unique, with a
+    /// definition), deferred or not: the index build adds whichever of them
+    /// the shadow lacks. A run resumed under the other choice (a replica
+    /// added to the config, `defer_secondary_indexes` changed) finds a
+    /// shadow made under the first, and its indexes must not go missing.
+    pub deferrable_indexes: Vec<IndexInfo>,
     pub backend: BackendKind,
     pub backend_reason: String,
     pub estimated_rows: u64,
@@ -184,12 +190,14 @@ pub fn plan_table(
     add_new_columns(new, &mut columns)?;
     let (chunk, new_key_index) = keys(old, new, &columns)?;
 
+    let deferrable_indexes: Vec<IndexInfo> = new
+        .indexes
+        .iter()
+        .filter(|i| !i.primary && !i.unique && !i.definition.is_empty())
+        .cloned()
+        .collect();
     let deferred_indexes = if defer_secondary_indexes {
-        new.indexes
-            .iter()
-            .filter(|i| !i.primary && !i.unique && !i.definition.is_empty())
-            .cloned()
-            .collect()
+        deferrable_indexes.clone()
     } else {
         Vec::new()
     };
@@ -212,6 +220,7 @@ pub fn plan_table(
         new_key: new_key_index.columns.clone(),
         columns,
         deferred_indexes,
+        deferrable_indexes,
         backend,
         backend_reason,
         estimated_rows: old.estimated_rows,

@@ -166,7 +166,7 @@ pub async fn restore_indexes(
     table: &str,
     plan: &TablePlan,
 ) -> Result<(), DbError> {
-    if plan.deferred_indexes.is_empty() {
+    if plan.deferrable_indexes.is_empty() {
         return Ok(());
     }
     let shadow = shadow_name(table);
@@ -174,7 +174,7 @@ pub async fn restore_indexes(
     // checkpoint after it may not have been written).
     let existing = inspect_table(conn, target_schema, &shadow).await?;
     let adds: Vec<String> = plan
-        .deferred_indexes
+        .deferrable_indexes
         .iter()
         .filter(|i| !existing.indexes.iter().any(|e| e.name == i.name))
         .map(|i| format!("ADD {}", i.definition))

@@ -24,7 +24,12 @@
 //!   the older it grows, so a pause on it ends once the server's other
 //!   writers leave it room. Off by default because a server whose own
 //!   writers keep the age above the limit would hold the copy as long as
-//!   they do (a busy server measured 86% for minutes). A copy that writes faster than InnoDB flushes leaves the
+//!   they do (a busy server measured 86% for minutes), and a quiet MariaDB
+//!   flushes in proportion to the redo written, so its age can stay put:
+//!   a pause lasts only while the debt keeps reaching new lows, and after
+//!   10 s without one the copy goes on until the figure is under its limit
+//!   again ([`DebtHold`]; the purge backlog, which waits on the oldest
+//!   transaction rather than on flushing, holds until it falls). A copy that writes faster than InnoDB flushes leaves the
 //!   difference behind as dirty pages and uncheckpointed redo; the server pays
 //!   it later, with every writer of the application waiting on its flushes
 //!   (the "aftermath" of a fast copy). Pausing while the debt is high keeps
@@ -188,27 +193,45 @@ impl Throttler {
             let mut next_check = Instant::now();
             let mut next_beat = Instant::now();
             let mut heartbeat_ready = false;
+            let mut load_verdict = None;
+            let mut lag_verdict = None;
+            let mut debt_hold = DebtHold::default();
             loop {
                 let settings = throttler.settings();
                 let watching = !settings.replicas.is_empty();
+                let mut changed = false;
+                // The lag is read at every beat, not every `interval`: a
+                // chunk applied on a replica grows its lag by its whole
+                // length, and a check a second late lets the lag overshoot
+                // `max_lag` by that second.
                 if watching && Instant::now() >= next_beat {
                     if let Err(e) = heartbeat(&pool, &database, &mut heartbeat_ready).await {
                         tracing::warn!(error = %e, "throttler: cannot write the heartbeat");
                     }
+                    lag_verdict = replica_lag(&settings, &database, &mut replicas).await;
                     next_beat = Instant::now() + settings.heartbeat_interval.0;
+                    changed = true;
+                } else if !watching {
+                    lag_verdict = None;
                 }
                 if Instant::now() >= next_check {
-                    let load = throttler.check_load(&pool, &settings, &on_critical).await;
-                    let verdict = match load {
+                    let load = throttler
+                        .check_load(&pool, &settings, &on_critical, &load_verdict)
+                        .await;
+                    load_verdict = match load {
                         Some(reason) => Some(reason),
-                        None => match write_debt_reason(&target, &settings).await {
-                            Some(reason) => Some(reason),
-                            None => replica_lag(&settings, &database, &mut replicas).await,
-                        },
+                        None => {
+                            let excess = write_debt_excess(&target, &settings).await;
+                            debt_hold.judge(excess, Instant::now())
+                        }
                     };
-                    *plain(&throttler.inner.load_reason) = verdict;
-                    throttler.refresh();
                     next_check = Instant::now() + settings.interval.0;
+                    changed = true;
+                }
+                if changed {
+                    *plain(&throttler.inner.load_reason) =
+                        load_verdict.clone().or_else(|| lag_verdict.clone());
+                    throttler.refresh();
                 }
                 let wake = if watching {
                     next_check.min(next_beat)
@@ -226,6 +249,7 @@ impl Throttler {
         pool: &Pool,
         settings: &ThrottleConfig,
         on_critical: &(impl Fn(String) + Send + Sync),
+        last: &Option<String>,
     ) -> Option<String> {
         let limits = settings.load_limits();
         if limits.is_empty() && settings.critical_load.is_empty() {
@@ -254,7 +278,7 @@ impl Throttler {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "throttler: cannot read the server's status; keeping the last verdict");
-                plain(&self.inner.load_reason).clone()
+                last.clone()
             }
         }
     }
@@ -442,35 +466,137 @@ impl WriteDebt {
 
     /// The first of `settings`' write-debt limits this is over, as a reason.
     pub fn over(&self, settings: &ThrottleConfig) -> Option<String> {
+        self.excess(settings).map(|e| e.reason)
+    }
+
+    fn excess(&self, settings: &ThrottleConfig) -> Option<DebtExcess> {
         let limit = settings.max_checkpoint_age_pct;
         if let Some(pct) = self.checkpoint_age_pct() {
             if limit > 0 && pct > limit as f64 {
-                return Some(format!(
-                    "write debt: checkpoint age {pct:.0}% of the redo log > {limit}%"
-                ));
+                return Some(DebtExcess {
+                    metric: "checkpoint age",
+                    value: pct,
+                    flushed: true,
+                    reason: format!(
+                        "write debt: checkpoint age {pct:.0}% of the redo log > {limit}%"
+                    ),
+                });
             }
         }
         let limit = settings.max_dirty_pages_pct;
         if let Some(pct) = self.dirty_pages_pct() {
             if limit > 0 && pct > limit as f64 {
-                return Some(format!(
-                    "write debt: {pct:.0}% of the buffer pool dirty > {limit}%"
-                ));
+                return Some(DebtExcess {
+                    metric: "dirty pages",
+                    value: pct,
+                    flushed: true,
+                    reason: format!("write debt: {pct:.0}% of the buffer pool dirty > {limit}%"),
+                });
             }
         }
         let limit = settings.max_purge_backlog;
         match self.history_list_length {
-            Some(n) if limit > 0 && n > limit => Some(format!(
-                "write debt: purge backlog {n} (Innodb_history_list_length) > {limit}"
-            )),
+            Some(n) if limit > 0 && n > limit => Some(DebtExcess {
+                metric: "purge backlog",
+                value: n as f64,
+                flushed: false,
+                reason: format!(
+                    "write debt: purge backlog {n} (Innodb_history_list_length) > {limit}"
+                ),
+            }),
             _ => None,
         }
     }
 }
 
-/// The write-debt verdict; a server that cannot be read is logged and not
-/// throttled on (the other sources still stand).
-async fn write_debt_reason(target: &Pool, settings: &ThrottleConfig) -> Option<String> {
+/// A write-debt limit passed: which figure, its value, the reason to show.
+#[derive(Debug, Clone)]
+struct DebtExcess {
+    metric: &'static str,
+    value: f64,
+    reason: String,
+    /// Paid down by flushing (checkpoint age, dirty pages), so subject to
+    /// [`DebtHold`]'s stall rule; the purge backlog is not.
+    flushed: bool,
+}
+
+/// How long a write-debt pause lasts without the debt reaching a new low
+/// before the copy goes on.
+const DEBT_STALL: Duration = Duration::from_secs(10);
+
+/// Holds the copy on write debt only while waiting helps. A server pays its
+/// debt down only while it flushes and purges, and MariaDB's page cleaner
+/// flushes in proportion to the redo being written: on a quiet server the
+/// checkpoint age can stay above the limit for ever, and a pause on it would
+/// never end. So a pause lasts while the debt keeps reaching new lows; once
+/// it has not for [`DEBT_STALL`], the copy goes on (logged) until the figure
+/// has been under its limit again.
+#[derive(Debug, Default)]
+enum DebtHold {
+    #[default]
+    Clear,
+    Holding {
+        metric: &'static str,
+        lowest: f64,
+        lowered_at: Instant,
+    },
+    Released {
+        metric: &'static str,
+    },
+}
+
+impl DebtHold {
+    /// The reason to hold the copy now, given the latest excess (if any).
+    fn judge(&mut self, excess: Option<DebtExcess>, now: Instant) -> Option<String> {
+        let Some(excess) = excess else {
+            *self = DebtHold::Clear;
+            return None;
+        };
+        if !excess.flushed {
+            // Purge waits for the oldest transaction, not for a flush: the
+            // pause lasts until that transaction ends (as documented).
+            *self = DebtHold::Clear;
+            return Some(excess.reason);
+        }
+        match self {
+            DebtHold::Holding {
+                metric,
+                lowest,
+                lowered_at,
+            } if *metric == excess.metric => {
+                if excess.value < *lowest {
+                    *lowest = excess.value;
+                    *lowered_at = now;
+                } else if now.duration_since(*lowered_at) >= DEBT_STALL {
+                    tracing::warn!(
+                        reason = %excess.reason,
+                        stalled = ?DEBT_STALL,
+                        "write debt is not falling: the server is not paying it down, \
+                         so waiting does not help; the copy goes on until it is under the limit again"
+                    );
+                    *self = DebtHold::Released {
+                        metric: excess.metric,
+                    };
+                    return None;
+                }
+                Some(excess.reason)
+            }
+            DebtHold::Released { metric } if *metric == excess.metric => None,
+            _ => {
+                *self = DebtHold::Holding {
+                    metric: excess.metric,
+                    lowest: excess.value,
+                    lowered_at: now,
+                };
+                Some(excess.reason)
+            }
+        }
+    }
+}
+
+/// The write-debt limit passed, if any; a server that cannot be read is
+/// logged and not throttled on (the other sources still stand).
+async fn write_debt_excess(target: &Pool, settings: &ThrottleConfig) -> Option<DebtExcess> {
     if settings.max_checkpoint_age_pct == 0
         && settings.max_dirty_pages_pct == 0
         && settings.max_purge_backlog == 0
@@ -478,7 +604,7 @@ async fn write_debt_reason(target: &Pool, settings: &ThrottleConfig) -> Option<S
         return None;
     }
     match WriteDebt::read(target).await {
-        Ok(debt) => debt.over(settings),
+        Ok(debt) => debt.excess(settings),
         Err(e) => {
             tracing::warn!(error = %e, "throttler: cannot read the server's write debt");
             None
@@ -589,6 +715,49 @@ mod tests {
             WriteDebt::from_status(&BTreeMap::new()).over(&settings),
             None
         );
+    }
+
+    #[test]
+    fn a_debt_pause_lasts_while_the_debt_falls() {
+        let excess = |value: f64| {
+            Some(DebtExcess {
+                metric: "checkpoint age",
+                value,
+                flushed: true,
+                reason: format!("write debt: checkpoint age {value}%"),
+            })
+        };
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut hold = DebtHold::default();
+        assert!(hold.judge(excess(80.0), at(0)).is_some());
+        // Falling: held, however long it takes.
+        for (i, v) in [78.0, 75.0, 70.0].into_iter().enumerate() {
+            assert!(hold.judge(excess(v), at(8 * (i as u64 + 1))).is_some());
+        }
+        // Stuck at its low for less than the stall: still held.
+        assert!(hold.judge(excess(71.0), at(30)).is_some());
+        // For the stall: let go, and it stays let go while over the limit.
+        assert_eq!(hold.judge(excess(70.5), at(34)), None);
+        assert_eq!(hold.judge(excess(90.0), at(35)), None);
+        // Under the limit once: the next excess holds again.
+        assert_eq!(hold.judge(None, at(40)), None);
+        assert!(hold.judge(excess(60.0), at(41)).is_some());
+        // The purge backlog holds while a transaction keeps purge waiting,
+        // however long, falling or not.
+        hold = DebtHold::Released {
+            metric: "checkpoint age",
+        };
+        let purge = || {
+            Some(DebtExcess {
+                metric: "purge backlog",
+                value: 2e6,
+                flushed: false,
+                reason: "write debt: purge backlog".into(),
+            })
+        };
+        assert!(hold.judge(purge(), at(50)).is_some());
+        assert!(hold.judge(purge(), at(500)).is_some());
     }
 
     #[test]

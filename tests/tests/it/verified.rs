@@ -288,6 +288,83 @@ async fn secondary_indexes(s: &Schema, table: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
+/// A run killed in its copy, with the secondary indexes left out of the
+/// shadow, and resumed under a config that keeps them (a replica added,
+/// `defer_secondary_indexes = false`): the resumed run builds the indexes
+/// the first one left out, and the rebuilt table has every index and the
+/// application's rows.
+#[tokio::test]
+async fn a_run_resumed_under_the_other_index_choice_keeps_every_index() {
+    let s = Schema::new("ver_defer_flip").await;
+    let load = mirrored_sysbench_under_load(&s, 23).await;
+    // The flag file holds the copy, so the kill lands in it.
+    let hold = std::env::temp_dir().join(format!("wraith-test-hold-{}", s.name));
+    std::fs::write(&hold, b"").unwrap();
+    let held = format!(
+        "\n[throttle]\nflag_file = {:?}\ninterval = \"100ms\"\n",
+        hold.display().to_string()
+    );
+    let cfg = config(&s, "sql", "sbtest", "ADD INDEX k_c (c)", &held);
+    let mut child = WraithChild::spawn(&["run", "-v"], &cfg);
+    child
+        .wait_for("throttled: flag-file", Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.signal(libc::SIGKILL);
+    let killed = child.finish(Duration::from_secs(10)).await;
+    assert!(
+        !killed.stderr.contains("to=RestoreSecondaryIndexes"),
+        "killed too late: {}",
+        killed.stderr
+    );
+    assert_eq!(
+        secondary_indexes(&s, "_sbtest_new").await,
+        [],
+        "the first run's shadow defers the indexes"
+    );
+    let kept = cfg.replacen(
+        "threads = 2\n",
+        "threads = 2\ndefer_secondary_indexes = false\n",
+        1,
+    );
+    assert_ne!(kept, cfg);
+    std::fs::remove_file(&hold).unwrap();
+    resume_to_the_mirror_with_indexes(&s, &kept, load).await;
+}
+
+/// `sbtest` of 60,000 rows and its mirror, with a mirrored load of 150
+/// tx/s running (`seed` picks its rows).
+async fn mirrored_sysbench_under_load(s: &Schema, seed: u64) -> Load {
+    let rows = 60_000;
+    sysbench_with_mirror(s, rows).await;
+    Load::start(
+        s.pool.clone(),
+        LoadConfig {
+            rate: 150,
+            ..mirrored_load(s, rows, seed)
+        },
+    )
+}
+
+/// Resumes the killed run with `cfg` to its end, stops `load`, and checks
+/// that it resumed, that `sbtest` equals the mirror and has `k_1` and
+/// `k_c`, and that no shadow is left.
+async fn resume_to_the_mirror_with_indexes(s: &Schema, cfg: &str, load: Load) {
+    let run = WraithChild::spawn(&["run", "-v"], cfg)
+        .finish(Duration::from_secs(300))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(run.stderr.contains("resum"), "{}", run.stderr);
+    assert_matches_mirror(s).await;
+    assert_eq!(
+        secondary_indexes(s, "sbtest").await,
+        [("k_1", "k"), ("k_c", "c")].map(|(i, c)| (i.to_string(), c.to_string())),
+    );
+    assert!(!s.table_exists("_sbtest_new").await);
+}
+
 /// A phase of the JSON report: (start, end) in seconds from the table's start.
 fn phase(report: &serde_json::Value, name: &str) -> (f64, f64) {
     let p = &report["phases"][name];
@@ -379,15 +456,7 @@ async fn the_checksum_runs_beside_the_index_build_under_writes() {
 #[tokio::test]
 async fn a_run_killed_while_the_checksum_and_index_build_overlap_resumes_exact() {
     let s = Schema::new("ver_overlap_kill").await;
-    let rows = 60_000;
-    sysbench_with_mirror(&s, rows).await;
-    let load = Load::start(
-        s.pool.clone(),
-        LoadConfig {
-            rate: 150,
-            ..mirrored_load(&s, rows, 22)
-        },
-    );
+    let load = mirrored_sysbench_under_load(&s, 22).await;
     let cfg = config(
         &s,
         "sql",
@@ -410,17 +479,5 @@ async fn a_run_killed_while_the_checksum_and_index_build_overlap_resumes_exact()
         .lines()
         .any(|l| l.contains("stage done") && l.contains("restore_indexes"));
     eprintln!("killed after the index build finished: {built}");
-    let run = WraithChild::spawn(&["run", "-v"], &cfg)
-        .finish(Duration::from_secs(300))
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    load.stop().await;
-    assert_eq!(run.code, 0, "{}", run.output());
-    assert!(run.stderr.contains("resum"), "{}", run.stderr);
-    assert_matches_mirror(&s).await;
-    assert_eq!(
-        secondary_indexes(&s, "sbtest").await,
-        [("k_1", "k"), ("k_c", "c")].map(|(i, c)| (i.to_string(), c.to_string())),
-    );
-    assert!(!s.table_exists("_sbtest_new").await);
+    resume_to_the_mirror_with_indexes(&s, &cfg, load).await;
 }

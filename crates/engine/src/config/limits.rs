@@ -269,7 +269,9 @@ fn default_critical_load_interval() -> HumanDuration {
     HumanDuration(Duration::ZERO)
 }
 fn default_heartbeat_interval() -> HumanDuration {
-    HumanDuration(Duration::from_millis(500))
+    // gh-ost's default: the lag is read at every beat, so this is how late
+    // the lag throttle can trip.
+    HumanDuration(Duration::from_millis(100))
 }
 
 /// A replica of the source; its lag throttles the copy.
@@ -322,6 +324,10 @@ impl Default for ThrottleConfig {
     }
 }
 
+/// The shortest chunk the replica cap gives: below it a chunk's own
+/// round trips cost more than the lag they save.
+const MIN_REPLICA_CHUNK_TARGET: Duration = Duration::from_millis(20);
+
 impl ThrottleConfig {
     /// `max_load` with `max_threads_running` folded in.
     pub fn load_limits(&self) -> BTreeMap<String, u64> {
@@ -330,6 +336,23 @@ impl ThrottleConfig {
             limits.entry("Threads_running".into()).or_insert(n);
         }
         limits
+    }
+
+    /// The longest a copy chunk may take with `threads` copying: the
+    /// configured `chunk_target`, or with replicas watched at most a quarter
+    /// of `max_lag` shared by the threads. A replica applies the copy's
+    /// chunks one after another, so the work in flight when the lag
+    /// throttle trips (one chunk per thread) is lag still to come; kept to
+    /// a quarter of `max_lag`, the lag stays under 1.5 × `max_lag` even
+    /// with the check's own delay.
+    pub fn chunk_target(&self, chunk_target: Duration, threads: usize) -> Duration {
+        match (self.max_lag, self.replicas.is_empty()) {
+            (Some(max_lag), false) => {
+                let share = max_lag.0 / (4 * threads.max(1) as u32);
+                chunk_target.min(share.max(MIN_REPLICA_CHUNK_TARGET))
+            }
+            _ => chunk_target,
+        }
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
@@ -354,7 +377,7 @@ impl ThrottleConfig {
         }
         if self.heartbeat_interval.0 < Duration::from_millis(10) {
             return Err(
-                "[throttle] heartbeat_interval must be at least 10ms, e.g. \"500ms\"".into(),
+                "[throttle] heartbeat_interval must be at least 10ms, e.g. \"100ms\"".into(),
             );
         }
         for (section, limits) in [

@@ -259,6 +259,19 @@ impl Config {
         })
     }
 
+    /// Whether secondary indexes are built after the copy: `[copy]
+    /// defer_secondary_indexes`, or when unset, only while no replica is
+    /// watched. A deferred build is one statement, and each replica applies
+    /// it alone after the source has finished, lagging by its whole length
+    /// (hours on a big table): the lag the replica throttle exists to
+    /// prevent. Kept in the shadow, the indexes grow with every chunk, and
+    /// the replica's lag stays at the pace the throttle holds.
+    pub fn defers_secondary_indexes(&self) -> bool {
+        self.copy
+            .defer_secondary_indexes
+            .unwrap_or(self.throttle.replicas.is_empty())
+    }
+
     /// The schema of `table`: its own, else `[source] database`.
     pub fn schema_of<'a>(&'a self, table: &'a TableConfig) -> &'a str {
         table.schema.as_deref().unwrap_or(&self.source.database)
@@ -430,6 +443,26 @@ alter = "ADD COLUMN note TEXT"
         );
         let c = Config::parse(&lag, "t").unwrap();
         assert_eq!(c.throttle.replicas[0].connection("app").port, 3307);
+        // With a replica watched: indexes kept in the shadow, chunks short
+        // enough that the work in flight is a quarter of max_lag.
+        assert!(!c.defers_secondary_indexes());
+        assert!(Config::parse(GOOD, "t").unwrap().defers_secondary_indexes());
+        let told = lag.replace(
+            "[throttle]",
+            "[copy]\ndefer_secondary_indexes = true\n[throttle]",
+        );
+        assert!(Config::parse(&told, "t")
+            .unwrap()
+            .defers_secondary_indexes());
+        let half = Duration::from_millis(500);
+        assert_eq!(c.throttle.chunk_target(half, 4), Duration::from_millis(125));
+        assert_eq!(c.throttle.chunk_target(half, 1), half);
+        assert_eq!(
+            c.throttle.chunk_target(half, 1000),
+            Duration::from_millis(20)
+        );
+        let unwatched = Config::parse(GOOD, "t").unwrap();
+        assert_eq!(unwatched.throttle.chunk_target(half, 4), half);
         for (bad, says) in [
             ("[throttle]\nmax_lag = \"2s\"\n", "needs the replicas"),
             (

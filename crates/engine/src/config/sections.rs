@@ -120,9 +120,11 @@ pub struct CopyConfig {
     /// Rows in the first chunk, before any timing is known.
     #[serde(default = "default_initial_chunk_rows")]
     pub initial_chunk_rows: u64,
-    /// Leave secondary indexes out of the shadow table and build them once after the copy.
-    #[serde(default = "default_true")]
-    pub defer_secondary_indexes: bool,
+    /// Leave secondary indexes out of the shadow table and build them once
+    /// after the copy. Unset: deferred unless replicas are watched (see
+    /// [`super::Config::defers_secondary_indexes`]).
+    #[serde(default)]
+    pub defer_secondary_indexes: Option<bool>,
     /// With the `sql` backend and the shadow on the source server, copy each
     /// chunk with one `INSERT ... SELECT` (no rows travel to wraith).
     #[serde(default = "default_true")]
@@ -148,7 +150,7 @@ impl Default for CopyConfig {
             threads: default_threads(),
             chunk_target: default_chunk_target(),
             initial_chunk_rows: default_initial_chunk_rows(),
-            defer_secondary_indexes: true,
+            defer_secondary_indexes: None,
             server_side_copy: true,
         }
     }

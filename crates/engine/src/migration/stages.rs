@@ -197,7 +197,9 @@ impl TableRun<'_> {
                     table: table.name.clone(),
                     layout: layout.clone(),
                     threads: config.copy.threads,
-                    chunk_target: config.copy.chunk_target.0,
+                    chunk_target: config
+                        .throttle
+                        .chunk_target(config.copy.chunk_target.0, config.copy.threads),
                     initial_chunk_rows: config.copy.initial_chunk_rows,
                     engine_rows,
                     server_side: config.copy.server_side_copy
@@ -291,7 +293,7 @@ impl TableRun<'_> {
     /// `gate` once it is under way. One the server refuses to run online
     /// runs as [`shadow::restore_indexes`] does, and `gate` waits for its end.
     async fn build_indexes(&self, gate: &watch::Sender<bool>) -> Result<(), RunError> {
-        if self.plan.deferred_indexes.is_empty() {
+        if self.plan.deferrable_indexes.is_empty() {
             return Ok(());
         }
         let shadow_name = shadow::shadow_name(&self.table.name);
@@ -308,7 +310,7 @@ impl TableRun<'_> {
         let existing = inspect_table(&mut conn, self.target_schema(), &shadow_name).await?;
         let adds: Vec<String> = self
             .plan
-            .deferred_indexes
+            .deferrable_indexes
             .iter()
             .filter(|i| !existing.indexes.iter().any(|e| e.name == i.name))
             .map(|i| format!("ADD {}", i.definition))

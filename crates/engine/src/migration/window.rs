@@ -439,6 +439,7 @@ async fn plans(
         new_key,
         columns,
         deferred_indexes: Vec::new(),
+        deferrable_indexes: Vec::new(),
         backend: crate::config::BackendKind::Sql,
         backend_reason: "the revert window applies changes only".into(),
         estimated_rows: table.estimated_rows,

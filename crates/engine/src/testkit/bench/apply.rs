@@ -62,6 +62,7 @@ impl Bench {
             "sql",
             &name,
             &format!("postpone_flag_file = {:?}\n", flag.display().to_string()),
+            Default::default(),
         )?;
         let socket = job.socket.clone();
         let child = tokio::spawn(job.run());

@@ -116,6 +116,8 @@ pub struct BenchSettings {
     pub replica: bool,
     /// The replica lag wraith, pt-osc and gh-ost throttle at.
     pub max_lag: Duration,
+    /// `wraith-paced`'s `[throttle] max_checkpoint_age_pct`.
+    pub paced_checkpoint_age_pct: u64,
     /// How long the blocker holds its transaction.
     pub blocker_secs: f64,
     /// How long the load runs on after each method; the longest an idle
@@ -456,6 +458,7 @@ impl Bench {
             scratch_server: self.server.owned(),
             replica: self.replica.is_some(),
             max_lag_secs: self.settings.max_lag.as_secs_f64(),
+            paced_checkpoint_age_pct: self.settings.paced_checkpoint_age_pct,
             blocker_secs: self.settings.blocker_secs,
             aftermath_secs: self.settings.aftermath_secs,
         }
@@ -590,9 +593,10 @@ impl Bench {
                 Method::NativeInplace | Method::NativeCopy => {
                     Trigger::After(Duration::from_millis(500))
                 }
-                Method::WraithSql | Method::WraithLocal => {
-                    Trigger::WraithChecksum(self.socket_path(&name))
-                }
+                Method::WraithSql
+                | Method::WraithLocal
+                | Method::WraithPaced
+                | Method::WraithDeferred => Trigger::WraithChecksum(self.socket_path(&name)),
                 Method::PtOsc => Trigger::Output {
                     files: self.output_files(&name),
                     needle: "Copied rows OK.",
@@ -828,6 +832,7 @@ mod tests {
             ghost_bin: None,
             replica: false,
             max_lag: Duration::from_secs(1),
+            paced_checkpoint_age_pct: 50,
             blocker_secs: 10.0,
             aftermath_secs: 60.0,
         };

@@ -7,7 +7,9 @@
 //!   socket the blocker and the apply measurement watch, a file checkpoint,
 //!   and with `--replica` its replica-lag throttle pointed at the replica:
 //!   `[throttle] max_lag`, `heartbeat_interval = "100ms"`,
-//!   `[[throttle.replica]]`).
+//!   `[[throttle.replica]]`). **wraith-paced** adds `[throttle]
+//!   max_checkpoint_age_pct`, **wraith-deferred** `[copy]
+//!   defer_secondary_indexes = true` ([`WraithTuning`]).
 //! - **pt-osc**: pt-online-schema-change 3.2.1, `--recursion-method=none`
 //!   (it cannot discover a replica on 127.0.0.1 by itself) and, with a
 //!   replica, `--check-slave-lag` naming it and `--max-lag`; pt-osc then
@@ -88,7 +90,10 @@ impl Bench {
                 .query_drop(format!("ALTER TABLE {qt} FORCE, ALGORITHM=COPY"))
                 .await
                 .step("ALTER TABLE ... ALGORITHM=COPY"),
-            Method::WraithSql | Method::WraithLocal => self.run_wraith(pristine, run, name).await,
+            Method::WraithSql
+            | Method::WraithLocal
+            | Method::WraithPaced
+            | Method::WraithDeferred => self.run_wraith(pristine, run, name).await,
             Method::PtOsc => self.run_ptosc(pristine, run, name).await,
             Method::Ghost { chunk } => self.run_ghost(pristine, run, name, chunk).await,
             Method::Floor => {
@@ -109,7 +114,12 @@ impl Bench {
         } else {
             "sql"
         };
-        let job = self.wraith_job(pristine, backend, name, "")?;
+        let tuning = WraithTuning {
+            pace: (run.method == Method::WraithPaced)
+                .then_some(self.settings.paced_checkpoint_age_pct),
+            defer_indexes: run.method == Method::WraithDeferred,
+        };
+        let job = self.wraith_job(pristine, backend, name, "", tuning)?;
         let child = job.run().await?;
         run.peak_rss_mib = child.peak_rss_mib;
         let report = child.report()?;
@@ -135,13 +145,14 @@ impl Bench {
         backend: &str,
         name: &str,
         cutover_toml: &str,
+        tuning: WraithTuning,
     ) -> Result<WraithJob, BenchError> {
         let dir = self.work_dir.path();
         // A sort directory of its own: a failed run's engines are never found by the next.
         let sort_dir = dir.join(format!("sort-{name}"));
         let socket = self.socket_path(name);
         let toml = format!(
-            "{source}\n[[table]]\nname = {table:?}\nalter = \"FORCE\"\n\n[copy]\nbackend = {backend:?}\n\n\
+            "{source}\n[[table]]\nname = {table:?}\nalter = \"FORCE\"\n\n[copy]\nbackend = {backend:?}\n{defer}\n\
              [local]\nsort_dir = {sort:?}\n\n[cutover]\ndrop_old_table = true\n{cutover_toml}\n\
              [control]\nsocket = {socket:?}\n\n\
              [checkpoint]\nstore = \"file\"\npath = {checkpoint:?}\n\n{throttle}",
@@ -150,7 +161,12 @@ impl Bench {
             sort = sort_dir.display().to_string(),
             socket = socket.display().to_string(),
             checkpoint = dir.join(format!("{name}.checkpoint")).display().to_string(),
-            throttle = throttle_toml(self.replica_throttle()),
+            defer = if tuning.defer_indexes {
+                "defer_secondary_indexes = true\n"
+            } else {
+                ""
+            },
+            throttle = throttle_toml(self.replica_throttle(), tuning.pace),
         );
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, toml).step("writing the run's config")?;
@@ -474,18 +490,35 @@ pub(super) fn ghost_args(
     args
 }
 
+/// What a wraith method changes in its job config.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct WraithTuning {
+    /// `[throttle] max_checkpoint_age_pct` (`wraith-paced`).
+    pub(super) pace: Option<u64>,
+    /// `[copy] defer_secondary_indexes = true` (`wraith-deferred`).
+    pub(super) defer_indexes: bool,
+}
+
 /// The `[throttle]` section of wraith's job config: with a replica, its lag
-/// throttle pointed at it with a 100 ms heartbeat; nothing otherwise.
-pub(super) fn throttle_toml(replica: Option<ReplicaThrottle>) -> String {
-    match replica {
-        None => String::new(),
-        Some(r) => format!(
-            "[throttle]\nmax_lag = \"{}ms\"\nheartbeat_interval = \"100ms\"\n\n\
+/// throttle pointed at it with a 100 ms heartbeat; with `pace`, the write
+/// debt's `max_checkpoint_age_pct`; nothing otherwise.
+pub(super) fn throttle_toml(replica: Option<ReplicaThrottle>, pace: Option<u64>) -> String {
+    if replica.is_none() && pace.is_none() {
+        return String::new();
+    }
+    let mut toml = String::from("[throttle]\n");
+    if let Some(pct) = pace {
+        toml.push_str(&format!("max_checkpoint_age_pct = {pct}\n"));
+    }
+    if let Some(r) = replica {
+        toml.push_str(&format!(
+            "max_lag = \"{}ms\"\nheartbeat_interval = \"100ms\"\n\n\
              [[throttle.replica]]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n",
             r.max_lag.as_millis().max(10),
             r.port
-        ),
+        ));
     }
+    toml
 }
 
 #[cfg(test)]
@@ -552,11 +585,21 @@ mod tests {
 
     #[test]
     fn wraith_throttles_on_the_replica_with_a_valid_config() {
-        assert_eq!(throttle_toml(None), "");
+        assert_eq!(throttle_toml(None, None), "");
+        let paced = crate::config::Config::parse(
+            &format!(
+                "[source]\nuser = \"root\"\ndatabase = \"d\"\n\n[[table]]\nname = \"t\"\nalter = \"FORCE\"\n\n{}",
+                throttle_toml(replica(), Some(40))
+            ),
+            "bench",
+        )
+        .expect("a valid config");
+        assert_eq!(paced.throttle.max_checkpoint_age_pct, 40);
+        assert_eq!(paced.throttle.replicas.len(), 1);
         let toml = format!(
             "[source]\nhost = \"127.0.0.1\"\nport = 4406\nuser = \"root\"\ndatabase = \"wraith_bench\"\n\n\
              [[table]]\nname = \"sbtest1\"\nalter = \"FORCE\"\n\n{}",
-            throttle_toml(replica())
+            throttle_toml(replica(), None)
         );
         let config = crate::config::Config::parse(&toml, "bench").expect("a valid config");
         assert_eq!(

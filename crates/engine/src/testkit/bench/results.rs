@@ -26,6 +26,13 @@ use super::BenchError;
 pub enum Method {
     WraithSql,
     WraithLocal,
+    /// wraith-sql paced by the server's write debt: `[throttle]
+    /// max_checkpoint_age_pct` set to the bench's `--paced-checkpoint-age`.
+    WraithPaced,
+    /// wraith-sql with `[copy] defer_secondary_indexes = true`: the index
+    /// build after the copy even with a replica watched (the default then
+    /// keeps the indexes in the shadow), to show what it costs the replica.
+    WraithDeferred,
     NativeInplace,
     NativeCopy,
     PtOsc,
@@ -45,9 +52,11 @@ pub const DEFAULT_GHOST_CHUNK: u64 = 1000;
 impl Method {
     /// The methods with a fixed name, in their usual order (gh-ost's are
     /// one per chunk size: [`parse_methods`]).
-    pub const FIXED: [Method; 6] = [
+    pub const FIXED: [Method; 8] = [
         Method::WraithSql,
         Method::WraithLocal,
+        Method::WraithPaced,
+        Method::WraithDeferred,
         Method::NativeInplace,
         Method::NativeCopy,
         Method::PtOsc,
@@ -66,6 +75,8 @@ impl Method {
         match self {
             Method::WraithSql => "wraith-sql",
             Method::WraithLocal => "wraith-local",
+            Method::WraithPaced => "wraith-paced",
+            Method::WraithDeferred => "wraith-deferred",
             Method::NativeInplace => "native-inplace",
             Method::NativeCopy => "native-copy",
             Method::PtOsc => "pt-osc",
@@ -75,7 +86,10 @@ impl Method {
     }
 
     pub fn is_wraith(self) -> bool {
-        matches!(self, Method::WraithSql | Method::WraithLocal)
+        matches!(
+            self,
+            Method::WraithSql | Method::WraithLocal | Method::WraithPaced | Method::WraithDeferred
+        )
     }
 
     pub fn is_ghost(self) -> bool {
@@ -121,7 +135,7 @@ impl std::str::FromStr for Method {
             };
         }
         Err(BenchError::Usage(format!(
-            "unknown method {s:?}; use wraith-sql, wraith-local, native-inplace, native-copy, pt-osc, ghost (or ghost-<chunk>) or floor"
+            "unknown method {s:?}; use wraith-sql, wraith-local, wraith-paced, wraith-deferred, native-inplace, native-copy, pt-osc, ghost (or ghost-<chunk>) or floor"
         )))
     }
 }
@@ -438,6 +452,8 @@ pub struct Settings {
     pub replica: bool,
     /// The lag wraith, pt-osc and gh-ost throttle at (with a replica).
     pub max_lag_secs: f64,
+    /// `wraith-paced`'s `[throttle] max_checkpoint_age_pct`.
+    pub paced_checkpoint_age_pct: u64,
     /// How long the blocker holds its transaction (`blocker` condition).
     pub blocker_secs: f64,
     /// How long the load runs on after each method (`load`, `blocker`), and
