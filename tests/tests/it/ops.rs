@@ -740,6 +740,220 @@ async fn replica_lag_throttles_the_copy() {
     assert_matches_mirror(&s).await;
 }
 
+/// A replica of the shared server that applies only `s`'s schema, from the
+/// source's current position on, with `threads` parallel workers.
+async fn schema_replica(
+    s: &Schema,
+    threads: u32,
+) -> (wraith_engine::testkit::scratch::ScratchServer, Schema) {
+    use wraith_engine::testkit::scratch::{ScratchOptions, ScratchServer};
+    let replica = ScratchServer::start(ScratchOptions {
+        buffer_pool: "64M".into(),
+        extra_args: vec![
+            "--server-id=2".into(),
+            format!("--replicate-wild-do-table={}.%", s.name),
+            format!("--slave-parallel-threads={threads}"),
+        ],
+        ..ScratchOptions::default()
+    })
+    .expect("start the replica");
+    let on_replica = Schema::on(&replica, &s.name).await;
+    let gtid: Option<String> = s
+        .conn()
+        .await
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap();
+    on_replica
+        .exec(&format!(
+            "SET GLOBAL gtid_slave_pos = '{}'; \
+             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+             MASTER_USE_GTID = slave_pos; START SLAVE",
+            gtid.unwrap_or_default(),
+            s.port
+        ))
+        .await;
+    (replica, on_replica)
+}
+
+/// Waits until `replica` has applied everything the shared server has
+/// written so far.
+async fn replica_caught_up(s: &Schema, replica: &Schema) {
+    let gtid: Option<String> = s
+        .conn()
+        .await
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap();
+    let waited: Option<i64> = replica
+        .conn()
+        .await
+        .exec_first(
+            "SELECT MASTER_GTID_WAIT(?, 120)",
+            (gtid.unwrap_or_default(),),
+        )
+        .await
+        .expect("MASTER_GTID_WAIT");
+    assert_eq!(waited, Some(0), "the replica did not catch up within 120 s");
+}
+
+/// The ALTERs the shared server logged in two phases (`START ALTER`) since
+/// `from` (a binlog file and position), as their statements.
+async fn two_phase_alters_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
+    let mut c = s.conn().await;
+    let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.expect("SHOW BINARY LOGS");
+    let mut alters = Vec::new();
+    for (file, _) in logs.iter().filter(|(f, _)| *f >= from.0) {
+        let start = if *file == from.0 { from.1 } else { 4 };
+        let events: Vec<mysql_async::Row> = c
+            .query(format!("SHOW BINLOG EVENTS IN '{file}' FROM {start}"))
+            .await
+            .expect("SHOW BINLOG EVENTS");
+        let infos: Vec<(String, String)> = events
+            .into_iter()
+            .map(|mut e| {
+                (
+                    e.take::<String, _>("Event_type").unwrap_or_default(),
+                    e.take::<String, _>("Info").unwrap_or_default(),
+                )
+            })
+            .collect();
+        for pair in infos.windows(2) {
+            if pair[0].0 == "Gtid" && pair[0].1.ends_with("START ALTER") && pair[1].0 == "Query" {
+                alters.push(pair[1].1.clone());
+            }
+        }
+    }
+    alters
+}
+
+/// With replicas watched the secondary indexes stay in the shadow during
+/// the copy unless `defer_secondary_indexes = true`; then the build is
+/// logged in two phases (`START ALTER`), which a replica running parallel
+/// replication starts with the source. Preflight warns about a replica
+/// without parallel workers (it would apply the build only after the source,
+/// lagging by its length) and not about one with four. Under a mirrored
+/// load, both servers end with the same table, rows and indexes, equal to
+/// the mirror.
+#[tokio::test]
+async fn a_deferred_index_build_starts_on_parallel_replicas_with_the_source() {
+    let s = Schema::new("ops_two_phase").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_replica_server, replica) = schema_replica(&s, 0).await;
+    sysbench_with_mirror(&s, 20_000).await;
+    replica_caught_up(&s, &replica).await;
+    let config = |copy: &str| {
+        s.config(
+            "sbtest",
+            ALTER,
+            &format!(
+                "[copy]\nbackend = \"sql\"\n{copy}\n[cutover]\nlock_wait_timeout = \"1s\"\n\n\
+                 [control]\nsocket = {:?}\n\n\
+                 [throttle]\nmax_lag = \"5s\"\nheartbeat_interval = \"100ms\"\n\n\
+                 [[throttle.replica]]\nport = {}\nuser = \"root\"\n",
+                socket_path(dir.path()).display().to_string(),
+                replica.port
+            ),
+        )
+    };
+    let kept = wraith_tests::wraith_with_config(&["check"], &config("")).await;
+    assert_eq!(kept.code, 0, "{}", kept.output());
+    assert!(
+        kept.stderr.contains("deferred indexes: none"),
+        "{}",
+        kept.output()
+    );
+    let cfg = config("defer_secondary_indexes = true\n");
+    let lagging = wraith_tests::wraith_with_config(&["check"], &cfg).await;
+    assert_eq!(lagging.code, 0, "{}", lagging.output());
+    assert!(
+        lagging.stderr.contains("[warn] indexes:")
+            && lagging.stderr.contains("slave_parallel_threads = 0")
+            && lagging.stderr.contains("lagging by its whole length"),
+        "{}",
+        lagging.output()
+    );
+
+    replica
+        .exec("STOP SLAVE; SET GLOBAL slave_parallel_threads = 4; START SLAVE")
+        .await;
+    let deferred = wraith_tests::wraith_with_config(&["check"], &cfg).await;
+    assert_eq!(deferred.code, 0, "{}", deferred.output());
+    assert!(
+        deferred
+            .stderr
+            .contains("[ok  ] indexes: built after the copy, logged in two phases")
+            && !deferred.stderr.contains("[warn] indexes:"),
+        "{}",
+        deferred.output()
+    );
+    assert!(
+        deferred
+            .stderr
+            .contains("deferred indexes (built after the copy):"),
+        "{}",
+        deferred.output()
+    );
+
+    let from: Option<(String, u64)> = s
+        .conn()
+        .await
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map(|r: Option<mysql_async::Row>| {
+            r.map(|mut r| {
+                (
+                    r.take::<String, _>(0).unwrap_or_default(),
+                    r.take::<u64, _>(1).unwrap_or(4),
+                )
+            })
+        })
+        .expect("SHOW MASTER STATUS");
+    let from = from.expect("the binlog is on");
+    let load = Load::start(s.pool.clone(), mirrored_load(&s, 20_000, 11));
+    let run = WraithChild::spawn(&["run"], &cfg)
+        .finish(Duration::from_secs(240))
+        .await;
+    load.stop().await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(note_column_exists(&s).await);
+    assert_matches_mirror(&s).await;
+
+    let alters = two_phase_alters_since(&s, &from).await;
+    assert!(
+        alters
+            .iter()
+            .any(|a| a.contains("_sbtest_new") && a.contains("ADD KEY `k_1`")),
+        "no index build of the shadow was logged in two phases: {alters:?}"
+    );
+    replica_caught_up(&s, &replica).await;
+    let on_source = s.snapshot("sbtest").await;
+    let on_replica = replica.snapshot("sbtest").await;
+    // Row-based replication moves a replica's AUTO_INCREMENT counter by the
+    // rows it applies, not by what the source reserved: the one part of the
+    // definition that may differ.
+    let counter_free = |create: &str| {
+        create
+            .split(' ')
+            .filter(|word| !word.starts_with("AUTO_INCREMENT="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        counter_free(&on_source.create),
+        counter_free(&on_replica.create)
+    );
+    assert!(
+        on_source.rows == on_replica.rows,
+        "the replica's sbtest rows differ from the source's"
+    );
+    assert!(
+        on_source.create.contains("KEY `k_1`"),
+        "{}",
+        on_source.create
+    );
+}
+
 /// Innodb_history_list_length of `conn`'s server.
 async fn purge_backlog(conn: &mut mysql_async::Conn) -> u64 {
     let row: Option<(String, u64)> = conn

@@ -118,6 +118,8 @@ pub(super) async fn restore_indexes(
             .filter(|d| !current.indexes.iter().any(|i| &i.definition == *d))
             .map(|d| format!("ADD {d}"))
             .collect();
+        // A parallel replica builds them with this server, not after it.
+        crate::server::log_alter_in_two_phases(c).await?;
         alter_table(c, db, &t.name, &adds, "restoring the secondary indexes of").await?;
     }
     checkpointer

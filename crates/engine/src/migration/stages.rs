@@ -307,6 +307,9 @@ impl TableRun<'_> {
         ))
         .await
         .context(|| "setting the index build's lock_wait_timeout".into())?;
+        // Replicas running parallel replication then build with the source,
+        // instead of lagging by the whole build once it has finished.
+        server::log_alter_in_two_phases(&mut conn).await?;
         let existing = inspect_table(&mut conn, self.target_schema(), &shadow_name).await?;
         let adds: Vec<String> = self
             .plan

@@ -31,6 +31,7 @@ mod column_types;
 mod estimate;
 mod foreign_keys;
 mod grants;
+mod replicas;
 mod table;
 mod triggers;
 
@@ -269,6 +270,9 @@ async fn run_on(pool: &Pool, config: &Config, report: &mut Report) -> Result<(),
     }
     for table in &config.tables {
         check_table(&mut conn, config, table, report).await?;
+    }
+    if report.plans.iter().any(|p| !p.deferred_indexes.is_empty()) {
+        replicas::check_build_with_replicas(&mut conn, config, report).await?;
     }
     check_together(&mut conn, config, report).await
 }

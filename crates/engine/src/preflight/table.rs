@@ -159,16 +159,6 @@ async fn check_alter_and_plan(
                         ),
                     );
                     super::triggers::check_trigger_columns(report, table, triggers, &plan);
-                    if !plan.deferred_indexes.is_empty() && !config.throttle.replicas.is_empty() {
-                        report.warn(
-                            &format!("indexes {}", table.name),
-                            "the secondary indexes are built after the copy, in one statement \
-                             that every replica applies alone once the source has finished: \
-                             the replicas lag by its whole length, whatever max_lag says",
-                            "leave [copy] defer_secondary_indexes unset (with replicas watched \
-                             the indexes are kept in the shadow during the copy)",
-                        );
-                    }
                     let types_name = format!("types {}", table.name);
                     let mut refusals = super::column_types::type_refusals(old, &new, &plan);
                     if refusals.is_empty() {

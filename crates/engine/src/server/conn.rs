@@ -73,3 +73,28 @@ pub async fn set_lock_wait_timeout(conn: &mut Conn, secs: u64) -> Result<(), DbE
         .await
         .context(|| format!("setting lock_wait_timeout = {secs}"))
 }
+
+/// Whether the server can log an ALTER in two phases
+/// (`binlog_alter_two_phase`, MariaDB 10.8+): a replica running parallel
+/// replication then starts the statement when the source does, instead of
+/// after the source has finished it.
+pub async fn has_two_phase_alter(conn: &mut Conn) -> Result<bool, DbError> {
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL VARIABLES LIKE 'binlog_alter_two_phase'")
+        .await
+        .context(|| "reading binlog_alter_two_phase".into())?;
+    Ok(row.is_some())
+}
+
+/// Logs the session's next ALTERs in two phases where the server can (see
+/// [`has_two_phase_alter`]); elsewhere the session is left as it was. It
+/// changes only how the ALTER is written to the binlog, and needs no
+/// privilege.
+pub async fn log_alter_in_two_phases(conn: &mut Conn) -> Result<(), DbError> {
+    if !has_two_phase_alter(conn).await? {
+        return Ok(());
+    }
+    conn.query_drop("SET SESSION binlog_alter_two_phase = ON")
+        .await
+        .context(|| "SET SESSION binlog_alter_two_phase = ON".into())
+}

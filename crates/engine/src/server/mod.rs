@@ -38,6 +38,7 @@
 //! | RENAME under `LOCK TABLES` | refused (1192): two sessions | allowed from 8.0.13: one session | cut-over |
 //! | fresh `information_schema.TABLES` figures | always | `information_schema_stats_expiry = 0` | cut-over |
 //! | a session's age in ms | `PROCESSLIST.TIME_MS` | `TIME * 1000` | blockers |
+//! | an ALTER a parallel replica starts with the source | `binlog_alter_two_phase` from 10.8 | (none: replicas apply it after) | [`log_alter_in_two_phases`], preflight |
 //! | who holds a metadata lock | the `metadata_lock_info` plugin, when loaded | (guessed from transactions) | blockers |
 //!
 //! ## Errors
@@ -56,7 +57,8 @@ mod position;
 mod retry;
 
 pub use self::conn::{
-    connection_opts, pool, server_error_code, set_lock_wait_timeout, Context, DbError,
+    connection_opts, has_two_phase_alter, log_alter_in_two_phases, pool, server_error_code,
+    set_lock_wait_timeout, Context, DbError,
 };
 pub use self::flavor::{flavor, Flavor};
 pub use self::lock::{TablesLock, Unlocked};

@@ -7,7 +7,10 @@
 //! lag. Only a real replica shows that.
 //!
 //! The replica is a scratch server of its own (`--server-id=2`, binlog ROW,
-//! `--log-slave-updates`), replicating by GTID (`MASTER_USE_GTID =
+//! `--log-slave-updates`, four parallel replication workers as production
+//! replicas run: an ALTER the source logs in two phases starts there with
+//! the source; the server's own ALTER is logged the usual way, its default,
+//! and starts there once it has finished), replicating by GTID (`MASTER_USE_GTID =
 //! slave_pos`) from the first, which is reset before replication starts, so
 //! the replica receives everything the benchmark writes with the binlog on:
 //! the generated pristine table, and each method's work. What the benchmark
@@ -44,6 +47,10 @@ use crate::testkit::scratch::{ScratchOptions, ScratchServer};
 /// The schema of the benchmark's own heartbeat table (`beat`).
 pub const HEARTBEAT_SCHEMA: &str = "wraith_bench_heartbeat";
 
+/// The replica's parallel replication workers (optimistic mode, the
+/// server's default), as production replicas run.
+const REPLICA_PARALLEL_THREADS: u32 = 4;
+
 /// How often the heartbeat is written and the lag sampled.
 const BEAT_EVERY: Duration = Duration::from_millis(100);
 
@@ -66,6 +73,9 @@ impl Replica {
         options
             .extra_args
             .extend(["--server-id=2".into(), "--log-slave-updates".into()]);
+        options.extra_args.push(format!(
+            "--slave-parallel-threads={REPLICA_PARALLEL_THREADS}"
+        ));
         let server = tokio::task::spawn_blocking(move || start_scratch(options))
             .await
             .step("replica server thread")?

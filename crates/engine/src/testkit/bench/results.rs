@@ -31,7 +31,8 @@ pub enum Method {
     WraithPaced,
     /// wraith-sql with `[copy] defer_secondary_indexes = true`: the index
     /// build after the copy even with a replica watched (the default then
-    /// keeps the indexes in the shadow), to show what it costs the replica.
+    /// keeps the indexes in the shadow), to show what that choice gains and
+    /// what the writers and the replica pay for it.
     WraithDeferred,
     NativeInplace,
     NativeCopy,
