@@ -99,6 +99,47 @@ impl Schema {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Where the server's binlog ends now: its file and position.
+    pub async fn binlog_now(&self) -> (String, u64) {
+        let mut c = self.conn().await;
+        let row: mysql_async::Row = c
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .expect("SHOW MASTER STATUS")
+            .expect("the scratch server writes a binlog");
+        (
+            row.get::<String, _>(0).expect("File"),
+            row.get::<u64, _>(1).expect("Position"),
+        )
+    }
+
+    /// Every binlog event of the server from `from` (as [`Schema::binlog_now`]
+    /// gave it) to the end, across files: whatever other tests wrote too.
+    pub async fn binlog_events_since(&self, from: &(String, u64)) -> Vec<BinlogEvent> {
+        let mut c = self.conn().await;
+        let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.expect("SHOW BINARY LOGS");
+        let mut events = Vec::new();
+        for (file, _) in logs.iter().filter(|(f, _)| *f >= from.0) {
+            let start = if *file == from.0 { from.1 } else { 4 };
+            let rows: Vec<mysql_async::Row> = c
+                .query(format!("SHOW BINLOG EVENTS IN '{file}' FROM {start}"))
+                .await
+                .expect("SHOW BINLOG EVENTS");
+            events.extend(rows.into_iter().map(|mut e| {
+                BinlogEvent {
+                    kind: e.take("Event_type").unwrap_or_default(),
+                    pos: e.take("Pos").unwrap_or_default(),
+                    end: e.take("End_log_pos").unwrap_or_default(),
+                    info: e
+                        .take::<Option<String>, _>("Info")
+                        .flatten()
+                        .unwrap_or_default(),
+                }
+            }));
+        }
+        events
+    }
+
     /// A minimal config for this schema; `rest` is appended verbatim.
     pub fn config(&self, table: &str, alter: &str, rest: &str) -> String {
         format!(
@@ -205,6 +246,16 @@ impl Schema {
 pub struct TableSnapshot {
     pub create: String,
     pub rows: Vec<String>,
+}
+
+/// One row of `SHOW BINLOG EVENTS`.
+#[derive(Debug, Clone)]
+pub struct BinlogEvent {
+    /// `Event_type`: `Gtid`, `Query`, `Table_map`, `Write_rows_v1`, ...
+    pub kind: String,
+    pub pos: u64,
+    pub end: u64,
+    pub info: String,
 }
 
 /// The `wraith` binary built by this `cargo test` run.

@@ -446,20 +446,6 @@ async fn checkpoints(s: &Schema) -> u64 {
         .unwrap_or(0)
 }
 
-/// Where the binlog is now.
-pub(crate) async fn binlog_now(s: &Schema) -> (String, u64) {
-    let mut c = s.conn().await;
-    let row: mysql_async::Row = c
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .expect("SHOW MASTER STATUS")
-        .expect("the scratch server writes a binlog");
-    (
-        row.get::<String, _>(0).expect("File"),
-        row.get::<u64, _>(1).expect("Position"),
-    )
-}
-
 /// The `RENAME TABLE` statements on schema `s` written to the binlog since
 /// `from` (the text of each Query event, without its `use` prefix).
 pub(crate) async fn renames_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
@@ -536,7 +522,7 @@ async fn three_tables_one_swap_under_load() {
         let orders = 20_000;
         three_tables(&s, orders).await;
         let dir = tempfile::tempdir().unwrap();
-        let from = binlog_now(&s).await;
+        let from = s.binlog_now().await;
         let load = MultiLoad::start(s.pool.clone(), orders, 100, 7);
         // The load is under way before the run starts: a run that takes
         // under a second on a quiet machine still meets a load of 100+

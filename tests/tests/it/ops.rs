@@ -758,73 +758,55 @@ async fn schema_replica(
     })
     .expect("start the replica");
     let on_replica = Schema::on(&replica, &s.name).await;
-    let gtid: Option<String> = s
-        .conn()
-        .await
-        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
-        .await
-        .unwrap();
+    let gtid = gtid_binlog_pos(s).await;
     on_replica
         .exec(&format!(
             "SET GLOBAL gtid_slave_pos = '{}'; \
              CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
              MASTER_USE_GTID = slave_pos; START SLAVE",
-            gtid.unwrap_or_default(),
-            s.port
+            gtid, s.port
         ))
         .await;
     (replica, on_replica)
 }
 
-/// Waits until `replica` has applied everything the shared server has
-/// written so far.
-async fn replica_caught_up(s: &Schema, replica: &Schema) {
+/// The shared server's GTID position: everything it has written so far.
+async fn gtid_binlog_pos(s: &Schema) -> String {
     let gtid: Option<String> = s
         .conn()
         .await
         .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
         .await
-        .unwrap();
+        .expect("gtid_binlog_pos");
+    gtid.unwrap_or_default()
+}
+
+/// Waits until `replica` has applied everything the shared server has
+/// written so far.
+async fn replica_caught_up(s: &Schema, replica: &Schema) {
+    let gtid = gtid_binlog_pos(s).await;
     let waited: Option<i64> = replica
         .conn()
         .await
-        .exec_first(
-            "SELECT MASTER_GTID_WAIT(?, 120)",
-            (gtid.unwrap_or_default(),),
-        )
+        .exec_first("SELECT MASTER_GTID_WAIT(?, 120)", (gtid,))
         .await
         .expect("MASTER_GTID_WAIT");
     assert_eq!(waited, Some(0), "the replica did not catch up within 120 s");
 }
 
 /// The ALTERs the shared server logged in two phases (`START ALTER`) since
-/// `from` (a binlog file and position), as their statements.
+/// `from`, as their statements.
 async fn two_phase_alters_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
-    let mut c = s.conn().await;
-    let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.expect("SHOW BINARY LOGS");
-    let mut alters = Vec::new();
-    for (file, _) in logs.iter().filter(|(f, _)| *f >= from.0) {
-        let start = if *file == from.0 { from.1 } else { 4 };
-        let events: Vec<mysql_async::Row> = c
-            .query(format!("SHOW BINLOG EVENTS IN '{file}' FROM {start}"))
-            .await
-            .expect("SHOW BINLOG EVENTS");
-        let infos: Vec<(String, String)> = events
-            .into_iter()
-            .map(|mut e| {
-                (
-                    e.take::<String, _>("Event_type").unwrap_or_default(),
-                    e.take::<String, _>("Info").unwrap_or_default(),
-                )
-            })
-            .collect();
-        for pair in infos.windows(2) {
-            if pair[0].0 == "Gtid" && pair[0].1.ends_with("START ALTER") && pair[1].0 == "Query" {
-                alters.push(pair[1].1.clone());
-            }
-        }
-    }
-    alters
+    s.binlog_events_since(from)
+        .await
+        .windows(2)
+        .filter(|pair| {
+            pair[0].kind == "Gtid"
+                && pair[0].info.ends_with("START ALTER")
+                && pair[1].kind == "Query"
+        })
+        .map(|pair| pair[1].info.clone())
+        .collect()
 }
 
 /// With replicas watched the secondary indexes stay in the shadow during
@@ -895,21 +877,7 @@ async fn a_deferred_index_build_starts_on_parallel_replicas_with_the_source() {
         deferred.output()
     );
 
-    let from: Option<(String, u64)> = s
-        .conn()
-        .await
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map(|r: Option<mysql_async::Row>| {
-            r.map(|mut r| {
-                (
-                    r.take::<String, _>(0).unwrap_or_default(),
-                    r.take::<u64, _>(1).unwrap_or(4),
-                )
-            })
-        })
-        .expect("SHOW MASTER STATUS");
-    let from = from.expect("the binlog is on");
+    let from = s.binlog_now().await;
     let load = Load::start(s.pool.clone(), mirrored_load(&s, 20_000, 11));
     let run = WraithChild::spawn(&["run"], &cfg)
         .finish(Duration::from_secs(240))

@@ -12,51 +12,20 @@ const ROWS: u64 = 1_000_000;
 /// `schema`, from `start` (file, position) to the end: what one run wrote,
 /// whatever other tests wrote beside it.
 async fn binlog_bytes_of(s: &Schema, start: &(String, u64)) -> u64 {
-    let mut c = s.conn().await;
-    let logs: Vec<(String, u64)> = c
-        .query("SHOW BINARY LOGS")
-        .await
-        .map(|rows: Vec<mysql_async::Row>| {
-            rows.into_iter()
-                .map(|r| (r.get::<String, _>(0).unwrap(), r.get::<u64, _>(1).unwrap()))
-                .collect()
-        })
-        .expect("binary logs");
     // MariaDB writes a table map's table as `table_id: 79 (schema.table)`.
     let needle = format!("({}.", s.name);
     let mut total = 0;
-    for (file, _) in logs.iter().filter(|(f, _)| *f >= start.0) {
-        let from = if *file == start.0 { start.1 } else { 4 };
-        let events: Vec<mysql_async::Row> = c
-            .query(format!("SHOW BINLOG EVENTS IN '{file}' FROM {from}"))
-            .await
-            .expect("binlog events");
-        let mut ours = false;
-        for e in events {
-            let kind: String = e.get(2).unwrap();
-            let pos: u64 = e.get(1).unwrap();
-            let end: u64 = e.get(4).unwrap();
-            let info: String = e.get::<Option<String>, _>(5).flatten().unwrap_or_default();
-            if kind == "Table_map" {
-                ours = info.contains(&needle);
-            }
-            let rows_event = kind.ends_with("_rows_v1") || kind.ends_with("_rows");
-            if ours && (kind == "Table_map" || rows_event) {
-                total += end.saturating_sub(pos);
-            }
+    let mut ours = false;
+    for e in s.binlog_events_since(start).await {
+        if e.kind == "Table_map" {
+            ours = e.info.contains(&needle);
+        }
+        let rows_event = e.kind.ends_with("_rows_v1") || e.kind.ends_with("_rows");
+        if ours && (e.kind == "Table_map" || rows_event) {
+            total += e.end.saturating_sub(e.pos);
         }
     }
     total
-}
-
-async fn binlog_end(s: &Schema) -> (String, u64) {
-    let mut c = s.conn().await;
-    let row: mysql_async::Row = c
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .expect("master status")
-        .expect("binlog on");
-    (row.get(0).unwrap(), row.get(1).unwrap())
 }
 
 async fn table_bytes(s: &Schema, table: &str) -> u64 {
@@ -162,7 +131,7 @@ async fn check_predicts_time_and_disk_of_a_million_rows() {
     );
 
     // The real run.
-    let start = binlog_end(&s).await;
+    let start = s.binlog_now().await;
     let t0 = Instant::now();
     let run = wraith_with_config(&["run", "--json"], &config).await;
     let run_secs = t0.elapsed().as_secs_f64();

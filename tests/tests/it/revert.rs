@@ -1058,7 +1058,7 @@ async fn several_tables_revert_together() {
     }
     // Writes on both tables in the window, then the revert under them.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let from = crate::multi::binlog_now(&s).await;
+    let from = s.binlog_now().await;
     let revert = wraith_with_config(&["revert"], &cfg).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let [a, b] = loads;

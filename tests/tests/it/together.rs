@@ -26,33 +26,12 @@ fn config(s: &Schema, rest: &str) -> String {
 
 /// The `RENAME TABLE` statements the server logged for this schema since `from`.
 async fn renames_since(s: &Schema, from: &(String, u64)) -> Vec<String> {
-    let mut c = s.conn().await;
-    let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.expect("binary logs");
-    let mut found = Vec::new();
-    for (file, _) in logs.into_iter().filter(|(f, _)| *f >= from.0) {
-        let start = if file == from.0 { from.1 } else { 4 };
-        let events: Vec<mysql_async::Row> = c
-            .query(format!("SHOW BINLOG EVENTS IN '{file}' FROM {start}"))
-            .await
-            .expect("binlog events");
-        for e in events {
-            let info: String = e.get("Info").unwrap_or_default();
-            if info.contains("RENAME TABLE") && info.contains(&s.name) {
-                found.push(info);
-            }
-        }
-    }
-    found
-}
-
-async fn binlog_now(s: &Schema) -> (String, u64) {
-    let mut c = s.conn().await;
-    let row: mysql_async::Row = c
-        .query_first("SHOW MASTER STATUS")
+    s.binlog_events_since(from)
         .await
-        .expect("master status")
-        .expect("binlog on");
-    (row.get(0).unwrap_or_default(), row.get(1).unwrap_or(4))
+        .into_iter()
+        .map(|e| e.info)
+        .filter(|info| info.contains("RENAME TABLE") && info.contains(&s.name))
+        .collect()
 }
 
 #[tokio::test]
@@ -61,7 +40,7 @@ async fn unrelated_tables_are_swapped_one_after_another() {
     two_tables(&s, 2_000).await;
     let before_a = s.rows("a").await;
     let before_b = s.rows("b").await;
-    let from = binlog_now(&s).await;
+    let from = s.binlog_now().await;
     let dir = tempfile::tempdir().unwrap();
     let run = wraith_tests::wraith_with_config(
         &["run", "--json"],
@@ -145,7 +124,7 @@ async fn tables_of_two_schemas_swap_in_one_rename() {
             .expect("create table");
     }
     let before = (s.rows("a").await, other.rows("b").await);
-    let from = binlog_now(&s).await;
+    let from = s.binlog_now().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         "[source]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\ndatabase = \"{}\"\n\n\
