@@ -19,7 +19,8 @@
 //! The parts: this page holds the [`Report`], [`run`] and the binlog
 //! settings; `grants` reads `SHOW GRANTS` and judges the privileges; `table`
 //! checks each table, applies the ALTER to the throwaway copy and turns the
-//! data check into checks. What it leaves to others: the mapping of columns
+//! data check into checks; `replicas` asks each watched replica whether it
+//! builds deferred indexes with the source. What it leaves to others: the mapping of columns
 //! and keys ([`crate::plan`]), the import's own preflight
 //! ([`crate::import`]), and acting on the report (the caller).
 //!
