@@ -819,6 +819,8 @@ async fn two_phase_alters_since(s: &Schema, from: &(String, u64)) -> Vec<String>
 /// the mirror.
 #[tokio::test]
 async fn a_deferred_index_build_starts_on_parallel_replicas_with_the_source() {
+    // A load and a second server of its own: not while a latency-judged test runs.
+    let _shared = crate::LATENCY_JUDGED.read().await;
     let s = Schema::new("ops_two_phase").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_replica_server, replica) = schema_replica(&s, 0).await;

@@ -384,6 +384,14 @@ async fn steer(
     let uuid = a.uuid.clone();
     let warn = |e: RegistryError| events(ServeEvent::Warning(format!("request {uuid}: {e}")));
     if hold && waiting && a.status == Status::Running {
+        // The figures first: a request seen at ready names its run.
+        a.progress_written = Some(Instant::now());
+        if let Err(e) = registry
+            .progress(&a.uuid, &progress_row(&a.progress, &a.ops))
+            .await
+        {
+            warn(e);
+        }
         let message = if row.postpone_completion {
             "copied and verified; the shadow follows the source until `wraith migrations complete`"
         } else {
